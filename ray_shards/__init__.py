@@ -1,0 +1,36 @@
+"""ray_shards: run the shards of a hikari Discord bot across a Ray cluster.
+
+The public API follows hikari-orchestrator's: `Bot`, `Client`, `run_server`,
+`run_subprocesses` and `spawn_subprocesses`, on Ray actors instead of gRPC.
+"""
+
+from __future__ import annotations
+
+from ray_shards.bot import Bot
+from ray_shards.client import Client
+from ray_shards.launch import (
+    DEFAULT_SUBPROCESS_COUNT,
+    BotDeployment,
+    run_server,
+    run_subprocesses,
+    spawn_subprocesses,
+)
+from ray_shards.models import ShardInfo, ShardStatus
+from ray_shards.remote import RemoteShard
+from ray_shards.timings import Timings
+
+__all__ = [
+    "DEFAULT_SUBPROCESS_COUNT",
+    "Bot",
+    "BotDeployment",
+    "Client",
+    "RemoteShard",
+    "ShardInfo",
+    "ShardStatus",
+    "Timings",
+    "run_server",
+    "run_subprocesses",
+    "spawn_subprocesses",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,910 @@
+"""`Bot`: a hikari `GatewayBotAware` whose shards are assigned by a ray_shards Orchestrator.
+
+It is built from hikari's public components (cache, entity and event factories,
+event manager, REST client, voice) like `hikari.GatewayBot`, so listeners,
+the cache, REST and command frameworks work unchanged. What differs is where
+its shards come from: the Orchestrator leases them, gates every IDENTIFY
+through its cluster-wide queue, and moves them between bots when one dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import dataclasses
+import logging
+import math
+import signal
+import time
+import types
+import typing
+import uuid
+
+import hikari
+from hikari import traits
+from hikari.api import cache as cache_api
+from hikari.api import entity_factory as entity_factory_api
+from hikari.api import event_factory as event_factory_api
+from hikari.api import event_manager as event_manager_api
+from hikari.impl import cache as cache_impl
+from hikari.impl import config as config_impl
+from hikari.impl import entity_factory as entity_factory_impl
+from hikari.impl import event_factory as event_factory_impl
+from hikari.impl import event_manager as event_manager_impl
+from hikari.impl import rest as rest_impl
+from hikari.impl import voice as voice_impl
+from typing_extensions import override
+
+from ray_shards import sessions, validation
+from ray_shards.errors import BotStoppedError, LeaseLostError
+from ray_shards.gateway_info import validate_rest_url
+from ray_shards.link import OrchestratorLink, OrchestratorUnavailableError
+from ray_shards.models import BotConfig, Command, CommandKind, HostDirectives, Lease, ShardInfo, ShardReport, ShardStatus
+from ray_shards.presence import PresenceState
+from ray_shards.remote import RemoteShard
+from ray_shards.timings import Timings
+
+__all__ = ["Bot"]
+
+_LOGGER = logging.getLogger("ray_shards.bot")
+
+_FATAL_CLOSE_CODES = frozenset({4004, 4010, 4011, 4012, 4013, 4014})
+
+
+def _tls_rejected(ca_cert: bytes | None) -> None:
+    if ca_cert is not None:
+        msg = (
+            "ca_cert is not used by ray_shards: the Orchestrator is reached through Ray, so TLS is Ray's. Set "
+            "RAY_USE_TLS=1, RAY_TLS_SERVER_CERT, RAY_TLS_SERVER_KEY and RAY_TLS_CA_CERT on every node and on this "
+            "process instead (see the README, 'Security')."
+        )
+        raise ValueError(msg)
+
+
+@dataclasses.dataclass(slots=True)
+class _Slot:
+    """One local shard and what its host knows of it."""
+
+    lease: Lease
+    shard: sessions.ManagedShard
+    task: asyncio.Task[None] | None = None
+    status: ShardStatus = ShardStatus.STARTING
+    error: str | None = None
+    started: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    history: collections.deque[tuple[float, typing.Any]] = dataclasses.field(
+        default_factory=lambda: collections.deque(maxlen=64)
+    )
+    leaving: bool = False
+    identify_sent_at: float | None = None
+
+
+class _ShardsView(typing.Mapping[int, hikari.api.GatewayShard]):
+    """Local shards first, then every other shard of the bot as a `RemoteShard`."""
+
+    __slots__ = ("_bot",)
+
+    def __init__(self, bot: Bot) -> None:
+        self._bot = bot
+
+    def __getitem__(self, shard_id: int) -> hikari.api.GatewayShard:
+        slot = self._bot._slots.get(shard_id)
+        if slot is not None:
+            return slot.shard
+        if shard_id in self._bot._remote:
+            return self._bot._remote[shard_id]
+        raise KeyError(shard_id)
+
+    def __iter__(self) -> typing.Iterator[int]:
+        return iter(sorted(set(self._bot._slots) | set(self._bot._remote)))
+
+    def __len__(self) -> int:
+        return len(set(self._bot._slots) | set(self._bot._remote))
+
+
+class Bot(traits.GatewayBotAware):
+    """Bot implementation which is managed by a ray_shards Orchestrator.
+
+    Parameters
+    ----------
+    orchestrator_address
+        Ray address of the cluster the Orchestrator runs on: ``"auto"``,
+        ``"ray://host:10001"``, ``"host:6379"``, or None. Ignored when this process
+        is already connected to Ray.
+    token
+        Discord bot token to use.
+    cache_settings
+        The cache settings to use.
+    ca_cert
+        Not supported: TLS to the Orchestrator is Ray's TLS (``RAY_USE_TLS``); passing a
+        certificate raises `ValueError` saying how to configure it.
+    http_settings
+        Configuration to use for the REST client.
+    intents
+        The intents the bot runs with; must match the Orchestrator's. Defaults to its.
+    proxy_settings
+        Custom proxy settings for the REST client and the shards.
+    rest_url
+        Base URL to use for requests made by the REST client.
+    global_shard_count
+        If given, the shard count the Orchestrator must be running (checked on start).
+    local_shard_count
+        Amount of shards this bot should run locally.
+    host_id
+        Name of this bot among the bot's hosts; a random one by default.
+    timings
+        Reaction times (see `ray_shards.timings.Timings`).
+    """
+
+    __slots__ = (
+        "_actor_handle",
+        "_address",
+        "_cache",
+        "_closed_event",
+        "_closing_event",
+        "_config",
+        "_entity_factory",
+        "_event_factory",
+        "_event_manager",
+        "_executor",
+        "_explicit_intents",
+        "_global_shard_count",
+        "_host_id",
+        "_http_settings",
+        "_intents",
+        "_link",
+        "_local_shard_count",
+        "_presence",
+        "_presence_version",
+        "_proxy_settings",
+        "_remote",
+        "_remote_table",
+        "_rest",
+        "_slots",
+        "_sync_task",
+        "_tasks",
+        "_timings",
+        "_voice",
+        "shards",
+    )
+
+    def __init__(
+        self,
+        orchestrator_address: str | None,
+        token: str,
+        /,
+        *,
+        cache_settings: config_impl.CacheSettings | None = None,
+        ca_cert: bytes | None = None,
+        http_settings: config_impl.HTTPSettings | None = None,
+        intents: hikari.Intents | int | None = None,
+        proxy_settings: config_impl.ProxySettings | None = None,
+        rest_url: str = hikari.urls.REST_API_URL,
+        global_shard_count: int | None = None,
+        local_shard_count: int = 1,
+        auto_chunk_members: bool = True,
+        executor: concurrent.futures.Executor | None = None,
+        host_id: str | None = None,
+        timings: Timings | None = None,
+        actor_handle: typing.Any = None,
+    ) -> None:
+        _tls_rejected(ca_cert)
+        if isinstance(local_shard_count, bool) or not isinstance(local_shard_count, int) or local_shard_count < 0:
+            msg = f"local_shard_count must be a whole number of shards (0 or more), not {local_shard_count!r}"
+            raise ValueError(msg)
+        if global_shard_count is not None and (not isinstance(global_shard_count, int) or global_shard_count < 1):
+            msg = f"global_shard_count must be at least 1, not {global_shard_count!r}"
+            raise ValueError(msg)
+        rest_url = validate_rest_url(rest_url)
+        self._link = OrchestratorLink(token, orchestrator_address)
+        self._address = orchestrator_address
+        self._host_id = host_id or f"bot-{uuid.uuid4().hex[:8]}"
+        self._local_shard_count = local_shard_count
+        self._global_shard_count = global_shard_count
+        self._timings = timings or Timings()
+        self._actor_handle = actor_handle
+        self._intents = hikari.Intents(intents) if intents is not None else hikari.Intents.ALL_UNPRIVILEGED
+        self._explicit_intents = intents is not None
+        self._executor = executor
+        self._http_settings = http_settings or config_impl.HTTPSettings()
+        self._proxy_settings = proxy_settings or config_impl.ProxySettings()
+        self._closed_event: asyncio.Event | None = None
+        self._closing_event: asyncio.Event | None = None
+        self._config: BotConfig | None = None
+        self._presence = PresenceState()
+        self._presence_version = 0
+        self._slots: dict[int, _Slot] = {}
+        self._remote: dict[int, RemoteShard] = {}
+        self._remote_table: dict[int, ShardInfo] = {}
+        self._sync_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[typing.Any]] = set()
+
+        self._cache = cache_impl.CacheImpl(self, cache_settings or config_impl.CacheSettings())
+        self._entity_factory = entity_factory_impl.EntityFactoryImpl(self)
+        self._event_factory = event_factory_impl.EventFactoryImpl(self)
+        self._event_manager = event_manager_impl.EventManagerImpl(
+            self._entity_factory,
+            self._event_factory,
+            self._intents,
+            auto_chunk_members=auto_chunk_members,
+            cache=self._cache,
+        )
+        self._voice = voice_impl.VoiceComponentImpl(self)
+        self._rest = rest_impl.RESTClientImpl(
+            cache=self._cache,
+            entity_factory=self._entity_factory,
+            executor=self._executor,
+            http_settings=self._http_settings,
+            proxy_settings=self._proxy_settings,
+            rest_url=rest_url,
+            token=self._link.token,
+            token_type=hikari.TokenType.BOT,
+        )
+        self.shards: typing.Mapping[int, hikari.api.GatewayShard] = _ShardsView(self)
+        self._event_manager.subscribe(hikari.ShardReadyEvent, self._on_shard_ready)
+
+    def __repr__(self) -> str:
+        return (
+            f"Bot(host_id={self._host_id!r}, bot_id={self._link.bot_id}, local_shards={sorted(self._slots)}, "
+            f"alive={self.is_alive})"
+        )
+
+    # -- GatewayBotAware -------------------------------------------------------------------------
+
+    @property
+    def host_id(self) -> str:
+        """This bot's name among the bot's hosts."""
+        return self._host_id
+
+    @property
+    def local_shards(self) -> typing.Mapping[int, hikari.api.GatewayShard]:
+        """The shards running in this process."""
+        return types.MappingProxyType({i: s.shard for i, s in self._slots.items()})
+
+    @property
+    @override
+    def cache(self) -> cache_api.Cache:
+        return self._cache
+
+    @property
+    @override
+    def event_manager(self) -> event_manager_api.EventManager:
+        return self._event_manager
+
+    @property
+    @override
+    def entity_factory(self) -> entity_factory_api.EntityFactory:
+        return self._entity_factory
+
+    @property
+    @override
+    def event_factory(self) -> event_factory_api.EventFactory:
+        return self._event_factory
+
+    @property
+    @override
+    def executor(self) -> concurrent.futures.Executor | None:
+        return self._executor
+
+    @property
+    @override
+    def heartbeat_latencies(self) -> typing.Mapping[int, float]:
+        return {shard_id: shard.heartbeat_latency for shard_id, shard in self.shards.items()}
+
+    @property
+    @override
+    def heartbeat_latency(self) -> float:
+        latencies = [s.shard.heartbeat_latency for s in self._slots.values()]
+        latencies = [x for x in latencies if not math.isnan(x)]
+        return sum(latencies) / len(latencies) if latencies else float("nan")
+
+    @property
+    @override
+    def http_settings(self) -> config_impl.HTTPSettings:
+        return self._http_settings
+
+    @property
+    @override
+    def intents(self) -> hikari.Intents:
+        return self._intents
+
+    @property
+    @override
+    def proxy_settings(self) -> config_impl.ProxySettings:
+        return self._proxy_settings
+
+    @property
+    @override
+    def shard_count(self) -> int:
+        return self._config.shard_count if self._config else 0
+
+    @property
+    @override
+    def voice(self) -> voice_impl.VoiceComponentImpl:
+        return self._voice
+
+    @property
+    @override
+    def rest(self) -> rest_impl.RESTClientImpl:
+        return self._rest
+
+    @property
+    @override
+    def is_alive(self) -> bool:
+        return self._closed_event is not None
+
+    @override
+    def get_me(self) -> hikari.OwnUser | None:
+        return self._cache.get_me()
+
+    def _check_if_alive(self) -> None:
+        if self._closed_event is None:
+            msg = "bot is not running so it cannot be interacted with"
+            raise hikari.ComponentStateConflictError(msg)
+
+    # -- event helpers (as on hikari.GatewayBot) -------------------------------------------------
+
+    def listen(self, *event_types: type[typing.Any]) -> typing.Callable[[typing.Any], typing.Any]:
+        """Decorator subscribing a listener, as `hikari.GatewayBot.listen`."""
+        return self._event_manager.listen(*event_types)
+
+    def subscribe(self, event_type: type[typing.Any], callback: typing.Any) -> None:
+        """Subscribe ``callback`` to ``event_type``."""
+        self._event_manager.subscribe(event_type, callback)
+
+    def unsubscribe(self, event_type: type[typing.Any], callback: typing.Any) -> None:
+        """Unsubscribe ``callback`` from ``event_type``."""
+        self._event_manager.unsubscribe(event_type, callback)
+
+    def get_listeners(self, event_type: type[typing.Any], /, *, polymorphic: bool = True) -> typing.Any:
+        """Listeners of ``event_type``."""
+        return self._event_manager.get_listeners(event_type, polymorphic=polymorphic)
+
+    def dispatch(self, event: hikari.Event) -> asyncio.Future[typing.Any]:
+        """Dispatch ``event`` to its listeners."""
+        return self._event_manager.dispatch(event)
+
+    async def wait_for(
+        self, event_type: type[typing.Any], /, timeout: float | None, predicate: typing.Any = None
+    ) -> typing.Any:
+        """Wait for one event, as `hikari.GatewayBot.wait_for`."""
+        self._check_if_alive()
+        return await self._event_manager.wait_for(event_type, timeout=timeout, predicate=predicate)
+
+    def stream(self, event_type: type[typing.Any], /, timeout: float | None, limit: int | None = None) -> typing.Any:
+        """Stream events, as `hikari.GatewayBot.stream`."""
+        self._check_if_alive()
+        return self._event_manager.stream(event_type, timeout=timeout, limit=limit)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    @override
+    def run(self, *, shutdown_signals: typing.Sequence[signal.Signals] = (signal.SIGINT, signal.SIGTERM)) -> None:
+        """Start the bot and block until it closes; SIGINT/SIGTERM close it (handing its shards over)."""
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            for sig in shutdown_signals:
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self._close_quietly()))
+            await self.start()
+            await self.join()
+
+        asyncio.run(main())
+
+    async def _close_quietly(self) -> None:
+        if self._closed_event is not None:
+            await self.close()
+
+    @override
+    async def start(self) -> None:
+        """Join the bot: register with the Orchestrator, start the leased shards and wait until they are READY.
+
+        Raises
+        ------
+        hikari.ComponentStateConflictError
+            If the bot is already running.
+        ray_shards.connection.OrchestratorNotFoundError
+            When no Orchestrator runs for this bot.
+        PermissionError
+            When the token does not control the Orchestrator's bot.
+        RuntimeError
+            When a shard fails fatally while starting (bad token, invalid shard, disallowed intents).
+        """
+        if self._closed_event is not None:
+            msg = "bot is already running"
+            raise hikari.ComponentStateConflictError(msg)
+        start_time = time.monotonic()
+        if self._link.handle is None:
+            await self._link.connect()
+        self._link.on_reauthenticated(self._register_again)
+        config, leases, _, presence, version = await self._link.call(
+            "register_host",
+            self._host_id,
+            node_id=self._node_id(),
+            want=self._local_shard_count,
+            handle=self._actor_handle,
+        )
+        self._check_config(config)
+        self._config = config
+        self._presence, self._presence_version = presence, version
+        self._closed_event = asyncio.Event()
+        self._closing_event = asyncio.Event()
+        self._rest.start()
+        self._voice.start()
+        await self._event_manager.dispatch(self._event_factory.deserialize_starting_event(), return_tasks=True)
+        self._sync_task = asyncio.create_task(self._sync_forever(), name=f"ray_shards sync ({self._host_id})")
+        for lease in leases:
+            self._adopt(lease)
+        try:
+            await self._wait_started([self._slots[lease.shard_id] for lease in leases if lease.shard_id in self._slots])
+        except BaseException:
+            await self.close(hand_over=False)
+            raise
+        await self._event_manager.dispatch(self._event_factory.deserialize_started_event(), return_tasks=True)
+        _LOGGER.info(
+            "host %s started %s shard(s) %s in %.2f s",
+            self._host_id,
+            len(leases),
+            [lease.shard_id for lease in leases],
+            time.monotonic() - start_time,
+        )
+
+    def _node_id(self) -> str | None:
+        try:
+            import ray
+
+            return str(ray.get_runtime_context().get_node_id())
+        except Exception:
+            return None
+
+    def _check_config(self, config: BotConfig) -> None:
+        if self._global_shard_count is not None and self._global_shard_count != config.shard_count:
+            msg = (
+                f"global_shard_count is {self._global_shard_count} but the orchestrator runs "
+                f"{config.shard_count} shards; pass global_shard_count={config.shard_count} or leave it out"
+            )
+            raise ValueError(msg)
+        if self._explicit_intents and int(self._intents) != config.intents:
+            msg = (
+                f"intents {int(self._intents)} differ from the orchestrator's {config.intents}; every host of a bot "
+                "must use the bot's intents (leave intents out to use them)"
+            )
+            raise ValueError(msg)
+        self._intents = hikari.Intents(config.intents)
+
+    async def _wait_started(self, slots: list[_Slot]) -> None:
+        pending = {asyncio.ensure_future(slot.started.wait()): slot for slot in slots}
+        while pending:
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                slot = pending.pop(future)
+                if slot.status is ShardStatus.FAILED:
+                    for other in pending:
+                        other.cancel()
+                    msg = f"shard {slot.lease.shard_id} could not start: {slot.error}"
+                    raise RuntimeError(msg)
+
+    @override
+    async def join(self) -> None:
+        if self._closed_event is None:
+            msg = "Cannot wait for an inactive bot to join"
+            raise hikari.ComponentStateConflictError(msg)
+        await self._closed_event.wait()
+
+    @override
+    async def close(self, *, hand_over: bool | None = None) -> None:
+        """Stop this bot.
+
+        Parameters
+        ----------
+        hand_over
+            True: leave every session open and give the shards back to the Orchestrator,
+            which moves them (by RESUME) to the bot's other hosts. False: end the
+            sessions. Default: hand over unless the whole bot is shutting down.
+        """
+        if self._closed_event is None or self._closing_event is None:
+            msg = "Cannot close an inactive bot"
+            raise hikari.ComponentStateConflictError(msg)
+        if self._closing_event.is_set():
+            await self.join()
+            return
+        self._closing_event.set()
+        _LOGGER.info("host %s closing (%s shards)", self._host_id, len(self._slots))
+        await self._event_manager.dispatch(self._event_factory.deserialize_stopping_event(), return_tasks=True)
+        if self._sync_task is not None and self._sync_task is not asyncio.current_task():
+            self._sync_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._sync_task
+        await asyncio.gather(
+            *(self._leave(slot, hand_over=hand_over is not False) for slot in list(self._slots.values())),
+            return_exceptions=True,
+        )
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await self._voice.close()
+        with contextlib.suppress(Exception):
+            await self._rest.close()
+        self._cache.clear()
+        await self._event_manager.dispatch(self._event_factory.deserialize_stopped_event(), return_tasks=True)
+        self._closed_event.set()
+        self._closed_event = None
+        self._closing_event = None
+        _LOGGER.info("host %s closed", self._host_id)
+
+    # -- shards ----------------------------------------------------------------------------------
+
+    def _spawn(self, coro: typing.Coroutine[typing.Any, typing.Any, typing.Any], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _adopt(self, lease: Lease) -> None:
+        assert self._config is not None
+        old = self._slots.get(lease.shard_id)
+        if old is not None and old.lease.epoch >= lease.epoch:
+            return
+        shard = sessions.ManagedShard(
+            hooks=self,
+            http_settings=self._http_settings,
+            proxy_settings=self._proxy_settings,
+            event_manager=self._event_manager,
+            event_factory=self._event_factory,
+            intents=self._intents,
+            large_threshold=self._config.large_threshold,
+            shard_id=lease.shard_id,
+            shard_count=lease.shard_count,
+            token=self._link.token,
+            url=self._config.gateway_url,
+            **self._presence.to_initial_kwargs(),
+        )
+        if lease.session is not None:
+            sessions.seed(shard, lease.session)
+        slot = _Slot(lease=lease, shard=shard)
+        self._slots[lease.shard_id] = slot
+        slot.task = asyncio.create_task(self._run_slot(slot), name=f"shard {lease.shard_id}")
+
+    async def _run_slot(self, slot: _Slot) -> None:
+        shard_id = slot.lease.shard_id
+        resumed = slot.lease.session is not None
+        try:
+            await slot.shard.start()
+            slot.status = ShardStatus.READY
+            slot.started.set()
+            if resumed and self._presence_version and slot.shard.is_connected:
+                await slot.shard.update_presence(**self._presence.to_hikari_kwargs())
+            await slot.shard.join()
+            if not slot.leaving:
+                slot.status = ShardStatus.STOPPED
+        except asyncio.CancelledError:
+            raise
+        except LeaseLostError:
+            slot.status = ShardStatus.STOPPED
+        except hikari.GatewayServerClosedConnectionError as exc:
+            if exc.code in _FATAL_CLOSE_CODES or not exc.can_reconnect:
+                await self._fail(slot, f"Discord closed the connection with {exc.code} ({exc.reason})")
+            else:
+                await self._fail(slot, f"connection closed: {exc}")
+        except Exception as exc:
+            if not slot.leaving:
+                await self._fail(slot, f"{type(exc).__name__}: {exc}")
+        finally:
+            slot.started.set()
+            if not slot.leaving and self._slots.get(shard_id) is slot and slot.status is not ShardStatus.FAILED:
+                self._slots.pop(shard_id, None)
+                self._spawn(self._release(slot, stopped=False), f"release shard {shard_id}")
+
+    async def _fail(self, slot: _Slot, error: str) -> None:
+        slot.status = ShardStatus.FAILED
+        slot.error = error
+        _LOGGER.error("shard %s on host %s failed: %s", slot.lease.shard_id, self._host_id, error)
+        self._slots.pop(slot.lease.shard_id, None)
+        slot.started.set()
+        await self._release(slot, stopped=False, failed=error)
+
+    async def _release(self, slot: _Slot, *, stopped: bool, failed: str | None = None) -> None:
+        with contextlib.suppress(Exception):
+            await self._link.call(
+                "release",
+                self._host_id,
+                slot.lease.shard_id,
+                slot.lease.epoch,
+                sessions.snapshot(slot.shard),
+                stopped=stopped,
+                failed=failed,
+                retry_for=10.0,
+            )
+
+    async def _leave(self, slot: _Slot, *, hand_over: bool) -> None:
+        """Stop one shard: hand it over (session kept) or end it."""
+        slot.leaving = True
+        shard_id = slot.lease.shard_id
+        if hand_over:
+            session = await sessions.detach(slot.shard)
+        else:
+            session = None
+            if slot.shard.is_alive:
+                with contextlib.suppress(Exception):
+                    await slot.shard.close()
+        if slot.task is not None and not slot.task.done():
+            slot.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await slot.task
+        self._slots.pop(shard_id, None)
+        slot.status = ShardStatus.STOPPED
+        with contextlib.suppress(Exception):
+            await self._link.call(
+                "release",
+                self._host_id,
+                shard_id,
+                slot.lease.epoch,
+                session,
+                stopped=not hand_over,
+                retry_for=5.0,
+            )
+        _LOGGER.info("host %s %s shard %s", self._host_id, "handed over" if hand_over else "closed", shard_id)
+
+    # -- GateHooks (called by ManagedShard before it authenticates) --------------------------------
+
+    async def before_identify(self, shard_id: int) -> dict[str, typing.Any] | None:
+        """Wait for the Orchestrator's identify grant; identify with the bot's current presence."""
+        slot = self._slots.get(shard_id)
+        if slot is None or slot.leaving:
+            raise LeaseLostError(f"shard {shard_id} is not leased to host {self._host_id}")
+        while True:
+            try:
+                presence: PresenceState = await self._link.call(
+                    "identify", self._host_id, shard_id, slot.lease.epoch, retry_for=60.0
+                )
+                break
+            except OrchestratorUnavailableError:
+                _LOGGER.warning("shard %s waits for the orchestrator to identify", shard_id)
+        self._presence = presence
+        slot.identify_sent_at = time.time()
+        return presence.to_hikari_kwargs()
+
+    async def before_resume(self, shard_id: int) -> None:
+        """Check the lease before a RESUME; tolerate an Orchestrator that is away (it cannot re-grant then)."""
+        slot = self._slots.get(shard_id)
+        if slot is None or slot.leaving:
+            raise LeaseLostError(f"shard {shard_id} is not leased to host {self._host_id}")
+        try:
+            ok = await self._link.call("check_lease", self._host_id, shard_id, slot.lease.epoch, retry_for=2.0)
+        except OrchestratorUnavailableError:
+            _LOGGER.warning("shard %s resumes while the orchestrator is away", shard_id)
+            return
+        if not ok:
+            raise LeaseLostError(f"host {self._host_id} lost the lease of shard {shard_id}")
+
+    async def _on_shard_ready(self, event: hikari.ShardReadyEvent) -> None:
+        slot = self._slots.get(event.shard.id)
+        if slot is None or slot.identify_sent_at is None:
+            return
+        sent_at, slot.identify_sent_at = slot.identify_sent_at, None
+        with contextlib.suppress(Exception):
+            await self._link.call("identify_done", event.shard.id, sent_at, retry_for=10.0)
+
+    # -- sync with the Orchestrator --------------------------------------------------------------
+
+    def _reports(self) -> list[ShardReport]:
+        now = time.time()
+        reports = []
+        for shard_id, slot in list(self._slots.items()):
+            state = sessions.snapshot(slot.shard)
+            if state is not None:
+                slot.history.append((now, state))
+            lagged = next(
+                (s for t, s in reversed(slot.history) if now - t >= self._timings.seq_report_lag),
+                slot.lease.session,
+            )
+            status = slot.status
+            if status is ShardStatus.READY and not slot.shard.is_connected:
+                status = ShardStatus.RECONNECTING
+            guilds = 0
+            if self._config is not None:
+                guilds = sum(
+                    1 for g in self._cache.get_guilds_view() if (int(g) >> 22) % self._config.shard_count == shard_id
+                )
+            reports.append(
+                ShardReport(
+                    shard_id=shard_id,
+                    epoch=slot.lease.epoch,
+                    status=status,
+                    session=lagged,
+                    latency=slot.shard.heartbeat_latency,
+                    guilds=guilds,
+                    events=state.seq if state else 0,
+                    error=slot.error,
+                )
+            )
+        return reports
+
+    async def _sync_forever(self) -> None:
+        last_table = 0.0
+        while True:
+            try:
+                directives: HostDirectives = await self._link.call(
+                    "sync", self._host_id, self._reports(), timeout=self._timings.sync_interval, retry_for=5.0
+                )
+                self._apply(directives)
+                if time.monotonic() - last_table > 2.0:
+                    last_table = time.monotonic()
+                    self._set_remote_table(await self._link.call("table", retry_for=5.0))
+            except asyncio.CancelledError:
+                raise
+            except BotStoppedError:
+                self._spawn(self.close(hand_over=False), "close on bot stop")
+                return
+            except OrchestratorUnavailableError:
+                _LOGGER.warning("host %s: orchestrator unreachable; shards keep running", self._host_id)
+            except Exception:
+                _LOGGER.exception("host %s: sync failed; retrying", self._host_id)
+                await asyncio.sleep(self._timings.sync_interval)
+
+    def _apply(self, directives: HostDirectives) -> None:
+        for shard_id in directives.revoke:
+            slot = self._slots.get(shard_id)
+            if slot is not None and not slot.leaving:
+                self._spawn(self._leave(slot, hand_over=True), f"hand over shard {shard_id}")
+        for lease in directives.adopt:
+            self._adopt(lease)
+        for command in directives.commands:
+            self._spawn(self._execute(command), f"command {command.command_id}")
+        if directives.stop:
+            self._spawn(self.close(hand_over=False), "close on bot stop")
+
+    async def _register_again(self) -> None:
+        held = [(slot.lease.shard_id, slot.lease.epoch) for slot in self._slots.values() if not slot.leaving]
+        _, leases, stale, presence, version = await self._link.call(
+            "register_host",
+            self._host_id,
+            node_id=self._node_id(),
+            want=self._local_shard_count,
+            handle=self._actor_handle,
+            held=held,
+        )
+        self._presence, self._presence_version = presence, version
+        for shard_id in stale:
+            slot = self._slots.get(shard_id)
+            if slot is not None:
+                self._spawn(self._leave(slot, hand_over=True), f"drop stale shard {shard_id}")
+        for lease in leases:
+            self._adopt(lease)
+
+    def _set_remote_table(self, rows: list[ShardInfo]) -> None:
+        self._remote_table = {row.shard_id: row for row in rows}
+        for row in rows:
+            if row.shard_id not in self._remote:
+                self._remote[row.shard_id] = RemoteShard(self, row.shard_id, row.shard_count)
+
+    def shard_info(self, shard_id: int) -> ShardInfo | None:
+        """The latest Orchestrator table row of ``shard_id`` (refreshed every few seconds)."""
+        return self._remote_table.get(shard_id)
+
+    async def send_command(self, kind: CommandKind, shard_id: int, arguments: dict[str, typing.Any]) -> None:
+        """Run a command on ``shard_id`` here if it is local, else on the host that runs it."""
+        slot = self._slots.get(shard_id)
+        if slot is not None and not slot.leaving:
+            error = await self._run_command(Command(0, kind, shard_id, arguments))
+            if error is not None:
+                raise RuntimeError(error)
+            return
+        await self._link.call("command", kind, shard_id, arguments)
+
+    async def _execute(self, command: Command) -> None:
+        error = await self._run_command(command)
+        with contextlib.suppress(Exception):
+            await self._link.call("command_done", command.command_id, error, retry_for=5.0)
+
+    async def _run_command(self, command: Command) -> str | None:
+        try:
+            if command.kind is CommandKind.PRESENCE and command.shard_id is None:
+                presence: PresenceState = command.arguments["presence"]
+                self._presence, self._presence_version = presence, command.arguments["version"]
+                kwargs = presence.to_hikari_kwargs()
+                await asyncio.gather(
+                    *(s.shard.update_presence(**kwargs) for s in self._slots.values() if s.shard.is_connected)
+                )
+                return None
+            slot = self._slots.get(command.shard_id) if command.shard_id is not None else None
+            if slot is None:
+                return f"shard {command.shard_id} is not on host {self._host_id}"
+            shard = slot.shard
+            args = command.arguments
+            if command.kind is CommandKind.PRESENCE:
+                await shard.update_presence(**args)
+            elif command.kind is CommandKind.VOICE_STATE:
+                await shard.update_voice_state(
+                    args["guild"], args["channel"], self_mute=args["self_mute"], self_deaf=args["self_deaf"]
+                )
+            elif command.kind is CommandKind.REQUEST_MEMBERS:
+                await shard.request_guild_members(
+                    args["guild"],
+                    include_presences=args["include_presences"],
+                    query=args["query"],
+                    limit=args["limit"],
+                    users=args["users"],
+                    nonce=args["nonce"],
+                )
+            elif command.kind is CommandKind.RECONNECT:
+                await self._reconnect(slot)
+            else:
+                return f"unknown command {command.kind}"
+        except Exception as exc:
+            _LOGGER.warning("host %s: command %s failed: %s", self._host_id, command.kind.value, exc)
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    async def _reconnect(self, slot: _Slot) -> None:
+        """Restart one shard in place: close its connection resumably, then RESUME it."""
+        slot.leaving = True
+        session = await sessions.detach(slot.shard)
+        if slot.task is not None:
+            slot.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await slot.task
+        self._slots.pop(slot.lease.shard_id, None)
+        self._adopt(dataclasses.replace(slot.lease, session=session))
+
+    # -- bot-wide gateway operations ---------------------------------------------------------------
+
+    @override
+    async def update_presence(
+        self,
+        *,
+        status: hikari.UndefinedOr[hikari.Status] = hikari.UNDEFINED,
+        idle_since: hikari.UndefinedNoneOr[typing.Any] = hikari.UNDEFINED,
+        activity: hikari.UndefinedNoneOr[hikari.Activity] = hikari.UNDEFINED,
+        afk: hikari.UndefinedOr[bool] = hikari.UNDEFINED,
+    ) -> None:
+        """Update the presence of every shard of the bot (on every host); it is remembered across restarts."""
+        self._check_if_alive()
+        arguments = validation.presence_update(idle_since=idle_since, afk=afk, activity=activity, status=status)
+        await self._link.call("update_presence", **arguments)
+
+    @override
+    async def update_voice_state(
+        self,
+        guild: hikari.SnowflakeishOr[hikari.PartialGuild],
+        channel: hikari.SnowflakeishOr[hikari.GuildVoiceChannel] | None,
+        *,
+        self_mute: hikari.UndefinedOr[bool] = hikari.UNDEFINED,
+        self_deaf: hikari.UndefinedOr[bool] = hikari.UNDEFINED,
+    ) -> None:
+        self._check_if_alive()
+        arguments = validation.voice_state(guild, channel, self_mute=self_mute, self_deaf=self_deaf)
+        shard_id = validation.shard_for_guild(guild, self.shard_count)
+        await self.send_command(CommandKind.VOICE_STATE, shard_id, arguments)
+
+    @override
+    async def request_guild_members(
+        self,
+        guild: hikari.SnowflakeishOr[hikari.PartialGuild],
+        *,
+        include_presences: hikari.UndefinedOr[bool] = hikari.UNDEFINED,
+        query: str = "",
+        limit: int = 0,
+        users: hikari.UndefinedOr[hikari.SnowflakeishSequence[hikari.User]] = hikari.UNDEFINED,
+        nonce: hikari.UndefinedOr[str] = hikari.UNDEFINED,
+    ) -> None:
+        self._check_if_alive()
+        arguments = validation.member_request(
+            self._intents, guild, include_presences=include_presences, query=query, limit=limit, users=users,
+            nonce=nonce,
+        )
+        shard_id = validation.shard_for_guild(guild, self.shard_count)
+        await self.send_command(CommandKind.REQUEST_MEMBERS, shard_id, arguments)
+
+    @override
+    async def request_channel_info(
+        self, guild: hikari.SnowflakeishOr[hikari.PartialGuild], *, fields: typing.Sequence[typing.Any]
+    ) -> None:
+        self._check_if_alive()
+        shard_id = validation.shard_for_guild(guild, self.shard_count)
+        slot = self._slots.get(shard_id)
+        if slot is None:
+            msg = f"shard {shard_id} of guild {int(guild)} runs on another host; request_channel_info is local only"
+            raise RuntimeError(msg)
+        await slot.shard.request_channel_info(guild, fields=fields)

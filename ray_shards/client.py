@@ -1,0 +1,306 @@
+"""`Client`: monitor and control a running ray_shards bot from any process.
+
+A client proves it holds the bot token to the bot's Orchestrator, then keeps a
+live copy of the shard table (`remote_shards`) and sends gateway commands
+(presence, voice state, member requests) to whichever host runs the shard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import types
+import typing
+import uuid
+
+import hikari
+
+from ray_shards import sessions, validation
+from ray_shards.bot import _tls_rejected
+from ray_shards.errors import LeaseLostError
+from ray_shards.link import OrchestratorLink, OrchestratorUnavailableError
+from ray_shards.models import CommandKind, Lease, ShardInfo
+from ray_shards.remote import RemoteShard
+
+__all__ = ["Client"]
+
+_LOGGER = logging.getLogger("ray_shards.client")
+
+_ShardT = typing.TypeVar("_ShardT", bound=hikari.api.GatewayShard)
+
+
+class Client:
+    """Client for interacting with a ray_shards Orchestrator.
+
+    Parameters
+    ----------
+    token
+        The bot's Discord token (proves the right to control it; never sent to Ray's GCS).
+    orchestrator_address
+        Ray address of the cluster (``"auto"``, ``"ray://host:10001"``, ``"host:6379"``);
+        ignored when this process is already connected to Ray.
+    ca_cert
+        Not supported: TLS is Ray's (``RAY_USE_TLS``); passing one raises `ValueError`.
+    refresh_interval
+        Seconds between two refreshes of `remote_shards`.
+    """
+
+    __slots__ = ("_host_id", "_intents", "_link", "_own", "_refresh_interval", "_refresh_task", "_remote", "_table")
+
+    def __init__(
+        self,
+        token: str,
+        orchestrator_address: str | None,
+        /,
+        *,
+        ca_cert: bytes | None = None,
+        refresh_interval: float = 0.5,
+    ) -> None:
+        _tls_rejected(ca_cert)
+        self._link = OrchestratorLink(token, orchestrator_address)
+        self._refresh_interval = refresh_interval
+        self._refresh_task: asyncio.Task[None] | None = None
+        self._table: dict[int, ShardInfo] = {}
+        self._remote: dict[int, RemoteShard] = {}
+        self._intents = hikari.Intents.NONE
+        self._host_id = f"client-{uuid.uuid4().hex[:8]}"
+        self._own: dict[int, tuple[Lease, hikari.api.GatewayShard]] = {}
+
+    def __repr__(self) -> str:
+        return f"Client(bot_id={self._link.bot_id}, running={self.is_running}, shards={len(self._table)})"
+
+    @property
+    def is_running(self) -> bool:
+        """Whether the client is started."""
+        return self._refresh_task is not None
+
+    @property
+    def bot_id(self) -> int:
+        """The bot's user id."""
+        return self._link.bot_id
+
+    @property
+    def intents(self) -> hikari.Intents:
+        """The bot's intents (known once started)."""
+        return self._intents
+
+    @property
+    def remote_shards(self) -> typing.Mapping[int, RemoteShard]:
+        """Mapping of shard IDs to shard objects.
+
+        These shard objects can be used to remotely monitor and control shards and
+        will only be populated while the client is active.
+        """
+        if self._refresh_task is None:
+            return types.MappingProxyType({})
+        return types.MappingProxyType(self._remote)
+
+    def shard_info(self, shard_id: int) -> ShardInfo | None:
+        """The latest table row of ``shard_id``."""
+        return self._table.get(shard_id)
+
+    async def start(self) -> None:
+        """Connect to the bot's Orchestrator and start following its shard table.
+
+        Raises
+        ------
+        ray_shards.connection.RayUnreachableError
+            When the Ray cluster cannot be reached.
+        ray_shards.connection.OrchestratorNotFoundError
+            When no Orchestrator runs for this bot.
+        PermissionError
+            When the token does not control the bot.
+        """
+        if self._refresh_task is not None:
+            msg = "client is already running"
+            raise hikari.ComponentStateConflictError(msg)
+        await self._link.connect()
+        status = await self._link.call("status")
+        self._intents = hikari.Intents(status["config"]["intents"])
+        await self.refresh()
+        self._refresh_task = asyncio.create_task(self._refresh_forever(), name="ray_shards client refresh")
+
+    async def close(self) -> None:
+        """Stop following the bot, and stop the shards this client runs itself (`recommended_shard`)."""
+        if self._refresh_task is None:
+            return
+        task, self._refresh_task = self._refresh_task, None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        for shard_id, (lease, shard) in list(self._own.items()):
+            session = await sessions.detach(shard)
+            with contextlib.suppress(Exception):
+                await self._link.call("release", self._host_id, shard_id, lease.epoch, session, retry_for=5.0)
+        self._own.clear()
+        self._remote.clear()
+        self._table.clear()
+
+    async def __aenter__(self) -> Client:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    def _check_running(self) -> None:
+        if self._refresh_task is None:
+            msg = "client is not running; call start() or use 'async with'"
+            raise hikari.ComponentStateConflictError(msg)
+
+    async def refresh(self) -> list[ShardInfo]:
+        """Fetch the shard table now (it is also refreshed in the background)."""
+        rows: list[ShardInfo] = await self._link.call("table")
+        self._table = {row.shard_id: row for row in rows}
+        for row in rows:
+            if row.shard_id not in self._remote:
+                self._remote[row.shard_id] = RemoteShard(self, row.shard_id, row.shard_count)
+        return rows
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_interval)
+            try:
+                await self.refresh()
+                if self._own:
+                    await self._link.call("sync", self._host_id, [], timeout=0.0, retry_for=2.0)
+            except asyncio.CancelledError:
+                raise
+            except OrchestratorUnavailableError:
+                _LOGGER.warning("orchestrator unreachable; remote_shards shows the last known table")
+            except Exception:
+                _LOGGER.exception("refreshing the shard table failed")
+
+    async def status(self) -> dict[str, typing.Any]:
+        """Bot-wide state: config, hosts, boot progress (ready/total, identify ETA) and presence."""
+        self._check_running()
+        result: dict[str, typing.Any] = await self._link.call("status")
+        return result
+
+    async def send_command(self, kind: CommandKind, shard_id: int, arguments: dict[str, typing.Any]) -> None:
+        """Run a gateway command on the host that runs ``shard_id``."""
+        self._check_running()
+        await self._link.call("command", kind, shard_id, arguments)
+
+    async def recommended_shard(self, make_shard: typing.Callable[[int], _ShardT]) -> _ShardT:
+        """Acquire the next shard recommended by the server.
+
+        ``make_shard(shard_id)`` builds the shard (for example a
+        `hikari.impl.GatewayShardImpl` for this bot's ``shard_count``); it is started
+        within Discord's identify rate limit and returned once READY. Closing the
+        client gives it back.
+
+        Raises
+        ------
+        LookupError
+            When every shard of the bot is already running somewhere.
+        """
+        self._check_running()
+        if not self._own:
+            await self._link.call("register_host", self._host_id, node_id=None, want=0)
+        leases: list[Lease] = await self._link.call("claim", self._host_id, 1)
+        if not leases:
+            msg = "every shard of this bot is already running; there is no shard to recommend"
+            raise LookupError(msg)
+        lease = leases[0]
+        shard = make_shard(lease.shard_id)
+        if lease.session is not None and isinstance(shard, hikari.impl.GatewayShardImpl):
+            sessions.seed(shard, lease.session)
+        else:
+            await self._link.call("identify", self._host_id, lease.shard_id, lease.epoch, retry_for=60.0)
+        try:
+            await shard.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._link.call("identify_done", lease.shard_id, None)
+                await self._link.call("release", self._host_id, lease.shard_id, lease.epoch, None, retry_for=5.0)
+            raise
+        await self._link.call("identify_done", lease.shard_id, None)
+        self._own[lease.shard_id] = (lease, shard)
+        return shard
+
+    async def request_guild_members(
+        self,
+        guild: hikari.SnowflakeishOr[hikari.PartialGuild],
+        *,
+        include_presences: hikari.UndefinedOr[bool] = hikari.UNDEFINED,
+        query: str = "",
+        limit: int = 0,
+        users: hikari.UndefinedOr[hikari.SnowflakeishSequence[hikari.User]] = hikari.UNDEFINED,
+        nonce: hikari.UndefinedOr[str] = hikari.UNDEFINED,
+    ) -> None:
+        """Request for a guild chunk.
+
+        The received guild chunks will be sent to the shard the guild is in, not
+        necessarily the current shard.
+
+        Note
+        ----
+        To request the full list of members, leave ``query`` as ``""`` (empty string)
+        and ``limit`` as ``0``.
+
+        Raises
+        ------
+        ValueError
+            When trying to specify ``users`` with ``query``/``limit``, if ``limit`` is not
+            between 0 and 100, both inclusive, or if ``users`` length is over 100.
+        hikari.MissingIntentError
+            When trying to request presences without ``GUILD_PRESENCES`` or the full list
+            of members without ``GUILD_MEMBERS``.
+        """
+        self._check_running()
+        arguments = validation.member_request(
+            self._intents, guild, include_presences=include_presences, query=query, limit=limit, users=users,
+            nonce=nonce,
+        )
+        shard_id = validation.shard_for_guild(guild, self._shard_count())
+        await self.send_command(CommandKind.REQUEST_MEMBERS, shard_id, arguments)
+
+    async def update_presence(
+        self,
+        *,
+        idle_since: hikari.UndefinedNoneOr[typing.Any] = hikari.UNDEFINED,
+        afk: hikari.UndefinedOr[bool] = hikari.UNDEFINED,
+        activity: hikari.UndefinedNoneOr[hikari.Activity] = hikari.UNDEFINED,
+        status: hikari.UndefinedOr[hikari.Status] = hikari.UNDEFINED,
+    ) -> None:
+        """Update the presence of every shard in this bot.
+
+        This state will be remembered between restarts: shards that start or resume
+        later identify with it.
+        """
+        self._check_running()
+        arguments = validation.presence_update(idle_since=idle_since, afk=afk, activity=activity, status=status)
+        await self._link.call("update_presence", **arguments)
+
+    async def update_voice_state(
+        self,
+        guild: hikari.SnowflakeishOr[hikari.PartialGuild],
+        channel: hikari.SnowflakeishOr[hikari.GuildVoiceChannel] | None,
+        *,
+        self_mute: hikari.UndefinedOr[bool] = hikari.UNDEFINED,
+        self_deaf: hikari.UndefinedOr[bool] = hikari.UNDEFINED,
+    ) -> None:
+        """Update the voice state in a given guild (sent by the shard that owns the guild).
+
+        ``channel`` None leaves the voice channel the bot is in for that guild.
+        """
+        self._check_running()
+        arguments = validation.voice_state(guild, channel, self_mute=self_mute, self_deaf=self_deaf)
+        shard_id = validation.shard_for_guild(guild, self._shard_count())
+        await self.send_command(CommandKind.VOICE_STATE, shard_id, arguments)
+
+    async def reconnect_shard(self, shard_id: int) -> None:
+        """Restart one shard's connection on its host by RESUME (no IDENTIFY spent)."""
+        await self.send_command(CommandKind.RECONNECT, shard_id, {})
+
+    async def shutdown(self) -> None:
+        """Stop the whole bot: every host closes its shards and the Orchestrator forgets the bot."""
+        self._check_running()
+        await self._link.call("shutdown")
+
+    def _shard_count(self) -> int:
+        if not self._table:
+            raise LeaseLostError("the shard table is empty; is the bot initialised?")
+        return next(iter(self._table.values())).shard_count

@@ -1,0 +1,36 @@
+"""Errors ray_shards raises, each saying what to do about it."""
+
+from __future__ import annotations
+
+__all__ = [
+    "BotStoppedError",
+    "CapabilityExpiredError",
+    "CommandFailedError",
+    "LeaseLostError",
+    "NotInitialisedError",
+    "ShardUnavailableError",
+]
+
+
+class CapabilityExpiredError(PermissionError):
+    """The Orchestrator no longer knows this caller's capability (it restarted): authenticate again."""
+
+
+class LeaseLostError(RuntimeError):
+    """This host no longer holds the lease of a shard; it must stop running it."""
+
+
+class NotInitialisedError(RuntimeError):
+    """The Orchestrator actor exists but was never given its bot (``run_server`` or a launcher does that)."""
+
+
+class ShardUnavailableError(RuntimeError):
+    """No host runs the shard a command was for, and none took it over in time."""
+
+
+class CommandFailedError(RuntimeError):
+    """A host could not carry out a command on its shard; the message says why."""
+
+
+class BotStoppedError(RuntimeError):
+    """The bot is shutting down or has stopped."""

@@ -1,0 +1,74 @@
+"""Fetching ``GET /gateway/bot``: the shard count Discord recommends and the identify limits."""
+
+from __future__ import annotations
+
+import dataclasses
+import urllib.parse
+
+import aiohttp
+
+__all__ = ["GatewayBotInfo", "TokenRejectedError", "fetch_gateway_bot", "validate_rest_url"]
+
+
+class TokenRejectedError(PermissionError):
+    """Discord (or the emulator) answered 401: the bot token is wrong or was reset."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GatewayBotInfo:
+    """What ``GET /gateway/bot`` says."""
+
+    url: str
+    shards: int
+    total: int
+    remaining: int
+    reset_after: float
+    max_concurrency: int
+
+
+def validate_rest_url(rest_url: str) -> str:
+    """Return ``rest_url`` without a trailing slash, or raise `ValueError` if it is not http(s)."""
+    if not isinstance(rest_url, str):
+        msg = f"rest_url must be a str, not {type(rest_url).__name__}"
+        raise TypeError(msg)
+    parsed = urllib.parse.urlparse(rest_url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        msg = f"rest_url must be an http:// or https:// URL such as https://discord.com/api/v10, not {rest_url!r}"
+        raise ValueError(msg)
+    return rest_url.rstrip("/")
+
+
+async def fetch_gateway_bot(rest_url: str, token: str, *, timeout: float = 15.0) -> GatewayBotInfo:
+    """Ask Discord for the gateway URL, recommended shard count and session start limit.
+
+    Raises
+    ------
+    TokenRejectedError
+        On 401.
+    ConnectionError
+        When the REST API cannot be reached or answers something else.
+    """
+    url = validate_rest_url(rest_url) + "/gateway/bot"
+    headers = {"Authorization": f"Bot {token}", "User-Agent": "DiscordBot (ray_shards, 0.1)"}
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+            async with session.get(url, headers=headers) as response:
+                if response.status == 401:
+                    msg = "Discord rejected the bot token (401 Unauthorized); check DISCORD_TOKEN"
+                    raise TokenRejectedError(msg)
+                if response.status != 200:
+                    msg = f"GET {url} answered HTTP {response.status}"
+                    raise ConnectionError(msg)
+                data = await response.json()
+    except aiohttp.ClientError as exc:
+        msg = f"cannot reach the Discord REST API at {rest_url}: {type(exc).__name__}"
+        raise ConnectionError(msg) from None
+    limit = data["session_start_limit"]
+    return GatewayBotInfo(
+        url=str(data["url"]),
+        shards=int(data["shards"]),
+        total=int(limit["total"]),
+        remaining=int(limit["remaining"]),
+        reset_after=float(limit["reset_after"]) / 1000.0,
+        max_concurrency=int(limit.get("max_concurrency", 1)),
+    )

@@ -1,0 +1,149 @@
+"""`ShardHost`: the Ray actor that runs one ray_shards `Bot` with many local shards.
+
+A host is created without the token (Ray records constructor arguments in the
+GCS and shows them in its state API); the token arrives in the `start` method
+call, which travels worker to worker. The user's ``callback(bot)`` runs in the
+host before its bot starts, so listeners and command frameworks are set up
+there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import typing
+
+import ray
+
+from ray_shards.bot import Bot
+from ray_shards.timings import Timings
+
+__all__ = ["HostCallbackError", "ShardHost"]
+
+_LOGGER = logging.getLogger("ray_shards.host")
+
+
+class HostCallbackError(RuntimeError):
+    """The user's callback raised in a host; the host did not start its bot."""
+
+
+class ShardHost:
+    """Runs one `Bot` in a Ray actor. Created by the launchers; see `ray_shards.launch`.
+
+    Parameters
+    ----------
+    bot_id
+        The bot's user id (not secret).
+    host_id
+        This host's name among the bot's hosts.
+    want
+        How many shards this host should run.
+    rest_url
+        Discord REST base URL.
+    timings
+        Reaction times.
+    """
+
+    def __init__(self, bot_id: int, host_id: str, want: int, rest_url: str, timings: Timings) -> None:
+        self._bot_id = bot_id
+        self._host_id = host_id
+        self._want = want
+        self._rest_url = rest_url
+        self._timings = timings
+        self._bot: Bot | None = None
+        self._closed = asyncio.Event()
+        self._started_at = time.time()
+        logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s [host {host_id}] %(name)s: %(message)s")
+
+    def __repr__(self) -> str:
+        return f"ShardHost(bot_id={self._bot_id}, host_id={self._host_id!r})"
+
+    async def start(
+        self,
+        token: str,
+        callback: typing.Callable[[Bot], typing.Any] | None = None,
+        *,
+        intents: int | None = None,
+    ) -> dict[str, typing.Any]:
+        """Build the bot, run ``callback(bot)``, join the Orchestrator and start the leased shards.
+
+        Returns a summary (host id, node id, pid, shard ids).
+
+        Raises
+        ------
+        HostCallbackError
+            When ``callback`` raised (the bot is not started).
+        """
+        if self._bot is not None:
+            msg = f"host {self._host_id} is already started"
+            raise RuntimeError(msg)
+        bot = Bot(
+            None,
+            token,
+            intents=intents,
+            rest_url=self._rest_url,
+            local_shard_count=self._want,
+            host_id=self._host_id,
+            timings=self._timings,
+            actor_handle=ray.get_runtime_context().current_actor,
+        )
+        if callback is not None:
+            try:
+                result = callback(bot)
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception as exc:
+                msg = f"the callback raised in host {self._host_id}: {type(exc).__name__}: {exc}"
+                _LOGGER.error(msg)
+                raise HostCallbackError(msg) from None
+        self._bot = bot
+        try:
+            await bot.start()
+        except BaseException:
+            self._bot = None
+            raise
+        asyncio.get_running_loop().create_task(self._watch_bot(bot))
+        return self.describe()
+
+    async def _watch_bot(self, bot: Bot) -> None:
+        with contextlib.suppress(Exception):
+            await bot.join()
+        self._closed.set()
+
+    def describe(self) -> dict[str, typing.Any]:
+        """Who and where this host is, and which shards it runs."""
+        bot = self._bot
+        return {
+            "host_id": self._host_id,
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
+            "shards": sorted(bot.local_shards) if bot else [],
+            "uptime": time.time() - self._started_at,
+        }
+
+    async def wait_closed(self) -> None:
+        """Return when the host's bot has closed (the Orchestrator watches hosts with it)."""
+        await self._closed.wait()
+
+    async def close(self, hand_over: bool = True) -> None:
+        """Close the bot; with ``hand_over`` its sessions move to other hosts by RESUME."""
+        bot = self._bot
+        if bot is not None and bot.is_alive:
+            await bot.close(hand_over=hand_over)
+        self._closed.set()
+
+    def memory(self) -> dict[str, int]:
+        """Unique and resident memory of this process, in bytes (Linux)."""
+        result = {"rss": 0, "uss": 0}
+        with contextlib.suppress(OSError), open(f"/proc/{os.getpid()}/smaps_rollup") as smaps:
+            for line in smaps:
+                key, _, rest = line.partition(":")
+                value = int(rest.split()[0]) * 1024 if rest.strip() else 0
+                if key == "Rss":
+                    result["rss"] = value
+                elif key in ("Private_Clean", "Private_Dirty"):
+                    result["uss"] += value
+        return result

@@ -1,0 +1,488 @@
+"""Launchers: `run_server`, `run_subprocesses`, `spawn_subprocesses` and `BotDeployment`.
+
+``run_server`` starts a bot's Orchestrator on a Ray cluster and keeps it up;
+``spawn_subprocesses`` (and its blocking twin ``run_subprocesses``) also starts
+``subprocess_count`` ShardHost actors across the cluster, supervises them
+(replacing hosts that die) and stops everything it started on exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import typing
+
+import hikari
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from ray_shards.auth import bot_id_from_token, validate_token
+from ray_shards.bot import Bot
+from ray_shards.connection import NAMESPACE, ensure_ray, host_actor_name, orchestrator_name
+from ray_shards.gateway_info import validate_rest_url
+from ray_shards.host import ShardHost
+from ray_shards.link import OrchestratorLink
+from ray_shards.orchestrator import Orchestrator, OrchestratorOptions
+from ray_shards.timings import Timings
+
+__all__ = [
+    "DEFAULT_SUBPROCESS_COUNT",
+    "BotDeployment",
+    "run_server",
+    "run_subprocesses",
+    "spawn_subprocesses",
+    "split_shards",
+    "start_orchestrator",
+]
+
+_LOGGER = logging.getLogger("ray_shards.launch")
+
+DEFAULT_SUBPROCESS_COUNT: typing.Final[int] = os.cpu_count() or 1
+"""Default number of shard hosts: this machine's thread count."""
+
+CallbackT = typing.Callable[[Bot], typing.Any]
+
+
+def split_shards(shard_count: int, hosts: int) -> list[int]:
+    """How many shards each of ``hosts`` hosts runs: as even as possible, larger shares first (10/4 = 3,3,2,2)."""
+    base, extra = divmod(shard_count, hosts)
+    return [base + (1 if i < extra else 0) for i in range(hosts)]
+
+
+def _intents_value(intents: hikari.Intents | int) -> int:
+    if isinstance(intents, bool) or not isinstance(intents, int):
+        msg = f"intents must be a hikari.Intents or an int, not {type(intents).__name__}"
+        raise TypeError(msg)
+    valid = 0
+    for flag in hikari.Intents:
+        valid |= int(flag)
+    if intents < 0 or intents & ~valid:
+        msg = f"intents {int(intents)} has bits Discord does not define; build it from hikari.Intents flags"
+        raise ValueError(msg)
+    return int(intents)
+
+
+def _check_count(name: str, value: object, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        msg = f"{name} must be a whole number of at least 1, not {value!r}"
+        raise ValueError(msg)
+
+
+def _reject_tls(ca_cert: bytes | None, private_key: bytes | None) -> None:
+    if ca_cert is not None or private_key is not None:
+        msg = (
+            "ca_cert/private_key are not used by ray_shards: every connection goes through Ray, so TLS is Ray's "
+            "own. Set RAY_USE_TLS=1, RAY_TLS_SERVER_CERT, RAY_TLS_SERVER_KEY and RAY_TLS_CA_CERT on every node "
+            "and client instead (README, 'Security')."
+        )
+        raise ValueError(msg)
+
+
+def _head_affinity() -> typing.Any:
+    for node in ray.nodes():
+        if node.get("Alive") and "node:__internal_head__" in node.get("Resources", {}):
+            return NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=True)
+    return "DEFAULT"
+
+
+async def start_orchestrator(
+    token: str,
+    address: str | None = None,
+    *,
+    rest_url: str = hikari.urls.REST_API_URL,
+    shard_count: int | None = None,
+    intents: hikari.Intents | int = hikari.Intents.ALL_UNPRIVILEGED,
+    timings: Timings | None = None,
+) -> OrchestratorLink:
+    """Start the bot's Orchestrator (or join the one already running) and return a link to it.
+
+    Raises
+    ------
+    ValueError
+        For a malformed token, bad ``shard_count``, unknown intents or a non-http ``rest_url``,
+        and when a running Orchestrator of this bot has another shard count or intents.
+    PermissionError
+        When Discord rejects the token.
+    """
+    token = validate_token(token)
+    _check_count("shard_count", shard_count, allow_none=True)
+    intents_value = _intents_value(intents)
+    rest_url = validate_rest_url(rest_url)
+    await asyncio.to_thread(ensure_ray, address)
+    bot_id = bot_id_from_token(token)
+    options = OrchestratorOptions(
+        rest_url=rest_url, shard_count=shard_count, intents=intents_value, timings=timings or Timings()
+    )
+    handle = (
+        ray.remote(Orchestrator)
+        .options(  # type: ignore[attr-defined]
+            name=orchestrator_name(bot_id),
+            namespace=NAMESPACE,
+            lifetime="detached",
+            get_if_exists=True,
+            max_restarts=-1,
+            max_concurrency=10_000,
+            num_cpus=0,
+            scheduling_strategy=_head_affinity(),
+        )
+        .remote(bot_id, options)
+    )
+    link = OrchestratorLink(token, address)
+    link.adopt_handle(handle)
+    info = await handle.ping.remote()
+    if info["initialised"]:
+        await link.authenticate()
+        status = await link.call("status")
+        config = status["config"]
+        if shard_count is not None and config["shard_count"] != shard_count:
+            msg = (
+                f"an orchestrator for bot {bot_id} already runs with {config['shard_count']} shards; stop it first "
+                f"(`ray-shards stop`) or use shard_count={config['shard_count']}"
+            )
+            raise ValueError(msg)
+        if config["intents"] != intents_value:
+            msg = f"an orchestrator for bot {bot_id} already runs with intents {config['intents']}; stop it first"
+            raise ValueError(msg)
+    else:
+        try:
+            await link.initialise()
+        except BaseException:
+            ray.kill(handle)
+            raise
+    return link
+
+
+class BotDeployment:
+    """A running bot started by `spawn_subprocesses`: its Orchestrator and ShardHost actors.
+
+    Use `BotDeployment.start` to get one; `stop` stops everything it started.
+    """
+
+    __slots__ = ("_callback", "_generation", "_hosts", "_intents", "_keep_orchestrator", "_link", "_rest_url",
+                 "_stopping", "_supervisor", "_timings", "_use_resource", "_wants")
+
+    def __init__(self, link: OrchestratorLink, *, callback: CallbackT | None, wants: list[int], rest_url: str,
+                 intents: int, timings: Timings, keep_orchestrator: bool) -> None:
+        self._link = link
+        self._callback = callback
+        self._wants = wants
+        self._rest_url = rest_url
+        self._intents = intents
+        self._timings = timings
+        self._keep_orchestrator = keep_orchestrator
+        self._hosts: dict[str, typing.Any] = {}
+        self._generation = 0
+        self._stopping = False
+        self._supervisor: asyncio.Task[None] | None = None
+        self._use_resource = False
+
+    def __repr__(self) -> str:
+        return f"BotDeployment(bot_id={self._link.bot_id}, hosts={sorted(self._hosts)})"
+
+    @property
+    def link(self) -> OrchestratorLink:
+        """The authenticated link to the Orchestrator."""
+        return self._link
+
+    @property
+    def hosts(self) -> typing.Mapping[str, typing.Any]:
+        """Host id to ShardHost actor handle."""
+        return dict(self._hosts)
+
+    @classmethod
+    async def start(
+        cls,
+        token: str,
+        /,
+        *,
+        callback: CallbackT | None = None,
+        shard_count: int | None = None,
+        intents: hikari.Intents | int = hikari.Intents.ALL_UNPRIVILEGED,
+        subprocess_count: int = DEFAULT_SUBPROCESS_COUNT,
+        rest_url: str = hikari.urls.REST_API_URL,
+        address: str | None = None,
+        timings: Timings | None = None,
+        keep_orchestrator: bool = False,
+    ) -> BotDeployment:
+        """Start the Orchestrator and the hosts, and return once every shard is READY.
+
+        Raises
+        ------
+        ValueError
+            For bad arguments (nothing is started).
+        ray_shards.host.HostCallbackError
+            When ``callback`` raised in a host (everything started is stopped again).
+        """
+        _check_count("subprocess_count", subprocess_count)
+        if callback is not None and not callable(callback):
+            msg = f"callback must be callable, not {type(callback).__name__}"
+            raise TypeError(msg)
+        timings = timings or Timings()
+        link = await start_orchestrator(
+            token, address, rest_url=rest_url, shard_count=shard_count, intents=intents, timings=timings
+        )
+        status = await link.call("status")
+        total = int(status["config"]["shard_count"])
+        wants = split_shards(total, min(subprocess_count, total))
+        deployment = cls(
+            link,
+            callback=callback,
+            wants=wants,
+            rest_url=validate_rest_url(rest_url),
+            intents=int(status["config"]["intents"]),
+            timings=timings,
+            keep_orchestrator=keep_orchestrator,
+        )
+        try:
+            await deployment._start_hosts()
+        except BaseException:
+            await deployment.stop()
+            raise
+        deployment._supervisor = asyncio.create_task(deployment._supervise(), name="ray_shards supervisor")
+        return deployment
+
+    def _new_host(self, index: int) -> tuple[str, typing.Any]:
+        host_id = f"h{index}" if self._generation == 0 else f"h{index}g{self._generation}"
+        options: dict[str, typing.Any] = {
+            "name": host_actor_name(self._link.bot_id, host_id),
+            "namespace": NAMESPACE,
+            "num_cpus": 0,
+            "max_restarts": 0,
+            "max_concurrency": 1000,
+        }
+        if self._use_resource:
+            options["resources"] = {"shard_host": 1}
+        else:
+            options["scheduling_strategy"] = "SPREAD"
+        handle = (
+            ray.remote(ShardHost)
+            .options(**options)  # type: ignore[attr-defined]
+            .remote(self._link.bot_id, host_id, self._wants[index], self._rest_url, self._timings)
+        )
+        self._hosts[host_id] = handle
+        return host_id, handle
+
+    async def _start_hosts(self) -> None:
+        self._use_resource = "shard_host" in ray.cluster_resources() or bool(
+            os.environ.get("RAY_SHARDS_REQUIRE_SHARD_HOST")
+        )
+        starts = []
+        for index in range(len(self._wants)):
+            _, handle = self._new_host(index)
+            starts.append(handle.start.remote(self._link.token, self._callback, intents=self._intents))
+        results = await asyncio.gather(*starts, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+        _LOGGER.info("bot %s running on %s hosts", self._link.bot_id, len(self._hosts))
+
+    async def _supervise(self) -> None:
+        """Replace hosts that die, until the deployment stops."""
+        watches: dict[asyncio.Future[typing.Any], tuple[int, str]] = {}
+
+        def watch(index: int, host_id: str, handle: typing.Any) -> None:
+            watches[asyncio.ensure_future(handle.wait_closed.remote())] = (index, host_id)
+
+        for index, (host_id, handle) in enumerate(list(self._hosts.items())):
+            watch(index, host_id, handle)
+        while watches and not self._stopping:
+            done, _ = await asyncio.wait(watches, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                index, host_id = watches.pop(future)
+                self._hosts.pop(host_id, None)
+                if self._stopping:
+                    continue
+                died = future.exception() is not None
+                if not died:
+                    continue  # closed on purpose
+                _LOGGER.warning("host %s died; starting a replacement", host_id)
+                self._generation += 1
+                new_id, handle = self._new_host(index)
+                try:
+                    await handle.start.remote(self._link.token, self._callback, intents=self._intents)
+                    watch(index, new_id, handle)
+                except Exception:
+                    _LOGGER.exception("replacement host %s failed to start", new_id)
+                    self._hosts.pop(new_id, None)
+
+    async def wait(self) -> None:
+        """Block until the bot stops (``Client.shutdown``, or every host gone)."""
+        if self._supervisor is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._supervisor)
+
+    async def stop(self) -> None:
+        """Stop the bot: end every shard's session, stop the hosts and (unless kept) the Orchestrator."""
+        if self._stopping:
+            return
+        self._stopping = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._link.call("shutdown", retry_for=3.0), 15.0)
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._supervisor
+        for handle in self._hosts.values():
+            with contextlib.suppress(Exception):
+                ray.kill(handle, no_restart=True)
+        self._hosts.clear()
+        if not self._keep_orchestrator and self._link.handle is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(self._link.handle, no_restart=True)
+        _LOGGER.info("bot %s stopped", self._link.bot_id)
+
+
+async def spawn_subprocesses(
+    token: str,
+    /,
+    *,
+    callback: CallbackT | None = None,
+    shard_count: int | None = None,
+    intents: hikari.Intents | int = hikari.Intents.ALL_UNPRIVILEGED,
+    subprocess_count: int = DEFAULT_SUBPROCESS_COUNT,
+    rest_url: str = hikari.urls.REST_API_URL,
+    address: str | None = None,
+    timings: Timings | None = None,
+) -> None:
+    """Asynchronous variant of `run_subprocesses`.
+
+    The returned coroutine finishes once the bot has closed; cancelling it stops the bot.
+    """
+    deployment = await BotDeployment.start(
+        token,
+        callback=callback,
+        shard_count=shard_count,
+        intents=intents,
+        subprocess_count=subprocess_count,
+        rest_url=rest_url,
+        address=address,
+        timings=timings,
+    )
+    try:
+        await deployment.wait()
+    finally:
+        await asyncio.shield(deployment.stop())
+
+
+def _run_until_signalled(coro_factory: typing.Callable[[], typing.Coroutine[typing.Any, typing.Any, None]]) -> None:
+    async def main() -> None:
+        task = asyncio.ensure_future(coro_factory())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+
+
+def run_subprocesses(
+    token: str,
+    /,
+    *,
+    callback: CallbackT | None = None,
+    shard_count: int | None = None,
+    intents: hikari.Intents | int = hikari.Intents.ALL_UNPRIVILEGED,
+    subprocess_count: int = DEFAULT_SUBPROCESS_COUNT,
+    rest_url: str = hikari.urls.REST_API_URL,
+    address: str | None = None,
+    timings: Timings | None = None,
+) -> None:
+    """Run a bot across several processes: ``subprocess_count`` ShardHost actors on the Ray cluster.
+
+    Parameters
+    ----------
+    token
+        Discord token of the bot.
+    callback
+        Called with each host's bot (a `Bot`, a `hikari.traits.GatewayBotAware`) before it
+        starts; set listeners up here. It is pickled and runs in the host processes.
+    shard_count
+        The amount of shards the bot is split into; Discord's recommendation when None.
+    intents
+        The gateway intents the bot runs with.
+    subprocess_count
+        The amount of host processes; never more than ``shard_count``.
+    rest_url
+        Discord REST base URL (the emulator's, in tests).
+    address
+        Ray address (``"auto"``, ``"ray://host:10001"``, ``"host:6379"``); None connects to a
+        running cluster or starts a local one.
+    timings
+        Reaction times.
+
+    Blocks until the bot stops; SIGINT/SIGTERM stop it gracefully (every shard closed,
+    every actor it started killed).
+    """
+    _run_until_signalled(
+        lambda: spawn_subprocesses(
+            token,
+            callback=callback,
+            shard_count=shard_count,
+            intents=intents,
+            subprocess_count=subprocess_count,
+            rest_url=rest_url,
+            address=address,
+            timings=timings,
+        )
+    )
+
+
+def run_server(
+    token: str,
+    address: str | None,
+    /,
+    *,
+    intents: hikari.Intents | int = hikari.Intents.ALL_UNPRIVILEGED,
+    ca_cert: bytes | None = None,
+    private_key: bytes | None = None,
+    shard_count: int | None = None,
+    rest_url: str = hikari.urls.REST_API_URL,
+    timings: Timings | None = None,
+) -> None:
+    """Run an Orchestrator for the bot on the Ray cluster at ``address`` until SIGINT/SIGTERM.
+
+    `Bot` instances (``Bot(address, token, local_shard_count=N)``) and `Client` connect to it.
+
+    Parameters
+    ----------
+    token
+        Discord token of the bot this orchestrator is managing.
+    address
+        The Ray cluster to run on (``"auto"``, ``"ray://host:10001"``, ``"host:6379"``, or
+        ``"local"`` for a new local cluster).
+    intents
+        The Discord gateway intents this bot should run with.
+    ca_cert, private_key
+        Refused with an explanation: TLS is configured through Ray (``RAY_USE_TLS``).
+    shard_count
+        The amount of shards this bot should be split into; Discord's recommendation when None.
+    rest_url
+        Discord REST base URL.
+    """
+    _reject_tls(ca_cert, private_key)
+
+    async def serve() -> None:
+        link = await start_orchestrator(
+            token, address, rest_url=rest_url, shard_count=shard_count, intents=intents, timings=timings
+        )
+        _LOGGER.info("orchestrator of bot %s is running; Ctrl-C stops it", link.bot_id)
+        try:
+            while True:
+                info = await link.handle.ping.remote()
+                if info["stopping"]:
+                    break
+                await asyncio.sleep(1.0)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(asyncio.wait_for(link.call("shutdown", retry_for=3.0), 15.0))
+            with contextlib.suppress(Exception):
+                ray.kill(link.handle, no_restart=True)
+
+    _run_until_signalled(serve)

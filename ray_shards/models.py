@@ -1,0 +1,150 @@
+"""Plain data passed between the Orchestrator, shard hosts and clients.
+
+Everything here is a small picklable value: these objects cross process and
+node boundaries as Ray method arguments and return values. None of them ever
+holds the bot token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import typing
+
+__all__ = [
+    "BotConfig",
+    "Command",
+    "CommandKind",
+    "HostDirectives",
+    "Lease",
+    "SessionState",
+    "ShardInfo",
+    "ShardReport",
+    "ShardStatus",
+]
+
+
+class ShardStatus(str, enum.Enum):
+    """Where a shard is in its life, as the Orchestrator's table records it."""
+
+    UNASSIGNED = "unassigned"
+    """No host holds a lease for it (waiting for one, or its host died)."""
+    STARTING = "starting"
+    """A host holds the lease and is identifying or resuming."""
+    READY = "ready"
+    """Connected and receiving events."""
+    RECONNECTING = "reconnecting"
+    """The connection dropped; hikari is reconnecting on the same host."""
+    FAILED = "failed"
+    """Stopped by a non-retryable error (bad token, invalid shard, disallowed intents)."""
+    STOPPED = "stopped"
+    """Closed on purpose."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionState:
+    """A Discord gateway session that can be RESUMEd from any process."""
+
+    session_id: str
+    seq: int
+    resume_gateway_url: str
+    user_id: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Lease:
+    """The right to run one shard, valid while its epoch is the Orchestrator's current one."""
+
+    shard_id: int
+    shard_count: int
+    epoch: int
+    session: SessionState | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ShardReport:
+    """What a host tells the Orchestrator about one of its shards."""
+
+    shard_id: int
+    epoch: int
+    status: ShardStatus
+    session: SessionState | None = None
+    latency: float = float("nan")
+    guilds: int = 0
+    events: int = 0
+    error: str | None = None
+
+
+class CommandKind(str, enum.Enum):
+    """Operations a client can ask a host to run on its shards."""
+
+    PRESENCE = "presence"
+    VOICE_STATE = "voice_state"
+    REQUEST_MEMBERS = "request_members"
+    RECONNECT = "reconnect"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Command:
+    """One operation for a host: on ``shard_id``, or on all of its shards when None."""
+
+    command_id: int
+    kind: CommandKind
+    shard_id: int | None
+    arguments: dict[str, typing.Any]
+
+
+@dataclasses.dataclass(slots=True)
+class HostDirectives:
+    """The Orchestrator's answer to a host's sync: what to start, stop and run."""
+
+    adopt: list[Lease] = dataclasses.field(default_factory=list)
+    revoke: list[int] = dataclasses.field(default_factory=list)
+    commands: list[Command] = dataclasses.field(default_factory=list)
+    presence_version: int = 0
+    stop: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.adopt or self.revoke or self.commands or self.stop)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BotConfig:
+    """Bot-wide settings every host needs, fixed when the Orchestrator starts."""
+
+    bot_id: int
+    shard_count: int
+    intents: int
+    max_concurrency: int
+    gateway_url: str
+    rest_url: str
+    large_threshold: int = 250
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ShardInfo:
+    """One row of the Orchestrator's shard table, as clients see it."""
+
+    shard_id: int
+    shard_count: int
+    status: ShardStatus
+    host_id: str | None
+    node_id: str | None
+    epoch: int
+    latency: float
+    seq: int | None
+    guilds: int
+    events: int
+    last_seen: float
+    identifies: int
+    resumes: int
+    error: str | None = None
+
+    @property
+    def is_alive(self) -> bool:
+        """Whether a host currently runs this shard."""
+        return self.host_id is not None and self.status in (
+            ShardStatus.STARTING,
+            ShardStatus.READY,
+            ShardStatus.RECONNECTING,
+        )

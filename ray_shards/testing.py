@@ -1,0 +1,61 @@
+"""Test support shipped with the package: a Ray actor that records which events listeners got.
+
+Failover and rolling-restart tests prove "no event lost" by comparing what the
+emulator sent with what listeners recorded here. The recorder lives in its own
+actor, so it survives the hosts that the tests kill.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import typing
+
+import hikari
+import ray
+
+from ray_shards.bot import Bot
+from ray_shards.connection import NAMESPACE
+
+__all__ = ["DeliveryRecorder", "record_deliveries", "recording_callback", "start_recorder"]
+
+
+class DeliveryRecorder:
+    """Counts, per message id, how many times a listener received it (and on which host)."""
+
+    def __init__(self) -> None:
+        self._counts: collections.Counter[int] = collections.Counter()
+        self._hosts: dict[int, str] = {}
+
+    def record(self, host_id: str, message_ids: list[int]) -> None:
+        """Record deliveries."""
+        for message_id in message_ids:
+            self._counts[message_id] += 1
+            self._hosts[message_id] = host_id
+
+    def counts(self) -> dict[int, int]:
+        """Message id to number of deliveries."""
+        return dict(self._counts)
+
+    def hosts(self) -> dict[int, str]:
+        """Message id to the host that last received it."""
+        return dict(self._hosts)
+
+
+def start_recorder(name: str) -> typing.Any:
+    """Start a named `DeliveryRecorder` actor (the caller kills it when done)."""
+    return ray.remote(DeliveryRecorder).options(name=name, namespace=NAMESPACE, num_cpus=0).remote()  # type: ignore[attr-defined]
+
+
+def record_deliveries(recorder_name: str, bot: Bot) -> None:
+    """Callback: every MESSAGE_CREATE reaching ``bot`` is recorded in the named recorder."""
+    recorder = ray.get_actor(recorder_name, namespace=NAMESPACE)
+
+    @bot.listen(hikari.MessageCreateEvent)
+    async def on_message(event: hikari.MessageCreateEvent) -> None:
+        await recorder.record.remote(bot.host_id, [int(event.message_id)])
+
+
+def recording_callback(recorder_name: str) -> typing.Callable[[Bot], None]:
+    """A picklable callback recording deliveries into ``recorder_name``."""
+    return functools.partial(record_deliveries, recorder_name)

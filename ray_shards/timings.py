@@ -1,0 +1,56 @@
+"""Timing knobs shared by the Orchestrator and its hosts."""
+
+from __future__ import annotations
+
+import dataclasses
+
+__all__ = ["Timings"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Timings:
+    """How fast ray_shards notices and reacts; the defaults suit a production bot.
+
+    Attributes
+    ----------
+    sync_interval
+        Longest time between two syncs of a host with the Orchestrator (a sync is a
+        long poll that returns at once when there is work for the host).
+    host_timeout
+        A host actor that has not synced for this long is presumed hung and is killed
+        (fenced) so its shards can move.
+    standalone_lease_ttl
+        A standalone `Bot` (not a Ray actor, so it cannot be killed) loses its leases
+        after this long without a sync; it stops its own shards earlier.
+    death_quarantine
+        Pause between learning that a host died and handing its shards on, so Discord
+        has seen the dead process's sockets close.
+    recovery_grace
+        After an Orchestrator restart, hosts from the checkpoint have this long to come
+        back before their shards are given to others.
+    identify_window
+        Discord's identify window per bucket (5 s).
+    identify_margin
+        Safety added to every identify window.
+    grant_timeout
+        An identify grant never released (no READY, no failure) is spent after this long.
+    seq_report_lag
+        Hosts report the sequence number they had this long ago, so every event at or
+        below a reported seq has surely reached its listeners (at-least-once on failover).
+    checkpoint_interval
+        Most time between two checkpoints of changing session state.
+    command_timeout
+        How long a client command waits for the owning host.
+    """
+
+    sync_interval: float = 0.5
+    host_timeout: float = 6.0
+    standalone_lease_ttl: float = 10.0
+    death_quarantine: float = 0.3
+    recovery_grace: float = 5.0
+    identify_window: float = 5.0
+    identify_margin: float = 0.1
+    grant_timeout: float = 30.0
+    seq_report_lag: float = 0.3
+    checkpoint_interval: float = 1.0
+    command_timeout: float = 15.0

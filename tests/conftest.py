@@ -1,0 +1,80 @@
+"""Shared fixtures: a real multi-node Ray cluster, the Discord emulator, and bot tokens."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import typing
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+if typing.TYPE_CHECKING:
+    from ray.cluster_utils import Cluster
+
+    from ray_shards.emulator import EmulatorThread
+
+
+def new_token() -> str:
+    """A fresh emulator-valid token for a bot of its own, so tests never share an Orchestrator."""
+    from ray_shards.emulator import make_token
+
+    bot_id = (random.randrange(1 << 20, 1 << 30) << 22) | random.randrange(1 << 22)
+    return make_token(bot_id)
+
+
+@pytest.fixture
+def token() -> str:
+    return new_token()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> typing.Iterator[Cluster]:
+    """One head and two worker nodes, shared by the tests of a session and shut down at its end.
+
+    Node-loss detection is tuned down (health check every 0.5 s) so failover tests are quick.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    temp_dir = tempfile.mkdtemp(prefix="ray_shards_test_")
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 2,
+            "include_dashboard": False,
+            "_temp_dir": temp_dir,
+            "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3},
+        },
+    )
+    for _ in range(2):
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, namespace="ray_shards_tests", logging_level="WARNING")
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.fixture
+def emulator_factory() -> typing.Iterator[typing.Callable[..., EmulatorThread]]:
+    """Start emulators (in background threads) with given config overrides; all are stopped after the test."""
+    from ray_shards.emulator import EmulatorConfig, EmulatorThread
+
+    started: list[EmulatorThread] = []
+
+    def start(token: str, **overrides: typing.Any) -> EmulatorThread:
+        config = EmulatorConfig(token=token, **overrides)
+        emulator = EmulatorThread(config).start()
+        started.append(emulator)
+        return emulator
+
+    yield start
+    for emulator in started:
+        emulator.stop()
