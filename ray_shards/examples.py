@@ -13,6 +13,11 @@ import hikari
 
 from ray_shards.bot import Bot
 
+try:  # hikari-arc is optional; arc_bot needs it.
+    import arc
+except ImportError:  # pragma: no cover - only without the test extras
+    arc = None
+
 __all__ = ["arc_bot", "echo_bot"]
 
 _LOGGER = logging.getLogger("ray_shards.examples")
@@ -30,8 +35,9 @@ def echo_bot(bot: Bot) -> None:
 
 def arc_bot(bot: Bot) -> None:
     """A hikari-arc slash command ``/ping`` on a ray_shards `Bot` (a `hikari.GatewayBotAware`)."""
-    import arc
-
+    if arc is None:
+        msg = "arc_bot needs hikari-arc: pip install hikari-arc"
+        raise RuntimeError(msg)
     client = arc.GatewayClient(bot)
 
     @client.include

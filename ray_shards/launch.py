@@ -163,7 +163,7 @@ class BotDeployment:
     Use `BotDeployment.start` to get one; `stop` stops everything it started.
     """
 
-    __slots__ = ("_callback", "_generation", "_hosts", "_intents", "_keep_orchestrator", "_link", "_rest_url",
+    __slots__ = ("_callback", "_generation", "_hosts", "_intents", "_keep_orchestrator", "_link", "_placed", "_rest_url",
                  "_stopping", "_supervisor", "_timings", "_use_resource", "_wants")
 
     def __init__(self, link: OrchestratorLink, *, callback: CallbackT | None, wants: list[int], rest_url: str,
@@ -180,6 +180,7 @@ class BotDeployment:
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
         self._use_resource = False
+        self._placed: dict[int, str] = {}
 
     def __repr__(self) -> str:
         return f"BotDeployment(bot_id={self._link.bot_id}, hosts={sorted(self._hosts)})"
@@ -258,7 +259,7 @@ class BotDeployment:
         if self._use_resource:
             options["resources"] = {"shard_host": 1}
         else:
-            options["scheduling_strategy"] = "SPREAD"
+            options["scheduling_strategy"] = self._spread()
         handle = (
             ray.remote(ShardHost)
             .options(**options)  # type: ignore[attr-defined]
@@ -266,6 +267,23 @@ class BotDeployment:
         )
         self._hosts[host_id] = handle
         return host_id, handle
+
+    def _spread(self) -> typing.Any:
+        """Affinity to the alive node running the fewest of this bot's hosts.
+
+        Ray's own SPREAD strategy does not spread actors that ask for no CPU, so
+        ray_shards places them itself.
+        """
+        nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
+        if not nodes:
+            return "SPREAD"
+        load = dict.fromkeys(nodes, 0)
+        for node in self._placed.values():
+            if node in load:
+                load[node] += 1
+        node_id = min(nodes, key=lambda n: (load[n], nodes.index(n)))
+        self._placed[len(self._placed)] = node_id
+        return NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
 
     async def _start_hosts(self) -> None:
         self._use_resource = "shard_host" in ray.cluster_resources() or bool(

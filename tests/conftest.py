@@ -47,14 +47,14 @@ def ray_cluster() -> typing.Iterator[Cluster]:
         head_node_args={
             "num_cpus": 2,
             "include_dashboard": False,
-            "_temp_dir": temp_dir,
+            "temp_dir": temp_dir,
             "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3},
         },
     )
     for _ in range(2):
         cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace="ray_shards_tests", logging_level="WARNING")
+    ray.init(address=cluster.address, namespace="ray_shards_tests", logging_level="WARNING", log_to_driver=False)
     try:
         yield cluster
     finally:

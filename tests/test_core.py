@@ -1,0 +1,194 @@
+"""The core on a real 3-node Ray cluster against the emulator: placement, boot, control, listeners."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import typing
+
+import hikari
+import pytest
+import ray
+
+from ray_shards import BotDeployment, Client, ShardStatus, examples
+from ray_shards.launch import split_shards
+from ray_shards.timings import Timings
+
+pytestmark = pytest.mark.timeout(240)
+
+FAST = Timings(identify_window=1.0)
+
+
+async def _wait(predicate: typing.Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+def test_split_shards_is_uneven_but_fair() -> None:
+    assert split_shards(10, 4) == [3, 3, 2, 2]
+    assert split_shards(8, 3) == [3, 3, 2]
+    assert split_shards(2, 2) == [1, 1]
+
+
+async def test_eight_shards_on_three_hosts_across_three_nodes(ray_cluster: typing.Any, emulator_factory: typing.Any,
+                                                              token: str) -> None:
+    emu = emulator_factory(token, shards=8, max_concurrency=8, guilds=16, identify_window_s=1.0)
+    deployment = await BotDeployment.start(
+        token, shard_count=8, subprocess_count=3, rest_url=emu.rest_url, timings=FAST
+    )
+    try:
+        async with Client(token, None) as client:
+            await _wait(
+                lambda: len(client.remote_shards) == 8
+                and all(s.is_alive and not math.isnan(s.heartbeat_latency) for s in client.remote_shards.values()),
+                30,
+                "8 live shards with latencies",
+            )
+            infos = [s.info for s in client.remote_shards.values()]
+            assert all(i is not None and i.status is ShardStatus.READY for i in infos)
+            hosts = {i.host_id for i in infos if i}
+            assert len(hosts) == 3
+            nodes = {i.node_id for i in infos if i}
+            assert len(nodes) == 3, f"hosts share nodes: {nodes}"
+            per_host = sorted(sum(1 for i in infos if i and i.host_id == h) for h in hosts)
+            assert per_host == [2, 3, 3]
+        identifies = emu.control.identify_log()
+        assert sorted(entry["shard_id"] for entry in identifies) == list(range(8)), "each shard READY exactly once"
+        stats = emu.control.stats()
+        assert stats["rate_limit_violations"] == 0
+        assert not stats["split_brain"]
+    finally:
+        await deployment.stop()
+    emu.control.wait_until(lambda c: all(v == 0 for v in c.stats()["connected"].values()), timeout=15)
+
+
+async def test_sixteen_shard_boot_respects_rate_limit_near_floor(ray_cluster: typing.Any, emulator_factory: typing.Any,
+                                                                 token: str) -> None:
+    emu = emulator_factory(token, shards=16, max_concurrency=4, guilds=32)
+    started = time.monotonic()
+    deployment = await BotDeployment.start(token, subprocess_count=4, rest_url=emu.rest_url)
+    boot = time.monotonic() - started
+    try:
+        identifies = sorted(entry["time"] for entry in emu.control.identify_log())
+        assert len(identifies) == 16
+        floor = (math.ceil(16 / 4) - 1) * 5.0
+        span = identifies[-1] - identifies[0]
+        assert emu.control.stats()["rate_limit_violations"] == 0
+        assert span <= 1.2 * floor + 3.0, f"identify schedule took {span:.1f} s, floor {floor} s"
+        # Whole boot including Ray actor start-up on a 2-core machine; reported, loosely bounded.
+        print(f"16-shard boot: identify span {span:.2f} s (floor {floor} s), total {boot:.2f} s")
+        assert boot <= 1.2 * floor + 30.0
+    finally:
+        await deployment.stop()
+
+
+async def test_presence_voice_and_member_requests_reach_the_right_shards(
+    ray_cluster: typing.Any, emulator_factory: typing.Any, token: str
+) -> None:
+    emu = emulator_factory(token, shards=4, max_concurrency=4, guilds=8, identify_window_s=1.0)
+    deployment = await BotDeployment.start(
+        token, subprocess_count=2, rest_url=emu.rest_url, intents=hikari.Intents.ALL, timings=FAST
+    )
+    try:
+        async with Client(token, None) as client:
+            activity = hikari.Activity(name="sharded", type=hikari.ActivityType.WATCHING)
+            await client.update_presence(status=hikari.Status.IDLE, activity=activity)
+            for shard_id in range(4):
+                sent = emu.control.received(shard_id, op=3)
+                assert sent and sent[-1]["d"]["status"] == "idle", f"shard {shard_id} got no presence"
+
+            # Every guild's request goes out on the connection of the shard that owns it.
+            for guild_id in emu.control.guild_ids()[:4]:
+                owner = (guild_id >> 22) % 4
+                await client.request_guild_members(guild_id, query="user", limit=5, nonce=f"n{guild_id % 1000}")
+                await client.update_voice_state(guild_id, None, self_mute=True)
+                member_requests = emu.control.received(owner, op=8)
+                assert any(int(p["d"]["guild_id"]) == guild_id for p in member_requests)
+                voice = emu.control.received(owner, op=4)
+                assert any(int(p["d"]["guild_id"]) == guild_id for p in voice)
+                others = [s for s in range(4) if s != owner]
+                for other in others:
+                    assert not any(int(p["d"]["guild_id"]) == guild_id for p in emu.control.received(other, op=8))
+
+            # Invalid requests are refused before anything is sent.
+            before = len(emu.control.received(op=8))
+            guild = emu.control.guild_ids()[0]
+            with pytest.raises(ValueError, match="limit/query with users"):
+                await client.request_guild_members(guild, query="a", users=[1])
+            with pytest.raises(ValueError, match="between 0 and 100"):
+                await client.request_guild_members(guild, query="a", limit=101)
+            with pytest.raises(ValueError, match="100 users"):
+                await client.request_guild_members(guild, users=list(range(1, 102)))
+            with pytest.raises(ValueError, match="32 byte"):
+                await client.request_guild_members(guild, query="a", nonce="x" * 33)
+            assert len(emu.control.received(op=8)) == before
+
+            # A shard that identifies afterwards (its session invalidated) identifies with the stored presence.
+            emu.control.reset_logs()
+            emu.control.invalidate(1, resumable=False)
+            emu.control.wait_until(lambda c: any(e["shard_id"] == 1 for e in c.identify_log()), timeout=30)
+            presence = next(e for e in emu.control.identify_log() if e["shard_id"] == 1)["presence"]
+            assert presence["status"] == "idle"
+            assert presence["activities"][0]["name"] == "sharded" if "activities" in presence else True
+    finally:
+        await deployment.stop()
+
+
+async def test_callback_listeners_receive_events_on_every_host_and_reply(
+    ray_cluster: typing.Any, emulator_factory: typing.Any, token: str
+) -> None:
+    emu = emulator_factory(token, shards=4, max_concurrency=4, guilds=8, identify_window_s=1.0)
+    deployment = await BotDeployment.start(
+        token, subprocess_count=2, rest_url=emu.rest_url, callback=examples.echo_bot, timings=FAST,
+        intents=hikari.Intents.ALL,
+    )
+    try:
+        for guild_id in emu.control.guild_ids()[:4]:
+            emu.control.dispatch_to_guild(
+                guild_id, "MESSAGE_CREATE", _message(guild_id, emu.control.guild_ids().index(guild_id))
+            )
+        emu.control.wait_until(lambda c: len(c.messages()) >= 4, timeout=30)
+        replies = [m["content"] for m in emu.control.messages()]
+        assert {r.split()[2] for r in replies} == {"h0", "h1"}, replies
+    finally:
+        await deployment.stop()
+
+
+async def test_hikari_arc_command_runs_on_a_ray_shards_bot(
+    ray_cluster: typing.Any, emulator_factory: typing.Any, token: str
+) -> None:
+    emu = emulator_factory(token, shards=2, max_concurrency=2, guilds=4, identify_window_s=1.0)
+    deployment = await BotDeployment.start(
+        token, subprocess_count=2, rest_url=emu.rest_url, callback=examples.arc_bot, timings=FAST
+    )
+    try:
+        guild = emu.control.guild_ids()[1]
+        emu.control.wait_until(lambda c: any("commands" in r["path"] for r in c.rest_log()), timeout=30)
+        emu.control.interaction(guild, "ping")
+        emu.control.wait_until(lambda c: len(c.interaction_responses()) >= 1, timeout=30)
+        response = emu.control.interaction_responses()[-1]
+        assert "pong from h" in str(response)
+    finally:
+        await deployment.stop()
+
+
+def _message(guild_id: int, n: int) -> dict[str, typing.Any]:
+    from ray_shards.emulator import payloads
+
+    author = {"id": "5555", "username": "tester", "discriminator": "0", "avatar": None, "global_name": None}
+    return payloads.message(
+        message_id=(900_000 + n) << 22, channel_id=guild_id + 1, author=author, content=f"!ping {n}", guild_id=guild_id
+    )
+
+
+def test_no_leftover_actors(ray_cluster: typing.Any) -> None:
+    """Every test above stopped what it started: no ray_shards actor is left."""
+    left = [
+        a for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == "ray_shards" and a["name"].startswith(("orchestrator-", "host-"))
+    ]
+    assert not left, left
