@@ -86,7 +86,7 @@ def _reject_tls(ca_cert: bytes | None, private_key: bytes | None) -> None:
 def _head_affinity() -> typing.Any:
     for node in ray.nodes():
         if node.get("Alive") and "node:__internal_head__" in node.get("Resources", {}):
-            return NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=True)
+            return NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
     return "DEFAULT"
 
 

@@ -43,8 +43,15 @@ class DeliveryRecorder:
 
 
 def start_recorder(name: str) -> typing.Any:
-    """Start a named `DeliveryRecorder` actor (the caller kills it when done)."""
-    return ray.remote(DeliveryRecorder).options(name=name, namespace=NAMESPACE, num_cpus=0).remote()  # type: ignore[attr-defined]
+    """Start a named `DeliveryRecorder` actor on this process's node (the caller kills it when done)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    return (
+        ray.remote(DeliveryRecorder)
+        .options(name=name, namespace=NAMESPACE, num_cpus=0, scheduling_strategy=here)  # type: ignore[attr-defined]
+        .remote()
+    )
 
 
 def record_deliveries(recorder_name: str, bot: Bot) -> None:
