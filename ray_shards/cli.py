@@ -1,0 +1,311 @@
+"""The ``ray-shards`` command (also ``python -m ray_shards``).
+
+Subcommands: ``demo`` (a live bot on a local Ray cluster against the bundled
+Discord emulator unless a token is given), ``server``, ``run``, ``status``,
+``presence``, ``stop`` and ``emulator``. Configuration comes from flags, then
+``RAY_SHARDS_*`` / ``DISCORD_TOKEN`` environment variables and a ``.env`` file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import signal
+import sys
+import time
+import typing
+
+import hikari
+
+from ray_shards.settings import RayShardsSettings, parse_intents
+
+__all__ = ["main"]
+
+_LOGGER = logging.getLogger("ray_shards.cli")
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+def _settings() -> RayShardsSettings:
+    return RayShardsSettings()
+
+
+def _token(args: argparse.Namespace, settings: RayShardsSettings, *, required: bool = True) -> str | None:
+    token = getattr(args, "token", None) or (settings.token.get_secret_value() if settings.token else None)
+    if token is None and required:
+        msg = "no bot token: set DISCORD_TOKEN (or RAY_SHARDS_TOKEN, or a .env file) or pass --token"
+        raise CliError(msg)
+    return token
+
+
+def _common(parser: argparse.ArgumentParser, *, token: bool = True) -> None:
+    parser.add_argument("--address", help="Ray address: auto, ray://HOST:10001, HOST:6379 (env RAY_SHARDS_ADDRESS)")
+    if token:
+        parser.add_argument("--token", help="bot token (prefer the DISCORD_TOKEN environment variable)")
+
+
+def _bot_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rest-url", help="Discord REST base URL (env RAY_SHARDS_REST_URL)")
+    parser.add_argument("--shard-count", type=int, help="number of shards (default: Discord's recommendation)")
+    parser.add_argument("--intents", help="intent names joined by | or a number (default ALL_UNPRIVILEGED)")
+
+
+def _load_callback(entrypoint: str) -> typing.Callable[[typing.Any], typing.Any]:
+    module_name, _, attribute = entrypoint.partition(":")
+    if not module_name or not attribute:
+        msg = f"--entrypoint must look like package.module:function, not {entrypoint!r}"
+        raise CliError(msg)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        msg = f"cannot import {module_name!r} for --entrypoint: {exc}"
+        raise CliError(msg) from None
+    callback = getattr(module, attribute, None)
+    if not callable(callback):
+        msg = f"{entrypoint!r} is not a callable in {module_name!r}"
+        raise CliError(msg)
+    return typing.cast(typing.Callable[[typing.Any], typing.Any], callback)
+
+
+# -- commands --------------------------------------------------------------------------------------
+
+
+def _cmd_server(args: argparse.Namespace) -> int:
+    from ray_shards.launch import run_server
+
+    settings = _settings()
+    run_server(
+        typing.cast(str, _token(args, settings)),
+        args.address or settings.address or "auto",
+        intents=parse_intents(args.intents) if args.intents else settings.intents,
+        shard_count=args.shard_count or settings.shard_count,
+        rest_url=args.rest_url or settings.rest_url,
+    )
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from ray_shards.launch import DEFAULT_SUBPROCESS_COUNT, run_subprocesses
+
+    settings = _settings()
+    callback = _load_callback(args.entrypoint) if args.entrypoint else None
+    run_subprocesses(
+        typing.cast(str, _token(args, settings)),
+        callback=callback,
+        shard_count=args.shard_count or settings.shard_count,
+        intents=parse_intents(args.intents) if args.intents else settings.intents,
+        subprocess_count=args.hosts or settings.hosts or DEFAULT_SUBPROCESS_COUNT,
+        rest_url=args.rest_url or settings.rest_url,
+        address=args.address or settings.address,
+    )
+    return 0
+
+
+async def _with_client(args: argparse.Namespace, action: typing.Callable[[typing.Any], typing.Awaitable[int]]) -> int:
+    from ray_shards.client import Client
+
+    settings = _settings()
+    client = Client(typing.cast(str, _token(args, settings)), args.address or settings.address or "auto")
+    await client.start()
+    try:
+        return await action(client)
+    finally:
+        await client.close()
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from ray_shards.render import render_progress, render_table
+
+    async def show(client: typing.Any) -> int:
+        while True:
+            rows = await client.refresh()
+            status = await client.status()
+            text = f"{render_progress(status)}\n{render_table(rows)}"
+            if args.watch:
+                sys.stdout.write("\x1b[2J\x1b[H" + text + "\n")
+                sys.stdout.flush()
+                await asyncio.sleep(args.interval)
+            else:
+                print(text)
+                return 0
+
+    return asyncio.run(_with_client(args, show))
+
+
+def _cmd_presence(args: argparse.Namespace) -> int:
+    async def apply(client: typing.Any) -> int:
+        activity: hikari.UndefinedNoneOr[hikari.Activity] = hikari.UNDEFINED
+        if args.clear_activity:
+            activity = None
+        elif args.activity:
+            activity = hikari.Activity(name=args.activity, type=hikari.ActivityType[args.activity_type.upper()])
+        status = hikari.Status(args.status) if args.status else hikari.UNDEFINED
+        await client.update_presence(status=status, activity=activity)
+        print("presence updated on every shard (and remembered for shards that start later)")
+        return 0
+
+    return asyncio.run(_with_client(args, apply))
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    async def stop(client: typing.Any) -> int:
+        await client.shutdown()
+        print("bot stopped: every shard closed")
+        return 0
+
+    return asyncio.run(_with_client(args, stop))
+
+
+def _cmd_emulator(args: argparse.Namespace) -> int:
+    from ray_shards.emulator import main as emulator_main
+
+    return emulator_main(args.emulator_args)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    return asyncio.run(_demo(args))
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    """A live bot on a local Ray cluster; against the bundled emulator unless a real token is given."""
+    import ray
+
+    from ray_shards import examples
+    from ray_shards.client import Client
+    from ray_shards.connection import ensure_ray
+    from ray_shards.launch import BotDeployment
+    from ray_shards.render import render_progress, render_table
+
+    settings = _settings()
+    token = _token(args, settings, required=False)
+    emulator = None
+    rest_url = settings.rest_url
+    if token is None:
+        from ray_shards.emulator import DEFAULT_TOKEN, EmulatorConfig, EmulatorThread
+
+        token = DEFAULT_TOKEN
+        emulator = EmulatorThread(
+            EmulatorConfig(token=token, shards=args.shards, max_concurrency=args.max_concurrency, guilds=args.shards * 4)
+        ).start()
+        rest_url = emulator.rest_url
+        print(f"no DISCORD_TOKEN: using the bundled Discord emulator at {emulator.base_url}")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    await asyncio.to_thread(ensure_ray, args.address or "local")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    deployment = None
+    try:
+        print(f"starting {args.shards} shards on {args.hosts} hosts ...")
+        started = time.monotonic()
+        deployment = await BotDeployment.start(
+            token,
+            callback=examples.echo_bot,
+            shard_count=args.shards if emulator is not None else None,
+            subprocess_count=args.hosts,
+            rest_url=rest_url,
+            address=args.address or "local",
+        )
+        print(f"bot running after {time.monotonic() - started:.1f} s; Ctrl-C stops it")
+        if emulator is not None:
+            emulator.control.start_stream(args.events_per_second)
+        async with Client(token, None) as client:
+            deadline = time.monotonic() + args.duration if args.duration else None
+            while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                rows = await client.refresh()
+                status = await client.status()
+                print(f"\n{render_progress(status)}\n{render_table(rows)}", flush=True)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), args.interval)
+        return 0
+    finally:
+        print("stopping the bot ...", flush=True)
+        if deployment is not None:
+            await deployment.stop()
+        if emulator is not None:
+            emulator.stop()
+        ray.shutdown()
+        print("stopped", flush=True)
+
+
+# -- entry point -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ray-shards`` argument parser."""
+    parser = argparse.ArgumentParser(prog="ray-shards", description="Run a hikari Discord bot's shards on Ray.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="a live bot on a local Ray cluster (bundled emulator without a token)")
+    _common(demo)
+    demo.add_argument("--shards", type=int, default=8)
+    demo.add_argument("--hosts", type=int, default=3)
+    demo.add_argument("--max-concurrency", type=int, default=4, help="the emulator's identify concurrency")
+    demo.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: run until Ctrl-C)")
+    demo.add_argument("--interval", type=float, default=2.0, help="seconds between two table prints")
+    demo.add_argument("--events-per-second", type=float, default=5.0, help="emulator event stream rate")
+    demo.set_defaults(handler=_cmd_demo)
+
+    server = sub.add_parser("server", help="run the bot's Orchestrator until Ctrl-C (run_server)")
+    _common(server)
+    _bot_options(server)
+    server.set_defaults(handler=_cmd_server)
+
+    run = sub.add_parser("run", help="run the bot on ShardHost actors across the cluster (run_subprocesses)")
+    _common(run)
+    _bot_options(run)
+    run.add_argument("--entrypoint", help="package.module:function called with each host's bot before it starts")
+    run.add_argument("--hosts", type=int, help="number of ShardHost actors (default: this machine's CPU count)")
+    run.set_defaults(handler=_cmd_run)
+
+    status = sub.add_parser("status", help="the live shard table")
+    _common(status)
+    status.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    status.add_argument("--interval", type=float, default=1.0)
+    status.set_defaults(handler=_cmd_status)
+
+    presence = sub.add_parser("presence", help="set the presence of the whole bot (remembered)")
+    _common(presence)
+    presence.add_argument("--status", choices=[str(s) for s in hikari.Status])
+    presence.add_argument("--activity", help="activity name")
+    presence.add_argument("--activity-type", default="playing", choices=[t.name.lower() for t in hikari.ActivityType])
+    presence.add_argument("--clear-activity", action="store_true")
+    presence.set_defaults(handler=_cmd_presence)
+
+    stop = sub.add_parser("stop", help="stop the whole bot (every shard closed)")
+    _common(stop)
+    stop.set_defaults(handler=_cmd_stop)
+
+    emulator = sub.add_parser("emulator", help="the local Discord emulator (see ray-shards emulator --help)",
+                              add_help=False)
+    emulator.add_argument("emulator_args", nargs=argparse.REMAINDER)
+    emulator.set_defaults(handler=_cmd_emulator)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``ray-shards`` command; returns the exit code."""
+    from ray_shards.connection import OrchestratorNotFoundError, RayUnreachableError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.handler(args))
+    except (CliError, RayUnreachableError, OrchestratorNotFoundError, PermissionError, ValueError) as exc:
+        print(f"ray-shards: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
