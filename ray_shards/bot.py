@@ -41,7 +41,16 @@ from ray_shards import sessions, validation
 from ray_shards.errors import BotStoppedError, LeaseLostError
 from ray_shards.gateway_info import validate_rest_url
 from ray_shards.link import OrchestratorLink, OrchestratorUnavailableError
-from ray_shards.models import BotConfig, Command, CommandKind, HostDirectives, Lease, ShardInfo, ShardReport, ShardStatus
+from ray_shards.models import (
+    BotConfig,
+    Command,
+    CommandKind,
+    HostDirectives,
+    Lease,
+    ShardInfo,
+    ShardReport,
+    ShardStatus,
+)
 from ray_shards.presence import PresenceState
 from ray_shards.remote import RemoteShard
 from ray_shards.timings import Timings
@@ -361,9 +370,9 @@ class Bot(traits.GatewayBotAware):
         """Listeners of ``event_type``."""
         return self._event_manager.get_listeners(event_type, polymorphic=polymorphic)
 
-    def dispatch(self, event: hikari.Event) -> asyncio.Future[typing.Any]:
+    def dispatch(self, event: hikari.Event) -> None:
         """Dispatch ``event`` to its listeners."""
-        return self._event_manager.dispatch(event)
+        self._event_manager.dispatch(event)
 
     async def wait_for(
         self, event_type: type[typing.Any], /, timeout: float | None, predicate: typing.Any = None

@@ -191,7 +191,9 @@ async def _demo(args: argparse.Namespace) -> int:
 
         token = DEFAULT_TOKEN
         emulator = EmulatorThread(
-            EmulatorConfig(token=token, shards=args.shards, max_concurrency=args.max_concurrency, guilds=args.shards * 4)
+            EmulatorConfig(
+                token=token, shards=args.shards, max_concurrency=args.max_concurrency, guilds=args.shards * 4
+            )
         ).start()
         rest_url = emulator.rest_url
         print(f"no DISCORD_TOKEN: using the bundled Discord emulator at {emulator.base_url}")

@@ -8,11 +8,13 @@ a script is pickled by value; one in an importable module by reference).
 from __future__ import annotations
 
 import logging
+import typing
 
 import hikari
 
 from ray_shards.bot import Bot
 
+arc: typing.Any
 try:  # hikari-arc is optional; arc_bot needs it.
     import arc
 except ImportError:  # pragma: no cover - only without the test extras
@@ -40,8 +42,8 @@ def arc_bot(bot: Bot) -> None:
         raise RuntimeError(msg)
     client = arc.GatewayClient(bot)
 
-    @client.include
-    @arc.slash_command("ping", "Answer with the host that runs the shard")
+    @client.include  # type: ignore[untyped-decorator]
+    @arc.slash_command("ping", "Answer with the host that runs the shard")  # type: ignore[untyped-decorator]
     async def ping(ctx: arc.GatewayContext) -> None:
         await ctx.respond(f"pong from {bot.host_id}")
 

@@ -51,15 +51,17 @@ async def fetch_gateway_bot(rest_url: str, token: str, *, timeout: float = 15.0)
     url = validate_rest_url(rest_url) + "/gateway/bot"
     headers = {"Authorization": f"Bot {token}", "User-Agent": "DiscordBot (ray_shards, 0.1)"}
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-            async with session.get(url, headers=headers) as response:
-                if response.status == 401:
-                    msg = "Discord rejected the bot token (401 Unauthorized); check DISCORD_TOKEN"
-                    raise TokenRejectedError(msg)
-                if response.status != 200:
-                    msg = f"GET {url} answered HTTP {response.status}"
-                    raise ConnectionError(msg)
-                data = await response.json()
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
+            session.get(url, headers=headers) as response,
+        ):
+            if response.status == 401:
+                msg = "Discord rejected the bot token (401 Unauthorized); check DISCORD_TOKEN"
+                raise TokenRejectedError(msg)
+            if response.status != 200:
+                msg = f"GET {url} answered HTTP {response.status}"
+                raise ConnectionError(msg)
+            data = await response.json()
     except aiohttp.ClientError as exc:
         msg = f"cannot reach the Discord REST API at {rest_url}: {type(exc).__name__}"
         raise ConnectionError(msg) from None

@@ -56,7 +56,9 @@ class ShardHost:
         self._bot: Bot | None = None
         self._closed = asyncio.Event()
         self._started_at = time.time()
-        logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s [host {host_id}] %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.INFO, format=f"%(asctime)s %(levelname)s [host {host_id}] %(name)s: %(message)s"
+        )
 
     def __repr__(self) -> str:
         return f"ShardHost(bot_id={self._bot_id}, host_id={self._host_id!r})"

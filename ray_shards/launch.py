@@ -84,7 +84,7 @@ def _reject_tls(ca_cert: bytes | None, private_key: bytes | None) -> None:
 
 
 def _head_affinity() -> typing.Any:
-    for node in ray.nodes():
+    for node in ray.nodes():  # type: ignore[no-untyped-call]
         if node.get("Alive") and "node:__internal_head__" in node.get("Resources", {}):
             return NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
     return "DEFAULT"
@@ -118,9 +118,9 @@ async def start_orchestrator(
     options = OrchestratorOptions(
         rest_url=rest_url, shard_count=shard_count, intents=intents_value, timings=timings or Timings()
     )
+    orchestrator_class: typing.Any = ray.remote(Orchestrator)
     handle = (
-        ray.remote(Orchestrator)
-        .options(  # type: ignore[attr-defined]
+        orchestrator_class.options(
             name=orchestrator_name(bot_id),
             namespace=NAMESPACE,
             lifetime="detached",
@@ -163,8 +163,21 @@ class BotDeployment:
     Use `BotDeployment.start` to get one; `stop` stops everything it started.
     """
 
-    __slots__ = ("_callback", "_generation", "_hosts", "_intents", "_keep_orchestrator", "_link", "_placed", "_rest_url",
-                 "_stopping", "_supervisor", "_timings", "_use_resource", "_wants")
+    __slots__ = (
+        "_callback",
+        "_generation",
+        "_hosts",
+        "_intents",
+        "_keep_orchestrator",
+        "_link",
+        "_placed",
+        "_rest_url",
+        "_stopping",
+        "_supervisor",
+        "_timings",
+        "_use_resource",
+        "_wants",
+    )
 
     def __init__(self, link: OrchestratorLink, *, callback: CallbackT | None, wants: list[int], rest_url: str,
                  intents: int, timings: Timings, keep_orchestrator: bool) -> None:
@@ -286,7 +299,7 @@ class BotDeployment:
         return NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
 
     async def _start_hosts(self) -> None:
-        self._use_resource = "shard_host" in ray.cluster_resources() or bool(
+        self._use_resource = "shard_host" in ray.cluster_resources() or bool(  # type: ignore[no-untyped-call]
             os.environ.get("RAY_SHARDS_REQUIRE_SHARD_HOST")
         )
         starts = []

@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 
-class ShardStatus(str, enum.Enum):
+class ShardStatus(enum.StrEnum):
     """Where a shard is in its life, as the Orchestrator's table records it."""
 
     UNASSIGNED = "unassigned"
@@ -75,7 +75,7 @@ class ShardReport:
     error: str | None = None
 
 
-class CommandKind(str, enum.Enum):
+class CommandKind(enum.StrEnum):
     """Operations a client can ask a host to run on its shards."""
 
     PRESENCE = "presence"

@@ -49,7 +49,7 @@ class PresenceState:
             "status": hikari.Status(self.status),
             "activity": self.activity.to_hikari() if self.activity else None,
             "idle_since": (
-                datetime.datetime.fromtimestamp(self.idle_since, tz=datetime.timezone.utc)
+                datetime.datetime.fromtimestamp(self.idle_since, tz=datetime.UTC)
                 if self.idle_since is not None
                 else None
             ),

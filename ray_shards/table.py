@@ -73,7 +73,9 @@ class ShardTable:
 
     # -- hosts -----------------------------------------------------------------------------------
 
-    def register_host(self, host_id: str, *, node_id: str | None, want: int, has_handle: bool, now: float) -> HostRecord:
+    def register_host(
+        self, host_id: str, *, node_id: str | None, want: int, has_handle: bool, now: float
+    ) -> HostRecord:
         """Add a host, or refresh one that registers again (after an Orchestrator restart)."""
         if want < 0:
             msg = f"a host cannot want {want} shards"

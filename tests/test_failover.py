@@ -201,7 +201,7 @@ async def test_chaos_host_kills_and_an_orchestrator_kill(streaming: typing.Any) 
             continue
         hosts = list(bot.deployment.hosts.items())
         if hosts:
-            host_id, handle = rng.choice(hosts)
+            _host_id, handle = rng.choice(hosts)
             ray.kill(handle, no_restart=True)
             kills += 1
     await _wait(lambda: bot.all_ready(), 60, "every shard READY after the chaos")
