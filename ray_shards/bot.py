@@ -41,6 +41,7 @@ from ray_shards import sessions, validation
 from ray_shards.errors import BotStoppedError, LeaseLostError
 from ray_shards.gateway_info import validate_rest_url
 from ray_shards.link import OrchestratorLink, OrchestratorUnavailableError
+from ray_shards.metrics import ShardMetrics
 from ray_shards.models import (
     BotConfig,
     Command,
@@ -164,6 +165,7 @@ class Bot(traits.GatewayBotAware):
         "_intents",
         "_link",
         "_local_shard_count",
+        "_metrics",
         "_presence",
         "_presence_version",
         "_proxy_settings",
@@ -228,6 +230,7 @@ class Bot(traits.GatewayBotAware):
         self._remote_table: dict[int, ShardInfo] = {}
         self._sync_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[typing.Any]] = set()
+        self._metrics = ShardMetrics(self._link.bot_id, self._host_id)
 
         self._cache = cache_impl.CacheImpl(self, cache_settings or config_impl.CacheSettings())
         self._entity_factory = entity_factory_impl.EntityFactoryImpl(self)
@@ -252,6 +255,7 @@ class Bot(traits.GatewayBotAware):
         )
         self.shards: typing.Mapping[int, hikari.api.GatewayShard] = _ShardsView(self)
         self._event_manager.subscribe(hikari.ShardReadyEvent, self._on_shard_ready)
+        self._event_manager.subscribe(hikari.ShardDisconnectedEvent, self._on_shard_disconnected)
 
     def __repr__(self) -> str:
         return (
@@ -642,6 +646,7 @@ class Bot(traits.GatewayBotAware):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await slot.task
         self._slots.pop(shard_id, None)
+        self._metrics.forget(shard_id)
         slot.status = ShardStatus.STOPPED
         with contextlib.suppress(Exception):
             await self._link.call(
@@ -672,6 +677,8 @@ class Bot(traits.GatewayBotAware):
                 _LOGGER.warning("shard %s waits for the orchestrator to identify", shard_id)
         self._presence = presence
         slot.identify_sent_at = time.time()
+        self._metrics.count("identifies", shard_id)
+        _LOGGER.info("shard %s on host %s identifies (granted by the orchestrator)", shard_id, self._host_id)
         return presence.to_hikari_kwargs()
 
     async def before_resume(self, shard_id: int) -> None:
@@ -686,6 +693,14 @@ class Bot(traits.GatewayBotAware):
             return
         if not ok:
             raise LeaseLostError(f"host {self._host_id} lost the lease of shard {shard_id}")
+        self._metrics.count("resumes", shard_id)
+        _LOGGER.info("shard %s on host %s resumes its session", shard_id, self._host_id)
+
+    async def _on_shard_disconnected(self, event: hikari.ShardDisconnectedEvent) -> None:
+        slot = self._slots.get(event.shard.id)
+        if slot is not None and not slot.leaving:
+            self._metrics.count("reconnects", event.shard.id)
+            _LOGGER.info("shard %s on host %s disconnected; hikari reconnects", event.shard.id, self._host_id)
 
     async def _on_shard_ready(self, event: hikari.ShardReadyEvent) -> None:
         slot = self._slots.get(event.shard.id)
@@ -711,6 +726,7 @@ class Bot(traits.GatewayBotAware):
             status = slot.status
             if status is ShardStatus.READY and not slot.shard.is_connected:
                 status = ShardStatus.RECONNECTING
+            self._metrics.observe(shard_id, status, slot.shard.heartbeat_latency, state.seq if state else None)
             guilds = 0
             if self._config is not None:
                 guilds = sum(

@@ -304,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.command in ("run", "server", "demo"):
+        logging.getLogger("ray_shards").setLevel(logging.INFO)
     try:
         return int(args.handler(args))
     except (CliError, RayUnreachableError, OrchestratorNotFoundError, PermissionError, ValueError) as exc:

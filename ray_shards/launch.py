@@ -306,11 +306,24 @@ class BotDeployment:
         for index in range(len(self._wants)):
             _, handle = self._new_host(index)
             starts.append(handle.start.remote(self._link.token, self._callback, intents=self._intents))
-        results = await asyncio.gather(*starts, return_exceptions=True)
+        progress = asyncio.create_task(self._report_progress(), name="ray_shards boot progress")
+        try:
+            results = await asyncio.gather(*starts, return_exceptions=True)
+        finally:
+            progress.cancel()
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]
         _LOGGER.info("bot %s running on %s hosts", self._link.bot_id, len(self._hosts))
+
+    async def _report_progress(self, every: float = 2.0) -> None:
+        """Log boot progress (READY/total and the identify schedule's time left) until cancelled."""
+        from ray_shards.render import render_progress
+
+        while True:
+            await asyncio.sleep(every)
+            with contextlib.suppress(Exception):
+                _LOGGER.info("boot: %s", render_progress(await self._link.call("status", retry_for=1.0)))
 
     async def _supervise(self) -> None:
         """Replace hosts that die, until the deployment stops."""
