@@ -66,7 +66,7 @@ class ShardHost:
     async def start(
         self,
         token: str,
-        callback: typing.Callable[[Bot], typing.Any] | None = None,
+        callback: typing.Callable[[Bot], typing.Any] | bytes | None = None,
         *,
         intents: int | None = None,
     ) -> dict[str, typing.Any]:
@@ -82,6 +82,12 @@ class ShardHost:
         if self._bot is not None:
             msg = f"host {self._host_id} is already started"
             raise RuntimeError(msg)
+        if isinstance(callback, bytes):
+            try:
+                callback = typing.cast(typing.Callable[[Bot], typing.Any], ray.cloudpickle.loads(callback))
+            except Exception as exc:
+                msg = f"host {self._host_id} cannot load the callback: {type(exc).__name__}: {exc}"
+                raise HostCallbackError(msg) from None
         bot = Bot(
             None,
             token,

@@ -21,9 +21,9 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_shards.auth import bot_id_from_token, validate_token
 from ray_shards.bot import Bot
-from ray_shards.connection import NAMESPACE, ensure_ray, host_actor_name, orchestrator_name
+from ray_shards.connection import NAMESPACE, ensure_ray, orchestrator_name
+from ray_shards.fleet import split_shards
 from ray_shards.gateway_info import validate_rest_url
-from ray_shards.host import ShardHost
 from ray_shards.link import OrchestratorLink
 from ray_shards.orchestrator import Orchestrator, OrchestratorOptions
 from ray_shards.timings import Timings
@@ -44,12 +44,6 @@ DEFAULT_SUBPROCESS_COUNT: typing.Final[int] = os.cpu_count() or 1
 """Default number of shard hosts: this machine's thread count."""
 
 CallbackT = typing.Callable[[Bot], typing.Any]
-
-
-def split_shards(shard_count: int, hosts: int) -> list[int]:
-    """How many shards each of ``hosts`` hosts runs: as even as possible, larger shares first (10/4 = 3,3,2,2)."""
-    base, extra = divmod(shard_count, hosts)
-    return [base + (1 if i < extra else 0) for i in range(hosts)]
 
 
 def _intents_value(intents: hikari.Intents | int) -> int:
@@ -158,45 +152,22 @@ async def start_orchestrator(
 
 
 class BotDeployment:
-    """A running bot started by `spawn_subprocesses`: its Orchestrator and ShardHost actors.
+    """A bot started by `spawn_subprocesses`: its Orchestrator and the ShardHost actors it runs.
 
-    Use `BotDeployment.start` to get one; `stop` stops everything it started.
+    The hosts are detached actors owned by the Orchestrator, which replaces those that
+    die; `stop` ends every session and kills every actor the deployment started.
+    Use `BotDeployment.start` to get one.
     """
 
-    __slots__ = (
-        "_callback",
-        "_generation",
-        "_hosts",
-        "_intents",
-        "_keep_orchestrator",
-        "_link",
-        "_placed",
-        "_rest_url",
-        "_stopping",
-        "_supervisor",
-        "_timings",
-        "_use_resource",
-        "_wants",
-    )
+    __slots__ = ("_keep_orchestrator", "_link", "_stopping")
 
-    def __init__(self, link: OrchestratorLink, *, callback: CallbackT | None, wants: list[int], rest_url: str,
-                 intents: int, timings: Timings, keep_orchestrator: bool) -> None:
+    def __init__(self, link: OrchestratorLink, *, keep_orchestrator: bool) -> None:
         self._link = link
-        self._callback = callback
-        self._wants = wants
-        self._rest_url = rest_url
-        self._intents = intents
-        self._timings = timings
         self._keep_orchestrator = keep_orchestrator
-        self._hosts: dict[str, typing.Any] = {}
-        self._generation = 0
         self._stopping = False
-        self._supervisor: asyncio.Task[None] | None = None
-        self._use_resource = False
-        self._placed: dict[int, str] = {}
 
     def __repr__(self) -> str:
-        return f"BotDeployment(bot_id={self._link.bot_id}, hosts={sorted(self._hosts)})"
+        return f"BotDeployment(bot_id={self._link.bot_id}, stopping={self._stopping})"
 
     @property
     def link(self) -> OrchestratorLink:
@@ -205,8 +176,8 @@ class BotDeployment:
 
     @property
     def hosts(self) -> typing.Mapping[str, typing.Any]:
-        """Host id to ShardHost actor handle."""
-        return dict(self._hosts)
+        """Host id to ShardHost actor handle, as the Orchestrator knows them now."""
+        return typing.cast(typing.Mapping[str, typing.Any], self._link.call_sync("host_handles"))
 
     @classmethod
     async def start(
@@ -223,7 +194,7 @@ class BotDeployment:
         timings: Timings | None = None,
         keep_orchestrator: bool = False,
     ) -> BotDeployment:
-        """Start the Orchestrator and the hosts, and return once every shard is READY.
+        """Start the Orchestrator and ``subprocess_count`` hosts; return once every shard is READY.
 
         Raises
         ------
@@ -236,85 +207,21 @@ class BotDeployment:
         if callback is not None and not callable(callback):
             msg = f"callback must be callable, not {type(callback).__name__}"
             raise TypeError(msg)
-        timings = timings or Timings()
+        pickled = ray.cloudpickle.dumps(callback) if callback is not None else None  # type: ignore[no-untyped-call]
         link = await start_orchestrator(
             token, address, rest_url=rest_url, shard_count=shard_count, intents=intents, timings=timings
         )
-        status = await link.call("status")
-        total = int(status["config"]["shard_count"])
-        wants = split_shards(total, min(subprocess_count, total))
-        deployment = cls(
-            link,
-            callback=callback,
-            wants=wants,
-            rest_url=validate_rest_url(rest_url),
-            intents=int(status["config"]["intents"]),
-            timings=timings,
-            keep_orchestrator=keep_orchestrator,
-        )
+        deployment = cls(link, keep_orchestrator=keep_orchestrator)
+        progress = asyncio.create_task(deployment._report_progress(), name="ray_shards boot progress")
         try:
-            await deployment._start_hosts()
+            hosts = await link.call("deploy", subprocess_count, pickled, retry_for=5.0)
         except BaseException:
             await deployment.stop()
             raise
-        deployment._supervisor = asyncio.create_task(deployment._supervise(), name="ray_shards supervisor")
-        return deployment
-
-    def _new_host(self, index: int) -> tuple[str, typing.Any]:
-        host_id = f"h{index}" if self._generation == 0 else f"h{index}g{self._generation}"
-        options: dict[str, typing.Any] = {
-            "name": host_actor_name(self._link.bot_id, host_id),
-            "namespace": NAMESPACE,
-            "num_cpus": 0,
-            "max_restarts": 0,
-            "max_concurrency": 1000,
-        }
-        if self._use_resource:
-            options["resources"] = {"shard_host": 1}
-        else:
-            options["scheduling_strategy"] = self._spread()
-        handle = (
-            ray.remote(ShardHost)
-            .options(**options)  # type: ignore[attr-defined]
-            .remote(self._link.bot_id, host_id, self._wants[index], self._rest_url, self._timings)
-        )
-        self._hosts[host_id] = handle
-        return host_id, handle
-
-    def _spread(self) -> typing.Any:
-        """Affinity to the alive node running the fewest of this bot's hosts.
-
-        Ray's own SPREAD strategy does not spread actors that ask for no CPU, so
-        ray_shards places them itself.
-        """
-        nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
-        if not nodes:
-            return "SPREAD"
-        load = dict.fromkeys(nodes, 0)
-        for node in self._placed.values():
-            if node in load:
-                load[node] += 1
-        node_id = min(nodes, key=lambda n: (load[n], nodes.index(n)))
-        self._placed[len(self._placed)] = node_id
-        return NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
-
-    async def _start_hosts(self) -> None:
-        self._use_resource = "shard_host" in ray.cluster_resources() or bool(  # type: ignore[no-untyped-call]
-            os.environ.get("RAY_SHARDS_REQUIRE_SHARD_HOST")
-        )
-        starts = []
-        for index in range(len(self._wants)):
-            _, handle = self._new_host(index)
-            starts.append(handle.start.remote(self._link.token, self._callback, intents=self._intents))
-        progress = asyncio.create_task(self._report_progress(), name="ray_shards boot progress")
-        try:
-            results = await asyncio.gather(*starts, return_exceptions=True)
         finally:
             progress.cancel()
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise errors[0]
-        _LOGGER.info("bot %s running on %s hosts", self._link.bot_id, len(self._hosts))
+        _LOGGER.info("bot %s running on hosts %s", link.bot_id, ", ".join(hosts))
+        return deployment
 
     async def _report_progress(self, every: float = 2.0) -> None:
         """Log boot progress (READY/total and the identify schedule's time left) until cancelled."""
@@ -325,56 +232,24 @@ class BotDeployment:
             with contextlib.suppress(Exception):
                 _LOGGER.info("boot: %s", render_progress(await self._link.call("status", retry_for=1.0)))
 
-    async def _supervise(self) -> None:
-        """Replace hosts that die, until the deployment stops."""
-        watches: dict[asyncio.Future[typing.Any], tuple[int, str]] = {}
-
-        def watch(index: int, host_id: str, handle: typing.Any) -> None:
-            watches[asyncio.ensure_future(handle.wait_closed.remote())] = (index, host_id)
-
-        for index, (host_id, handle) in enumerate(list(self._hosts.items())):
-            watch(index, host_id, handle)
-        while watches and not self._stopping:
-            done, _ = await asyncio.wait(watches, return_when=asyncio.FIRST_COMPLETED)
-            for future in done:
-                index, host_id = watches.pop(future)
-                self._hosts.pop(host_id, None)
-                if self._stopping:
-                    continue
-                died = future.exception() is not None
-                if not died:
-                    continue  # closed on purpose
-                _LOGGER.warning("host %s died; starting a replacement", host_id)
-                self._generation += 1
-                new_id, handle = self._new_host(index)
-                try:
-                    await handle.start.remote(self._link.token, self._callback, intents=self._intents)
-                    watch(index, new_id, handle)
-                except Exception:
-                    _LOGGER.exception("replacement host %s failed to start", new_id)
-                    self._hosts.pop(new_id, None)
-
     async def wait(self) -> None:
-        """Block until the bot stops (``Client.shutdown``, or every host gone)."""
-        if self._supervisor is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(self._supervisor)
+        """Block until the bot stops (``Client.shutdown`` or ``ray-shards stop``)."""
+        while not self._stopping:
+            try:
+                info = await self._link.handle.ping.remote()
+            except Exception:
+                return
+            if info["stopping"]:
+                return
+            await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
-        """Stop the bot: end every shard's session, stop the hosts and (unless kept) the Orchestrator."""
+        """Stop the bot: end every shard's session, kill the hosts and (unless kept) the Orchestrator."""
         if self._stopping:
             return
         self._stopping = True
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._link.call("shutdown", retry_for=3.0), 15.0)
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._supervisor
-        for handle in self._hosts.values():
-            with contextlib.suppress(Exception):
-                ray.kill(handle, no_restart=True)
-        self._hosts.clear()
+            await asyncio.wait_for(self._link.call("shutdown", retry_for=3.0), 20.0)
         if not self._keep_orchestrator and self._link.handle is not None:
             with contextlib.suppress(Exception):
                 ray.kill(self._link.handle, no_restart=True)

@@ -134,6 +134,13 @@ class OrchestratorLink:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
+    def call_sync(self, method: str, *args: typing.Any, **kwargs: typing.Any) -> typing.Any:
+        """Blocking `call` without retries, for synchronous properties (never from inside an actor)."""
+        if self._handle is None:
+            msg = "not connected to the orchestrator; call connect() first"
+            raise RuntimeError(msg)
+        return ray.get(getattr(self._handle, method).remote(self._capability, *args, **kwargs))
+
     async def call(self, method: str, *args: typing.Any, retry_for: float = 30.0, **kwargs: typing.Any) -> typing.Any:
         """Call ``method`` on the Orchestrator with this link's capability.
 

@@ -30,6 +30,7 @@ from ray_shards.errors import (
     NotInitialisedError,
     ShardUnavailableError,
 )
+from ray_shards.fleet import HostFleet
 from ray_shards.gateway_info import fetch_gateway_bot, validate_rest_url
 from ray_shards.identify import IdentifyGrant, IdentifyScheduler
 from ray_shards.models import (
@@ -61,6 +62,20 @@ class OrchestratorOptions:
     intents: int = int(hikari.Intents.ALL_UNPRIVILEGED)
     large_threshold: int = 250
     timings: Timings = dataclasses.field(default_factory=Timings)
+
+
+@dataclasses.dataclass(slots=True)
+class _RollingRestart:
+    """Progress of a rolling restart."""
+
+    total: int
+    done: int = 0
+    state: str = "running"  # running, paused, aborting, finished, aborted, failed
+    current: str | None = None
+    started_at: float = dataclasses.field(default_factory=time.time)
+    finished_at: float | None = None
+    error: str | None = None
+    replaced: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(slots=True)
@@ -100,6 +115,9 @@ class Orchestrator:
         self._stopping = False
         self._started_at = time.time()
         self._reconcile_task: asyncio.Task[None] | None = None
+        self._fleet: HostFleet | None = None
+        self._rolling: _RollingRestart | None = None
+        self._rolling_task: asyncio.Task[None] | None = None
         self._restore()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -127,6 +145,8 @@ class Orchestrator:
         for shard_id in range(self._config.max_concurrency):
             self._scheduler.release(shard_id, now)
         self._recovering_until = now + self._timings.recovery_grace
+        self._fleet = self._new_fleet()
+        self._fleet.restore(data.get("fleet") or {})
         for host in self._table.live_hosts():
             self._mailboxes[host.host_id] = _Mailbox()
         _LOGGER.warning(
@@ -136,6 +156,12 @@ class Orchestrator:
             len(self._table.live_hosts()),
         )
         self._ensure_reconcile()
+
+    def _new_fleet(self) -> HostFleet:
+        assert self._config is not None
+        return HostFleet(
+            self._bot_id, rest_url=self._config.rest_url, intents=self._config.intents, timings=self._timings
+        )
 
     def _new_scheduler(self, remaining: int) -> IdentifyScheduler:
         assert self._config is not None
@@ -191,6 +217,8 @@ class Orchestrator:
         )
         self._token_hash = await asyncio.to_thread(TokenHash.of, token)
         self._table = ShardTable(shard_count)
+        self._fleet = self._new_fleet()
+        self._fleet.remember_token(token)
         self._scheduler = self._new_scheduler(info.remaining)
         _LOGGER.info(
             "orchestrating bot %s: %s shards, max_concurrency %s, %s identifies left today",
@@ -221,6 +249,8 @@ class Orchestrator:
             raise PermissionError(msg)
         capability = new_capability()
         self._capabilities.add(capability)
+        if self._fleet is not None:
+            self._fleet.remember_token(token.strip())
         self._ensure_reconcile()
         return capability
 
@@ -254,6 +284,11 @@ class Orchestrator:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(BotStoppedError("the bot is shutting down"))
+        if self._rolling_task is not None:
+            self._rolling_task.cancel()
+        if self._fleet is not None:
+            killed = self._fleet.kill_all()
+            _LOGGER.info("killed %s host actor(s)", killed)
         await asyncio.to_thread(checkpoint.delete_checkpoint, self._bot_id)
         _LOGGER.info("bot %s shut down (%s hosts stopped)", self._bot_id, len(hosts))
         return len(hosts)
@@ -315,6 +350,8 @@ class Orchestrator:
         if host is None or not host.alive:
             return
         orphans = self._table.host_lost(host_id)
+        if self._fleet is not None:
+            self._fleet.host_gone(host_id)
         self._handles.pop(host_id, None)
         self._fenced.discard(host_id)
         mailbox = self._mailboxes.pop(host_id, None)
@@ -593,6 +630,8 @@ class Orchestrator:
             "presence_version": self._presence_version,
             "stopping": self._stopping,
             "uptime": time.time() - self._started_at,
+            "rolling_restart": self._rolling_progress(),
+            "fleet": self._fleet.to_json() | {"callback": None} if self._fleet else None,
         }
 
     # -- reconcile loop --------------------------------------------------------------------------
@@ -625,6 +664,10 @@ class Orchestrator:
                 continue
             if silent > self._timings.host_timeout and host.host_id not in self._fenced:
                 self._fence(host.host_id, silent)
+        if not self._stopping and self._fleet is not None and self._fleet.desired:
+            for slot in self._fleet.missing_slots():
+                _LOGGER.warning("host slot %s has no live host; starting a replacement", slot)
+                self._fleet.start_slot(slot).add_done_callback(self._log_start_failure)
         if not self._stopping:
             self._deliver(table.place())
             move = table.rebalance_move()
@@ -635,6 +678,144 @@ class Orchestrator:
                 _LOGGER.info("rebalancing: shard %s moves off host %s", shard_id, donor)
         if self._dirty and now - self._last_checkpoint > self._timings.checkpoint_interval:
             await self._checkpoint()
+
+    @staticmethod
+    def _log_start_failure(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            _LOGGER.error("starting a host failed (will retry): %s", task.exception())
+
+    # -- fleet -----------------------------------------------------------------------------------
+
+    async def deploy(self, capability: str, hosts: int, callback: bytes | None) -> list[str]:
+        """Run the bot on ``hosts`` ShardHost actors across the cluster; return once all started.
+
+        Hosts are detached actors owned by the Orchestrator: it replaces those that die
+        and kills them on `shutdown`. ``callback`` is the cloudpickled ``callback(bot)``.
+
+        Raises
+        ------
+        ray_shards.host.HostCallbackError
+            When the callback raised in a host.
+        """
+        import ray
+
+        config, _, _ = self._check(capability)
+        assert self._fleet is not None
+        if self._fleet.desired:
+            msg = f"bot {self._bot_id} already runs on {self._fleet.desired} hosts; stop it first"
+            raise RuntimeError(msg)
+        count = max(1, min(hosts, config.shard_count))
+        self._fleet.use_resource = "shard_host" in ray.cluster_resources()  # type: ignore[no-untyped-call]
+        self._fleet.configure(desired=count, shard_count=config.shard_count, callback=callback)
+        self._dirty = True
+        tasks = [self._fleet.start_slot(slot) for slot in range(count)]
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            self._fleet.desired = 0
+            raise errors[0]
+        await self._checkpoint()
+        return sorted(self._fleet.hosts)
+
+    async def host_handles(self, capability: str) -> dict[str, typing.Any]:
+        """The fleet's host actors by host id."""
+        self._check(capability)
+        return {h.host_id: h.handle for h in self._fleet.hosts.values()} if self._fleet else {}
+
+    async def start_rolling_restart(self, capability: str, callback: bytes | None = None) -> dict[str, typing.Any]:
+        """Replace every host, one slot at a time, handing each shard over by RESUME.
+
+        ``callback`` (cloudpickled) replaces the hosts' callback, to deploy new bot code.
+        Returns the restart's progress; follow it with `status`.
+        """
+        self._check(capability)
+        fleet = self._fleet
+        if fleet is None or not fleet.desired:
+            msg = "only a bot launched by ray_shards (run_subprocesses / BotDeployment) can be rolled"
+            raise RuntimeError(msg)
+        if self._rolling is not None and self._rolling.state in ("running", "paused", "aborting"):
+            msg = "a rolling restart is already in progress; pause, resume or abort it"
+            raise RuntimeError(msg)
+        if callback is not None:
+            fleet.set_callback(callback)
+        self._rolling = _RollingRestart(total=len({h.slot for h in fleet.hosts.values()}))
+        self._rolling_task = asyncio.get_running_loop().create_task(self._roll(self._rolling))
+        return self._rolling_progress()
+
+    async def control_rolling_restart(self, capability: str, action: str) -> dict[str, typing.Any]:
+        """``pause``, ``resume`` or ``abort`` the rolling restart (it stops between hosts, never mid-hand-over)."""
+        self._check(capability)
+        rolling = self._rolling
+        if rolling is None or rolling.state not in ("running", "paused"):
+            msg = "no rolling restart is in progress"
+            raise RuntimeError(msg)
+        if action == "pause":
+            rolling.state = "paused"
+        elif action == "resume":
+            rolling.state = "running"
+        elif action == "abort":
+            rolling.state = "aborting"
+        else:
+            msg = f"unknown action {action!r}; use pause, resume or abort"
+            raise ValueError(msg)
+        return self._rolling_progress()
+
+    def _rolling_progress(self) -> dict[str, typing.Any]:
+        return dataclasses.asdict(self._rolling) if self._rolling is not None else {}
+
+    async def _roll(self, rolling: _RollingRestart) -> None:
+        fleet, table = self._fleet, self._table
+        assert fleet is not None and table is not None
+        try:
+            for slot in sorted({h.slot for h in fleet.hosts.values() if not h.retiring}):
+                while rolling.state == "paused":
+                    await asyncio.sleep(0.2)
+                if rolling.state == "aborting":
+                    rolling.state = "aborted"
+                    break
+                await self._roll_slot(slot, rolling)
+                rolling.done += 1
+            else:
+                rolling.state = "finished"
+        except Exception as exc:
+            rolling.state = "failed"
+            rolling.error = f"{type(exc).__name__}: {exc}"
+            _LOGGER.exception("rolling restart failed")
+        finally:
+            rolling.current = None
+            rolling.finished_at = time.time()
+            _LOGGER.info("rolling restart %s: %s/%s hosts replaced", rolling.state, rolling.done, rolling.total)
+
+    async def _roll_slot(self, slot: int, rolling: _RollingRestart) -> None:
+        fleet, table = self._fleet, self._table
+        assert fleet is not None and table is not None
+        olds = fleet.active_in_slot(slot)
+        want = sum(h.want for h in olds) or fleet.wants[slot]
+        rolling.current = ",".join(h.host_id for h in olds)
+        for old in olds:
+            old.retiring = True
+        try:
+            await fleet.start_slot(slot, want)
+        except BaseException:
+            for old in olds:
+                old.retiring = False
+            raise
+        for old in olds:
+            record = table.hosts.get(old.host_id)
+            if record is not None:
+                record.want = 0
+        deadline = time.monotonic() + 30.0 + 5.0 * want
+        while any(table.owned_by(o.host_id) for o in olds) or any(
+            r.status is not ShardStatus.READY for r in table.shards.values() if r.host_id is not None
+        ):
+            if time.monotonic() > deadline:
+                msg = f"slot {slot}: shards did not move off {rolling.current} in time"
+                raise TimeoutError(msg)
+            await asyncio.sleep(0.1)
+        for old in olds:
+            await fleet.retire(old.host_id)
+            rolling.replaced.append(old.host_id)
+        self._dirty = True
 
     async def _find_handle(self, host_id: str) -> None:
         """After a restart: re-watch a checkpointed host actor by name, or declare it gone."""
@@ -667,6 +848,7 @@ class Orchestrator:
             "presence": dataclasses.asdict(self._presence),
             "presence_version": self._presence_version,
             "remaining": self._scheduler.remaining if self._scheduler else 0,
+            "fleet": self._fleet.to_json() if self._fleet else None,
         }
         self._dirty = False
         self._last_checkpoint = time.time()

@@ -1,0 +1,240 @@
+"""The Orchestrator's fleet of ShardHost actors: start, replace, retire and roll them.
+
+Hosts are detached named actors owned by no process, so neither a launcher
+exiting nor the Orchestrator restarting takes them down (the way Ray Serve's
+controller keeps its replicas). The fleet keeps ``desired`` hosts alive, each
+with a slot index and a share of the shards; a rolling restart replaces them one
+slot at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+import time
+import typing
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from ray_shards.connection import NAMESPACE, host_actor_name
+from ray_shards.host import ShardHost
+from ray_shards.timings import Timings
+
+__all__ = ["FleetHost", "HostFleet", "split_shards"]
+
+_LOGGER = logging.getLogger("ray_shards.fleet")
+
+
+def split_shards(shard_count: int, hosts: int) -> list[int]:
+    """How many shards each of ``hosts`` hosts runs: as even as possible, larger shares first (10/4 = 3,3,2,2)."""
+    base, extra = divmod(shard_count, hosts)
+    return [base + (1 if i < extra else 0) for i in range(hosts)]
+
+
+@dataclasses.dataclass(slots=True)
+class FleetHost:
+    """One host actor of the fleet."""
+
+    host_id: str
+    slot: int
+    want: int
+    handle: typing.Any
+    retiring: bool = False
+    node_id: str | None = None
+
+
+class HostFleet:
+    """Host actors of one bot. All methods run on the Orchestrator's event loop.
+
+    Parameters
+    ----------
+    bot_id
+        The bot's user id.
+    rest_url
+        Discord REST base URL the hosts use.
+    intents
+        The bot's intents.
+    timings
+        Reaction times handed to every host.
+    """
+
+    __slots__ = (
+        "_bot_id",
+        "_callback",
+        "_counter",
+        "_failed_at",
+        "_intents",
+        "_rest_url",
+        "_starting",
+        "_timings",
+        "_token",
+        "desired",
+        "hosts",
+        "use_resource",
+        "wants",
+    )
+
+    def __init__(self, bot_id: int, *, rest_url: str, intents: int, timings: Timings) -> None:
+        self._bot_id = bot_id
+        self._rest_url = rest_url
+        self._intents = intents
+        self._timings = timings
+        self._callback: bytes | None = None
+        self._token: str | None = None
+        self._counter = 0
+        self._starting: dict[int, asyncio.Task[None]] = {}
+        self._failed_at: dict[int, float] = {}
+        self.desired = 0
+        self.wants: list[int] = []
+        self.hosts: dict[str, FleetHost] = {}
+        self.use_resource = False
+
+    def __repr__(self) -> str:
+        return f"HostFleet(bot_id={self._bot_id}, desired={self.desired}, hosts={sorted(self.hosts)})"
+
+    @property
+    def callback(self) -> bytes | None:
+        """The pickled user callback every new host runs."""
+        return self._callback
+
+    def remember_token(self, token: str) -> None:
+        """Keep the token in memory (never checkpointed) to start hosts with."""
+        self._token = token
+
+    def configure(self, *, desired: int, shard_count: int, callback: bytes | None) -> None:
+        """Set how many hosts to run and the callback they run."""
+        self.desired = desired
+        self.wants = split_shards(shard_count, desired)
+        self._callback = callback
+
+    def set_callback(self, callback: bytes | None) -> None:
+        """Use ``callback`` for hosts started from now on."""
+        self._callback = callback
+
+    def to_json(self) -> dict[str, typing.Any]:
+        """What a restarted Orchestrator needs to find and keep its hosts (no token)."""
+        return {
+            "desired": self.desired,
+            "wants": self.wants,
+            "counter": self._counter,
+            "callback": self._callback.hex() if self._callback is not None else None,
+            "hosts": [
+                {"host_id": h.host_id, "slot": h.slot, "want": h.want, "retiring": h.retiring}
+                for h in self.hosts.values()
+            ],
+        }
+
+    def restore(self, data: dict[str, typing.Any]) -> None:
+        """Load from a checkpoint; live host actors are found again by name."""
+        self.desired = int(data.get("desired", 0))
+        self.wants = [int(w) for w in data.get("wants", [])]
+        self._counter = int(data.get("counter", 0))
+        raw = data.get("callback")
+        self._callback = bytes.fromhex(raw) if raw else None
+        for entry in data.get("hosts", []):
+            try:
+                handle = ray.get_actor(host_actor_name(self._bot_id, entry["host_id"]), namespace=NAMESPACE)
+            except ValueError:
+                continue
+            self.hosts[entry["host_id"]] = FleetHost(
+                entry["host_id"], int(entry["slot"]), int(entry["want"]), handle, bool(entry.get("retiring"))
+            )
+
+    def host_gone(self, host_id: str) -> bool:
+        """Forget a host that died or was retired; returns whether it was one of the fleet's."""
+        return self.hosts.pop(host_id, None) is not None
+
+    def active_in_slot(self, slot: int) -> list[FleetHost]:
+        """The fleet's non-retiring hosts in ``slot``."""
+        return [h for h in self.hosts.values() if h.slot == slot and not h.retiring]
+
+    def missing_slots(self) -> list[int]:
+        """Slots with no live (or starting) host."""
+        now = time.monotonic()
+        return [
+            slot
+            for slot in range(self.desired)
+            if not self.active_in_slot(slot)
+            and (slot not in self._starting or self._starting[slot].done())
+            and now - self._failed_at.get(slot, -math.inf) > 2.0
+        ]
+
+    def _placement(self) -> tuple[dict[str, typing.Any], str | None]:
+        if self.use_resource:
+            return {"resources": {"shard_host": 1}}, None
+        # Ray's SPREAD does not spread actors that ask for no CPU: pick the node with the fewest hosts.
+        nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
+        if not nodes:
+            return {"scheduling_strategy": "SPREAD"}, None
+        load = dict.fromkeys(nodes, 0)
+        for host in self.hosts.values():
+            if host.node_id in load:
+                load[host.node_id] += 1
+        node_id = min(nodes, key=lambda n: (load[n], nodes.index(n)))
+        return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)}, node_id
+
+    def start_slot(self, slot: int, want: int | None = None) -> asyncio.Task[None]:
+        """Start a new host for ``slot`` in the background (replacing, or joining a rolling restart)."""
+        task = asyncio.get_running_loop().create_task(self._start(slot, self.wants[slot] if want is None else want))
+        self._starting[slot] = task
+        return task
+
+    async def _start(self, slot: int, want: int) -> None:
+        if self._token is None:
+            msg = "no token in memory yet (a host or client must authenticate after an orchestrator restart)"
+            raise RuntimeError(msg)
+        self._counter += 1
+        host_id = f"h{slot}" if self._counter <= self.desired else f"h{slot}r{self._counter}"
+        placement, node_id = self._placement()
+        options: dict[str, typing.Any] = {
+            "name": host_actor_name(self._bot_id, host_id),
+            "namespace": NAMESPACE,
+            "lifetime": "detached",
+            "num_cpus": 0,
+            "max_restarts": 0,
+            "max_concurrency": 1000,
+            **placement,
+        }
+        actor_class: typing.Any = ray.remote(ShardHost)
+        handle = actor_class.options(**options).remote(self._bot_id, host_id, want, self._rest_url, self._timings)
+        host = FleetHost(host_id, slot, want, handle, node_id=node_id)
+        self.hosts[host_id] = host
+        try:
+            summary = await handle.start.remote(self._token, self._callback, intents=self._intents)
+        except BaseException:
+            self._failed_at[slot] = time.monotonic()
+            self.hosts.pop(host_id, None)
+            with contextlib.suppress(Exception):
+                ray.kill(handle, no_restart=True)
+            raise
+        host.node_id = summary["node_id"]
+        _LOGGER.info("host %s (slot %s) started on node %s with shards %s", host_id, slot, summary["node_id"],
+                     summary["shards"])
+
+    async def retire(self, host_id: str) -> None:
+        """Close a host, handing its remaining shards over, then kill its actor."""
+        host = self.hosts.get(host_id)
+        if host is None:
+            return
+        host.retiring = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(host.handle.close.remote(hand_over=True), 15.0)
+        with contextlib.suppress(Exception):
+            ray.kill(host.handle, no_restart=True)
+        self.hosts.pop(host_id, None)
+
+    def kill_all(self) -> int:
+        """Kill every host actor (after the bot was shut down). Returns how many."""
+        count = 0
+        for host in list(self.hosts.values()):
+            with contextlib.suppress(Exception):
+                ray.kill(host.handle, no_restart=True)
+                count += 1
+        for task in self._starting.values():
+            task.cancel()
+        self.hosts.clear()
+        return count
