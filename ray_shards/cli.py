@@ -162,6 +162,26 @@ def _cmd_stop(args: argparse.Namespace) -> int:
     return asyncio.run(_with_client(args, stop))
 
 
+def _cmd_restart(args: argparse.Namespace) -> int:
+    def show(state: dict[str, typing.Any]) -> None:
+        current = f", replacing {state['current']}" if state.get("current") else ""
+        print(f"rolling restart {state['state']}: {state['done']}/{state['total']} hosts replaced{current}", flush=True)
+
+    async def restart(client: typing.Any) -> int:
+        if args.pause or args.resume or args.abort:
+            action = "pause" if args.pause else "resume" if args.resume else "abort"
+            show(await client.control_rolling_restart(action))
+            return 0
+        callback = _load_callback(args.entrypoint) if args.entrypoint else None
+        state = await client.rolling_restart(callback, wait=not args.no_wait, progress=show)
+        if state["state"] == "failed":
+            print(f"ray-shards: rolling restart failed: {state['error']}", file=sys.stderr)
+            return 1
+        return 0
+
+    return asyncio.run(_with_client(args, restart))
+
+
 def _cmd_emulator(args: argparse.Namespace) -> int:
     from ray_shards.emulator import main as emulator_main
 
@@ -283,6 +303,16 @@ def build_parser() -> argparse.ArgumentParser:
     presence.add_argument("--clear-activity", action="store_true")
     presence.set_defaults(handler=_cmd_presence)
 
+    restart = sub.add_parser("restart", help="rolling restart: replace every host, sessions moved by RESUME")
+    _common(restart)
+    restart.add_argument("--entrypoint", help="new package.module:function callback for the new hosts")
+    restart.add_argument("--no-wait", action="store_true", help="start it and return")
+    group = restart.add_mutually_exclusive_group()
+    group.add_argument("--pause", action="store_true", help="pause the restart in progress (between hosts)")
+    group.add_argument("--resume", action="store_true", help="resume a paused restart")
+    group.add_argument("--abort", action="store_true", help="stop after the host being replaced")
+    restart.set_defaults(handler=_cmd_restart)
+
     stop = sub.add_parser("stop", help="stop the whole bot (every shard closed)")
     _common(stop)
     stop.set_defaults(handler=_cmd_stop)
@@ -298,6 +328,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run the ``ray-shards`` command; returns the exit code."""
     from ray_shards.connection import OrchestratorNotFoundError, RayUnreachableError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "emulator" in argv and set(argv[: argv.index("emulator")]) <= {"-v", "--verbose"}:
+        # argparse.REMAINDER drops option-like arguments (``emulator --help``): hand them over untouched.
+        from ray_shards.emulator import main as emulator_main
+
+        return emulator_main(argv[argv.index("emulator") + 1 :])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

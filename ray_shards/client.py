@@ -295,6 +295,58 @@ class Client:
         """Restart one shard's connection on its host by RESUME (no IDENTIFY spent)."""
         await self.send_command(CommandKind.RECONNECT, shard_id, {})
 
+    async def rolling_restart(
+        self,
+        callback: typing.Callable[[typing.Any], typing.Any] | None = None,
+        *,
+        wait: bool = True,
+        progress: typing.Callable[[dict[str, typing.Any]], None] | None = None,
+    ) -> dict[str, typing.Any]:
+        """Replace every shard host with a new one, one host at a time, with no downtime.
+
+        Each shard moves to the new host by RESUME (no IDENTIFY spent, no event lost);
+        no shard is down longer than its own hand-over. ``callback`` deploys new bot
+        code: new hosts run it instead of the old one. Pause, resume or abort with
+        `control_rolling_restart`; it always stops between two hosts.
+
+        Parameters
+        ----------
+        callback
+            New ``callback(bot)`` for the new hosts (pickled with cloudpickle); None keeps the current one.
+        wait
+            Return only when the restart has finished (or was aborted, or failed).
+        progress
+            Called with the progress dict each time it changes while waiting.
+
+        Returns
+        -------
+        dict
+            ``{"state", "done", "total", "current", "replaced", "started_at", "finished_at", "error"}``.
+        """
+        self._check_running()
+        import ray
+
+        pickled = ray.cloudpickle.dumps(callback) if callback is not None else None  # type: ignore[no-untyped-call]
+        state: dict[str, typing.Any] = await self._link.call("start_rolling_restart", pickled)
+        last: dict[str, typing.Any] | None = None
+        while wait and state["state"] in ("running", "paused", "aborting"):
+            if state != last and progress is not None:
+                progress(state)
+            last = state
+            await asyncio.sleep(0.25)
+            state = (await self._link.call("status"))["rolling_restart"]
+        if progress is not None:
+            progress(state)
+        return state
+
+    async def control_rolling_restart(
+        self, action: typing.Literal["pause", "resume", "abort"]
+    ) -> dict[str, typing.Any]:
+        """Pause, resume or abort the rolling restart in progress; returns its progress."""
+        self._check_running()
+        result: dict[str, typing.Any] = await self._link.call("control_rolling_restart", action)
+        return result
+
     async def shutdown(self) -> None:
         """Stop the whole bot: every host closes its shards and the Orchestrator forgets the bot."""
         self._check_running()

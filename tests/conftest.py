@@ -78,3 +78,28 @@ def emulator_factory() -> typing.Iterator[typing.Callable[..., EmulatorThread]]:
     yield start
     for emulator in started:
         emulator.stop()
+
+
+@pytest.fixture
+async def streaming(
+    emulator_factory: typing.Any, token: str, ray_cluster: Cluster
+) -> typing.AsyncIterator[typing.Callable[..., typing.Any]]:
+    """Make bots under a steady event stream (see tests.helpers.StreamingBot); all stopped after the test."""
+    from tests.helpers import StreamingBot
+
+    bots: list[StreamingBot] = []
+
+    async def make(shards: int, hosts: int, **emulator: typing.Any) -> StreamingBot:
+        emu = emulator_factory(
+            token, shards=shards, max_concurrency=shards, guilds=shards * 2, identify_window_s=1.0, **emulator
+        )
+        bot = StreamingBot(emu, token)
+        bots.append(bot)
+        await bot.start(hosts)
+        return bot
+
+    yield make
+    for bot in bots:
+        await bot.stop()
+
+

@@ -1,0 +1,83 @@
+"""Test helpers: bounded waits and a bot under a steady event stream that records every delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import typing
+import uuid
+
+import hikari
+import ray
+
+from ray_shards import BotDeployment, Client, ShardStatus
+from ray_shards.testing import recording_callback, start_recorder
+from ray_shards.timings import Timings
+
+FAST = Timings(identify_window=1.0)
+
+
+async def wait_for(predicate: typing.Callable[[], bool], timeout: float, what: str) -> float:
+    """Wait for ``predicate``; return how long it took."""
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
+
+
+class StreamingBot:
+    """A bot under a steady event stream whose listeners record every delivery."""
+
+    def __init__(self, emu: typing.Any, token: str) -> None:
+        self.emu = emu
+        self.token = token
+        self.recorder_name = f"recorder-{uuid.uuid4().hex[:8]}"
+        self.recorder = start_recorder(self.recorder_name)
+        self.deployment: BotDeployment | None = None
+        self.client: Client | None = None
+
+    async def start(self, hosts: int) -> None:
+        self.deployment = await BotDeployment.start(
+            self.token,
+            subprocess_count=hosts,
+            rest_url=self.emu.rest_url,
+            callback=recording_callback(self.recorder_name),
+            intents=hikari.Intents.ALL,
+            timings=FAST,
+        )
+        self.client = Client(self.token, None, refresh_interval=0.1)
+        await self.client.start()
+
+    def shards(self) -> dict[int, typing.Any]:
+        assert self.client is not None
+        return {i: s.info for i, s in self.client.remote_shards.items()}
+
+    def all_ready(self, exclude_hosts: typing.Collection[str] = ()) -> bool:
+        infos = self.shards().values()
+        return bool(infos) and all(
+            i is not None and i.status is ShardStatus.READY and i.host_id not in exclude_hosts for i in infos
+        )
+
+    async def assert_nothing_lost(self) -> None:
+        self.emu.control.stop_stream()
+        sent = {int(e["id"]) for e in self.emu.control.stream_sent()}
+        assert sent, "the stream sent nothing"
+
+        def missing() -> set[int]:
+            return sent - set(ray.get(self.recorder.counts.remote()))
+
+        await wait_for(lambda: not missing(), 20, "every streamed event to reach a listener")
+        counts = ray.get(self.recorder.counts.remote())
+        duplicates = sum(c - 1 for m, c in counts.items() if m in sent and c > 1)
+        print(f"events sent {len(sent)}, delivered at least once {len(sent)}, replayed twice {duplicates}")
+
+    async def stop(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+        if self.deployment is not None:
+            await self.deployment.stop()
+        ray.kill(self.recorder)
+
+
