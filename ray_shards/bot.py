@@ -32,12 +32,12 @@ from hikari.impl import cache as cache_impl
 from hikari.impl import config as config_impl
 from hikari.impl import entity_factory as entity_factory_impl
 from hikari.impl import event_factory as event_factory_impl
-from hikari.impl import event_manager as event_manager_impl
 from hikari.impl import rest as rest_impl
 from hikari.impl import voice as voice_impl
 from typing_extensions import override
 
 from ray_shards import sessions, validation
+from ray_shards.delivery import GatedEventManager
 from ray_shards.errors import BotStoppedError, LeaseLostError
 from ray_shards.gateway_info import validate_rest_url
 from ray_shards.link import OrchestratorLink, OrchestratorUnavailableError
@@ -199,6 +199,7 @@ class Bot(traits.GatewayBotAware):
         host_id: str | None = None,
         timings: Timings | None = None,
         actor_handle: typing.Any = None,
+        shadow: bool = False,
     ) -> None:
         _tls_rejected(ca_cert)
         if isinstance(local_shard_count, bool) or not isinstance(local_shard_count, int) or local_shard_count < 0:
@@ -235,12 +236,13 @@ class Bot(traits.GatewayBotAware):
         self._cache = cache_impl.CacheImpl(self, cache_settings or config_impl.CacheSettings())
         self._entity_factory = entity_factory_impl.EntityFactoryImpl(self)
         self._event_factory = event_factory_impl.EventFactoryImpl(self)
-        self._event_manager = event_manager_impl.EventManagerImpl(
+        self._event_manager = GatedEventManager(
             self._entity_factory,
             self._event_factory,
             self._intents,
             auto_chunk_members=auto_chunk_members,
             cache=self._cache,
+            shadow=shadow,
         )
         self._voice = voice_impl.VoiceComponentImpl(self)
         self._rest = rest_impl.RESTClientImpl(
@@ -438,6 +440,7 @@ class Bot(traits.GatewayBotAware):
             node_id=self._node_id(),
             want=self._local_shard_count,
             handle=self._actor_handle,
+            shard_count=self._global_shard_count,
         )
         self._check_config(config)
         self._config = config
@@ -789,6 +792,7 @@ class Bot(traits.GatewayBotAware):
             want=self._local_shard_count,
             handle=self._actor_handle,
             held=held,
+            shard_count=self._global_shard_count,
         )
         self._presence, self._presence_version = presence, version
         for shard_id in stale:
@@ -825,6 +829,16 @@ class Bot(traits.GatewayBotAware):
 
     async def _run_command(self, command: Command) -> str | None:
         try:
+            if command.kind is CommandKind.RECORD:
+                self._event_manager.start_recording()
+                return None
+            if command.kind is CommandKind.SWITCH_OUT:
+                delivered = self._event_manager.mute()
+                await self._link.call("deliver_identities", self._host_id, delivered, retry_for=10.0)
+                return None
+            if command.kind is CommandKind.GO_LIVE:
+                self._event_manager.go_live(command.arguments["skip"])
+                return None
             if command.kind is CommandKind.PRESENCE and command.shard_id is None:
                 presence: PresenceState = command.arguments["presence"]
                 self._presence, self._presence_version = presence, command.arguments["version"]

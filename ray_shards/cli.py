@@ -182,6 +182,21 @@ def _cmd_restart(args: argparse.Namespace) -> int:
     return asyncio.run(_with_client(args, restart))
 
 
+def _cmd_reshard(args: argparse.Namespace) -> int:
+    def show(state: dict[str, typing.Any]) -> None:
+        print(f"reshard {state['from']} -> {state['to']}: {state['state']} ({state['ready']}/{state['to']} new shards "
+              "READY)", flush=True)
+
+    async def reshard(client: typing.Any) -> int:
+        state = await client.reshard(args.shard_count, wait=not args.no_wait, progress=show)
+        if state["state"] == "failed":
+            print(f"ray-shards: reshard failed: {state['error']}", file=sys.stderr)
+            return 1
+        return 0
+
+    return asyncio.run(_with_client(args, reshard))
+
+
 def _cmd_emulator(args: argparse.Namespace) -> int:
     from ray_shards.emulator import main as emulator_main
 
@@ -312,6 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--resume", action="store_true", help="resume a paused restart")
     group.add_argument("--abort", action="store_true", help="stop after the host being replaced")
     restart.set_defaults(handler=_cmd_restart)
+
+    reshard = sub.add_parser("reshard", help="live resharding to a new shard count, without downtime")
+    _common(reshard)
+    reshard.add_argument("shard_count", type=int)
+    reshard.add_argument("--no-wait", action="store_true", help="start it and return")
+    reshard.set_defaults(handler=_cmd_reshard)
 
     stop = sub.add_parser("stop", help="stop the whole bot (every shard closed)")
     _common(stop)

@@ -347,6 +347,47 @@ class Client:
         result: dict[str, typing.Any] = await self._link.call("control_rolling_restart", action)
         return result
 
+    async def reshard(
+        self,
+        shard_count: int,
+        *,
+        wait: bool = True,
+        progress: typing.Callable[[dict[str, typing.Any]], None] | None = None,
+    ) -> dict[str, typing.Any]:
+        """Move the bot to ``shard_count`` shards live, with no downtime and each event handled once.
+
+        A complete second set of sessions starts beside the old one within Discord's
+        identify rate limit; when every new shard is READY, event delivery switches to
+        the new set (events are de-duplicated across the switch) and the old sessions
+        close.
+
+        Raises
+        ------
+        ValueError
+            When the daily identify budget is too small (the message says how many are needed),
+            or for a bad count.
+
+        Returns
+        -------
+        dict
+            ``{"state", "from", "to", "ready", "started_at", "finished_at", "error"}``.
+        """
+        self._check_running()
+        state: dict[str, typing.Any] = await self._link.call("start_reshard", shard_count)
+        last: dict[str, typing.Any] | None = None
+        while wait and state["state"] not in ("finished", "failed"):
+            if state != last and progress is not None:
+                progress(state)
+            last = state
+            await asyncio.sleep(0.25)
+            state = (await self._link.call("status"))["reshard"]
+        if progress is not None:
+            progress(state)
+        if state["state"] == "finished":
+            self._remote.clear()
+            await self.refresh()
+        return state
+
     async def shutdown(self) -> None:
         """Stop the whole bot: every host closes its shards and the Orchestrator forgets the bot."""
         self._check_running()

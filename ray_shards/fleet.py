@@ -68,17 +68,20 @@ class HostFleet:
         "_counter",
         "_failed_at",
         "_intents",
+        "_prefix",
         "_rest_url",
         "_starting",
         "_timings",
         "_token",
         "desired",
         "hosts",
+        "shadow",
+        "shard_count",
         "use_resource",
         "wants",
     )
 
-    def __init__(self, bot_id: int, *, rest_url: str, intents: int, timings: Timings) -> None:
+    def __init__(self, bot_id: int, *, rest_url: str, intents: int, timings: Timings, prefix: str = "h") -> None:
         self._bot_id = bot_id
         self._rest_url = rest_url
         self._intents = intents
@@ -86,6 +89,9 @@ class HostFleet:
         self._callback: bytes | None = None
         self._token: str | None = None
         self._counter = 0
+        self._prefix = prefix
+        self.shard_count: int | None = None
+        self.shadow = False
         self._starting: dict[int, asyncio.Task[None]] = {}
         self._failed_at: dict[int, float] = {}
         self.desired = 0
@@ -105,6 +111,11 @@ class HostFleet:
         """Keep the token in memory (never checkpointed) to start hosts with."""
         self._token = token
 
+    def share_token(self, other: HostFleet) -> None:
+        """Give ``other`` the token this fleet starts hosts with (if it has it)."""
+        if self._token is not None:
+            other.remember_token(self._token)
+
     def configure(self, *, desired: int, shard_count: int, callback: bytes | None) -> None:
         """Set how many hosts to run and the callback they run."""
         self.desired = desired
@@ -118,6 +129,8 @@ class HostFleet:
     def to_json(self) -> dict[str, typing.Any]:
         """What a restarted Orchestrator needs to find and keep its hosts (no token)."""
         return {
+            "prefix": self._prefix,
+            "shard_count": self.shard_count,
             "desired": self.desired,
             "wants": self.wants,
             "counter": self._counter,
@@ -130,6 +143,8 @@ class HostFleet:
 
     def restore(self, data: dict[str, typing.Any]) -> None:
         """Load from a checkpoint; live host actors are found again by name."""
+        self._prefix = str(data.get("prefix", self._prefix))
+        self.shard_count = data.get("shard_count")
         self.desired = int(data.get("desired", 0))
         self.wants = [int(w) for w in data.get("wants", [])]
         self._counter = int(data.get("counter", 0))
@@ -188,7 +203,8 @@ class HostFleet:
             msg = "no token in memory yet (a host or client must authenticate after an orchestrator restart)"
             raise RuntimeError(msg)
         self._counter += 1
-        host_id = f"h{slot}" if self._counter <= self.desired else f"h{slot}r{self._counter}"
+        prefix = self._prefix
+        host_id = f"{prefix}{slot}" if self._counter <= self.desired else f"{prefix}{slot}r{self._counter}"
         placement, node_id = self._placement()
         options: dict[str, typing.Any] = {
             "name": host_actor_name(self._bot_id, host_id),
@@ -204,7 +220,9 @@ class HostFleet:
         host = FleetHost(host_id, slot, want, handle, node_id=node_id)
         self.hosts[host_id] = host
         try:
-            summary = await handle.start.remote(self._token, self._callback, intents=self._intents)
+            summary = await handle.start.remote(
+                self._token, self._callback, intents=self._intents, shard_count=self.shard_count, shadow=self.shadow
+            )
         except BaseException:
             self._failed_at[slot] = time.monotonic()
             self.hosts.pop(host_id, None)
@@ -215,14 +233,14 @@ class HostFleet:
         _LOGGER.info("host %s (slot %s) started on node %s with shards %s", host_id, slot, summary["node_id"],
                      summary["shards"])
 
-    async def retire(self, host_id: str) -> None:
-        """Close a host, handing its remaining shards over, then kill its actor."""
+    async def retire(self, host_id: str, *, hand_over: bool = True) -> None:
+        """Close a host (handing its remaining shards over, or ending their sessions), then kill its actor."""
         host = self.hosts.get(host_id)
         if host is None:
             return
         host.retiring = True
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(host.handle.close.remote(hand_over=True), 15.0)
+            await asyncio.wait_for(host.handle.close.remote(hand_over=hand_over), 15.0)
         with contextlib.suppress(Exception):
             ray.kill(host.handle, no_restart=True)
         self.hosts.pop(host_id, None)

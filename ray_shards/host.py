@@ -69,6 +69,8 @@ class ShardHost:
         callback: typing.Callable[[Bot], typing.Any] | bytes | None = None,
         *,
         intents: int | None = None,
+        shard_count: int | None = None,
+        shadow: bool = False,
     ) -> dict[str, typing.Any]:
         """Build the bot, run ``callback(bot)``, join the Orchestrator and start the leased shards.
 
@@ -97,6 +99,8 @@ class ShardHost:
             host_id=self._host_id,
             timings=self._timings,
             actor_handle=ray.get_runtime_context().current_actor,
+            global_shard_count=shard_count,
+            shadow=shadow,
         )
         if callback is not None:
             try:

@@ -82,6 +82,12 @@ class CommandKind(enum.StrEnum):
     VOICE_STATE = "voice_state"
     REQUEST_MEMBERS = "request_members"
     RECONNECT = "reconnect"
+    RECORD = "record"
+    """Resharding: remember the identity of every event delivered from now on."""
+    SWITCH_OUT = "switch_out"
+    """Resharding: stop delivering events and hand in what was delivered."""
+    GO_LIVE = "go_live"
+    """Resharding: deliver the held events not yet handled, then deliver live."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

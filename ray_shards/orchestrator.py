@@ -116,8 +116,14 @@ class Orchestrator:
         self._started_at = time.time()
         self._reconcile_task: asyncio.Task[None] | None = None
         self._fleet: HostFleet | None = None
+        self._host_tables: dict[str, ShardTable] = {}
+        self._next_table: ShardTable | None = None
+        self._next_fleet: HostFleet | None = None
+        self._reshard: dict[str, typing.Any] = {}
+        self._reshard_ids: dict[str, list[str]] = {}
         self._rolling: _RollingRestart | None = None
         self._rolling_task: asyncio.Task[None] | None = None
+        self._reshard_task: asyncio.Task[None] | None = None
         self._restore()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -157,11 +163,27 @@ class Orchestrator:
         )
         self._ensure_reconcile()
 
-    def _new_fleet(self) -> HostFleet:
+    def _new_fleet(self, prefix: str = "h") -> HostFleet:
         assert self._config is not None
         return HostFleet(
-            self._bot_id, rest_url=self._config.rest_url, intents=self._config.intents, timings=self._timings
+            self._bot_id,
+            rest_url=self._config.rest_url,
+            intents=self._config.intents,
+            timings=self._timings,
+            prefix=prefix,
         )
+
+    def _table_of(self, host_id: str) -> ShardTable:
+        """The shard table a host works on (the resharding target's, for the new set of hosts)."""
+        table = self._host_tables.get(host_id, self._table)
+        assert table is not None
+        return table
+
+    def _tables(self) -> list[ShardTable]:
+        return [t for t in (self._table, self._next_table) if t is not None]
+
+    def _fleets(self) -> list[HostFleet]:
+        return [f for f in (self._fleet, self._next_fleet) if f is not None]
 
     def _new_scheduler(self, remaining: int) -> IdentifyScheduler:
         assert self._config is not None
@@ -249,8 +271,8 @@ class Orchestrator:
             raise PermissionError(msg)
         capability = new_capability()
         self._capabilities.add(capability)
-        if self._fleet is not None:
-            self._fleet.remember_token(token.strip())
+        for fleet in self._fleets():
+            fleet.remember_token(token.strip())
         self._ensure_reconcile()
         return capability
 
@@ -286,9 +308,13 @@ class Orchestrator:
                 future.set_exception(BotStoppedError("the bot is shutting down"))
         if self._rolling_task is not None:
             self._rolling_task.cancel()
-        if self._fleet is not None:
-            killed = self._fleet.kill_all()
-            _LOGGER.info("killed %s host actor(s)", killed)
+        if self._reshard_task is not None:
+            self._reshard_task.cancel()
+        for table_ in self._tables():
+            for shard in table_.shards.values():
+                shard.stopped = True
+        killed = sum(fleet.kill_all() for fleet in self._fleets())
+        _LOGGER.info("killed %s host actor(s)", killed)
         await asyncio.to_thread(checkpoint.delete_checkpoint, self._bot_id)
         _LOGGER.info("bot %s shut down (%s hosts stopped)", self._bot_id, len(hosts))
         return len(hosts)
@@ -304,6 +330,7 @@ class Orchestrator:
         want: int,
         handle: typing.Any = None,
         held: list[tuple[int, int]] | None = None,
+        shard_count: int | None = None,
     ) -> tuple[BotConfig, list[Lease], list[int], PresenceState, int]:
         """A host joins (or rejoins after an Orchestrator restart).
 
@@ -314,6 +341,13 @@ class Orchestrator:
         config, table, _ = self._check(capability)
         if self._stopping:
             raise BotStoppedError("the bot is shutting down")
+        if self._next_table is not None and shard_count == self._next_table.shard_count:
+            table = self._next_table
+            config = dataclasses.replace(config, shard_count=table.shard_count)
+        elif shard_count is not None and shard_count != table.shard_count:
+            msg = f"this bot runs {table.shard_count} shards, not {shard_count}"
+            raise ValueError(msg)
+        self._host_tables[host_id] = table
         now = time.time()
         table.register_host(host_id, node_id=node_id, want=want, has_handle=handle is not None, now=now)
         self._mailboxes.setdefault(host_id, _Mailbox())
@@ -322,7 +356,7 @@ class Orchestrator:
             self._watch(host_id, handle)
         placed = table.place() if time.time() >= self._recovering_until else {}
         leases = placed.pop(host_id, [])
-        self._deliver(placed)
+        self._deliver(placed, table)
         self._changed()
         _LOGGER.info("host %s joined on node %s wanting %s shards; granted %s", host_id, node_id, want, len(leases))
         return config, leases, stale, self._presence, self._presence_version
@@ -346,12 +380,13 @@ class Orchestrator:
     def _host_gone(self, host_id: str, reason: str) -> None:
         if self._table is None:
             return
-        host = self._table.hosts.get(host_id)
+        table = self._table_of(host_id)
+        host = table.hosts.get(host_id)
         if host is None or not host.alive:
             return
-        orphans = self._table.host_lost(host_id)
-        if self._fleet is not None:
-            self._fleet.host_gone(host_id)
+        orphans = table.host_lost(host_id)
+        for fleet in self._fleets():
+            fleet.host_gone(host_id)
         self._handles.pop(host_id, None)
         self._fenced.discard(host_id)
         mailbox = self._mailboxes.pop(host_id, None)
@@ -363,14 +398,15 @@ class Orchestrator:
                 self._scheduler.cancel(shard_id)
         level = logging.INFO if reason == "closed" or not orphans else logging.WARNING
         _LOGGER.log(level, "host %s %s; %s shard(s) to move: %s", host_id, reason, len(orphans), orphans)
-        self._deliver(self._table.place())
-        self._table.forget_host(host_id)
+        self._deliver(table.place(), table)
+        table.forget_host(host_id)
+        if host_id not in table.hosts:
+            self._host_tables.pop(host_id, None)
         self._changed()
 
-    def _deliver(self, placed: dict[str, list[Lease]]) -> None:
-        assert self._table is not None
+    def _deliver(self, placed: dict[str, list[Lease]], table: ShardTable) -> None:
         for host_id, leases in placed.items():
-            host = self._table.hosts[host_id]
+            host = table.hosts[host_id]
             host.pending_adopt.extend(leases)
             mailbox = self._mailboxes.setdefault(host_id, _Mailbox())
             mailbox.wake.set()
@@ -393,7 +429,8 @@ class Orchestrator:
         Returns at once when there is work (new leases, revocations, commands, stop),
         else after ``timeout`` (default ``sync_interval``).
         """
-        _, table, _ = self._check(capability)
+        self._check(capability)
+        table = self._table_of(host_id)
         host = table.hosts.get(host_id)
         if host is None or not host.alive:
             # Presumed dead (fenced) or unknown: it must stop everything it runs.
@@ -436,7 +473,8 @@ class Orchestrator:
         failed: str | None = None,
     ) -> bool:
         """A host gave a shard back; it is handed on (with its session) at once."""
-        _, table, scheduler = self._check(capability)
+        _, _, scheduler = self._check(capability)
+        table = self._table_of(host_id)
         if not table.release(host_id, shard_id, epoch, session, stopped=stopped or self._stopping):
             return False
         scheduler.cancel(shard_id)
@@ -446,13 +484,14 @@ class Orchestrator:
             record.error = failed
             _LOGGER.error("shard %s failed on host %s and will not be retried: %s", shard_id, host_id, failed)
         elif not self._stopping:
-            self._deliver(table.place())
+            self._deliver(table.place(), table)
         self._changed()
         return True
 
     async def claim(self, capability: str, host_id: str, count: int = 1) -> list[Lease]:
         """Lease up to ``count`` more unassigned shards to ``host_id`` (for ``Client.recommended_shard``)."""
-        _, table, _ = self._check(capability)
+        self._check(capability)
+        table = self._table_of(host_id)
         if host_id not in table.hosts or not table.hosts[host_id].alive:
             msg = f"host {host_id} is not registered"
             raise LeaseLostError(msg)
@@ -470,7 +509,8 @@ class Orchestrator:
         LeaseLostError
             When ``host_id`` no longer holds the shard's lease.
         """
-        _, table, scheduler = self._check(capability)
+        _, _, scheduler = self._check(capability)
+        table = self._table_of(host_id)
         while True:
             if not table.holds(host_id, shard_id, epoch):
                 scheduler.cancel(shard_id)
@@ -494,7 +534,8 @@ class Orchestrator:
 
     async def check_lease(self, capability: str, host_id: str, shard_id: int, epoch: int) -> bool:
         """Whether ``host_id`` may RESUME ``shard_id`` now (it holds the current lease)."""
-        _, table, _ = self._check(capability)
+        self._check(capability)
+        table = self._table_of(host_id)
         if table.holds(host_id, shard_id, epoch):
             table.shards[shard_id].resumes += 1
             self._dirty = True
@@ -631,6 +672,7 @@ class Orchestrator:
             "stopping": self._stopping,
             "uptime": time.time() - self._started_at,
             "rolling_restart": self._rolling_progress(),
+            "reshard": dict(self._reshard),
             "fleet": self._fleet.to_json() | {"callback": None} if self._fleet else None,
         }
 
@@ -654,7 +696,7 @@ class Orchestrator:
         scheduler.expire(now)
         if now < self._recovering_until:
             return
-        for host in list(table.live_hosts()):
+        for host in [h for t in self._tables() for h in t.live_hosts()]:
             silent = now - host.last_sync
             if host.host_id not in self._handles:
                 if host.has_handle and silent > self._timings.sync_interval * 2:
@@ -664,16 +706,16 @@ class Orchestrator:
                 continue
             if silent > self._timings.host_timeout and host.host_id not in self._fenced:
                 self._fence(host.host_id, silent)
-        if not self._stopping and self._fleet is not None and self._fleet.desired:
-            for slot in self._fleet.missing_slots():
+        for fleet in self._fleets() if not self._stopping else []:
+            for slot in fleet.missing_slots() if fleet.desired else []:
                 _LOGGER.warning("host slot %s has no live host; starting a replacement", slot)
-                self._fleet.start_slot(slot).add_done_callback(self._log_start_failure)
-        if not self._stopping:
-            self._deliver(table.place())
-            move = table.rebalance_move()
+                fleet.start_slot(slot).add_done_callback(self._log_start_failure)
+        for each in self._tables() if not self._stopping else []:
+            self._deliver(each.place(), each)
+            move = each.rebalance_move()
             if move is not None:
                 shard_id, donor = move
-                table.hosts[donor].pending_revoke.append(shard_id)
+                each.hosts[donor].pending_revoke.append(shard_id)
                 self._mailboxes.setdefault(donor, _Mailbox()).wake.set()
                 _LOGGER.info("rebalancing: shard %s moves off host %s", shard_id, donor)
         if self._dirty and now - self._last_checkpoint > self._timings.checkpoint_interval:
@@ -816,6 +858,130 @@ class Orchestrator:
             await fleet.retire(old.host_id)
             rolling.replaced.append(old.host_id)
         self._dirty = True
+
+    # -- live resharding ---------------------------------------------------------------------------
+
+    async def start_reshard(self, capability: str, shard_count: int) -> dict[str, typing.Any]:
+        """Move the bot to ``shard_count`` shards without downtime.
+
+        A complete second set of sessions with the new count starts beside the old one
+        (on new hosts, within the identify rate limit and budget) with its events held;
+        when all are READY, the old set stops delivering and hands in what it delivered,
+        the new set delivers what it holds minus that, goes live, and the old set closes.
+
+        Raises
+        ------
+        ValueError
+            For a count below 1, the current count, or more identifies than the daily budget has left.
+        """
+        config, table, scheduler = self._check(capability)
+        if isinstance(shard_count, bool) or not isinstance(shard_count, int) or shard_count < 1:
+            msg = f"shard_count must be a whole number of at least 1, not {shard_count!r}"
+            raise ValueError(msg)
+        if shard_count == table.shard_count:
+            msg = f"the bot already runs {shard_count} shards"
+            raise ValueError(msg)
+        if scheduler.remaining < shard_count:
+            msg = (
+                f"resharding to {shard_count} shards needs {shard_count} identifies but Discord's daily budget has "
+                f"only {scheduler.remaining} left; wait for the reset or reshard to fewer shards"
+            )
+            raise ValueError(msg)
+        if self._fleet is None or not self._fleet.desired:
+            msg = "only a bot launched by ray_shards (run_subprocesses / BotDeployment) can be resharded"
+            raise RuntimeError(msg)
+        if self._next_table is not None or self._rolling_busy():
+            msg = "a reshard or rolling restart is already in progress"
+            raise RuntimeError(msg)
+        del config
+        self._reshard = {"state": "starting", "from": table.shard_count, "to": shard_count, "ready": 0,
+                         "started_at": time.time(), "finished_at": None, "error": None, "replayed": 0}
+        self._reshard_task = asyncio.get_running_loop().create_task(self._do_reshard(shard_count))
+        return dict(self._reshard)
+
+    def _rolling_busy(self) -> bool:
+        return self._rolling is not None and self._rolling.state in ("running", "paused", "aborting")
+
+    async def deliver_identities(self, capability: str, host_id: str, identities: list[str]) -> None:
+        """An old-set host hands in the identities of the events it delivered (resharding switch)."""
+        self._check(capability)
+        self._reshard_ids[host_id] = identities
+
+    async def _broadcast(self, hosts: list[str], kind: CommandKind, arguments: dict[str, typing.Any]) -> None:
+        results = await asyncio.gather(
+            *(
+                self._run_on_host(h, Command(next(self._command_ids), kind, None, arguments), 30.0)
+                for h in hosts
+            ),
+            return_exceptions=True,
+        )
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            raise failures[0]
+
+    async def _do_reshard(self, shard_count: int) -> None:
+        old_table, old_fleet = self._table, self._fleet
+        assert old_table is not None and old_fleet is not None and self._config is not None
+        progress = self._reshard
+        new_table = ShardTable(shard_count)
+        new_fleet = self._new_fleet(prefix=f"s{shard_count}-h")
+        try:
+            old_hosts = [h.host_id for h in old_table.live_hosts()]
+            await self._broadcast(old_hosts, CommandKind.RECORD, {})
+            self._next_table, self._next_fleet = new_table, new_fleet
+            old_fleet.share_token(new_fleet)
+            new_fleet.use_resource = old_fleet.use_resource
+            new_fleet.configure(desired=old_fleet.desired, shard_count=shard_count, callback=old_fleet.callback)
+            new_fleet.shard_count = shard_count
+            new_fleet.shadow = True
+            progress["state"] = "identifying"
+            starts = [new_fleet.start_slot(slot) for slot in range(new_fleet.desired)]
+            errors = [r for r in await asyncio.gather(*starts, return_exceptions=True) if isinstance(r, BaseException)]
+            if errors:
+                raise errors[0]
+            deadline = time.monotonic() + 60.0 + shard_count * (self._timings.identify_window + 1.0)
+            while True:
+                ready = sum(1 for r in new_table.shards.values() if r.status is ShardStatus.READY)
+                progress["ready"] = ready
+                if ready == shard_count:
+                    break
+                if time.monotonic() > deadline:
+                    msg = f"only {ready}/{shard_count} new shards became READY"
+                    raise TimeoutError(msg)
+                await asyncio.sleep(0.2)
+            progress["state"] = "switching"
+            old_fleet.desired = 0
+            self._reshard_ids.clear()
+            await self._broadcast(old_hosts, CommandKind.SWITCH_OUT, {})
+            skip = sorted({i for ids in self._reshard_ids.values() for i in ids})
+            new_hosts = [h.host_id for h in new_table.live_hosts()]
+            await self._broadcast(new_hosts, CommandKind.GO_LIVE, {"skip": skip})
+            # The new set is live: make it the bot, then end the old sessions.
+            self._table, self._fleet = new_table, new_fleet
+            self._next_table, self._next_fleet = None, None
+            new_fleet.shadow = False
+            self._config = dataclasses.replace(self._config, shard_count=shard_count)
+            for host_id in new_hosts:
+                self._host_tables.pop(host_id, None)
+            progress["state"] = "closing old sessions"
+            for host in list(old_fleet.hosts):
+                self._host_tables[host] = old_table
+                await old_fleet.retire(host, hand_over=False)
+            progress["state"] = "finished"
+            self._dirty = True
+            await self._checkpoint()
+        except Exception as exc:
+            progress["state"] = "failed"
+            progress["error"] = f"{type(exc).__name__}: {exc}"
+            _LOGGER.exception("reshard to %s shards failed; the old shards keep running", shard_count)
+            if self._next_fleet is not None:
+                self._next_fleet.kill_all()
+            self._next_table, self._next_fleet = None, None
+            old_fleet.desired = old_fleet.desired or len(old_fleet.wants)
+        finally:
+            progress["finished_at"] = time.time()
+            self._reshard_ids.clear()
+            self._changed()
 
     async def _find_handle(self, host_id: str) -> None:
         """After a restart: re-watch a checkpointed host actor by name, or declare it gone."""

@@ -100,7 +100,8 @@ class RemoteShard(hikari.api.GatewayShard):
     @property
     @override
     def shard_count(self) -> int:
-        return self._shard_count
+        info = self.info
+        return info.shard_count if info else self._shard_count
 
     @override
     async def close(self) -> None:
