@@ -103,6 +103,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         subprocess_count=args.hosts or settings.hosts or DEFAULT_SUBPROCESS_COUNT,
         rest_url=args.rest_url or settings.rest_url,
         address=args.address or settings.address,
+        auto_reshard=args.auto_reshard,
     )
     return 0
 
@@ -302,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     _bot_options(run)
     run.add_argument("--entrypoint", help="package.module:function called with each host's bot before it starts")
     run.add_argument("--hosts", type=int, help="number of ShardHost actors (default: this machine's CPU count)")
+    run.add_argument("--auto-reshard", action="store_true", help="reshard live when Discord recommends more shards")
     run.set_defaults(handler=_cmd_run)
 
     status = sub.add_parser("status", help="the live shard table")

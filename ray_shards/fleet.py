@@ -111,6 +111,11 @@ class HostFleet:
         """Keep the token in memory (never checkpointed) to start hosts with."""
         self._token = token
 
+    @property
+    def token(self) -> str | None:
+        """The token held in memory to start hosts with (never checkpointed)."""
+        return self._token
+
     def share_token(self, other: HostFleet) -> None:
         """Give ``other`` the token this fleet starts hosts with (if it has it)."""
         if self._token is not None:

@@ -92,6 +92,8 @@ async def start_orchestrator(
     shard_count: int | None = None,
     intents: hikari.Intents | int = hikari.Intents.ALL_UNPRIVILEGED,
     timings: Timings | None = None,
+    auto_reshard: bool = False,
+    guild_threshold: int = 2000,
 ) -> OrchestratorLink:
     """Start the bot's Orchestrator (or join the one already running) and return a link to it.
 
@@ -110,7 +112,12 @@ async def start_orchestrator(
     await asyncio.to_thread(ensure_ray, address)
     bot_id = bot_id_from_token(token)
     options = OrchestratorOptions(
-        rest_url=rest_url, shard_count=shard_count, intents=intents_value, timings=timings or Timings()
+        rest_url=rest_url,
+        shard_count=shard_count,
+        intents=intents_value,
+        timings=timings or Timings(),
+        auto_reshard=auto_reshard,
+        guild_threshold=guild_threshold,
     )
     orchestrator_class: typing.Any = ray.remote(Orchestrator)
     handle = (
@@ -193,6 +200,7 @@ class BotDeployment:
         address: str | None = None,
         timings: Timings | None = None,
         keep_orchestrator: bool = False,
+        auto_reshard: bool = False,
     ) -> BotDeployment:
         """Start the Orchestrator and ``subprocess_count`` hosts; return once every shard is READY.
 
@@ -209,7 +217,13 @@ class BotDeployment:
             raise TypeError(msg)
         pickled = ray.cloudpickle.dumps(callback) if callback is not None else None  # type: ignore[no-untyped-call]
         link = await start_orchestrator(
-            token, address, rest_url=rest_url, shard_count=shard_count, intents=intents, timings=timings
+            token,
+            address,
+            rest_url=rest_url,
+            shard_count=shard_count,
+            intents=intents,
+            timings=timings,
+            auto_reshard=auto_reshard,
         )
         deployment = cls(link, keep_orchestrator=keep_orchestrator)
         progress = asyncio.create_task(deployment._report_progress(), name="ray_shards boot progress")
@@ -267,6 +281,7 @@ async def spawn_subprocesses(
     rest_url: str = hikari.urls.REST_API_URL,
     address: str | None = None,
     timings: Timings | None = None,
+    auto_reshard: bool = False,
 ) -> None:
     """Asynchronous variant of `run_subprocesses`.
 
@@ -281,6 +296,7 @@ async def spawn_subprocesses(
         rest_url=rest_url,
         address=address,
         timings=timings,
+        auto_reshard=auto_reshard,
     )
     try:
         await deployment.wait()
@@ -312,6 +328,7 @@ def run_subprocesses(
     rest_url: str = hikari.urls.REST_API_URL,
     address: str | None = None,
     timings: Timings | None = None,
+    auto_reshard: bool = False,
 ) -> None:
     """Run a bot across several processes: ``subprocess_count`` ShardHost actors on the Ray cluster.
 
@@ -335,6 +352,9 @@ def run_subprocesses(
         running cluster or starts a local one.
     timings
         Reaction times.
+    auto_reshard
+        Reshard live by itself when Discord recommends more shards than run, or a shard
+        holds over 2000 guilds.
 
     Blocks until the bot stops; SIGINT/SIGTERM stop it gracefully (every shard closed,
     every actor it started killed).
@@ -349,6 +369,7 @@ def run_subprocesses(
             rest_url=rest_url,
             address=address,
             timings=timings,
+            auto_reshard=auto_reshard,
         )
     )
 

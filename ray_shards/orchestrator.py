@@ -62,6 +62,9 @@ class OrchestratorOptions:
     intents: int = int(hikari.Intents.ALL_UNPRIVILEGED)
     large_threshold: int = 250
     timings: Timings = dataclasses.field(default_factory=Timings)
+    auto_reshard: bool = False
+    """Reshard by itself when Discord recommends more shards or a shard holds over ``guild_threshold`` guilds."""
+    guild_threshold: int = 2000
 
 
 @dataclasses.dataclass(slots=True)
@@ -124,6 +127,7 @@ class Orchestrator:
         self._rolling: _RollingRestart | None = None
         self._rolling_task: asyncio.Task[None] | None = None
         self._reshard_task: asyncio.Task[None] | None = None
+        self._last_policy_check = time.monotonic()
         self._restore()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -718,6 +722,8 @@ class Orchestrator:
                 each.hosts[donor].pending_revoke.append(shard_id)
                 self._mailboxes.setdefault(donor, _Mailbox()).wake.set()
                 _LOGGER.info("rebalancing: shard %s moves off host %s", shard_id, donor)
+        if self._options.auto_reshard:
+            await self._auto_reshard_policy()
         if self._dirty and now - self._last_checkpoint > self._timings.checkpoint_interval:
             await self._checkpoint()
 
@@ -874,7 +880,12 @@ class Orchestrator:
         ValueError
             For a count below 1, the current count, or more identifies than the daily budget has left.
         """
-        config, table, scheduler = self._check(capability)
+        self._check(capability)
+        return self._begin_reshard(shard_count)
+
+    def _begin_reshard(self, shard_count: int) -> dict[str, typing.Any]:
+        table, scheduler = self._table, self._scheduler
+        assert table is not None and scheduler is not None
         if isinstance(shard_count, bool) or not isinstance(shard_count, int) or shard_count < 1:
             msg = f"shard_count must be a whole number of at least 1, not {shard_count!r}"
             raise ValueError(msg)
@@ -893,7 +904,6 @@ class Orchestrator:
         if self._next_table is not None or self._rolling_busy():
             msg = "a reshard or rolling restart is already in progress"
             raise RuntimeError(msg)
-        del config
         self._reshard = {"state": "starting", "from": table.shard_count, "to": shard_count, "ready": 0,
                          "started_at": time.time(), "finished_at": None, "error": None, "replayed": 0}
         self._reshard_task = asyncio.get_running_loop().create_task(self._do_reshard(shard_count))
@@ -982,6 +992,40 @@ class Orchestrator:
             progress["finished_at"] = time.time()
             self._reshard_ids.clear()
             self._changed()
+
+    async def _auto_reshard_policy(self) -> None:
+        """Start a reshard when Discord recommends more shards, or a shard outgrows ``guild_threshold``."""
+        if time.monotonic() - self._last_policy_check < self._timings.auto_reshard_interval:
+            return
+        self._last_policy_check = time.monotonic()
+        table, fleet, scheduler = self._table, self._fleet, self._scheduler
+        if table is None or fleet is None or scheduler is None or not fleet.desired or self._stopping:
+            return
+        if self._next_table is not None or self._rolling_busy() or self._reshard.get("state") == "failed":
+            return
+        target = table.shard_count
+        busiest = max((r.guilds for r in table.shards.values()), default=0)
+        if busiest > self._options.guild_threshold:
+            target = max(target, table.shard_count * 2)
+        token = fleet.token
+        if token is not None and self._config is not None:
+            try:
+                info = await fetch_gateway_bot(self._config.rest_url, token)
+                target = max(target, info.shards)
+                scheduler.set_remaining(info.remaining)
+            except Exception as exc:
+                _LOGGER.warning("auto-reshard: GET /gateway/bot failed: %s", exc)
+        if target > table.shard_count:
+            reason = f"busiest shard has {busiest} guilds" if busiest > self._options.guild_threshold else (
+                "Discord recommends more shards"
+            )
+            _LOGGER.warning("auto-reshard: %s -> %s shards (%s)", table.shard_count, target, reason)
+            try:
+                self._begin_reshard(target)
+            except Exception as exc:
+                _LOGGER.error("auto-reshard to %s refused: %s", target, exc)
+                self._reshard = {"state": "failed", "from": table.shard_count, "to": target, "ready": 0,
+                                 "error": str(exc), "started_at": time.time(), "finished_at": time.time()}
 
     async def _find_handle(self, host_id: str) -> None:
         """After a restart: re-watch a checkpointed host actor by name, or declare it gone."""

@@ -41,6 +41,8 @@ class Timings:
         Most time between two checkpoints of changing session state.
     command_timeout
         How long a client command waits for the owning host.
+    auto_reshard_interval
+        With automatic resharding on, how often the policy asks Discord for its recommended shard count.
     """
 
     sync_interval: float = 0.5
@@ -54,3 +56,4 @@ class Timings:
     seq_report_lag: float = 0.3
     checkpoint_interval: float = 1.0
     command_timeout: float = 15.0
+    auto_reshard_interval: float = 600.0

@@ -57,3 +57,33 @@ async def test_reshard_refuses_when_the_daily_budget_is_too_small(streaming: typ
         await bot.client.reshard(2)
     await wait_for(lambda: len(bot.shards()) == 2 and bot.all_ready(), 30, "the 2 shards still READY")
     assert (await bot.client.status())["reshard"] == {}
+
+
+async def test_auto_reshard_follows_discords_recommendation(
+    emulator_factory: typing.Any, token: str, ray_cluster: typing.Any
+) -> None:
+    from ray_shards import BotDeployment, Client
+    from ray_shards.timings import Timings
+
+    emu = emulator_factory(token, shards=4, max_concurrency=4, guilds=8, identify_window_s=1.0)
+    deployment = await BotDeployment.start(
+        token,
+        shard_count=2,
+        subprocess_count=2,
+        rest_url=emu.rest_url,
+        auto_reshard=True,
+        timings=Timings(identify_window=1.0, auto_reshard_interval=2.0),
+    )
+    try:
+        async with Client(token, None, refresh_interval=0.2) as client:
+            def resharded() -> bool:
+                infos = [s.info for s in client.remote_shards.values()]
+                return len(infos) == 4 and all(i is not None and i.shard_count == 4 and i.is_alive for i in infos)
+
+            await wait_for(resharded, 90, "the policy to reshard 2 -> 4")
+            deadline = time.monotonic() + 30
+            while (state := (await client.status())["reshard"]["state"]) != "finished":
+                assert state != "failed" and time.monotonic() < deadline, state
+                await asyncio.sleep(0.2)
+    finally:
+        await deployment.stop()
