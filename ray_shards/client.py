@@ -328,13 +328,24 @@ class Client:
 
         pickled = ray.cloudpickle.dumps(callback) if callback is not None else None  # type: ignore[no-untyped-call]
         state: dict[str, typing.Any] = await self._link.call("start_rolling_restart", pickled)
+        return await self._follow("rolling_restart", state, ("finished", "aborted", "failed"), wait, progress)
+
+    async def _follow(
+        self,
+        key: str,
+        state: dict[str, typing.Any],
+        final: tuple[str, ...],
+        wait: bool,
+        progress: typing.Callable[[dict[str, typing.Any]], None] | None,
+    ) -> dict[str, typing.Any]:
+        """Poll ``status()[key]`` until its state is final (when ``wait``), reporting each change."""
         last: dict[str, typing.Any] | None = None
-        while wait and state["state"] in ("running", "paused", "aborting"):
+        while wait and state["state"] not in final:
             if state != last and progress is not None:
                 progress(state)
             last = state
             await asyncio.sleep(0.25)
-            state = (await self._link.call("status"))["rolling_restart"]
+            state = (await self._link.call("status"))[key]
         if progress is not None:
             progress(state)
         return state
@@ -374,15 +385,7 @@ class Client:
         """
         self._check_running()
         state: dict[str, typing.Any] = await self._link.call("start_reshard", shard_count)
-        last: dict[str, typing.Any] | None = None
-        while wait and state["state"] not in ("finished", "failed"):
-            if state != last and progress is not None:
-                progress(state)
-            last = state
-            await asyncio.sleep(0.25)
-            state = (await self._link.call("status"))["reshard"]
-        if progress is not None:
-            progress(state)
+        state = await self._follow("reshard", state, ("finished", "failed"), wait, progress)
         if state["state"] == "finished":
             self._remote.clear()
             await self.refresh()
