@@ -432,7 +432,8 @@ class Bot(traits.GatewayBotAware):
             raise hikari.ComponentStateConflictError(msg)
         start_time = time.monotonic()
         if self._link.handle is None:
-            await self._link.connect()
+            # A Bot may start alongside its server: give the Orchestrator a moment to appear.
+            await self._link.connect(wait=30.0)
         self._link.on_reauthenticated(self._register_again)
         config, leases, _, presence, version = await self._link.call(
             "register_host",
@@ -538,7 +539,8 @@ class Bot(traits.GatewayBotAware):
             return_exceptions=True,
         )
         for task in list(self._tasks):
-            task.cancel()
+            if task is not asyncio.current_task():  # close() itself may run as one of them
+                task.cancel()
         with contextlib.suppress(Exception):
             await self._voice.close()
         with contextlib.suppress(Exception):

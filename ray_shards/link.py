@@ -19,7 +19,7 @@ import ray.exceptions
 
 from ray_shards.auth import bot_id_from_token, validate_token
 from ray_shards.connection import NAMESPACE, OrchestratorNotFoundError, ensure_ray, orchestrator_name
-from ray_shards.errors import CapabilityExpiredError
+from ray_shards.errors import CapabilityExpiredError, NotInitialisedError
 
 __all__ = ["OrchestratorLink", "OrchestratorUnavailableError"]
 
@@ -104,7 +104,16 @@ class OrchestratorLink:
                     )
                     raise OrchestratorNotFoundError(msg) from None
                 await asyncio.sleep(0.2)
-        await self.authenticate()
+        # The actor may exist a moment before its launcher has given it the bot.
+        deadline = time.monotonic() + max(wait, 30.0)
+        while True:
+            try:
+                await self.authenticate()
+                return
+            except NotInitialisedError:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.2)
 
     def adopt_handle(self, handle: typing.Any) -> None:
         """Use an Orchestrator handle this process already has (the launcher created the actor)."""
