@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 import ray
 
@@ -40,6 +41,22 @@ def host_actor_name(bot_id: int, host_id: str) -> str:
     return f"host-{bot_id}-{host_id}"
 
 
+def _check_gcs_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast for a ``HOST:PORT`` GCS address nobody listens on: `ray.init` retries it for minutes."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit() or not host:
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        msg = (
+            f"cannot reach a Ray cluster at {address!r}: {exc}. Start one with `ray start --head`, "
+            "or pass the right address (auto, ray://HOST:10001, HOST:6379)."
+        )
+        raise RayUnreachableError(msg) from None
+
+
 def ensure_ray(address: str | None) -> None:
     """Connect this process to Ray unless it already is.
 
@@ -64,6 +81,8 @@ def ensure_ray(address: str | None) -> None:
         kwargs["address"] = address
     elif address == "local":
         kwargs["address"] = "local"
+    if isinstance(address, str):
+        _check_gcs_reachable(address)
     if os.environ.get("RAY_SHARDS_INCLUDE_DASHBOARD") == "0":
         kwargs["include_dashboard"] = False
     try:

@@ -304,7 +304,13 @@ async def spawn_subprocesses(
         await asyncio.shield(deployment.stop())
 
 
-def _run_until_signalled(coro_factory: typing.Callable[[], typing.Coroutine[typing.Any, typing.Any, None]]) -> None:
+def _run_until_signalled(
+    coro_factory: typing.Callable[[], typing.Coroutine[typing.Any, typing.Any, None]], address: str | None
+) -> None:
+    # Connect to Ray from the main thread (Ray installs its signal handlers there), and disconnect at the end.
+    started_ray = not ray.is_initialized()
+    ensure_ray(address)
+
     async def main() -> None:
         task = asyncio.ensure_future(coro_factory())
         loop = asyncio.get_running_loop()
@@ -314,7 +320,11 @@ def _run_until_signalled(coro_factory: typing.Callable[[], typing.Coroutine[typi
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        if started_ray:
+            ray.shutdown()
 
 
 def run_subprocesses(
@@ -370,7 +380,8 @@ def run_subprocesses(
             address=address,
             timings=timings,
             auto_reshard=auto_reshard,
-        )
+        ),
+        address,
     )
 
 
@@ -425,4 +436,4 @@ def run_server(
             with contextlib.suppress(Exception):
                 ray.kill(link.handle, no_restart=True)
 
-    _run_until_signalled(serve)
+    _run_until_signalled(serve, address)
