@@ -14,21 +14,44 @@ import hmac
 import re
 import secrets
 
-__all__ = ["TokenHash", "bot_id_from_token", "new_capability", "redact", "validate_token"]
+__all__ = ["TokenHash", "bot_id_from_token", "mask_tokens", "new_capability", "redact", "validate_token"]
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+$")
 
 
-def validate_token(token: object) -> str:
-    """Return the stripped token, or raise `ValueError` saying what is wrong (without echoing it)."""
+_MAX_TOKEN_LENGTH = 512
+_SNOWFLAKE_LIMIT = 1 << 64
+
+
+def _strip_token(token: object) -> str:
     if not isinstance(token, str):
         msg = f"the bot token must be a str, not {type(token).__name__}"
         raise TypeError(msg)
     token = token.strip()
-    if token.lower().startswith("bot "):
+    if token[:4].lower() == "bot ":
         token = token[4:].strip()
+    return token
+
+
+def validate_token(token: object) -> str:
+    """Return the stripped token (without a ``Bot `` prefix), or raise saying what is wrong.
+
+    Messages never echo the token.
+
+    Raises
+    ------
+    TypeError
+        When ``token`` is not a str.
+    ValueError
+        When it is empty, too long, not three dot-separated base64url parts, or its first
+        part is not the base64 of a snowflake.
+    """
+    token = _strip_token(token)
     if not token:
         msg = "no bot token given: pass one or set DISCORD_TOKEN"
+        raise ValueError(msg)
+    if len(token) > _MAX_TOKEN_LENGTH:
+        msg = f"the bot token is malformed: it is over {_MAX_TOKEN_LENGTH} characters long"
         raise ValueError(msg)
     if not _TOKEN_RE.match(token):
         msg = "the bot token is malformed: a Discord bot token has three dot-separated base64 parts"
@@ -37,19 +60,44 @@ def validate_token(token: object) -> str:
     return token
 
 
-def bot_id_from_token(token: str) -> int:
-    """Return the bot's user id, which Discord encodes in the token's first segment."""
-    first = token.strip().split(".", 1)[0]
+def bot_id_from_token(token: object) -> int:
+    """Return the bot's user id, which Discord encodes in the token's first segment.
+
+    Raises
+    ------
+    TypeError
+        When ``token`` is not a str.
+    ValueError
+        When the first segment is not the base64 of a snowflake (a decimal number from 1
+        to 2**64 - 1). Messages never echo the token.
+    """
+    first = _strip_token(token).split(".", 1)[0]
+    msg = "the bot token is malformed: its first part must be the base64 of the bot's id"
+    if not first or len(first) > 32 or not re.fullmatch(r"[A-Za-z0-9_\-]+", first):
+        raise ValueError(msg)
     try:
-        decoded = base64.b64decode(first + "=" * (-len(first) % 4), altchars=b"-_", validate=False).decode("ascii")
-        value = int(decoded)
+        decoded = base64.b64decode(first + "=" * (-len(first) % 4), altchars=b"-_", validate=True).decode("ascii")
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        msg = "the bot token is malformed: its first part must be the base64 of the bot's id"
         raise ValueError(msg) from None
-    if value <= 0:
-        msg = "the bot token is malformed: its first part must be the base64 of the bot's id"
+    # Only plain ASCII digits: int() would also take signs, spaces and underscores.
+    if not decoded.isascii() or not decoded.isdigit():
+        raise ValueError(msg)
+    value = int(decoded)
+    if not 0 < value < _SNOWFLAKE_LIMIT:
         raise ValueError(msg)
     return value
+
+
+_TOKEN_LIKE_RE = re.compile(r"[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]{8,}")
+
+
+def mask_tokens(text: str) -> str:
+    """Return ``text`` with anything shaped like a bot token replaced by ``<token?>``.
+
+    For error messages that show a value the caller passed: a token passed in the wrong
+    argument is then not echoed.
+    """
+    return _TOKEN_LIKE_RE.sub("<token?>", text)
 
 
 def new_capability() -> str:

@@ -6,7 +6,20 @@ import hikari
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ray_shards.auth import mask_tokens
+
 __all__ = ["RayShardsSettings", "parse_intents"]
+
+
+_INTENT_NAMES: dict[str, int] = {name: int(flag) for name, flag in hikari.Intents.__members__.items()}
+_ALL_INTENTS = int(hikari.Intents.ALL)
+
+
+def _check_intent_bits(value: int) -> int:
+    if value < 0 or value & ~_ALL_INTENTS:
+        msg = f"intents {value} has bits Discord does not define; use hikari.Intents names or their sum"
+        raise ValueError(msg)
+    return value
 
 
 def parse_intents(value: str | int) -> int:
@@ -14,25 +27,32 @@ def parse_intents(value: str | int) -> int:
 
     Raises
     ------
+    TypeError
+        For anything but a str or an int.
     ValueError
-        For an unknown name, listing the valid ones.
+        For an unknown name (listing the valid ones), no name at all, or a number with bits
+        Discord does not define.
     """
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        msg = f"intents must be hikari.Intents names or a number, not {type(value).__name__}"
+        raise TypeError(msg)
     if isinstance(value, int):
-        return value
+        return _check_intent_bits(int(value))
     text = value.strip()
-    if text.isdigit():
-        return int(text)
+    if text.isascii() and text.isdigit():
+        return _check_intent_bits(int(text))
     total = 0
-    for part in text.replace(",", "|").split("|"):
-        name = part.strip().upper()
-        if not name:
-            continue
-        try:
-            total |= int(hikari.Intents[name])
-        except KeyError:
-            valid = ", ".join(sorted(i.name for i in hikari.Intents if i.name))
-            msg = f"unknown intent {part.strip()!r}; valid names: {valid}"
-            raise ValueError(msg) from None
+    names = [part.strip() for part in text.replace(",", "|").split("|") if part.strip()]
+    if not names:
+        msg = "no intents given: use hikari.Intents names joined by | (NONE for none) or a number"
+        raise ValueError(msg)
+    for name in names:
+        flag = _INTENT_NAMES.get(name.upper())
+        if flag is None:
+            valid = ", ".join(sorted(_INTENT_NAMES))
+            msg = f"unknown intent {mask_tokens(name)[:40]!r}; valid names: {valid}"
+            raise ValueError(msg)
+        total |= flag
     return total
 
 
