@@ -37,6 +37,7 @@ from hikari.impl import voice as voice_impl
 from typing_extensions import override
 
 from ray_shards import sessions, validation
+from ray_shards.auth import redact
 from ray_shards.delivery import GatedEventManager
 from ray_shards.errors import BotStoppedError, LeaseLostError
 from ray_shards.gateway_info import validate_rest_url
@@ -615,6 +616,7 @@ class Bot(traits.GatewayBotAware):
                 self._spawn(self._release(slot, stopped=False), f"release shard {shard_id}")
 
     async def _fail(self, slot: _Slot, error: str) -> None:
+        error = redact(error, self._link.token)
         slot.status = ShardStatus.FAILED
         slot.error = error
         _LOGGER.error("shard %s on host %s failed: %s", slot.lease.shard_id, self._host_id, error)
@@ -874,8 +876,9 @@ class Bot(traits.GatewayBotAware):
             else:
                 return f"unknown command {command.kind}"
         except Exception as exc:
-            _LOGGER.warning("host %s: command %s failed: %s", self._host_id, command.kind.value, exc)
-            return f"{type(exc).__name__}: {exc}"
+            error = redact(f"{type(exc).__name__}: {exc}", self._link.token)
+            _LOGGER.warning("host %s: command %s failed: %s", self._host_id, command.kind.value, error)
+            return error
         return None
 
     async def _reconnect(self, slot: _Slot) -> None:

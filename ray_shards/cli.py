@@ -52,8 +52,25 @@ def _common(parser: argparse.ArgumentParser, *, token: bool = True) -> None:
 
 def _bot_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rest-url", help="Discord REST base URL (env RAY_SHARDS_REST_URL)")
-    parser.add_argument("--shard-count", type=int, help="number of shards (default: Discord's recommendation)")
+    parser.add_argument("--shard-count", type=_positive, help="number of shards (default: Discord's recommendation)")
     parser.add_argument("--intents", help="intent names joined by | or a number (default ALL_UNPRIVILEGED)")
+
+
+def _positive(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        msg = f"must be a whole number of at least 1, not {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _first(*values: typing.Any) -> typing.Any:
+    """The first value that is not None (0 is a value, not 'not given')."""
+    return next((v for v in values if v is not None), None)
 
 
 def _load_callback(entrypoint: str) -> typing.Callable[[typing.Any], typing.Any]:
@@ -84,7 +101,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
         typing.cast(str, _token(args, settings)),
         args.address or settings.address or "auto",
         intents=parse_intents(args.intents) if args.intents else settings.intents,
-        shard_count=args.shard_count or settings.shard_count,
+        shard_count=_first(args.shard_count, settings.shard_count),
         rest_url=args.rest_url or settings.rest_url,
     )
     return 0
@@ -98,9 +115,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     run_subprocesses(
         typing.cast(str, _token(args, settings)),
         callback=callback,
-        shard_count=args.shard_count or settings.shard_count,
+        shard_count=_first(args.shard_count, settings.shard_count),
         intents=parse_intents(args.intents) if args.intents else settings.intents,
-        subprocess_count=args.hosts or settings.hosts or DEFAULT_SUBPROCESS_COUNT,
+        subprocess_count=_first(args.hosts, settings.hosts, DEFAULT_SUBPROCESS_COUNT),
         rest_url=args.rest_url or settings.rest_url,
         address=args.address or settings.address,
         auto_reshard=args.auto_reshard,
@@ -285,9 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="a live bot on a local Ray cluster (bundled emulator without a token)")
     _common(demo)
-    demo.add_argument("--shards", type=int, default=8)
-    demo.add_argument("--hosts", type=int, default=3)
-    demo.add_argument("--max-concurrency", type=int, default=4, help="the emulator's identify concurrency")
+    demo.add_argument("--shards", type=_positive, default=8)
+    demo.add_argument("--hosts", type=_positive, default=3)
+    demo.add_argument("--max-concurrency", type=_positive, default=4, help="the emulator's identify concurrency")
     demo.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: run until Ctrl-C)")
     demo.add_argument("--interval", type=float, default=2.0, help="seconds between two table prints")
     demo.add_argument("--events-per-second", type=float, default=5.0, help="emulator event stream rate")
@@ -302,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(run)
     _bot_options(run)
     run.add_argument("--entrypoint", help="package.module:function called with each host's bot before it starts")
-    run.add_argument("--hosts", type=int, help="number of ShardHost actors (default: this machine's CPU count)")
+    run.add_argument("--hosts", type=_positive, help="number of ShardHost actors (default: this machine's CPU count)")
     run.add_argument("--auto-reshard", action="store_true", help="reshard live when Discord recommends more shards")
     run.set_defaults(handler=_cmd_run)
 
@@ -332,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     reshard = sub.add_parser("reshard", help="live resharding to a new shard count, without downtime")
     _common(reshard)
-    reshard.add_argument("shard_count", type=int)
+    reshard.add_argument("shard_count", type=_positive)
     reshard.add_argument("--no-wait", action="store_true", help="start it and return")
     reshard.set_defaults(handler=_cmd_reshard)
 
@@ -358,7 +375,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return emulator_main(argv[argv.index("emulator") + 1 :])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse printed the usage error (or --help)
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

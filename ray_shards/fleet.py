@@ -30,7 +30,17 @@ _LOGGER = logging.getLogger("ray_shards.fleet")
 
 
 def split_shards(shard_count: int, hosts: int) -> list[int]:
-    """How many shards each of ``hosts`` hosts runs: as even as possible, larger shares first (10/4 = 3,3,2,2)."""
+    """How many shards each of ``hosts`` hosts runs: as even as possible, larger shares first (10/4 = 3,3,2,2).
+
+    Raises
+    ------
+    ValueError
+        When either count is not a whole number of at least 1.
+    """
+    for name, value in (("shard_count", shard_count), ("hosts", hosts)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            msg = f"{name} must be a whole number of at least 1, not {value!r}"
+            raise ValueError(msg)
     base, extra = divmod(shard_count, hosts)
     return [base + (1 if i < extra else 0) for i in range(hosts)]
 

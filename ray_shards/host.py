@@ -18,6 +18,7 @@ import typing
 
 import ray
 
+from ray_shards.auth import redact
 from ray_shards.bot import Bot
 from ray_shards.timings import Timings
 
@@ -108,7 +109,7 @@ class ShardHost:
                 if asyncio.iscoroutine(result):
                     await result
             except Exception as exc:
-                msg = f"the callback raised in host {self._host_id}: {type(exc).__name__}: {exc}"
+                msg = redact(f"the callback raised in host {self._host_id}: {type(exc).__name__}: {exc}", token)
                 _LOGGER.error(msg)
                 raise HostCallbackError(msg) from None
         self._bot = bot

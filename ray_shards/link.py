@@ -28,6 +28,14 @@ _LOGGER = logging.getLogger("ray_shards.link")
 _UNAVAILABLE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 
 
+def _unwrap(exc: ray.exceptions.RayTaskError) -> BaseException:
+    """The error the Orchestrator (or a host behind it) raised, without Ray's traceback wrapping."""
+    cause: BaseException = exc
+    while isinstance(cause, ray.exceptions.RayTaskError) and getattr(cause, "cause", None) is not None:
+        cause = cause.cause
+    return cause if isinstance(cause, Exception) else exc
+
+
 class OrchestratorUnavailableError(ConnectionError):
     """The Orchestrator did not answer (it died and was not restarted in time)."""
 
@@ -136,6 +144,8 @@ class OrchestratorLink:
         while True:
             try:
                 return await getattr(self._handle, method).remote(*args, **kwargs)
+            except ray.exceptions.RayTaskError as exc:
+                raise _unwrap(exc) from None
             except _UNAVAILABLE as exc:
                 if time.monotonic() >= deadline:
                     msg = f"the orchestrator of bot {self._bot_id} is unavailable ({type(exc).__name__})"

@@ -94,7 +94,10 @@ def merge_presence(
     TypeError, ValueError
         For a value of the wrong type or one Discord would reject.
     """
-    validate_activity(activity)
+    from ray_shards.validation import presence_update  # validation imports this module
+
+    checked = presence_update(idle_since=idle_since, afk=afk, activity=activity, status=status)
+    idle_since, afk, activity, status = checked["idle_since"], checked["afk"], checked["activity"], checked["status"]
     changes: dict[str, typing.Any] = {}
     if status is not hikari.UNDEFINED:
         try:

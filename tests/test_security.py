@@ -543,8 +543,6 @@ def test_cli_refuses_unknown_intents_before_starting_anything(
     assert "the bot token is malformed" in err and token.rsplit(".", 1)[1] not in err
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py: `--shard-count 0` / `--hosts 0` are falsy and silently replaced "
-                                       "by the defaults (args.x or settings.x) instead of being refused")
 def test_cli_refuses_zero_counts(monkeypatch: pytest.MonkeyPatch, token: str) -> None:
     import ray_shards.launch
 

@@ -233,7 +233,7 @@ class Gateway:
             return
         try:
             payload = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             conn.close(Close.DECODE_ERROR, Close.REASONS[Close.DECODE_ERROR])
             return
         op = payload.get("op") if isinstance(payload, dict) else None
