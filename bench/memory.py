@@ -1,0 +1,128 @@
+"""Memory: unique memory (USS) of a ShardHost actor per host and per extra shard, against plain hikari.
+
+For each shard count k in ``--shards`` (default 1, 64, 256) on its own emulator (one guild of 5
+members per shard), measured ``--settle`` seconds (default 35) after every shard is READY:
+
+* ray_shards: `BotDeployment.start` with one host running all k shards; after ``--settle`` seconds the
+  host's USS (Private_Clean + Private_Dirty of /proc/<pid>/smaps_rollup) via ``ShardHost.memory()``;
+* reference: `bench._plain_bot` (plain ``hikari.GatewayBot``, no listener) with the same k shards in a
+  subprocess; its USS from /proc/<pid>/smaps_rollup, measured the same way.
+
+Per extra shard = least-squares slope of USS over k. Per host = USS(host, k) / USS(plain, k).
+For attribution, the USS of an idle Ray actor process importing nothing, and of one that has imported
+hikari and ray_shards, is reported too (what being a Ray worker costs by itself), and two per-shard
+structures of a host are rebuilt in a bare worker and measured: ray_shards' per-shard Ray metrics
+series (`ray_shards.metrics.ShardMetrics`, USS growth for 256 shards) and the 64 session snapshots
+per shard a `Bot` keeps for its lagged seq reports (tracemalloc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import typing
+
+import ray
+
+from bench import _common
+from ray_shards import BotDeployment
+from ray_shards.timings import Timings
+
+
+def _slope(points: list[tuple[int, int]]) -> float:
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    var = sum((x - mean_x) ** 2 for x, _ in points)
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / var if var else float("nan")
+
+
+async def _host_uss(k: int, settle: float) -> dict[str, int]:
+    token = _common.new_token()
+    with _common.emulator(token, shards=k, max_concurrency=k, guilds=k, identify_window_s=0.5) as emu:
+        deployment = await BotDeployment.start(
+            token, shard_count=k, subprocess_count=1, rest_url=emu.rest_url, timings=Timings(identify_window=0.5)
+        )
+        try:
+            await asyncio.sleep(settle)
+            hosts = await asyncio.to_thread(lambda: dict(deployment.hosts))
+            (handle,) = hosts.values()
+            memory: dict[str, int] = await handle.memory.remote()
+        finally:
+            await deployment.stop()
+    return memory
+
+
+async def _plain_uss(k: int, settle: float) -> dict[str, int]:
+    token = _common.new_token()
+    with _common.emulator(token, shards=k, max_concurrency=k, guilds=k, identify_window_s=0.5) as emu:
+        plain = await asyncio.to_thread(_common.PlainBot, token, emu.rest_url, k, listen=False)
+        try:
+            await plain.wait_ready()
+            await asyncio.sleep(settle)
+            return _common.uss_of(plain.pid)
+        finally:
+            await asyncio.to_thread(plain.stop)
+
+
+async def main(args: argparse.Namespace) -> dict[str, typing.Any]:
+    sampler = _common.LoadSampler()
+    sampler.start()
+    rows = []
+    with _common.local_ray():
+        from bench._probe import Probe
+
+        probe = ray.remote(Probe).options(num_cpus=0).remote()  # type: ignore[attr-defined]
+        bare = await probe.memory.remote()
+        stack = await probe.import_stack.remote()
+        ray.kill(probe)
+        from bench._probe import AttributionProbe
+
+        attribution = ray.remote(AttributionProbe).options(num_cpus=0).remote()  # type: ignore[attr-defined]
+        metrics_cost = await attribution.metrics.remote(256)
+        history_cost = await attribution.history.remote(256)
+        ray.kill(attribution)
+        for k in args.shards:
+            host = await _host_uss(k, args.settle)
+            plain = await _plain_uss(k, args.settle)
+            row = {"shards": k, "host_uss_mib": round(host["uss"] / 2**20, 2),
+                   "plain_uss_mib": round(plain["uss"] / 2**20, 2), "ratio": round(host["uss"] / plain["uss"], 3),
+                   "host_rss_mib": round(host["rss"] / 2**20, 2), "plain_rss_mib": round(plain["rss"] / 2**20, 2)}
+            _common.LOGGER.info("%s", row)
+            rows.append(row)
+    host_slope = _slope([(r["shards"], r["host_uss_mib"] * 2**20) for r in rows])
+    plain_slope = _slope([(r["shards"], r["plain_uss_mib"] * 2**20) for r in rows])
+    largest = rows[-1]
+    return {
+        "load": await sampler.stop(),
+        "settings": {"shards": args.shards, "settle_s": args.settle, "guilds_per_shard": 1, "members_per_guild": 5},
+        "rows": rows,
+        "per_extra_shard_kib": {"ray_shards_host": round(host_slope / 1024, 1),
+                                "plain_hikari": round(plain_slope / 1024, 1)},
+        "per_host_ratio_at_largest": largest["ratio"],
+        "per_host_ratio_at_1_shard": rows[0]["ratio"],
+        "ray_worker_baseline_uss_mib": {"bare_actor": round(bare["uss"] / 2**20, 2),
+                                        "after_importing_hikari_and_ray_shards": round(stack["uss"] / 2**20, 2)},
+        "attribution_per_shard_kib": {
+            "ray_metrics_series": round(metrics_cost["uss_growth"] / metrics_cost["shards"] / 1024, 1),
+            "session_history_64_snapshots": round(history_cost["bytes"] / history_cost["shards"] / 1024, 1),
+        },
+        "targets": {
+            "per_extra_shard_lt_100kib": host_slope < 100 * 1024,
+            "per_host_le_1.2x_plain": largest["ratio"] <= 1.2,
+        },
+    }
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shards", type=lambda s: [int(x) for x in s.split(",")], default=[1, 64, 256])
+    parser.add_argument("--settle", type=float, default=35.0,
+                        help="seconds after READY before measuring (default 35: a host keeps the last 64 session "
+                             "snapshots of each shard, one per 0.5 s sync, so its memory grows for 32 s)")
+    _common.run("memory", parser, main)
+
+
+if __name__ == "__main__":
+    cli()
