@@ -713,9 +713,11 @@ class Bot(traits.GatewayBotAware):
         slot = self._slots.get(event.shard.id)
         if slot is None or slot.identify_sent_at is None:
             return
-        sent_at, slot.identify_sent_at = slot.identify_sent_at, None
+        slot.identify_sent_at = None
+        # Free the bucket from READY's arrival, never from a timestamp taken before the frame left: on a busy
+        # loop the IDENTIFY may leave later than it was stamped, and the next one would come too early.
         with contextlib.suppress(Exception):
-            await self._link.call("identify_done", event.shard.id, sent_at, retry_for=10.0)
+            await self._link.call("identify_done", event.shard.id, None, retry_for=10.0)
 
     # -- sync with the Orchestrator --------------------------------------------------------------
 

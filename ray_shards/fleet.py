@@ -270,4 +270,11 @@ class HostFleet:
         for task in self._starting.values():
             task.cancel()
         self.hosts.clear()
+        # Also any host actor of this bot the fleet lost track of (started just before an orchestrator restart).
+        prefix = host_actor_name(self._bot_id, "")
+        for actor in ray.util.list_named_actors(all_namespaces=True):
+            if actor.get("namespace") == NAMESPACE and str(actor.get("name", "")).startswith(prefix):
+                with contextlib.suppress(Exception):
+                    ray.kill(ray.get_actor(actor["name"], namespace=NAMESPACE), no_restart=True)
+                    count += 1
         return count

@@ -158,7 +158,19 @@ class OrchestratorLink:
         if self._handle is None:
             msg = "not connected to the orchestrator; call connect() first"
             raise RuntimeError(msg)
-        return ray.get(getattr(self._handle, method).remote(self._capability, *args, **kwargs))
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                return ray.get(getattr(self._handle, method).remote(self._capability, *args, **kwargs))
+            except ray.exceptions.RayTaskError as exc:
+                cause = _unwrap(exc)
+                if not isinstance(cause, CapabilityExpiredError) or time.monotonic() > deadline:
+                    raise cause from None
+                self._capability = ray.get(self._handle.authenticate.remote(self._token))
+            except _UNAVAILABLE:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     async def call(self, method: str, *args: typing.Any, retry_for: float = 30.0, **kwargs: typing.Any) -> typing.Any:
         """Call ``method`` on the Orchestrator with this link's capability.

@@ -46,7 +46,7 @@ class Timings:
     """
 
     sync_interval: float = 0.5
-    host_timeout: float = 6.0
+    host_timeout: float = 30.0
     standalone_lease_ttl: float = 10.0
     death_quarantine: float = 0.3
     recovery_grace: float = 5.0
