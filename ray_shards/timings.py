@@ -53,7 +53,7 @@ class Timings:
     identify_window: float = 5.0
     identify_margin: float = 0.1
     grant_timeout: float = 30.0
-    seq_report_lag: float = 0.3
+    seq_report_lag: float = 1.0
     checkpoint_interval: float = 1.0
     command_timeout: float = 15.0
     auto_reshard_interval: float = 600.0

@@ -68,7 +68,7 @@ class StreamingBot:
         def missing() -> set[int]:
             return sent - set(ray.get(self.recorder.counts.remote()))
 
-        await wait_for(lambda: not missing(), 20, "every streamed event to reach a listener")
+        await wait_for(lambda: not missing(), 60, "every streamed event to reach a listener")
         counts = ray.get(self.recorder.counts.remote())
         duplicates = sum(c - 1 for m, c in counts.items() if m in sent and c > 1)
         print(f"events sent {len(sent)}, delivered at least once {len(sent)}, replayed twice {duplicates}")
