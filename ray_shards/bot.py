@@ -724,6 +724,10 @@ class Bot(traits.GatewayBotAware):
     def _reports(self) -> list[ShardReport]:
         now = time.time()
         reports = []
+        guilds_per_shard: collections.Counter[int] = collections.Counter()
+        if self._config is not None:
+            count = self._config.shard_count
+            guilds_per_shard.update((int(g) >> 22) % count for g in self._cache.get_guilds_view())
         for shard_id, slot in list(self._slots.items()):
             state = sessions.snapshot(slot.shard)
             if state is not None:
@@ -736,11 +740,6 @@ class Bot(traits.GatewayBotAware):
             if status is ShardStatus.READY and not slot.shard.is_connected:
                 status = ShardStatus.RECONNECTING
             self._metrics.observe(shard_id, status, slot.shard.heartbeat_latency, state.seq if state else None)
-            guilds = 0
-            if self._config is not None:
-                guilds = sum(
-                    1 for g in self._cache.get_guilds_view() if (int(g) >> 22) % self._config.shard_count == shard_id
-                )
             reports.append(
                 ShardReport(
                     shard_id=shard_id,
@@ -748,7 +747,7 @@ class Bot(traits.GatewayBotAware):
                     status=status,
                     session=lagged,
                     latency=slot.shard.heartbeat_latency,
-                    guilds=guilds,
+                    guilds=guilds_per_shard[shard_id],
                     events=state.seq if state else 0,
                     error=slot.error,
                 )

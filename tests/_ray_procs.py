@@ -187,3 +187,13 @@ def _wait_http(url: str, *, timeout: float) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+def wait_until(predicate: typing.Callable[[], bool], timeout: float, what: str,
+               details: typing.Callable[[], str] = str, interval: float = 0.5) -> None:
+    """Poll ``predicate`` until true; fail after ``timeout`` s naming ``what`` and ``details()``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{details()}")
+        time.sleep(interval)

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from ray_shards.auth import bot_id_from_token
-from tests._ray_procs import free_ports, marked_processes, processes_using, start_head
+from tests._ray_procs import free_ports, marked_processes, processes_using, start_head, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -29,13 +29,6 @@ LOCAL = pathlib.Path(__file__).resolve().parent.parent / "cluster-local.yaml"
 HOSTS = 3
 
 
-def _wait(predicate: typing.Callable[[], bool], timeout: float, what: str,
-          details: typing.Callable[[], str] = str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{details()}")
-        time.sleep(1.0)
 
 
 def test_more_hosts_than_nodes_makes_the_autoscaler_launch_nodes(
@@ -70,7 +63,7 @@ def test_more_hosts_than_nodes_makes_the_autoscaler_launch_nodes(
             return [n for n in nodes() if n.resources_total.get("shard_host")]
 
         # min_workers: 1 -> one shard_host node comes up before the bot starts.
-        _wait(lambda: len(shard_host_nodes()) >= 1, 120, "the first shard_host node", lambda: str(nodes()))
+        wait_until(lambda: len(shard_host_nodes()) >= 1, 120, "the first shard_host node", lambda: str(nodes()))
         assert len(shard_host_nodes()) == 1
         head_ids = {n.node_id for n in nodes() if n.is_head_node}
         assert len(head_ids) == 1
@@ -89,7 +82,7 @@ def test_more_hosts_than_nodes_makes_the_autoscaler_launch_nodes(
                 return handle.read()[-3000:]
 
         started = time.monotonic()
-        _wait(lambda: emu.control.stats()["connected"] == dict.fromkeys(range(6), 1) or driver.poll() is not None,
+        wait_until(lambda: emu.control.stats()["connected"] == dict.fromkeys(range(6), 1) or driver.poll() is not None,
               200, "6 shards READY", driver_output)
         assert driver.poll() is None, driver_output()
         print(f"6 shards READY on {HOSTS} hosts {time.monotonic() - started:.1f} s after the driver started")
@@ -107,13 +100,13 @@ def test_more_hosts_than_nodes_makes_the_autoscaler_launch_nodes(
         # SIGTERM (Ctrl-C) stops the bot: every shard closed, the driver exits.
         driver.terminate()
         code = driver.wait(timeout=60)
-        _wait(lambda: all(v == 0 for v in emu.control.stats()["connected"].values()), 30, "every shard closed")
+        wait_until(lambda: all(v == 0 for v in emu.control.stats()["connected"].values()), 30, "every shard closed")
 
         def bot_actors() -> list[typing.Any]:
             alive = list_actors(address=address, filters=[("state", "=", "ALIVE")])
             return [a for a in alive if str(bot_id) in (a.name or "")]
 
-        _wait(lambda: not bot_actors(), 30, "no actor of the bot left", lambda: str(bot_actors()))
+        wait_until(lambda: not bot_actors(), 30, "no actor of the bot left", lambda: str(bot_actors()))
         # Known issue (reported): now and then the driver aborts (SIGABRT) in Ray's teardown *after* the bot
         # stopped; the bot's shutdown is complete by then, which is what this test is about.
         assert code in (0, -signal.SIGABRT), driver_output()

@@ -17,7 +17,7 @@ import uuid
 import pytest
 
 from ray_shards.auth import bot_id_from_token
-from tests._ray_procs import MARKER_VAR, RAY, start_head
+from tests._ray_procs import MARKER_VAR, RAY, start_head, wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -43,13 +43,6 @@ def _ray_cli(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[
     return result
 
 
-def _wait(predicate: typing.Callable[[], bool], timeout: float, what: str,
-          details: typing.Callable[[], str] = str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{details()}")
-        time.sleep(0.5)
 
 
 def test_ray_job_runs_the_bot_and_job_stop_closes_every_shard(
@@ -84,7 +77,7 @@ def test_ray_job_runs_the_bot_and_job_stop_closes_every_shard(
             except Exception as exc:  # the log is diagnostics only
                 return f"(no job logs: {exc})"
 
-        _wait(
+        wait_until(
             lambda: emu.control.stats()["connected"] == {0: 1, 1: 1, 2: 1, 3: 1}
             or jobs.get_job_status(submission_id).is_terminal(),
             180, "4 shards READY on the emulator", logs,
@@ -92,7 +85,7 @@ def test_ray_job_runs_the_bot_and_job_stop_closes_every_shard(
         assert jobs.get_job_status(submission_id) == JobStatus.RUNNING, logs()
         assert sorted(e["shard_id"] for e in emu.control.identify_log()) == [0, 1, 2, 3]
         # The entrypoint from the working dir runs in every host (the hosts import `mybot` there too).
-        _wait(lambda: {m["content"] for m in emu.control.messages()}
+        wait_until(lambda: {m["content"] for m in emu.control.messages()}
               == {"mybot from the working dir on h0", "mybot from the working dir on h1"},
               60, "a message from mybot on each host", lambda: str(emu.control.messages())[-2000:])
 
@@ -108,7 +101,7 @@ def test_ray_job_runs_the_bot_and_job_stop_closes_every_shard(
         stopped = time.monotonic()
         _ray_cli("job", "stop", "--address", address, submission_id)
         assert jobs.get_job_status(submission_id) == JobStatus.STOPPED
-        _wait(lambda: all(v == 0 for v in emu.control.stats()["connected"].values()), 30, "every shard closed")
+        wait_until(lambda: all(v == 0 for v in emu.control.stats()["connected"].values()), 30, "every shard closed")
         print(f"ray job stop to every shard closed: {time.monotonic() - stopped:.1f} s")
 
         def left() -> list[typing.Any]:
@@ -116,7 +109,7 @@ def test_ray_job_runs_the_bot_and_job_stop_closes_every_shard(
             return [a for a in alive if str(bot_id) in (a.name or "")]
 
         # No host and no (detached) Orchestrator outlives the job: the driver stopped the bot itself.
-        _wait(lambda: not left(), 30, "no actor of the bot left", lambda: str(left()))
+        wait_until(lambda: not left(), 30, "no actor of the bot left", lambda: str(left()))
     finally:
         head.stop()
 
