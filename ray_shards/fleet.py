@@ -35,12 +35,16 @@ def split_shards(shard_count: int, hosts: int) -> list[int]:
     Raises
     ------
     ValueError
-        When either count is not a whole number of at least 1.
+        When either count is not a whole number of at least 1, or there are more hosts than shards
+    (a host with no shard is a wasted process, and refusing keeps the list as long as the shard count).
     """
     for name, value in (("shard_count", shard_count), ("hosts", hosts)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             msg = f"{name} must be a whole number of at least 1, not {value!r}"
             raise ValueError(msg)
+    if hosts > shard_count:
+        msg = f"cannot split {shard_count} shard(s) over {hosts} hosts: use at most {shard_count} hosts"
+        raise ValueError(msg)
     base, extra = divmod(shard_count, hosts)
     return [base + (1 if i < extra else 0) for i in range(hosts)]
 

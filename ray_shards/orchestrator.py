@@ -941,7 +941,7 @@ class Orchestrator:
             self._next_table, self._next_fleet = new_table, new_fleet
             old_fleet.share_token(new_fleet)
             new_fleet.use_resource = old_fleet.use_resource
-            new_fleet.configure(desired=old_fleet.desired, shard_count=shard_count, callback=old_fleet.callback)
+            new_fleet.configure(desired=min(old_fleet.desired, shard_count), shard_count=shard_count, callback=old_fleet.callback)
             new_fleet.shard_count = shard_count
             new_fleet.shadow = True
             progress["state"] = "identifying"
