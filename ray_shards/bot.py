@@ -49,6 +49,7 @@ from ray_shards.models import (
     CommandKind,
     HostDirectives,
     Lease,
+    SessionState,
     ShardInfo,
     ShardReport,
     ShardStatus,
@@ -84,11 +85,10 @@ class _Slot:
     status: ShardStatus = ShardStatus.STARTING
     error: str | None = None
     started: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
-    history: collections.deque[tuple[float, typing.Any]] = dataclasses.field(
-        default_factory=lambda: collections.deque(maxlen=64)
-    )
     leaving: bool = False
     identify_sent_at: float | None = None
+    reported: SessionState | None = None
+    """The session last reported to the Orchestrator: reports never go back from it."""
 
 
 class _ShardsView(typing.Mapping[int, hikari.api.GatewayShard]):
@@ -244,6 +244,7 @@ class Bot(traits.GatewayBotAware):
             auto_chunk_members=auto_chunk_members,
             cache=self._cache,
             shadow=shadow,
+            max_listener_lag=self._timings.max_listener_lag,
         )
         self._voice = voice_impl.VoiceComponentImpl(self)
         self._rest = rest_impl.RESTClientImpl(
@@ -642,7 +643,15 @@ class Bot(traits.GatewayBotAware):
         slot.leaving = True
         shard_id = slot.lease.shard_id
         if hand_over:
+            # Graceful drain: the connection is closed first (no new events), then the listeners of what was
+            # consumed get a bounded time to finish, and the session is handed over at what they finished.
             session = await sessions.detach(slot.shard)
+            handled = await self._event_manager.drain(shard_id, self._timings.drain_timeout)
+            mark = self._event_manager.watermark(shard_id)
+            if session is not None and handled is not None and mark.session_id() == session.session_id:
+                session = dataclasses.replace(session, seq=min(session.seq, handled))
+            if session is not None and slot.reported is not None and slot.reported.session_id == session.session_id:
+                session = dataclasses.replace(session, seq=max(session.seq, slot.reported.seq))
         else:
             session = None
             if slot.shard.is_alive:
@@ -654,6 +663,7 @@ class Bot(traits.GatewayBotAware):
                 await slot.task
         self._slots.pop(shard_id, None)
         self._metrics.forget(shard_id)
+        self._event_manager.forget_shard(shard_id)
         slot.status = ShardStatus.STOPPED
         with contextlib.suppress(Exception):
             await self._link.call(
@@ -693,11 +703,21 @@ class Bot(traits.GatewayBotAware):
         slot = self._slots.get(shard_id)
         if slot is None or slot.leaving:
             raise LeaseLostError(f"shard {shard_id} is not leased to host {self._host_id}")
-        try:
-            ok = await self._link.call("check_lease", self._host_id, shard_id, slot.lease.epoch, retry_for=2.0)
-        except OrchestratorUnavailableError:
-            _LOGGER.warning("shard %s resumes while the orchestrator is away", shard_id)
-            return
+        # No RESUME without a positive lease check: while the Orchestrator is away it cannot say whether the
+        # shard moved, and a RESUME on a stale lease would make two sessions for one shard.
+        deadline = time.monotonic() + self._lease_cutoff()
+        while True:
+            try:
+                ok = await self._link.call(
+                    "check_lease", self._host_id, shard_id, slot.lease.epoch, retry_for=2.0
+                )
+                break
+            except OrchestratorUnavailableError:
+                if time.monotonic() > deadline or slot.leaving:
+                    raise LeaseLostError(
+                        f"shard {shard_id}: the orchestrator did not confirm the lease; not resuming"
+                    ) from None
+                _LOGGER.warning("shard %s waits for the orchestrator to confirm its lease before resuming", shard_id)
         if not ok:
             raise LeaseLostError(f"host {self._host_id} lost the lease of shard {shard_id}")
         self._metrics.count("resumes", shard_id)
@@ -717,25 +737,50 @@ class Bot(traits.GatewayBotAware):
         # Free the bucket from READY's arrival, never from a timestamp taken before the frame left: on a busy
         # loop the IDENTIFY may leave later than it was stamped, and the next one would come too early.
         with contextlib.suppress(Exception):
-            await self._link.call("identify_done", event.shard.id, None, retry_for=10.0)
+            await self._link.call(
+                "identify_done", event.shard.id, None, host_id=self._host_id, epoch=slot.lease.epoch, retry_for=10.0
+            )
 
     # -- sync with the Orchestrator --------------------------------------------------------------
 
+    def _handled_session(self, slot: _Slot, state: SessionState | None, now: float) -> SessionState | None:
+        """The session to report: its seq is the listener-completion watermark, never the seq received.
+
+        Every event above it is replayed by the next owner's RESUME, so an event whose listeners
+        had not finished when this host died is handled again (at-least-once), however slow the
+        listener, the loop or a GC pause. Reports never go back within a session.
+        """
+        reported = slot.reported or slot.lease.session
+        if state is not None:
+            mark = self._event_manager.watermark(slot.lease.shard_id)
+            handled = mark.value(now)
+            if handled is not None and mark.session_id() == state.session_id:
+                reported = dataclasses.replace(state, seq=min(state.seq, handled))
+            elif reported is None or reported.session_id != state.session_id:
+                # A session none of whose events was consumed here yet: nothing above its start is handled.
+                reported = dataclasses.replace(state, seq=0)
+        # Never report a seq below one already reported for the same session: a RESUME from a lower seq
+        # than the Orchestrator once held could reach past Discord's replay buffer after a crash.
+        if (
+            reported is not None
+            and slot.reported is not None
+            and reported.session_id == slot.reported.session_id
+            and reported.seq < slot.reported.seq
+        ):
+            reported = slot.reported
+        slot.reported = reported
+        return reported
+
     def _reports(self) -> list[ShardReport]:
-        now = time.time()
         reports = []
         guilds_per_shard: collections.Counter[int] = collections.Counter()
         if self._config is not None:
             count = self._config.shard_count
             guilds_per_shard.update((int(g) >> 22) % count for g in self._cache.get_guilds_view())
+        loop_now = asyncio.get_running_loop().time()
         for shard_id, slot in list(self._slots.items()):
             state = sessions.snapshot(slot.shard)
-            if state is not None:
-                slot.history.append((now, state))
-            lagged = next(
-                (s for t, s in reversed(slot.history) if now - t >= self._timings.seq_report_lag),
-                slot.lease.session,
-            )
+            lagged = self._handled_session(slot, state, loop_now)
             status = slot.status
             if status is ShardStatus.READY and not slot.shard.is_connected:
                 status = ShardStatus.RECONNECTING
@@ -754,13 +799,47 @@ class Bot(traits.GatewayBotAware):
             )
         return reports
 
+    def _lease_cutoff(self) -> float:
+        """Seconds without a sync after which this host stops its shards itself (resumably).
+
+        Half the time after which the Orchestrator may hand them elsewhere: a standalone Bot's
+        leases lapse after ``standalone_lease_ttl``; a host actor is fenced (killed) only after
+        ``host_timeout`` and a failed health check. So a host cut off from the Orchestrator has
+        closed its sessions well before another host may RESUME them.
+        """
+        if self._actor_handle is None:
+            return self._timings.standalone_lease_ttl / 2
+        return self._timings.host_timeout / 2
+
+    async def _stop_cut_off_shards(self, silent: float) -> None:
+        slots = [slot for slot in self._slots.values() if not slot.leaving]
+        if not slots:
+            return
+        _LOGGER.error(
+            "host %s: no sync with the orchestrator for %.1f s; closing its %s shard(s) resumably so no other "
+            "host can ever run them at the same time",
+            self._host_id,
+            silent,
+            len(slots),
+        )
+        await asyncio.gather(*(self._leave(slot, hand_over=True) for slot in slots), return_exceptions=True)
+
     async def _sync_forever(self) -> None:
         last_table = 0.0
+        last_ok = time.monotonic()
+        report_seq = 0
         while True:
             try:
+                report_seq += 1
                 directives: HostDirectives = await self._link.call(
-                    "sync", self._host_id, self._reports(), timeout=self._timings.sync_interval, retry_for=5.0
+                    "sync",
+                    self._host_id,
+                    self._reports(),
+                    timeout=self._timings.sync_interval,
+                    report_seq=report_seq,
+                    retry_for=min(5.0, self._lease_cutoff()),
                 )
+                last_ok = time.monotonic()
                 self._apply(directives)
                 if time.monotonic() - last_table > 2.0:
                     last_table = time.monotonic()
@@ -771,7 +850,11 @@ class Bot(traits.GatewayBotAware):
                 self._spawn(self.close(hand_over=False), "close on bot stop")
                 return
             except OrchestratorUnavailableError:
-                _LOGGER.warning("host %s: orchestrator unreachable; shards keep running", self._host_id)
+                silent = time.monotonic() - last_ok
+                if silent > self._lease_cutoff():
+                    await self._stop_cut_off_shards(silent)
+                else:
+                    _LOGGER.warning("host %s: orchestrator unreachable; shards keep running", self._host_id)
             except Exception:
                 _LOGGER.exception("host %s: sync failed; retrying", self._host_id)
                 await asyncio.sleep(self._timings.sync_interval)
@@ -843,6 +926,8 @@ class Bot(traits.GatewayBotAware):
                 return None
             if command.kind is CommandKind.GO_LIVE:
                 self._event_manager.go_live(command.arguments["skip"])
+                if command.arguments.get("stop_recording"):
+                    self._event_manager.stop_recording()
                 return None
             if command.kind is CommandKind.PRESENCE and command.shard_id is None:
                 presence: PresenceState = command.arguments["presence"]

@@ -11,10 +11,12 @@ import json
 import logging
 import typing
 
-__all__ = ["delete_checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CHECKPOINT_SCHEMA", "delete_checkpoint", "load_checkpoint", "save_checkpoint"]
 
 _LOGGER = logging.getLogger("ray_shards.checkpoint")
 _KV_NAMESPACE = "ray_shards"
+CHECKPOINT_SCHEMA = 2
+"""Version of the checkpoint's top-level layout (1: before it was versioned)."""
 
 
 def _key(bot_id: int) -> bytes:
@@ -40,7 +42,19 @@ def load_checkpoint(bot_id: int) -> dict[str, typing.Any] | None:
     except ValueError:
         _LOGGER.exception("checkpoint of bot %s is unreadable; starting afresh", bot_id)
         return None
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    from ray_shards.table import CheckpointSchemaError
+
+    schema = data.get("schema", 1)
+    if schema != CHECKPOINT_SCHEMA:
+        msg = (
+            f"the checkpoint of bot {bot_id} has layout version {schema} but this ray_shards reads version "
+            f"{CHECKPOINT_SCHEMA}: run the ray_shards version that wrote it, or delete the checkpoint to start "
+            f"the bot afresh (`ray-shards stop`, or internal_kv key checkpoint/{bot_id} in namespace ray_shards)"
+        )
+        raise CheckpointSchemaError(msg)
+    return data
 
 
 def delete_checkpoint(bot_id: int) -> None:

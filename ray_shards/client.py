@@ -136,6 +136,7 @@ class Client:
         self._own.clear()
         self._remote.clear()
         self._table.clear()
+        await self._link.revoke()
 
     async def __aenter__(self) -> Client:
         await self.start()
@@ -381,11 +382,13 @@ class Client:
         Returns
         -------
         dict
-            ``{"state", "from", "to", "ready", "started_at", "finished_at", "error"}``.
+            ``{"state", "from", "to", "ready", "started_at", "finished_at", "error"}``. ``state`` ends as
+            ``finished``, ``failed`` (the new set could not start: the old shards keep running, untouched) or
+            ``rolled back`` (the Orchestrator restarted before the switch: the old shards keep running).
         """
         self._check_running()
         state: dict[str, typing.Any] = await self._link.call("start_reshard", shard_count)
-        state = await self._follow("reshard", state, ("finished", "failed"), wait, progress)
+        state = await self._follow("reshard", state, ("finished", "failed", "rolled back"), wait, progress)
         if state["state"] == "finished":
             self._remote.clear()
             await self.refresh()

@@ -9,6 +9,7 @@ old set already delivered, then goes live: each event is handled once.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import enum
 import hashlib
@@ -19,6 +20,9 @@ import typing
 
 from hikari.impl import event_manager as event_manager_impl
 from typing_extensions import override
+
+from ray_shards import sessions
+from ray_shards.watermark import InFlight, ListenerWatermark
 
 if typing.TYPE_CHECKING:
     from hikari.api import shard as shard_api
@@ -52,14 +56,34 @@ class DeliveryMode(enum.StrEnum):
 class GatedEventManager(event_manager_impl.EventManagerImpl):
     """hikari's event manager with a gate in front of listener delivery (see the module docstring)."""
 
-    __slots__ = ("_buffer", "_delivered", "_delivered_order", "_mode", "_recording", "_skip", "_skip_until")
+    __slots__ = (
+        "_buffer",
+        "_current",
+        "_delivered",
+        "_delivered_order",
+        "_gathers",
+        "_max_listener_lag",
+        "_mode",
+        "_recording",
+        "_skip",
+        "_skip_until",
+        "_watermarks",
+    )
 
-    def __init__(self, *args: typing.Any, shadow: bool = False, **kwargs: typing.Any) -> None:
+    def __init__(
+        self, *args: typing.Any, shadow: bool = False, max_listener_lag: float = 60.0, **kwargs: typing.Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._mode = DeliveryMode.SHADOW if shadow else DeliveryMode.LIVE
-        self._buffer: collections.deque[tuple[str, shard_api.GatewayShard, typing.Any]] = collections.deque(
-            maxlen=_MAX_BUFFER
+        self._buffer: collections.deque[tuple[str, shard_api.GatewayShard, typing.Any, InFlight | None]] = (
+            collections.deque(maxlen=_MAX_BUFFER)
         )
+        self._watermarks: dict[int, ListenerWatermark] = {}
+        self._max_listener_lag = max_listener_lag
+        # The event being consumed right now (consumers dispatch synchronously), so dispatch() can count
+        # the listener tasks it starts against that event's seq.
+        self._current: tuple[ListenerWatermark, InFlight] | None = None
+        self._gathers: set[asyncio.Future[typing.Any]] = set()
         self._recording = False
         self._delivered: set[str] = set()
         self._delivered_order: collections.deque[str] = collections.deque()
@@ -76,19 +100,98 @@ class GatedEventManager(event_manager_impl.EventManagerImpl):
         """Events held while in shadow mode."""
         return len(self._buffer)
 
+    # -- listener-completion watermark -------------------------------------------------------------
+
+    def watermark(self, shard_id: int) -> ListenerWatermark:
+        """The listener-completion watermark of ``shard_id`` (created on first use)."""
+        mark = self._watermarks.get(shard_id)
+        if mark is None:
+            mark = self._watermarks[shard_id] = ListenerWatermark(max_lag=self._max_listener_lag)
+        return mark
+
+    def forget_shard(self, shard_id: int) -> None:
+        """Drop ``shard_id``'s watermark (the shard left this host)."""
+        self._watermarks.pop(shard_id, None)
+
+    async def drain(self, shard_id: int, timeout: float) -> int | None:
+        """Wait up to ``timeout`` s for the listeners of ``shard_id``'s consumed events; return its watermark.
+
+        Called after the shard stopped taking events (its connection is closed), before its
+        session is handed over: the new owner then RESUMEs from exactly what was handled.
+        """
+        mark = self.watermark(shard_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while mark.in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if mark.in_flight:
+            _LOGGER.warning(
+                "shard %s: %s event(s) still had listeners running after %.1f s; they will be replayed",
+                shard_id, mark.in_flight, timeout,
+            )
+        return mark.value(loop.time())
+
+    @override
+    def dispatch(self, event: typing.Any, *, return_tasks: bool = False) -> typing.Any:
+        current = self._current
+        if current is None:
+            return super().dispatch(event, return_tasks=return_tasks)
+        # Inside the consume of a dispatch with a seq: keep its listener tasks counted until all are done.
+        mark, entry = current
+        gathered: asyncio.Future[typing.Any] = super().dispatch(event, return_tasks=True)
+        mark.hold(entry)
+        self._gathers.add(gathered)
+
+        def done(future: asyncio.Future[typing.Any]) -> None:
+            self._gathers.discard(future)
+            mark.finish(entry)
+            if not future.cancelled():
+                future.exception()  # listener errors were already dispatched as ExceptionEvents
+
+        gathered.add_done_callback(done)
+        return gathered if return_tasks else None
+
+    def _begin(self, shard: shard_api.GatewayShard) -> tuple[ListenerWatermark, InFlight | None]:
+        mark = self.watermark(shard.id)
+        session = sessions.snapshot(shard)
+        entry = mark.begin(
+            session.session_id if session else None, session.seq if session else None,
+            asyncio.get_running_loop().time(),
+        )
+        return mark, entry
+
+    def _consume_counted(self, event_name: str, shard: shard_api.GatewayShard, payload: typing.Any,
+                         entry: InFlight | None) -> None:
+        previous = self._current
+        self._current = (self.watermark(shard.id), entry) if entry is not None else None
+        try:
+            super().consume_raw_event(event_name, shard, payload)
+        finally:
+            self._current = previous
+
     @override
     def consume_raw_event(self, event_name: str, shard: shard_api.GatewayShard, payload: typing.Any) -> None:
-        if event_name in _ALWAYS or (self._mode is DeliveryMode.LIVE and not self._recording and not self._skip):
-            super().consume_raw_event(event_name, shard, payload)
-            return
-        if self._mode is DeliveryMode.SHADOW:
-            self._buffer.append((event_name, shard, payload))
-            return
-        if self._mode is DeliveryMode.MUTED:
-            return
-        self._deliver(event_name, shard, payload)
+        mark, entry = self._begin(shard)
+        try:
+            if event_name in _ALWAYS or (
+                self._mode is DeliveryMode.LIVE and not self._recording and not self._skip
+            ):
+                self._consume_counted(event_name, shard, payload, entry)
+                return
+            if self._mode is DeliveryMode.SHADOW:
+                # Held, not handled: the watermark stays below it until it is delivered (or dropped at go-live).
+                mark.hold(entry)
+                self._buffer.append((event_name, shard, payload, entry))
+                return
+            if self._mode is DeliveryMode.MUTED:
+                return
+            self._deliver(event_name, shard, payload, entry)
+        finally:
+            mark.finish(entry)
 
-    def _deliver(self, event_name: str, shard: shard_api.GatewayShard, payload: typing.Any) -> None:
+    def _deliver(
+        self, event_name: str, shard: shard_api.GatewayShard, payload: typing.Any, entry: InFlight | None
+    ) -> None:
         if self._skip:
             if time.monotonic() > self._skip_until:
                 self._skip = frozenset()
@@ -101,11 +204,17 @@ class GatedEventManager(event_manager_impl.EventManagerImpl):
                 self._delivered_order.append(identity)
                 if len(self._delivered_order) > _MAX_RECORDED:
                     self._delivered.discard(self._delivered_order.popleft())
-        super().consume_raw_event(event_name, shard, payload)
+        self._consume_counted(event_name, shard, payload, entry)
 
     def start_recording(self) -> None:
         """Remember the identity of every event delivered from now on."""
         self._recording = True
+
+    def stop_recording(self) -> None:
+        """Forget what was recorded and stop recording (a reshard was rolled back)."""
+        self._recording = False
+        self._delivered.clear()
+        self._delivered_order.clear()
 
     def mute(self) -> list[str]:
         """Stop delivering; return the identities delivered since recording started."""
@@ -126,11 +235,15 @@ class GatedEventManager(event_manager_impl.EventManagerImpl):
         self._mode = DeliveryMode.LIVE
         delivered = 0
         while self._buffer:
-            name, shard, payload = self._buffer.popleft()
-            if event_identity(name, payload) in self._skip:
-                continue
-            self._deliver(name, shard, payload)
-            delivered += 1
+            name, shard, payload, entry = self._buffer.popleft()
+            mark = self.watermark(shard.id)
+            try:
+                if event_identity(name, payload) in self._skip:
+                    continue
+                self._deliver(name, shard, payload, entry)
+                delivered += 1
+            finally:
+                mark.finish(entry)
         _LOGGER.info("went live: %s buffered events delivered, %s skipped as already handled", delivered,
                      len(self._skip))
         return delivered

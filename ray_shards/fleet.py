@@ -24,9 +24,18 @@ from ray_shards.connection import NAMESPACE, host_actor_name
 from ray_shards.host import ShardHost
 from ray_shards.timings import Timings
 
-__all__ = ["FleetHost", "HostFleet", "split_shards"]
+__all__ = ["MAX_HOSTS", "FleetHost", "HostFleet", "HostStartTimeoutError", "split_shards"]
 
 _LOGGER = logging.getLogger("ray_shards.fleet")
+
+
+MAX_HOSTS = 100_000
+"""Most hosts one bot may ask for: far above any real bot (20k shards at 1 shard a host), and a bound on
+every list sized by the host count."""
+
+
+class HostStartTimeoutError(TimeoutError):
+    """A new host actor did not start in time (usually: the cluster has no room for it)."""
 
 
 def split_shards(shard_count: int, hosts: int) -> list[int]:
@@ -35,8 +44,8 @@ def split_shards(shard_count: int, hosts: int) -> list[int]:
     Raises
     ------
     ValueError
-        When either count is not a whole number of at least 1, or there are more hosts than shards
-    (a host with no shard is a wasted process, and refusing keeps the list as long as the shard count).
+        When either count is not a whole number of at least 1, there are more hosts than shards
+        (a host with no shard is a wasted process) or more than `MAX_HOSTS` (the list is as long as it).
     """
     for name, value in (("shard_count", shard_count), ("hosts", hosts)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -44,6 +53,9 @@ def split_shards(shard_count: int, hosts: int) -> list[int]:
             raise ValueError(msg)
     if hosts > shard_count:
         msg = f"cannot split {shard_count} shard(s) over {hosts} hosts: use at most {shard_count} hosts"
+        raise ValueError(msg)
+    if hosts > MAX_HOSTS:
+        msg = f"{hosts} hosts is more than ray_shards runs for one bot (at most {MAX_HOSTS})"
         raise ValueError(msg)
     base, extra = divmod(shard_count, hosts)
     return [base + (1 if i < extra else 0) for i in range(hosts)]
@@ -57,6 +69,7 @@ class FleetHost:
     slot: int
     want: int
     handle: typing.Any
+    """The actor handle; None for a host whose start was decided (and checkpointed) but not yet made."""
     retiring: bool = False
     node_id: str | None = None
 
@@ -82,6 +95,7 @@ class HostFleet:
         "_counter",
         "_failed_at",
         "_intents",
+        "_persist",
         "_prefix",
         "_rest_url",
         "_starting",
@@ -95,8 +109,18 @@ class HostFleet:
         "wants",
     )
 
-    def __init__(self, bot_id: int, *, rest_url: str, intents: int, timings: Timings, prefix: str = "h") -> None:
+    def __init__(
+        self,
+        bot_id: int,
+        *,
+        rest_url: str,
+        intents: int,
+        timings: Timings,
+        prefix: str = "h",
+        persist: typing.Callable[[], typing.Awaitable[None]] | None = None,
+    ) -> None:
         self._bot_id = bot_id
+        self._persist = persist
         self._rest_url = rest_url
         self._intents = intents
         self._timings = timings
@@ -115,6 +139,11 @@ class HostFleet:
 
     def __repr__(self) -> str:
         return f"HostFleet(bot_id={self._bot_id}, desired={self.desired}, hosts={sorted(self.hosts)})"
+
+    @property
+    def prefix(self) -> str:
+        """What this fleet's host ids start with (``h``, or ``s<count>-h`` for a reshard's new set)."""
+        return self._prefix
 
     @property
     def callback(self) -> bytes | None:
@@ -186,6 +215,11 @@ class HostFleet:
         """The fleet's non-retiring hosts in ``slot``."""
         return [h for h in self.hosts.values() if h.slot == slot and not h.retiring]
 
+    def is_starting(self, slot: int) -> bool:
+        """Whether a host start for ``slot`` is under way in this process."""
+        task = self._starting.get(slot)
+        return task is not None and not task.done()
+
     def missing_slots(self) -> list[int]:
         """Slots with no live (or starting) host."""
         now = time.monotonic()
@@ -225,6 +259,12 @@ class HostFleet:
         prefix = self._prefix
         host_id = f"{prefix}{slot}" if self._counter <= self.desired else f"{prefix}{slot}r{self._counter}"
         placement, node_id = self._placement()
+        host = FleetHost(host_id, slot, want, None, node_id=node_id)
+        self.hosts[host_id] = host
+        # Intent first: the host's name is checkpointed before its actor exists, so an Orchestrator that dies
+        # right after creating it finds it again by name instead of leaking a detached actor.
+        if self._persist is not None:
+            await self._persist()
         options: dict[str, typing.Any] = {
             "name": host_actor_name(self._bot_id, host_id),
             "namespace": NAMESPACE,
@@ -234,14 +274,34 @@ class HostFleet:
             "max_concurrency": 1000,
             **placement,
         }
-        actor_class: typing.Any = ray.remote(ShardHost)
+        # The health check runs on its own event loop, so a host busy with a burst of events still answers.
+        remote: typing.Any = ray.remote
+        actor_class: typing.Any = remote(concurrency_groups={"health": 1})(ShardHost)
         handle = actor_class.options(**options).remote(self._bot_id, host_id, want, self._rest_url, self._timings)
-        host = FleetHost(host_id, slot, want, handle, node_id=node_id)
-        self.hosts[host_id] = host
+        host.handle = handle
+        await self._call_start(host)
+
+    async def _call_start(self, host: FleetHost) -> None:
+        handle, slot, host_id = host.handle, host.slot, host.host_id
         try:
-            summary = await handle.start.remote(
-                self._token, self._callback, intents=self._intents, shard_count=self.shard_count, shadow=self.shadow
+            summary = await asyncio.wait_for(
+                handle.start.remote(
+                    self._token, self._callback, intents=self._intents, shard_count=self.shard_count,
+                    shadow=self.shadow,
+                ),
+                self._timings.host_start_timeout,
             )
+        except TimeoutError:
+            self._failed_at[slot] = time.monotonic()
+            self.hosts.pop(host_id, None)
+            with contextlib.suppress(Exception):
+                ray.kill(handle, no_restart=True)
+            msg = (
+                f"host {host_id} did not start within {self._timings.host_start_timeout:.0f} s: the cluster may have "
+                "no room for it (no node offers the `shard_host` resource, or the autoscaler reached max_workers); "
+                "check `ray status`"
+            )
+            raise HostStartTimeoutError(msg) from None
         except BaseException:
             self._failed_at[slot] = time.monotonic()
             self.hosts.pop(host_id, None)
@@ -252,33 +312,86 @@ class HostFleet:
         _LOGGER.info("host %s (slot %s) started on node %s with shards %s", host_id, slot, summary["node_id"],
                      summary["shards"])
 
+    async def ensure_started(self, host_id: str) -> None:
+        """Start a restored host whose `start` call may never have arrived (the Orchestrator died in between).
+
+        ``ShardHost.start`` is idempotent, so asking again is always safe; a host that cannot
+        start is killed and forgotten, and its slot is filled again like any missing one.
+        """
+        host = self.hosts.get(host_id)
+        if host is None or host.handle is None or self._token is None:
+            return
+        try:
+            if await asyncio.wait_for(host.handle.started.remote(), 30.0):
+                return
+        except Exception as exc:
+            _LOGGER.warning("host %s did not answer whether it started (%s); replacing it", host_id,
+                            type(exc).__name__)
+            self.hosts.pop(host_id, None)
+            with contextlib.suppress(Exception):
+                ray.kill(host.handle, no_restart=True)
+            return
+        _LOGGER.warning("host %s was created but never started (the orchestrator restarted); starting it", host_id)
+        await self._call_start(host)
+
     async def retire(self, host_id: str, *, hand_over: bool = True) -> None:
         """Close a host (handing its remaining shards over, or ending their sessions), then kill its actor."""
         host = self.hosts.get(host_id)
         if host is None:
             return
         host.retiring = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(host.handle.close.remote(hand_over=hand_over), 15.0)
-        with contextlib.suppress(Exception):
-            ray.kill(host.handle, no_restart=True)
+        if host.handle is not None:
+            with contextlib.suppress(Exception):
+                # The host drains its listeners (up to drain_timeout) before it hands its sessions on.
+                await asyncio.wait_for(
+                    host.handle.close.remote(hand_over=hand_over), 15.0 + self._timings.drain_timeout
+                )
+            with contextlib.suppress(Exception):
+                ray.kill(host.handle, no_restart=True)
         self.hosts.pop(host_id, None)
 
     def kill_all(self) -> int:
         """Kill every host actor (after the bot was shut down). Returns how many."""
         count = 0
         for host in list(self.hosts.values()):
+            if host.handle is None:
+                continue
             with contextlib.suppress(Exception):
                 ray.kill(host.handle, no_restart=True)
                 count += 1
         for task in self._starting.values():
             task.cancel()
         self.hosts.clear()
-        # Also any host actor of this bot the fleet lost track of (started just before an orchestrator restart).
+        return count + self.kill_strays(keep=())
+
+    def owns_name(self, host_id: str) -> bool:
+        """Whether ``host_id`` is named like this fleet's hosts.
+
+        Hosts of the live fleet are ``h<slot>…`` and a reshard's shadow fleet's are ``s<count>-h<slot>…``; the
+        prefixes never match each other, so one fleet's clean-up cannot kill the other's hosts (a failed reshard
+        once killed the live hosts because the shadow fleet swept every ``host-<bot id>-`` actor).
+        """
+        rest = host_id[len(self._prefix):]
+        return host_id.startswith(self._prefix) and rest[:1].isdigit()
+
+    def kill_strays(self, keep: typing.Collection[str], *, any_prefix: bool = False) -> int:
+        """Kill this fleet's named host actors that are not in ``keep`` (started just before a crash, then lost).
+
+        With ``any_prefix``, every host actor of the bot not in ``keep`` goes (a restarted Orchestrator whose
+        checkpoint knows one fleet: the other's hosts were a reshard's, rolled back or already switched from).
+        Returns how many were killed.
+        """
+        count = 0
         prefix = host_actor_name(self._bot_id, "")
         for actor in ray.util.list_named_actors(all_namespaces=True):
-            if actor.get("namespace") == NAMESPACE and str(actor.get("name", "")).startswith(prefix):
-                with contextlib.suppress(Exception):
-                    ray.kill(ray.get_actor(actor["name"], namespace=NAMESPACE), no_restart=True)
-                    count += 1
+            name = str(actor.get("name", ""))
+            if actor.get("namespace") != NAMESPACE or not name.startswith(prefix):
+                continue
+            host_id = name[len(prefix):]
+            if (not any_prefix and not self.owns_name(host_id)) or host_id in keep:
+                continue
+            with contextlib.suppress(Exception):
+                ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+                count += 1
+                _LOGGER.warning("killed stray host actor %s (no record of it survived)", host_id)
         return count

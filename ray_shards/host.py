@@ -20,6 +20,7 @@ import ray
 
 from ray_shards.auth import redact
 from ray_shards.bot import Bot
+from ray_shards.protocol import HostHealth
 from ray_shards.timings import Timings
 
 __all__ = ["HostCallbackError", "ShardHost"]
@@ -57,6 +58,9 @@ class ShardHost:
         self._bot: Bot | None = None
         self._closed = asyncio.Event()
         self._started_at = time.time()
+        self._last_tick = time.monotonic()
+        self._ticker: asyncio.Task[None] | None = None
+        self._start_task: asyncio.Task[dict[str, typing.Any]] | None = None
         logging.basicConfig(
             level=logging.INFO, format=f"%(asctime)s %(levelname)s [host {host_id}] %(name)s: %(message)s"
         )
@@ -75,16 +79,32 @@ class ShardHost:
     ) -> dict[str, typing.Any]:
         """Build the bot, run ``callback(bot)``, join the Orchestrator and start the leased shards.
 
-        Returns a summary (host id, node id, pid, shard ids).
+        Returns a summary (host id, node id, pid, shard ids). Idempotent: an Orchestrator
+        that restarted without knowing whether its call arrived simply calls again, and a
+        call while a start is in progress waits for that start.
 
         Raises
         ------
         HostCallbackError
             When ``callback`` raised (the bot is not started).
         """
-        if self._bot is not None:
-            msg = f"host {self._host_id} is already started"
-            raise RuntimeError(msg)
+        if self._start_task is None:
+            self._start_task = asyncio.get_running_loop().create_task(
+                self._start(token, callback, intents=intents, shard_count=shard_count, shadow=shadow)
+            )
+        return await asyncio.shield(self._start_task)
+
+    async def _start(
+        self,
+        token: str,
+        callback: typing.Callable[[Bot], typing.Any] | bytes | None,
+        *,
+        intents: int | None,
+        shard_count: int | None,
+        shadow: bool,
+    ) -> dict[str, typing.Any]:
+        if self._ticker is None:
+            self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
         if isinstance(callback, bytes):
             try:
                 callback = typing.cast(typing.Callable[[Bot], typing.Any], ray.cloudpickle.loads(callback))
@@ -126,6 +146,10 @@ class ShardHost:
             await bot.join()
         self._closed.set()
 
+    def started(self) -> bool:
+        """Whether `start` was ever called (a restarted Orchestrator asks before it starts a host again)."""
+        return self._start_task is not None
+
     def describe(self) -> dict[str, typing.Any]:
         """Who and where this host is, and which shards it runs."""
         bot = self._bot
@@ -136,6 +160,27 @@ class ShardHost:
             "shards": sorted(bot.local_shards) if bot else [],
             "uptime": time.time() - self._started_at,
         }
+
+    async def _tick_forever(self) -> None:
+        # Stamps the shard loop's progress, so the health check (which runs on another loop) can tell a loop
+        # that is busy but moving from one that is stuck.
+        while True:
+            self._last_tick = time.monotonic()
+            await asyncio.sleep(0.25)
+
+    @ray.method(concurrency_group="health")  # type: ignore[untyped-decorator]
+    async def health(self) -> HostHealth:
+        """Liveness, answered on the host's own health event loop (not the shard loop).
+
+        A host whose shard loop is busy with a burst stops syncing for a while but still
+        answers here, with how long its shard loop has not ticked; the Orchestrator fences
+        only a host that does not answer or whose loop has been stuck for too long.
+        """
+        return HostHealth(
+            host_id=self._host_id,
+            loop_lag=time.monotonic() - self._last_tick,
+            closed=self._closed.is_set(),
+        )
 
     async def wait_closed(self) -> None:
         """Return when the host's bot has closed (the Orchestrator watches hosts with it)."""

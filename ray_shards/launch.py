@@ -24,6 +24,7 @@ from ray_shards.bot import Bot
 from ray_shards.connection import NAMESPACE, ensure_ray, orchestrator_name
 from ray_shards.fleet import split_shards
 from ray_shards.gateway_info import validate_rest_url
+from ray_shards.host import HostCallbackError
 from ray_shards.link import OrchestratorLink
 from ray_shards.orchestrator import Orchestrator, OrchestratorOptions
 from ray_shards.timings import Timings
@@ -228,7 +229,7 @@ class BotDeployment:
         deployment = cls(link, keep_orchestrator=keep_orchestrator)
         progress = asyncio.create_task(deployment._report_progress(), name="ray_shards boot progress")
         try:
-            hosts = await link.call("deploy", subprocess_count, pickled, retry_for=5.0)
+            hosts = await deployment._deploy(subprocess_count, pickled)
         except BaseException:
             await deployment.stop()
             raise
@@ -236,6 +237,26 @@ class BotDeployment:
             progress.cancel()
         _LOGGER.info("bot %s running on hosts %s", link.bot_id, ", ".join(hosts))
         return deployment
+
+    async def _deploy(self, subprocess_count: int, pickled: bytes | None) -> list[str]:
+        """Ask for the hosts, then follow the boot until every shard is READY.
+
+        The Orchestrator checkpoints the deployment before it starts any host, and both calls
+        are retried for a minute while the actor is away, so a launcher rides out an
+        Orchestrator restart in the middle of a boot instead of raising.
+        """
+        link = self._link
+        await link.call("deploy", subprocess_count, pickled, wait=False, retry_for=60.0)
+        while True:
+            status = await link.call("deploy_status", retry_for=60.0)
+            if status["error"] is not None:
+                if status["error_type"] == "HostCallbackError":
+                    raise HostCallbackError(status["error"])
+                msg = f"the bot could not start: {status['error_type']}: {status['error']}"
+                raise RuntimeError(msg)
+            if status["ready"] == status["total"] and status["hosts"]:
+                return list(status["hosts"])
+            await asyncio.sleep(0.2)
 
     async def _report_progress(self, every: float = 2.0) -> None:
         """Log boot progress (READY/total and the identify schedule's time left) until cancelled."""

@@ -131,6 +131,16 @@ class OrchestratorLink:
         """Prove the token to the Orchestrator and keep the capability it gives."""
         self._capability = await self._raw("authenticate", self._token, retry_for=30.0)
 
+    async def revoke(self) -> None:
+        """Give the capability back (the caller is done): the Orchestrator forgets it at once."""
+        capability, self._capability = self._capability, None
+        if capability is None or self._handle is None:
+            return
+        try:
+            await asyncio.wait_for(self._handle.revoke.remote(capability), 5.0)
+        except Exception as exc:  # the Orchestrator also forgets idle capabilities by itself
+            _LOGGER.debug("revoking the capability failed: %s", type(exc).__name__)
+
     async def initialise(self) -> None:
         """Give a fresh Orchestrator its bot and keep the capability it gives."""
         self._capability = await self._raw("initialise", self._token, retry_for=30.0)

@@ -11,10 +11,12 @@ never blocks on a host and hosts ride out its restarts.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import itertools
 import logging
+import math
 import time
 import typing
 
@@ -22,6 +24,7 @@ import hikari
 
 from ray_shards import checkpoint
 from ray_shards.auth import TokenHash, bot_id_from_token, new_capability, validate_token
+from ray_shards.checkpoint import CHECKPOINT_SCHEMA
 from ray_shards.errors import (
     BotStoppedError,
     CapabilityExpiredError,
@@ -45,7 +48,8 @@ from ray_shards.models import (
     ShardStatus,
 )
 from ray_shards.presence import PresenceState, merge_presence
-from ray_shards.table import ShardTable
+from ray_shards.protocol import OperationState, ReshardProgress, RollingRestartProgress
+from ray_shards.table import CheckpointSchemaError, ShardTable
 from ray_shards.timings import Timings
 
 __all__ = ["Orchestrator", "OrchestratorOptions"]
@@ -68,20 +72,6 @@ class OrchestratorOptions:
 
 
 @dataclasses.dataclass(slots=True)
-class _RollingRestart:
-    """Progress of a rolling restart."""
-
-    total: int
-    done: int = 0
-    state: str = "running"  # running, paused, aborting, finished, aborted, failed
-    current: str | None = None
-    started_at: float = dataclasses.field(default_factory=time.time)
-    finished_at: float | None = None
-    error: str | None = None
-    replaced: list[str] = dataclasses.field(default_factory=list)
-
-
-@dataclasses.dataclass(slots=True)
 class _Mailbox:
     """Work waiting for one host, and the event that wakes its parked sync."""
 
@@ -94,6 +84,8 @@ class Orchestrator:
     """The actor class; see the module docstring. Created by `ray_shards.launch`, found by name."""
 
     def __init__(self, bot_id: int, options: OrchestratorOptions) -> None:
+        # Its decisions (hand-overs, fencing, restarts, roll and reshard steps) are what an operator reads.
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [orchestrator] %(name)s: %(message)s")
         self._bot_id = bot_id
         self._options = options
         self._timings = options.timings
@@ -103,7 +95,19 @@ class Orchestrator:
         self._scheduler: IdentifyScheduler | None = None
         self._presence = PresenceState()
         self._presence_version = 0
-        self._capabilities: set[str] = set()
+        # capability -> last use (monotonic); bounded and idle-expiring so it cannot grow without end.
+        self._capabilities: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._error: str | None = None
+        self._checkpoint_lock = asyncio.Lock()
+        self._checkpoint_seq = 0
+        self._last_sync_mono: dict[str, float] = {}
+        self._health_checks: dict[str, asyncio.Task[None]] = {}
+        self._deploy_error: str | None = None
+        self._deploy_error_type: str | None = None
+        self._deploy_failure: BaseException = RuntimeError("the deployment failed")
+        self._budget_task: asyncio.Task[None] | None = None
+        self._unmute_old_hosts = False
+        self._ensured: set[str] = set()
         self._mailboxes: dict[str, _Mailbox] = {}
         self._handles: dict[str, typing.Any] = {}
         self._watches: dict[str, asyncio.Task[None]] = {}
@@ -122,9 +126,9 @@ class Orchestrator:
         self._host_tables: dict[str, ShardTable] = {}
         self._next_table: ShardTable | None = None
         self._next_fleet: HostFleet | None = None
-        self._reshard: dict[str, typing.Any] = {}
+        self._reshard: ReshardProgress | None = None
         self._reshard_ids: dict[str, list[str]] = {}
-        self._rolling: _RollingRestart | None = None
+        self._rolling: RollingRestartProgress | None = None
         self._rolling_task: asyncio.Task[None] | None = None
         self._reshard_task: asyncio.Task[None] | None = None
         self._last_policy_check = time.monotonic()
@@ -135,30 +139,61 @@ class Orchestrator:
     def _restore(self) -> None:
         try:
             data = checkpoint.load_checkpoint(self._bot_id)
+        except CheckpointSchemaError as exc:
+            # Crashing here would make Ray restart the actor into the same crash forever: stay up, refuse work,
+            # and say why (ping shows it without a capability).
+            self._error = str(exc)
+            _LOGGER.error("cannot restore bot %s: %s", self._bot_id, exc)
+            return
         except Exception:
             _LOGGER.exception("could not read the checkpoint; waiting to be initialised")
             return
         if data is None:
             return
         now = time.time()
-        self._config = BotConfig(**data["config"])
-        self._token_hash = TokenHash.from_json(data["token_hash"])
-        self._table = ShardTable.from_json(data["table"], now)
+        try:
+            self._config = BotConfig(**data["config"])
+            self._token_hash = TokenHash.from_json(data["token_hash"])
+            self._table = ShardTable.from_json(data["table"], now)
+        except CheckpointSchemaError as exc:
+            self._error = str(exc)
+            _LOGGER.error("cannot restore bot %s: %s", self._bot_id, exc)
+            self._config = self._token_hash = self._table = None
+            return
         presence = data.get("presence") or {}
         activity = presence.pop("activity", None)
         from ray_shards.presence import ActivityState
 
         self._presence = PresenceState(**presence, activity=ActivityState(**activity) if activity else None)
         self._presence_version = int(data.get("presence_version", 0))
+        self._checkpoint_seq = int(data.get("seq", 0))
         self._scheduler = self._new_scheduler(int(data.get("remaining", 1000)))
-        # An identify may have been granted just before the crash: start every bucket with a full window.
-        for shard_id in range(self._config.max_concurrency):
-            self._scheduler.release(shard_id, now)
+        # An IDENTIFY may have been granted (and sent) just before the crash, and the old schedule died with
+        # the process: every bucket starts with a full window, so the next IDENTIFY cannot come too early.
+        self._scheduler.start_full(time.monotonic())
+        # When the daily budget resets was not checkpointed (a monotonic time means nothing to another
+        # process): ask Discord again as soon as a token is known.
+        self._scheduler.set_budget(self._scheduler.remaining, 0.0, time.monotonic())
         self._recovering_until = now + self._timings.recovery_grace
-        self._fleet = self._new_fleet()
+        self._fleet = self._new_fleet(str((data.get("fleet") or {}).get("prefix", "h")))
         self._fleet.restore(data.get("fleet") or {})
+        # Hosts started just before the crash whose names never reached a checkpoint would leak: kill them.
+        # Hosts of a reshard's shadow fleet are not checkpointed either: the reshard is rolled back (below).
+        self._fleet.kill_strays(keep=set(self._fleet.hosts), any_prefix=True)
         for host in self._table.live_hosts():
             self._mailboxes[host.host_id] = _Mailbox()
+        rolling = data.get("rolling")
+        if rolling:
+            self._rolling = RollingRestartProgress.from_json(rolling)
+        reshard = data.get("reshard")
+        if reshard:
+            self._reshard = ReshardProgress(
+                source=int(reshard["from"]), target=int(reshard["to"]), state=str(reshard["state"]),
+                ready=int(reshard.get("ready", 0)), started_at=float(reshard.get("started_at", now)),
+                finished_at=reshard.get("finished_at"), error=reshard.get("error"),
+            )
+            if self._reshard.state not in ("finished", "failed", "rolled back"):
+                self._roll_back_reshard_after_restart()
         _LOGGER.warning(
             "orchestrator of bot %s restarted from its checkpoint: %s shards, %s hosts to hear back from",
             self._bot_id,
@@ -166,6 +201,22 @@ class Orchestrator:
             len(self._table.live_hosts()),
         )
         self._ensure_reconcile()
+
+    def _roll_back_reshard_after_restart(self) -> None:
+        """A reshard was in flight when the Orchestrator died: its new set is abandoned.
+
+        The new set's hosts were never checkpointed and were killed as strays (they held their
+        events, none was delivered, so nothing is lost by it); the switch to them is checkpointed
+        the moment it happens, so a checkpoint that still shows the reshard in flight predates it.
+        The old hosts may have been told to record or to mute: they go live again (reconcile).
+        """
+        assert self._reshard is not None
+        _LOGGER.warning("reshard to %s shards rolled back after an orchestrator restart; the old shards kept "
+                        "running", self._reshard.target)
+        self._reshard.state = "rolled back"
+        self._reshard.error = "the orchestrator restarted during the reshard; start it again"
+        self._reshard.finished_at = time.time()
+        self._unmute_old_hosts = True
 
     def _new_fleet(self, prefix: str = "h") -> HostFleet:
         assert self._config is not None
@@ -175,6 +226,7 @@ class Orchestrator:
             intents=self._config.intents,
             timings=self._timings,
             prefix=prefix,
+            persist=self._checkpoint_now,
         )
 
     def _table_of(self, host_id: str) -> ShardTable:
@@ -215,6 +267,8 @@ class Orchestrator:
             For a malformed token, a bad ``rest_url`` or ``shard_count``.
         """
         token = validate_token(token)
+        if self._error is not None:
+            raise RuntimeError(self._error)
         if bot_id_from_token(token) != self._bot_id:
             msg = "this token belongs to another bot than this orchestrator's"
             raise PermissionError(msg)
@@ -246,6 +300,7 @@ class Orchestrator:
         self._fleet = self._new_fleet()
         self._fleet.remember_token(token)
         self._scheduler = self._new_scheduler(info.remaining)
+        self._scheduler.set_budget(info.remaining, info.reset_after, time.monotonic())
         _LOGGER.info(
             "orchestrating bot %s: %s shards, max_concurrency %s, %s identifies left today",
             self._bot_id,
@@ -256,9 +311,7 @@ class Orchestrator:
         self._dirty = True
         await self._checkpoint()
         self._ensure_reconcile()
-        capability = new_capability()
-        self._capabilities.add(capability)
-        return capability
+        return self._new_capability()
 
     async def authenticate(self, token: str) -> str:
         """Prove the caller holds the bot token; return a capability for later calls.
@@ -268,28 +321,53 @@ class Orchestrator:
         PermissionError
             When the token does not match.
         """
+        if self._error is not None:
+            raise RuntimeError(self._error)
         if self._token_hash is None:
             raise NotInitialisedError("this orchestrator has not been given its bot yet")
         if not isinstance(token, str) or not await asyncio.to_thread(self._token_hash.matches, token.strip()):
             msg = "permission denied: that token does not control this bot"
             raise PermissionError(msg)
-        capability = new_capability()
-        self._capabilities.add(capability)
         for fleet in self._fleets():
             fleet.remember_token(token.strip())
         self._ensure_reconcile()
+        return self._new_capability()
+
+    def _new_capability(self) -> str:
+        capability = new_capability()
+        self._capabilities[capability] = time.monotonic()
+        # Every Client start and CLI call authenticates once: keep the set bounded, oldest use first out.
+        while len(self._capabilities) > self._timings.max_capabilities:
+            self._capabilities.popitem(last=False)
         return capability
 
+    def revoke(self, capability: str) -> bool:
+        """Forget ``capability`` (a Client or CLI call that is done with it). Returns whether it was known."""
+        return self._capabilities.pop(capability, None) is not None
+
+    def _expire_capabilities(self, now: float) -> None:
+        while self._capabilities:
+            capability, used = next(iter(self._capabilities.items()))
+            if now - used <= self._timings.capability_idle_ttl:
+                break
+            del self._capabilities[capability]
+
     def _check(self, capability: str) -> tuple[BotConfig, ShardTable, IdentifyScheduler]:
-        if capability not in self._capabilities:
+        if not isinstance(capability, str) or capability not in self._capabilities:
             msg = "unknown capability (the orchestrator restarted or the caller never authenticated)"
             raise CapabilityExpiredError(msg)
+        self._capabilities[capability] = time.monotonic()
+        self._capabilities.move_to_end(capability)
         assert self._config is not None and self._table is not None and self._scheduler is not None
         return self._config, self._table, self._scheduler
 
     def ping(self) -> dict[str, typing.Any]:
-        """Liveness probe; also says whether the bot is initialised (no capability needed, nothing secret)."""
-        return {"bot_id": self._bot_id, "initialised": self._config is not None, "stopping": self._stopping}
+        """Liveness probe; also says whether the bot is initialised (no capability needed, nothing secret).
+
+        ``error`` says why the Orchestrator cannot run the bot (a checkpoint it cannot read), with what to do.
+        """
+        return {"bot_id": self._bot_id, "initialised": self._config is not None, "stopping": self._stopping,
+                "error": self._error}
 
     async def shutdown(self, capability: str, *, timeout: float = 10.0) -> int:
         """Stop the whole bot: every host closes its shards (ending their sessions) and leaves.
@@ -353,9 +431,21 @@ class Orchestrator:
             raise ValueError(msg)
         self._host_tables[host_id] = table
         now = time.time()
+        # A fleet host's share is the fleet's to decide, not the host's: one re-registering after an Orchestrator
+        # restart still asks for its start-up share, but if a rolling restart is replacing it, it wants none.
+        fleet_host = next((f.hosts[host_id] for f in self._fleets() if host_id in f.hosts), None)
+        if fleet_host is not None:
+            want = 0 if fleet_host.retiring else fleet_host.want
         table.register_host(host_id, node_id=node_id, want=want, has_handle=handle is not None, now=now)
         self._mailboxes.setdefault(host_id, _Mailbox())
-        stale = [shard_id for shard_id, epoch in (held or []) if not table.holds(host_id, shard_id, epoch)]
+        # A held lease newer than the table's (restored from a checkpoint older than it) is not stale: the
+        # host's first full report makes it current (ShardTable.apply_reports). Only older ones must stop.
+        stale = [
+            shard_id
+            for shard_id, epoch in (held or [])
+            if shard_id not in table.shards
+            or (not table.holds(host_id, shard_id, epoch) and epoch <= table.shards[shard_id].epoch)
+        ]
         if handle is not None:
             self._watch(host_id, handle)
         placed = table.place() if time.time() >= self._recovering_until else {}
@@ -373,11 +463,27 @@ class Orchestrator:
         self._watches[host_id] = asyncio.get_running_loop().create_task(self._watch_host(host_id, handle))
 
     async def _watch_host(self, host_id: str, handle: typing.Any) -> None:
-        try:
-            await handle.wait_closed.remote()
-            reason = "closed"
-        except Exception as exc:
-            reason = f"died ({type(exc).__name__})"
+        import ray.exceptions
+
+        delay = 0.2
+        while True:
+            try:
+                await handle.wait_closed.remote()
+                reason = "closed"
+                break
+            except ray.exceptions.ActorUnavailableError:
+                # Transient (a network blip, the node's raylet restarting): the actor may still run its shards.
+                # Taking it for dead would hand them to another host while they still run here.
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            except ray.exceptions.RayActorError as exc:
+                reason = f"died ({type(exc).__name__})"
+                break
+            except Exception as exc:
+                # Anything else says nothing about the actor: ask again rather than presume it dead.
+                _LOGGER.warning("watching host %s: %s: %s; watching again", host_id, type(exc).__name__, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
         await asyncio.sleep(self._timings.death_quarantine)
         self._host_gone(host_id, reason)
 
@@ -411,7 +517,8 @@ class Orchestrator:
     def _deliver(self, placed: dict[str, list[Lease]], table: ShardTable) -> None:
         for host_id, leases in placed.items():
             host = table.hosts[host_id]
-            host.pending_adopt.extend(leases)
+            known = {(lease.shard_id, lease.epoch) for lease in host.pending_adopt}
+            host.pending_adopt.extend(lease for lease in leases if (lease.shard_id, lease.epoch) not in known)
             mailbox = self._mailboxes.setdefault(host_id, _Mailbox())
             mailbox.wake.set()
             _LOGGER.info("host %s takes over shards %s", host_id, [lease.shard_id for lease in leases])
@@ -427,11 +534,15 @@ class Orchestrator:
         reports: list[ShardReport],
         *,
         timeout: float | None = None,
+        report_seq: int | None = None,
     ) -> HostDirectives:
         """A host's heartbeat and long poll: take its reports, answer with its work.
 
+        ``reports`` is the host's full actual state (every shard it runs) and ``report_seq``
+        increases with every sync, so a late or repeated call is recognised and ignored.
         Returns at once when there is work (new leases, revocations, commands, stop),
-        else after ``timeout`` (default ``sync_interval``).
+        else after ``timeout`` (default ``sync_interval``). Adopts are repeated on every
+        answer until the host reports the shard: a lost reply loses no lease.
         """
         self._check(capability)
         table = self._table_of(host_id)
@@ -439,9 +550,14 @@ class Orchestrator:
         if host is None or not host.alive:
             # Presumed dead (fenced) or unknown: it must stop everything it runs.
             return HostDirectives(revoke=[r.shard_id for r in reports], stop=True)
-        stale = table.apply_reports(host_id, reports, time.time())
+        self._last_sync_mono[host_id] = time.monotonic()
+        recovering = time.time() < self._recovering_until
+        # While recovering, a host that has not re-registered yet may not report everything: no diff then.
+        stale = table.apply_reports(
+            host_id, reports, time.time(), report_seq=None if recovering else report_seq
+        )
         if stale:
-            host.pending_revoke.extend(s for s in stale if s not in host.pending_revoke)
+            _LOGGER.info("host %s runs shard(s) %s without a current lease; revoking", host_id, stale)
         self._changed()
         mailbox = self._mailboxes.setdefault(host_id, _Mailbox())
         if not (host.pending_adopt or host.pending_revoke or mailbox.commands or mailbox.stop):
@@ -453,16 +569,17 @@ class Orchestrator:
         host = table.hosts.get(host_id)
         if host is None or not host.alive:
             return HostDirectives(revoke=[r.shard_id for r in reports], stop=True)
+        adopt, revoke = table.directives_for(host_id)
         directives = HostDirectives(
-            adopt=host.pending_adopt[:],
-            revoke=host.pending_revoke[:],
+            adopt=adopt,
+            revoke=revoke,
             commands=mailbox.commands[:],
             presence_version=self._presence_version,
             stop=mailbox.stop,
         )
-        host.pending_adopt.clear()
         mailbox.commands.clear()
         host.last_sync = time.time()
+        self._last_sync_mono[host_id] = time.monotonic()
         return directives
 
     async def release(
@@ -520,7 +637,7 @@ class Orchestrator:
                 scheduler.cancel(shard_id)
                 msg = f"host {host_id} no longer holds shard {shard_id} (epoch {epoch})"
                 raise LeaseLostError(msg)
-            outcome: IdentifyGrant | float = scheduler.request(shard_id, time.time())
+            outcome: IdentifyGrant | float = scheduler.request(shard_id, time.monotonic(), holder=(host_id, epoch))
             if isinstance(outcome, IdentifyGrant):
                 table.shards[shard_id].identifies += 1
                 self._dirty = True
@@ -529,10 +646,24 @@ class Orchestrator:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._identify_changed.wait(), min(outcome, 1.0))
 
-    async def identify_done(self, capability: str, shard_id: int, sent_at: float | None) -> None:
-        """The IDENTIFY of ``shard_id`` was answered (READY) or failed: free its bucket."""
+    async def identify_done(
+        self,
+        capability: str,
+        shard_id: int,
+        sent_at: float | None,
+        *,
+        host_id: str | None = None,
+        epoch: int | None = None,
+    ) -> None:
+        """The IDENTIFY of ``shard_id`` was answered (READY) or failed: free its bucket.
+
+        With ``host_id`` and ``epoch`` only the grant's own holder frees it, so a late message from a host
+        that lost the lease cannot open the bucket early. ``sent_at`` is ignored: it was taken on another
+        machine's clock, and the release time is never earlier, so always safe.
+        """
         _, _, scheduler = self._check(capability)
-        scheduler.release(shard_id, time.time(), identified_at=sent_at)
+        holder = (host_id, epoch) if host_id is not None and epoch is not None else None
+        scheduler.release(shard_id, time.monotonic(), holder=holder)
         async with self._identify_changed:
             self._identify_changed.notify_all()
 
@@ -676,7 +807,7 @@ class Orchestrator:
             "stopping": self._stopping,
             "uptime": time.time() - self._started_at,
             "rolling_restart": self._rolling_progress(),
-            "reshard": dict(self._reshard),
+            "reshard": self._reshard.to_json() if self._reshard is not None else {},
             "fleet": self._fleet.to_json() | {"callback": None} if self._fleet else None,
         }
 
@@ -697,19 +828,43 @@ class Orchestrator:
         if table is None or scheduler is None:
             return
         now = time.time()
-        scheduler.expire(now)
+        mono = time.monotonic()
+        scheduler.expire(mono)
+        self._expire_capabilities(mono)
+        self._refresh_budget_if_stale(mono)
         if now < self._recovering_until:
             return
+        if not self._stopping:
+            self._start_unregistered_hosts()
+            self._resume_roll()
+        if self._unmute_old_hosts:
+            self._unmute_old_hosts = False
+            hosts = [h.host_id for h in table.live_hosts()]
+            task = asyncio.get_running_loop().create_task(
+                self._broadcast(hosts, CommandKind.GO_LIVE, {"skip": [], "stop_recording": True})
+            )
+            task.add_done_callback(self._log_background_failure)
         for host in [h for t in self._tables() for h in t.live_hosts()]:
-            silent = now - host.last_sync
+            # Silence is measured on the monotonic clock: a wall-clock step must not fence a healthy host.
+            silent = mono - self._last_sync_mono.setdefault(host.host_id, mono)
             if host.host_id not in self._handles:
                 if host.has_handle and silent > self._timings.sync_interval * 2:
                     await self._find_handle(host.host_id)
                 elif not host.has_handle and silent > self._timings.standalone_lease_ttl:
-                    self._host_gone(host.host_id, f"stopped syncing for {silent:.1f} s")
+                    # A standalone Bot cannot be killed: it stops its own shards (resumably) at half this TTL,
+                    # and its shards move only after the same quarantine as a dead actor's.
+                    self._last_sync_mono[host.host_id] = math.inf
+                    task = asyncio.get_running_loop().create_task(
+                        self._gone_after_quarantine(host.host_id, f"stopped syncing for {silent:.1f} s")
+                    )
+                    task.add_done_callback(self._log_background_failure)
                 continue
             if silent > self._timings.host_timeout and host.host_id not in self._fenced:
-                self._fence(host.host_id, silent)
+                checking = self._health_checks.get(host.host_id)
+                if checking is None or checking.done():
+                    self._health_checks[host.host_id] = asyncio.get_running_loop().create_task(
+                        self._check_health(host.host_id, silent)
+                    )
         for fleet in self._fleets() if not self._stopping else []:
             for slot in fleet.missing_slots() if fleet.desired else []:
                 _LOGGER.warning("host slot %s has no live host; starting a replacement", slot)
@@ -719,13 +874,80 @@ class Orchestrator:
             move = each.rebalance_move()
             if move is not None:
                 shard_id, donor = move
-                each.hosts[donor].pending_revoke.append(shard_id)
+                each.revoke(donor, shard_id)
                 self._mailboxes.setdefault(donor, _Mailbox()).wake.set()
                 _LOGGER.info("rebalancing: shard %s moves off host %s", shard_id, donor)
         if self._options.auto_reshard:
             await self._auto_reshard_policy()
         if self._dirty and now - self._last_checkpoint > self._timings.checkpoint_interval:
             await self._checkpoint()
+
+    def _start_unregistered_hosts(self) -> None:
+        """Fleet hosts restored from the checkpoint that never registered: make sure they were started."""
+        for fleet in self._fleets():
+            table = self._next_table if fleet is self._next_fleet and self._next_table is not None else self._table
+            assert table is not None
+            for host_id, host in list(fleet.hosts.items()):
+                if host.handle is None or host_id in self._ensured or host_id in table.hosts:
+                    continue
+                if fleet.is_starting(host.slot):
+                    continue
+                self._ensured.add(host_id)
+                task = asyncio.get_running_loop().create_task(fleet.ensure_started(host_id))
+                task.add_done_callback(self._log_background_failure)
+
+    async def _gone_after_quarantine(self, host_id: str, reason: str) -> None:
+        await asyncio.sleep(self._timings.death_quarantine)
+        self._host_gone(host_id, reason)
+        self._last_sync_mono.pop(host_id, None)
+
+    async def _check_health(self, host_id: str, silent: float) -> None:
+        """A host stopped syncing: fence it only if its health loop does not answer or its shard loop is stuck.
+
+        The health check runs in the host's own concurrency group (its own event loop), so a host that is
+        merely busy with a burst of events answers, and is left alone.
+        """
+        handle = self._handles.get(host_id)
+        if handle is None:
+            return
+        try:
+            health = await asyncio.wait_for(handle.health.remote(), self._timings.health_timeout)
+        except Exception as exc:
+            self._fence(host_id, silent, f"its health check failed ({type(exc).__name__})")
+            return
+        if health.loop_lag > self._timings.host_timeout:
+            self._fence(host_id, silent, f"its shard loop has been stuck for {health.loop_lag:.1f} s")
+        else:
+            _LOGGER.warning("host %s has not synced for %.1f s but is alive (shard loop lag %.1f s); not fenced",
+                            host_id, silent, health.loop_lag)
+
+    def _refresh_budget_if_stale(self, now: float) -> None:
+        """After Discord's ``reset_after``, fetch the new daily identify budget (in the background)."""
+        scheduler, config = self._scheduler, self._config
+        if scheduler is None or config is None or not scheduler.budget_stale(now):
+            return
+        if self._budget_task is not None and not self._budget_task.done():
+            return
+        token = next((f.token for f in self._fleets() if f.token is not None), None)
+        if token is None:
+            return
+
+        async def refresh() -> None:
+            try:
+                info = await fetch_gateway_bot(config.rest_url, token)
+            except Exception as exc:
+                _LOGGER.warning("could not refresh the identify budget (GET /gateway/bot): %s", exc)
+                await asyncio.sleep(5.0)
+                return
+            scheduler.set_budget(info.remaining, info.reset_after, time.monotonic())
+            _LOGGER.info("identify budget refreshed: %s left, resets in %.0f s", info.remaining, info.reset_after)
+
+        self._budget_task = asyncio.get_running_loop().create_task(refresh())
+
+    @staticmethod
+    def _log_background_failure(task: asyncio.Task[typing.Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            _LOGGER.error("background step failed: %s", task.exception())
 
     @staticmethod
     def _log_start_failure(task: asyncio.Task[None]) -> None:
@@ -734,11 +956,16 @@ class Orchestrator:
 
     # -- fleet -----------------------------------------------------------------------------------
 
-    async def deploy(self, capability: str, hosts: int, callback: bytes | None) -> list[str]:
-        """Run the bot on ``hosts`` ShardHost actors across the cluster; return once all started.
+    async def deploy(self, capability: str, hosts: int, callback: bytes | None, *, wait: bool = True) -> list[str]:
+        """Run the bot on ``hosts`` ShardHost actors across the cluster.
 
         Hosts are detached actors owned by the Orchestrator: it replaces those that die
         and kills them on `shutdown`. ``callback`` is the cloudpickled ``callback(bot)``.
+        The intent (host count and callback) is checkpointed before any host starts, so an
+        Orchestrator restart in the middle of a boot carries the boot on. With ``wait``
+        the call returns once every host started; without it, at once (follow the boot
+        with `status`: ``deploy`` holds a start failure). Calling it again with the same
+        host count (a retry after a lost reply or a restart) changes nothing.
 
         Raises
         ------
@@ -749,21 +976,52 @@ class Orchestrator:
 
         config, _, _ = self._check(capability)
         assert self._fleet is not None
+        count = max(1, min(hosts, config.shard_count))
         if self._fleet.desired:
+            if self._fleet.desired == count and self._fleet.callback == callback:
+                return sorted(self._fleet.hosts)
             msg = f"bot {self._bot_id} already runs on {self._fleet.desired} hosts; stop it first"
             raise RuntimeError(msg)
-        count = max(1, min(hosts, config.shard_count))
+        self._deploy_error = self._deploy_error_type = None
         self._fleet.use_resource = "shard_host" in ray.cluster_resources()  # type: ignore[no-untyped-call]
         self._fleet.configure(desired=count, shard_count=config.shard_count, callback=callback)
-        self._dirty = True
+        await self._checkpoint_now()
         tasks = [self._fleet.start_slot(slot) for slot in range(count)]
+        watcher = asyncio.get_running_loop().create_task(self._watch_deploy(tasks))
+        if wait:
+            await asyncio.shield(watcher)
+            if self._deploy_error is not None:
+                raise self._deploy_failure
+        return sorted(self._fleet.hosts)
+
+    async def _watch_deploy(self, tasks: list[asyncio.Task[None]]) -> None:
         results = await asyncio.gather(*tasks, return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            self._fleet.desired = 0
-            raise errors[0]
-        await self._checkpoint()
-        return sorted(self._fleet.hosts)
+        if not errors:
+            await self._checkpoint_now()
+            return
+        # The callback raised (or a host could not start): stop the half-started deployment, keep the reason.
+        fleet = self._fleet
+        assert fleet is not None
+        fleet.desired = 0
+        self._deploy_failure = errors[0]
+        self._deploy_error = str(errors[0])
+        self._deploy_error_type = type(errors[0]).__name__
+        for host_id in list(fleet.hosts):
+            await fleet.retire(host_id, hand_over=False)
+        await self._checkpoint_now()
+
+    async def deploy_status(self, capability: str) -> dict[str, typing.Any]:
+        """How a deployment's boot goes: shards READY of the total, and the start failure if there was one."""
+        _, table, _ = self._check(capability)
+        ready = sum(1 for r in table.shards.values() if r.status is ShardStatus.READY)
+        return {
+            "ready": ready,
+            "total": table.shard_count,
+            "hosts": sorted(self._fleet.hosts) if self._fleet else [],
+            "error": self._deploy_error,
+            "error_type": self._deploy_error_type,
+        }
 
     async def host_handles(self, capability: str) -> dict[str, typing.Any]:
         """The fleet's host actors by host id."""
@@ -774,80 +1032,109 @@ class Orchestrator:
         """Replace every host, one slot at a time, handing each shard over by RESUME.
 
         ``callback`` (cloudpickled) replaces the hosts' callback, to deploy new bot code.
-        Returns the restart's progress; follow it with `status`.
+        The restart is target state (the slots still to replace), checkpointed before every
+        step: an Orchestrator restart in the middle carries it on. A new host that cannot
+        start (callback error, no room in the cluster within ``host_start_timeout``) fails
+        the restart and the slot's old host keeps running. Returns the restart's progress;
+        follow it with `status`.
         """
         self._check(capability)
         fleet = self._fleet
         if fleet is None or not fleet.desired:
             msg = "only a bot launched by ray_shards (run_subprocesses / BotDeployment) can be rolled"
             raise RuntimeError(msg)
-        if self._rolling is not None and self._rolling.state in ("running", "paused", "aborting"):
+        if self._rolling_busy():
             msg = "a rolling restart is already in progress; pause, resume or abort it"
+            raise RuntimeError(msg)
+        if self._reshard is not None and self._reshard.state not in ("finished", "failed", "rolled back"):
+            msg = "a reshard is in progress; roll the hosts once it is done"
             raise RuntimeError(msg)
         if callback is not None:
             fleet.set_callback(callback)
-        self._rolling = _RollingRestart(total=len({h.slot for h in fleet.hosts.values()}))
-        self._rolling_task = asyncio.get_running_loop().create_task(self._roll(self._rolling))
+        slots = sorted({h.slot for h in fleet.hosts.values() if not h.retiring})
+        self._rolling = RollingRestartProgress(
+            total=len(slots), pending_slots=slots, started_at=time.time(), old_hosts=sorted(fleet.hosts)
+        )
+        await self._checkpoint_now()
+        self._resume_roll()
         return self._rolling_progress()
+
+    def _resume_roll(self) -> None:
+        rolling = self._rolling
+        if rolling is None or not rolling.state.active:
+            return
+        if self._rolling_task is None or self._rolling_task.done():
+            self._rolling_task = asyncio.get_running_loop().create_task(self._roll(rolling))
 
     async def control_rolling_restart(self, capability: str, action: str) -> dict[str, typing.Any]:
         """``pause``, ``resume`` or ``abort`` the rolling restart (it stops between hosts, never mid-hand-over)."""
         self._check(capability)
         rolling = self._rolling
-        if rolling is None or rolling.state not in ("running", "paused"):
+        if rolling is None or rolling.state not in (OperationState.RUNNING, OperationState.PAUSED):
             msg = "no rolling restart is in progress"
             raise RuntimeError(msg)
         if action == "pause":
-            rolling.state = "paused"
+            rolling.state = OperationState.PAUSED
         elif action == "resume":
-            rolling.state = "running"
+            rolling.state = OperationState.RUNNING
         elif action == "abort":
-            rolling.state = "aborting"
+            rolling.state = OperationState.ABORTING
         else:
             msg = f"unknown action {action!r}; use pause, resume or abort"
             raise ValueError(msg)
+        await self._checkpoint_now()
         return self._rolling_progress()
 
     def _rolling_progress(self) -> dict[str, typing.Any]:
-        return dataclasses.asdict(self._rolling) if self._rolling is not None else {}
+        return self._rolling.to_json() if self._rolling is not None else {}
 
-    async def _roll(self, rolling: _RollingRestart) -> None:
-        fleet, table = self._fleet, self._table
-        assert fleet is not None and table is not None
+    async def _roll(self, rolling: RollingRestartProgress) -> None:
         try:
-            for slot in sorted({h.slot for h in fleet.hosts.values() if not h.retiring}):
-                while rolling.state == "paused":
+            while rolling.pending_slots:
+                while rolling.state is OperationState.PAUSED:
                     await asyncio.sleep(0.2)
-                if rolling.state == "aborting":
-                    rolling.state = "aborted"
+                if rolling.state is OperationState.ABORTING:
+                    rolling.state = OperationState.ABORTED
                     break
+                slot = rolling.pending_slots[0]
                 await self._roll_slot(slot, rolling)
+                rolling.pending_slots.pop(0)
                 rolling.done += 1
+                await self._checkpoint_now()
             else:
-                rolling.state = "finished"
+                rolling.state = OperationState.FINISHED
         except Exception as exc:
-            rolling.state = "failed"
+            rolling.state = OperationState.FAILED
             rolling.error = f"{type(exc).__name__}: {exc}"
-            _LOGGER.exception("rolling restart failed")
+            _LOGGER.error("rolling restart failed (the slot's old host keeps running): %s", rolling.error)
         finally:
             rolling.current = None
             rolling.finished_at = time.time()
-            _LOGGER.info("rolling restart %s: %s/%s hosts replaced", rolling.state, rolling.done, rolling.total)
+            _LOGGER.info("rolling restart %s: %s/%s hosts replaced", rolling.state.value, rolling.done,
+                         rolling.total)
+            await self._checkpoint_now()
 
-    async def _roll_slot(self, slot: int, rolling: _RollingRestart) -> None:
+    async def _roll_slot(self, slot: int, rolling: RollingRestartProgress) -> None:
         fleet, table = self._fleet, self._table
         assert fleet is not None and table is not None
-        olds = fleet.active_in_slot(slot)
+        in_slot = [h for h in fleet.hosts.values() if h.slot == slot]
+        # Hosts that ran when the restart began are the old ones; any other host of the slot (started by this
+        # restart before an Orchestrator crash, or as a replacement) is already new, so no slot is doubled.
+        olds = [h for h in in_slot if h.host_id in rolling.old_hosts]
+        news = [h for h in in_slot if h.host_id not in rolling.old_hosts]
+        if not olds:
+            return
         want = sum(h.want for h in olds) or fleet.wants[slot]
         rolling.current = ",".join(h.host_id for h in olds)
         for old in olds:
             old.retiring = True
-        try:
-            await fleet.start_slot(slot, want)
-        except BaseException:
-            for old in olds:
-                old.retiring = False
-            raise
+        if not news:
+            try:
+                await fleet.start_slot(slot, want)
+            except BaseException:
+                for old in olds:
+                    old.retiring = False
+                raise
         for old in olds:
             record = table.hosts.get(old.host_id)
             if record is not None:
@@ -904,13 +1191,13 @@ class Orchestrator:
         if self._next_table is not None or self._rolling_busy():
             msg = "a reshard or rolling restart is already in progress"
             raise RuntimeError(msg)
-        self._reshard = {"state": "starting", "from": table.shard_count, "to": shard_count, "ready": 0,
-                         "started_at": time.time(), "finished_at": None, "error": None, "replayed": 0}
+        self._reshard = ReshardProgress(source=table.shard_count, target=shard_count, started_at=time.time())
+        self._dirty = True
         self._reshard_task = asyncio.get_running_loop().create_task(self._do_reshard(shard_count))
-        return dict(self._reshard)
+        return self._reshard.to_json()
 
     def _rolling_busy(self) -> bool:
-        return self._rolling is not None and self._rolling.state in ("running", "paused", "aborting")
+        return self._rolling is not None and self._rolling.state.active
 
     async def deliver_identities(self, capability: str, host_id: str, identities: list[str]) -> None:
         """An old-set host hands in the identities of the events it delivered (resharding switch)."""
@@ -933,6 +1220,8 @@ class Orchestrator:
         old_table, old_fleet = self._table, self._fleet
         assert old_table is not None and old_fleet is not None and self._config is not None
         progress = self._reshard
+        assert progress is not None
+        switched_out = False
         new_table = ShardTable(shard_count)
         new_fleet = self._new_fleet(prefix=f"s{shard_count}-h")
         try:
@@ -941,10 +1230,13 @@ class Orchestrator:
             self._next_table, self._next_fleet = new_table, new_fleet
             old_fleet.share_token(new_fleet)
             new_fleet.use_resource = old_fleet.use_resource
-            new_fleet.configure(desired=min(old_fleet.desired, shard_count), shard_count=shard_count, callback=old_fleet.callback)
+            new_fleet.configure(
+                desired=min(old_fleet.desired, shard_count), shard_count=shard_count, callback=old_fleet.callback
+            )
             new_fleet.shard_count = shard_count
             new_fleet.shadow = True
-            progress["state"] = "identifying"
+            progress.state = "identifying"
+            await self._checkpoint_now()
             starts = [new_fleet.start_slot(slot) for slot in range(new_fleet.desired)]
             errors = [r for r in await asyncio.gather(*starts, return_exceptions=True) if isinstance(r, BaseException)]
             if errors:
@@ -952,16 +1244,17 @@ class Orchestrator:
             deadline = time.monotonic() + 60.0 + shard_count * (self._timings.identify_window + 1.0)
             while True:
                 ready = sum(1 for r in new_table.shards.values() if r.status is ShardStatus.READY)
-                progress["ready"] = ready
+                progress.ready = ready
                 if ready == shard_count:
                     break
                 if time.monotonic() > deadline:
                     msg = f"only {ready}/{shard_count} new shards became READY"
                     raise TimeoutError(msg)
                 await asyncio.sleep(0.2)
-            progress["state"] = "switching"
+            progress.state = "switching"
             old_fleet.desired = 0
             self._reshard_ids.clear()
+            switched_out = True
             await self._broadcast(old_hosts, CommandKind.SWITCH_OUT, {})
             skip = sorted({i for ids in self._reshard_ids.values() for i in ids})
             new_hosts = [h.host_id for h in new_table.live_hosts()]
@@ -973,23 +1266,34 @@ class Orchestrator:
             self._config = dataclasses.replace(self._config, shard_count=shard_count)
             for host_id in new_hosts:
                 self._host_tables.pop(host_id, None)
-            progress["state"] = "closing old sessions"
+            progress.state = "closing old sessions"
+            # The commit point: from this checkpoint on, a restarted Orchestrator runs the new set.
+            await self._checkpoint_now()
             for host in list(old_fleet.hosts):
                 self._host_tables[host] = old_table
                 await old_fleet.retire(host, hand_over=False)
-            progress["state"] = "finished"
+            progress.state = "finished"
             self._dirty = True
             await self._checkpoint()
         except Exception as exc:
-            progress["state"] = "failed"
-            progress["error"] = f"{type(exc).__name__}: {exc}"
-            _LOGGER.exception("reshard to %s shards failed; the old shards keep running", shard_count)
+            progress.state = "failed"
+            progress.error = f"{type(exc).__name__}: {exc}"
+            _LOGGER.error("reshard to %s shards failed; the old shards keep running: %s", shard_count,
+                          progress.error)
+            # Only the new set's hosts go: the fleets' name prefixes keep this from touching the live hosts.
             if self._next_fleet is not None:
                 self._next_fleet.kill_all()
             self._next_table, self._next_fleet = None, None
             old_fleet.desired = old_fleet.desired or len(old_fleet.wants)
+            # The old set was told to record (and maybe to mute): it delivers live again, nothing held back.
+            live_old = [h.host_id for h in old_table.live_hosts()]
+            try:
+                await self._broadcast(live_old, CommandKind.GO_LIVE, {"skip": [], "stop_recording": True})
+            except Exception as unmute_error:
+                _LOGGER.error("could not tell every old host to go live again (switched out: %s): %s",
+                              switched_out, unmute_error)
         finally:
-            progress["finished_at"] = time.time()
+            progress.finished_at = time.time()
             self._reshard_ids.clear()
             self._changed()
 
@@ -1001,7 +1305,11 @@ class Orchestrator:
         table, fleet, scheduler = self._table, self._fleet, self._scheduler
         if table is None or fleet is None or scheduler is None or not fleet.desired or self._stopping:
             return
-        if self._next_table is not None or self._rolling_busy() or self._reshard.get("state") == "failed":
+        if (
+            self._next_table is not None
+            or self._rolling_busy()
+            or (self._reshard is not None and self._reshard.state == "failed")
+        ):
             return
         target = table.shard_count
         busiest = max((r.guilds for r in table.shards.values()), default=0)
@@ -1024,8 +1332,10 @@ class Orchestrator:
                 self._begin_reshard(target)
             except Exception as exc:
                 _LOGGER.error("auto-reshard to %s refused: %s", target, exc)
-                self._reshard = {"state": "failed", "from": table.shard_count, "to": target, "ready": 0,
-                                 "error": str(exc), "started_at": time.time(), "finished_at": time.time()}
+                self._reshard = ReshardProgress(
+                    source=table.shard_count, target=target, state="failed", error=str(exc),
+                    started_at=time.time(), finished_at=time.time(),
+                )
 
     async def _find_handle(self, host_id: str) -> None:
         """After a restart: re-watch a checkpointed host actor by name, or declare it gone."""
@@ -1040,30 +1350,48 @@ class Orchestrator:
             return
         self._watch(host_id, handle)
 
-    def _fence(self, host_id: str, silent: float) -> None:
+    def _fence(self, host_id: str, silent: float, why: str = "") -> None:
         import ray
 
         self._fenced.add(host_id)
-        _LOGGER.warning("host %s has not synced for %.1f s; killing it so its shards can move", host_id, silent)
+        _LOGGER.warning("host %s has not synced for %.1f s%s; killing it so its shards can move", host_id, silent,
+                        f" and {why}" if why else "")
         with contextlib.suppress(Exception):
             ray.kill(self._handles[host_id], no_restart=True)
+
+    async def _checkpoint_now(self) -> None:
+        """Write the checkpoint now (intent before acting: a host's name before its actor exists)."""
+        self._dirty = True
+        await self._checkpoint()
 
     async def _checkpoint(self) -> None:
         if self._config is None or self._table is None or self._token_hash is None or self._stopping:
             return
-        data = {
-            "config": dataclasses.asdict(self._config),
-            "token_hash": self._token_hash.to_json(),
-            "table": self._table.to_json(),
-            "presence": dataclasses.asdict(self._presence),
-            "presence_version": self._presence_version,
-            "remaining": self._scheduler.remaining if self._scheduler else 0,
-            "fleet": self._fleet.to_json() if self._fleet else None,
-        }
-        self._dirty = False
-        self._last_checkpoint = time.time()
-        try:
-            await asyncio.to_thread(checkpoint.save_checkpoint, self._bot_id, data)
-        except Exception:
-            self._dirty = True
-            _LOGGER.exception("checkpoint failed; will retry")
+        # One writer at a time, each with a higher sequence number: two writes in flight (from two awaiting
+        # callers) could otherwise land out of order and leave the older state in the GCS.
+        async with self._checkpoint_lock:
+            if self._stopping:
+                return
+            self._checkpoint_seq += 1
+            data = {
+                "schema": CHECKPOINT_SCHEMA,
+                "seq": self._checkpoint_seq,
+                "config": dataclasses.asdict(self._config),
+                "token_hash": self._token_hash.to_json(),
+                "table": self._table.to_json(),
+                "presence": dataclasses.asdict(self._presence),
+                "presence_version": self._presence_version,
+                "remaining": self._scheduler.remaining if self._scheduler else 0,
+                "fleet": self._fleet.to_json() if self._fleet else None,
+                "rolling": self._rolling.to_json() if self._rolling is not None else None,
+                "reshard": (
+                    self._reshard.to_json() if self._reshard is not None else None
+                ),
+            }
+            self._dirty = False
+            self._last_checkpoint = time.time()
+            try:
+                await asyncio.to_thread(checkpoint.save_checkpoint, self._bot_id, data)
+            except Exception:
+                self._dirty = True
+                _LOGGER.exception("checkpoint failed; will retry")

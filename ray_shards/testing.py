@@ -7,6 +7,7 @@ actor, so it survives the hosts that the tests kill.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import functools
 import typing
@@ -54,15 +55,21 @@ def start_recorder(name: str) -> typing.Any:
     )
 
 
-def record_deliveries(recorder_name: str, bot: Bot) -> None:
-    """Callback: every MESSAGE_CREATE reaching ``bot`` is recorded in the named recorder."""
+def record_deliveries(recorder_name: str, bot: Bot, *, delay: float = 0.0) -> None:
+    """Callback: every MESSAGE_CREATE reaching ``bot`` is recorded in the named recorder.
+
+    With ``delay`` the listener first sleeps that long, like a listener doing real work (a database
+    write, a REST call waiting out a 429): an event is recorded only once its listener finished.
+    """
     recorder = ray.get_actor(recorder_name, namespace=NAMESPACE)
 
     @bot.listen(hikari.MessageCreateEvent)
     async def on_message(event: hikari.MessageCreateEvent) -> None:
+        if delay:
+            await asyncio.sleep(delay)
         await recorder.record.remote(bot.host_id, [int(event.message_id)])
 
 
-def recording_callback(recorder_name: str) -> typing.Callable[[Bot], None]:
-    """A picklable callback recording deliveries into ``recorder_name``."""
-    return functools.partial(record_deliveries, recorder_name)
+def recording_callback(recorder_name: str, *, delay: float = 0.0) -> typing.Callable[[Bot], None]:
+    """A picklable callback recording deliveries into ``recorder_name`` (after ``delay`` s of "work")."""
+    return functools.partial(record_deliveries, recorder_name, delay=delay)

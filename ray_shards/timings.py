@@ -35,14 +35,29 @@ class Timings:
     grant_timeout
         An identify grant never released (no READY, no failure) is spent after this long.
     seq_report_lag
-        Hosts report the sequence number they had this long ago, so every event at or
-        below a reported seq has surely reached its listeners (at-least-once on failover).
+        Unused since hosts report a listener-completion watermark (kept so old configs load).
+    max_listener_lag
+        Seconds one event's listeners may hold the reported seq back. Past it the event is
+        given up on (logged, counted) so the RESUME point stays within Discord's replay window.
+    drain_timeout
+        On a hand-over (rebalance, rolling restart, reshard, stop), how long a host waits for the
+        listeners of the events it already took before it hands the session on.
     checkpoint_interval
         Most time between two checkpoints of changing session state.
     command_timeout
         How long a client command waits for the owning host.
     auto_reshard_interval
         With automatic resharding on, how often the policy asks Discord for its recommended shard count.
+    host_start_timeout
+        A new host actor that has not started (callback run, shards leased) after this long is given up
+        (killed); a rolling restart then fails and rolls back instead of hanging when the cluster has no room.
+    capability_idle_ttl
+        A capability unused for this long is forgotten (its holder authenticates again by itself).
+    max_capabilities
+        At most this many capabilities are remembered; the least recently used go first.
+    health_timeout
+        How long the Orchestrator waits for a silent host's health check (answered on the host's own health
+        event loop, not the shard loop) before it fences the host.
     """
 
     sync_interval: float = 0.5
@@ -54,6 +69,12 @@ class Timings:
     identify_margin: float = 0.1
     grant_timeout: float = 30.0
     seq_report_lag: float = 1.0
+    max_listener_lag: float = 60.0
+    drain_timeout: float = 10.0
     checkpoint_interval: float = 1.0
     command_timeout: float = 15.0
     auto_reshard_interval: float = 600.0
+    host_start_timeout: float = 120.0
+    capability_idle_ttl: float = 3600.0
+    max_capabilities: int = 4096
+    health_timeout: float = 10.0

@@ -13,6 +13,20 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
+
+def ensure_default_ray_dir() -> None:
+    """Create Ray's default temp dir: ``Cluster`` writes ``ray_current_cluster`` there whatever its own temp_dir.
+
+    On a fresh machine (CI) nothing has created ``/tmp/ray`` yet, and the first ``Cluster`` fails with
+    FileNotFoundError.
+    """
+    from ray._common.utils import get_default_ray_temp_dir
+
+    os.makedirs(get_default_ray_temp_dir(), exist_ok=True)
+
+
+ensure_default_ray_dir()
+
 if typing.TYPE_CHECKING:
     from ray.cluster_utils import Cluster
 
@@ -42,6 +56,7 @@ def ray_cluster() -> typing.Iterator[Cluster]:
     from ray.cluster_utils import Cluster
 
     temp_dir = tempfile.mkdtemp(prefix="ray_shards_test_")
+    ensure_default_ray_dir()
     cluster = Cluster(
         initialize_head=True,
         head_node_args={

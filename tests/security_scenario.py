@@ -29,6 +29,7 @@ import typing
 
 import hikari
 import ray
+from ray._common.utils import get_default_ray_temp_dir
 from ray.cluster_utils import Cluster
 from ray.experimental import internal_kv
 
@@ -278,6 +279,8 @@ def main() -> int:
         token = f.read().strip()
     os.unlink(token_file)
     out: dict[str, typing.Any] = {"ok": False}
+    # Cluster writes ray_current_cluster into Ray's default temp dir whatever temp_dir says; a fresh machine has none.
+    os.makedirs(get_default_ray_temp_dir(), exist_ok=True)
     cluster = Cluster(
         initialize_head=True,
         head_node_args={
