@@ -4,26 +4,48 @@ Discord allows one IDENTIFY per bucket (``shard_id % max_concurrency``) per 5
 second window, and a daily number of session starts. This module decides who
 may identify when; it does no I/O and takes the clock as an argument, so it is
 tested exhaustively without Ray or sockets.
+
+Every ``now`` (and ``identified_at``, ``asked_at``) is in seconds of the
+*caller's monotonic clock* (``time.monotonic()`` in the Orchestrator). Never
+pass the wall clock: a step of the wall clock would open a window early. A
+monotonic clock has no meaning across processes, so nothing here is meant to
+be checkpointed except the budget, which is re-fetched after a restart anyway.
+
+What a host must do for the guarantees to hold
+-----------------------------------------------
+- Send its IDENTIFY at most ``grant_timeout`` seconds after it *asked* for the
+  grant, or drop the grant and ask again. The scheduler treats a grant it never
+  heard back about as spent at expiry, and counts grants this recent as not yet
+  seen by Discord when it refreshes the budget.
+- Report READY (or failure) with `release`, fenced by its ``(host_id, epoch)``.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 
 __all__ = ["IdentifyBudgetExhaustedError", "IdentifyGrant", "IdentifyScheduler"]
 
+_POLL = 0.5
+"""Seconds to wait before asking again when the answer depends on someone else (a refresh, a lower shard)."""
+
 
 class IdentifyBudgetExhaustedError(RuntimeError):
-    """The daily ``session_start_limit`` has no identifies left."""
+    """The daily ``session_start_limit`` has no identifies left and no reset time is known."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class IdentifyGrant:
-    """Permission for one shard to send one IDENTIFY now."""
+    """Permission for one shard to send one IDENTIFY now.
+
+    ``holder`` is the ``(host_id, lease epoch)`` the grant was given to, if the caller said.
+    """
 
     shard_id: int
     bucket: int
     granted_at: float
+    holder: tuple[str, int] | None = None
 
 
 class IdentifyScheduler:
@@ -45,11 +67,22 @@ class IdentifyScheduler:
     margin
         Safety added to every window, covering clock and network jitter.
     grant_timeout
-        A grant not released after this long is treated as spent at expiry.
+        A grant not released after this long is treated as spent at expiry. Hosts
+        must not use a grant later than this after asking for it.
     """
 
-    __slots__ = ("_free_at", "_grant_timeout", "_held", "_margin", "_max_concurrency", "_remaining", "_waiting",
-                 "_window")
+    __slots__ = (
+        "_free_at",
+        "_grant_timeout",
+        "_held",
+        "_margin",
+        "_max_concurrency",
+        "_recent",
+        "_remaining",
+        "_reset_at",
+        "_waiting",
+        "_window",
+    )
 
     def __init__(
         self,
@@ -71,6 +104,10 @@ class IdentifyScheduler:
         self._free_at: dict[int, float] = {}
         self._held: dict[int, IdentifyGrant] = {}
         self._waiting: dict[int, set[int]] = {}
+        self._reset_at: float | None = None
+        # Times of recent grants (and of grants a previous Orchestrator may have made): an IDENTIFY this
+        # recent may not be counted yet in a budget Discord reports, so `set_budget` subtracts them.
+        self._recent: collections.deque[float] = collections.deque()
 
     @property
     def max_concurrency(self) -> int:
@@ -83,13 +120,58 @@ class IdentifyScheduler:
         return self._remaining
 
     @property
+    def reset_at(self) -> float | None:
+        """When the daily budget resets (caller's monotonic clock), if known."""
+        return self._reset_at
+
+    @property
     def window(self) -> float:
         """Seconds between two IDENTIFYs of one bucket, margin included."""
         return self._window + self._margin
 
     def set_remaining(self, remaining: int) -> None:
-        """Replace the daily budget (after Discord's reset, or from a fresh ``/gateway/bot``)."""
+        """Replace the daily budget, keeping the known reset time (prefer `set_budget`)."""
         self._remaining = remaining
+
+    def set_budget(self, remaining: int, reset_after: float, now: float, *, asked_at: float | None = None) -> None:
+        """Take a fresh ``session_start_limit`` from ``GET /gateway/bot``.
+
+        Parameters
+        ----------
+        remaining
+            ``session_start_limit.remaining``.
+        reset_after
+            ``session_start_limit.reset_after`` in seconds (Discord sends milliseconds).
+        now
+            When the answer arrived.
+        asked_at
+            When the request was sent (defaults to ``now``). Grants made less than
+            ``grant_timeout`` before it may have IDENTIFYs Discord had not counted
+            yet when it answered, so they are subtracted: the budget errs low.
+        """
+        self._prune(now)
+        since = (now if asked_at is None else min(asked_at, now)) - self._grant_timeout
+        uncounted = sum(1 for at in self._recent if at >= since)
+        self._remaining = max(0, remaining - uncounted)
+        self._reset_at = now + max(0.0, reset_after)
+
+    def budget_stale(self, now: float) -> bool:
+        """Whether the daily budget has reset since it was last set (re-fetch it and call `set_budget`)."""
+        return self._reset_at is not None and now >= self._reset_at
+
+    def start_full(self, now: float, *, in_flight: float = 0.0) -> None:
+        """Start every bucket with a full window at ``now`` (after an Orchestrator restart).
+
+        The previous Orchestrator may have granted an IDENTIFY just before it crashed; this
+        scheduler cannot know, so it assumes one per bucket. ``in_flight`` is how long such a
+        grant may still be used after ``now`` (hosts drop grants older than that); the
+        next grant in every bucket comes ``in_flight + window`` after ``now``.
+        """
+        opens = now + max(0.0, in_flight) + self._window + self._margin
+        for bucket in range(self._max_concurrency):
+            self._free_at[bucket] = max(self._free_at.get(bucket, opens), opens)
+        # One possible uncounted IDENTIFY per bucket, for the next budget refresh.
+        self._recent.extend([now] * self._max_concurrency)
 
     def bucket_of(self, shard_id: int) -> int:
         """Return Discord's rate limit bucket of ``shard_id``."""
@@ -99,18 +181,32 @@ class IdentifyScheduler:
         """Number of shards waiting for a grant."""
         return sum(len(w) for w in self._waiting.values())
 
-    def request(self, shard_id: int, now: float) -> IdentifyGrant | float:
+    def request(
+        self, shard_id: int, now: float, *, holder: tuple[str, int] | None = None
+    ) -> IdentifyGrant | float:
         """Ask to identify ``shard_id``.
+
+        Parameters
+        ----------
+        shard_id
+            The shard that wants to IDENTIFY.
+        now
+            The caller's monotonic clock.
+        holder
+            ``(host_id, lease epoch)`` of the asker, stored in the grant so that only
+            that holder's `release` frees the bucket early.
 
         Returns
         -------
         IdentifyGrant | float
             A grant to identify now, or how many seconds to wait before asking again.
+            With the daily budget used up this is the wait until it resets (or a short
+            poll once the reset is due, until the caller refreshes it with `set_budget`).
 
         Raises
         ------
         IdentifyBudgetExhaustedError
-            When the daily budget has no identify left.
+            When the daily budget has no identify left and no reset time is known.
         """
         self.expire(now)
         bucket = self.bucket_of(shard_id)
@@ -119,44 +215,66 @@ class IdentifyScheduler:
             # The same shard asks again: its previous attempt failed before READY.
             self.release(shard_id, now)
         waiting = self._waiting.setdefault(bucket, set())
-        waiting.add(shard_id)
         if self._remaining <= 0:
             waiting.discard(shard_id)
-            msg = (
-                "Discord's daily identify budget (session_start_limit) is used up; no shard can start until it "
-                "resets. Check session_start_limit.reset_after from GET /gateway/bot."
-            )
-            raise IdentifyBudgetExhaustedError(msg)
+            if self._reset_at is None:
+                msg = (
+                    "Discord's daily identify budget (session_start_limit) is used up; no shard can start until it "
+                    "resets. Check session_start_limit.reset_after from GET /gateway/bot."
+                )
+                raise IdentifyBudgetExhaustedError(msg)
+            # Wait for the reset instead of failing for good; past it, poll until the caller refreshes.
+            return max(self._reset_at - now, _POLL)
+        waiting.add(shard_id)
         if bucket in self._held:
             return max(0.05, self._held[bucket].granted_at + self._grant_timeout - now)
-        free_at = self._free_at.get(bucket, 0.0)
+        free_at = self._free_at.get(bucket, float("-inf"))
         if now < free_at:
             return free_at - now
         if shard_id != min(waiting):
             return 0.05
         waiting.discard(shard_id)
-        grant = IdentifyGrant(shard_id=shard_id, bucket=bucket, granted_at=now)
+        grant = IdentifyGrant(shard_id=shard_id, bucket=bucket, granted_at=now, holder=holder)
         self._held[bucket] = grant
         self._remaining -= 1
+        self._recent.append(now)
+        self._prune(now)
         return grant
 
     def cancel(self, shard_id: int) -> None:
         """Stop waiting for ``shard_id`` (its host gave up or died)."""
         self._waiting.get(self.bucket_of(shard_id), set()).discard(shard_id)
 
-    def release(self, shard_id: int, now: float, *, identified_at: float | None = None) -> None:
+    def release(
+        self,
+        shard_id: int,
+        now: float,
+        *,
+        identified_at: float | None = None,
+        holder: tuple[str, int] | None = None,
+    ) -> bool:
         """Free ``shard_id``'s bucket once its IDENTIFY was answered (READY) or failed.
 
-        ``identified_at`` is when the IDENTIFY was sent; without it the release time is
-        used, which is never earlier and so always safe.
+        ``identified_at`` is when the IDENTIFY was sent, on the *caller's* clock; without
+        it the release time is used, which is never earlier and so always safe. When
+        ``holder`` is given and is not the grant's holder, nothing happens: a late
+        ``identify_done`` from a host that lost the lease cannot free the bucket early.
+
+        Returns
+        -------
+        bool
+            Whether a grant was released.
         """
         bucket = self.bucket_of(shard_id)
         held = self._held.get(bucket)
         if held is None or held.shard_id != shard_id:
-            return
+            return False
+        if holder is not None and held.holder != holder:
+            return False
         del self._held[bucket]
         sent = now if identified_at is None else max(held.granted_at, min(identified_at, now))
-        self._free_at[bucket] = max(self._free_at.get(bucket, 0.0), sent + self._window + self._margin)
+        self._free_at[bucket] = max(self._free_at.get(bucket, float("-inf")), sent + self._window + self._margin)
+        return True
 
     def expire(self, now: float) -> None:
         """Treat grants older than ``grant_timeout`` as spent now."""
@@ -169,3 +287,9 @@ class IdentifyScheduler:
             return 0.0
         rounds = -(-pending // self._max_concurrency)
         return (rounds - 1) * (self._window + self._margin)
+
+    def _prune(self, now: float) -> None:
+        # Grants older than twice the timeout cannot matter to any refresh asked after now - timeout.
+        horizon = now - 2 * self._grant_timeout
+        while self._recent and self._recent[0] < horizon:
+            self._recent.popleft()

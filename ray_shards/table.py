@@ -4,18 +4,35 @@ The table decides which host runs which shard. A host owns a shard only while
 it holds that shard's lease at the current epoch. A shard is given to another
 host only after its owner released it or is known to be gone, and every new
 lease gets a higher epoch, so stale hosts are recognised and told to stop.
-Nothing here calls Ray; the clock is an argument.
+Nothing here calls Ray; every ``now`` is the caller's monotonic clock.
+
+Epochs carry the table's *incarnation*: ``epoch = incarnation << 32 | n``.
+`from_json` increments the incarnation, so a restarted Orchestrator grants
+epochs above any granted before it, even when it restarts from an older
+checkpoint, provided the restored table is checkpointed before it grants a
+lease (write intent first). The lease state machine and the invariants are in
+``docs/control-plane.md``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import math
 import typing
 
 from ray_shards.models import Lease, SessionState, ShardInfo, ShardReport, ShardStatus
 
-__all__ = ["HostRecord", "ShardRecord", "ShardTable"]
+__all__ = ["SCHEMA", "CheckpointSchemaError", "HostRecord", "ShardRecord", "ShardTable"]
+
+SCHEMA = 1
+"""Version of the checkpoint format `ShardTable.to_json` writes."""
+
+_EPOCH_BITS = 32
+
+
+class CheckpointSchemaError(ValueError):
+    """A checkpoint was written in a format this version of ray_shards cannot read."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -40,7 +57,18 @@ class ShardRecord:
 
 @dataclasses.dataclass(slots=True)
 class HostRecord:
-    """A shard host (a ShardHost actor or a standalone `Bot`) known to the table."""
+    """A shard host (a ShardHost actor or a standalone `Bot`) known to the table.
+
+    ``pending_adopt`` holds leases granted to the host and not yet reported by it at
+    their epoch; they are sent again on every sync until reported (adopting is
+    idempotent on the host by ``(shard_id, epoch)``). ``pending_revoke`` holds shards the
+    host must stop; an entry goes once the host no longer reports that shard.
+    ``report_seq`` is the highest report sequence number seen from the host.
+
+    A shard can be in both lists: the host runs it at an old epoch and must run it at
+    the adopt's. A host applies revokes before adopts, and a revoke of a shard the same
+    directives adopt stops only runs below the adopt's epoch.
+    """
 
     host_id: str
     node_id: str | None
@@ -50,6 +78,9 @@ class HostRecord:
     alive: bool = True
     pending_adopt: list[Lease] = dataclasses.field(default_factory=list)
     pending_revoke: list[int] = dataclasses.field(default_factory=list)
+    report_seq: int | None = None
+    revoke_epochs: dict[int, int] = dataclasses.field(default_factory=dict)
+    """For a pending revoke, the highest epoch it stops (an entry added without one stops any epoch)."""
 
 
 class ShardTable:
@@ -59,15 +90,22 @@ class ShardTable:
     ----------
     shard_count
         Number of shards of the bot.
+    incarnation
+        The incarnation new epochs are drawn from (a fresh bot starts at 0;
+        `from_json` sets the checkpoint's plus one).
     """
 
-    __slots__ = ("hosts", "shard_count", "shards")
+    __slots__ = ("hosts", "incarnation", "shard_count", "shards")
 
-    def __init__(self, shard_count: int) -> None:
+    def __init__(self, shard_count: int, *, incarnation: int = 0) -> None:
         if shard_count < 1:
             msg = f"shard_count must be at least 1, not {shard_count}"
             raise ValueError(msg)
+        if incarnation < 0:
+            msg = f"incarnation must not be negative, not {incarnation}"
+            raise ValueError(msg)
         self.shard_count = shard_count
+        self.incarnation = incarnation
         self.shards: dict[int, ShardRecord] = {i: ShardRecord(i) for i in range(shard_count)}
         self.hosts: dict[str, HostRecord] = {}
 
@@ -99,6 +137,10 @@ class ShardTable:
         """Hosts not known to be gone."""
         return [h for h in self.hosts.values() if h.alive]
 
+    def silent_hosts(self, now: float, timeout: float) -> list[str]:
+        """Live hosts that have not synced for more than ``timeout`` seconds."""
+        return [h.host_id for h in self.hosts.values() if h.alive and now - h.last_sync > timeout]
+
     def host_lost(self, host_id: str) -> list[int]:
         """Mark ``host_id`` gone: its shards become unassigned, keeping their sessions for RESUME."""
         host = self.hosts.get(host_id)
@@ -106,12 +148,10 @@ class ShardTable:
             host.alive = False
             host.pending_adopt.clear()
             host.pending_revoke.clear()
+            host.revoke_epochs.clear()
         orphans = self.owned_by(host_id)
         for shard_id in orphans:
-            record = self.shards[shard_id]
-            record.host_id = None
-            if record.status is not ShardStatus.FAILED:
-                record.status = ShardStatus.STOPPED if record.stopped else ShardStatus.UNASSIGNED
+            self._unassign(self.shards[shard_id])
         return orphans
 
     def forget_host(self, host_id: str) -> None:
@@ -122,13 +162,30 @@ class ShardTable:
 
     # -- leases ----------------------------------------------------------------------------------
 
+    def _next_epoch(self, record: ShardRecord) -> int:
+        # Above anything this table has seen for the shard, and in this incarnation's range, so above
+        # anything granted by an earlier incarnation (whose range ends below ours).
+        return max(record.epoch + 1, (self.incarnation << _EPOCH_BITS) | 1)
+
     def _grant(self, record: ShardRecord, host: HostRecord) -> Lease:
-        record.epoch += 1
+        record.epoch = self._next_epoch(record)
         record.host_id = host.host_id
         record.status = ShardStatus.STARTING
         record.error = None
         record.ever_assigned = True
-        return Lease(shard_id=record.shard_id, shard_count=self.shard_count, epoch=record.epoch, session=record.session)
+        lease = Lease(
+            shard_id=record.shard_id, shard_count=self.shard_count, epoch=record.epoch, session=record.session
+        )
+        # Every grant waits in pending_adopt until the host reports it: a lost reply loses nothing, and a shard
+        # its owner neither reports nor has pending is known not to run (see apply_reports).
+        host.pending_adopt.append(lease)
+        return lease
+
+    @staticmethod
+    def _unassign(record: ShardRecord) -> None:
+        record.host_id = None
+        if record.status is not ShardStatus.FAILED:
+            record.status = ShardStatus.STOPPED if record.stopped else ShardStatus.UNASSIGNED
 
     def _assignable(self) -> list[ShardRecord]:
         return [
@@ -137,10 +194,21 @@ class ShardTable:
             if r.host_id is None and r.status is not ShardStatus.FAILED and not r.stopped
         ]
 
+    def _loads(self) -> dict[str, int]:
+        """Shards owned per live host, in one pass over the shards."""
+        load = {h.host_id: 0 for h in self.hosts.values() if h.alive}
+        for record in self.shards.values():
+            if record.host_id in load:
+                load[record.host_id] += 1
+        return load
+
     def claim(self, host_id: str, count: int) -> list[Lease]:
-        """Give ``host_id`` up to ``count`` unassigned shards, lowest ids first, and raise its want by as many."""
+        """Give ``host_id`` up to ``count`` unassigned shards, lowest ids first, and raise its want by as many.
+
+        The leases are also kept as pending adopts of the host (see `directives_for`).
+        """
         host = self.hosts[host_id]
-        leases = [self._grant(record, host) for record in self._assignable()[:count]]
+        leases = [self._grant(record, host) for record in self._assignable()[: max(0, count)]]
         host.want = max(host.want, len(self.owned_by(host_id)))
         return leases
 
@@ -149,38 +217,54 @@ class ShardTable:
 
         Hosts below their wanted share come first. A shard that has run before (its
         host died) also goes to the least loaded live host when nobody wants more, so
-        a failover never waits for a replacement host.
+        a failover never waits for a replacement host. The new leases are returned and
+        also kept as the hosts' pending adopts (see `directives_for`). Costs
+        O((shards + hosts) log hosts).
         """
         placed: dict[str, list[Lease]] = {}
-        hosts = self.live_hosts()
+        hosts = {h.host_id: h for h in self.live_hosts()}
         if not hosts:
             return placed
-        load = {h.host_id: len(self.owned_by(h.host_id)) for h in hosts}
+        load = self._loads()
+        # Two heaps with lazy deletion: hosts below their want by (load - want), and all hosts by load.
+        deficit = [(load[h] - host.want, h) for h, host in hosts.items() if load[h] < host.want]
+        least = [(load[h], h) for h in hosts]
+        heapq.heapify(deficit)
+        heapq.heapify(least)
         for record in self._assignable():
-            deficit = [h for h in hosts if load[h.host_id] < h.want]
             if deficit:
-                host = min(deficit, key=lambda h: (load[h.host_id] - h.want, h.host_id))
+                _, host_id = heapq.heappop(deficit)
             elif record.ever_assigned:
-                host = min(hosts, key=lambda h: (load[h.host_id], h.host_id))
+                while least[0][0] != load[least[0][1]]:
+                    heapq.heappop(least)
+                host_id = least[0][1]
             else:
                 continue
+            host = hosts[host_id]
             lease = self._grant(record, host)
-            load[host.host_id] += 1
-            placed.setdefault(host.host_id, []).append(lease)
+            load[host_id] += 1
+            heapq.heappush(least, (load[host_id], host_id))
+            if load[host_id] < host.want:
+                heapq.heappush(deficit, (load[host_id] - host.want, host_id))
+            placed.setdefault(host_id, []).append(lease)
         return placed
 
     def rebalance_move(self) -> tuple[int, str] | None:
-        """Pick one shard to hand over from a host above its share to one below it, if any."""
+        """Pick one shard to hand over from a host above its share to one below it, if any.
+
+        Costs O(shards + hosts).
+        """
         hosts = self.live_hosts()
-        load = {h.host_id: len(self.owned_by(h.host_id)) for h in hosts}
+        load = self._loads()
         under = [h for h in hosts if load[h.host_id] < h.want]
         over = [h for h in hosts if load[h.host_id] > h.want]
         if not under or not over:
             return None
-        donor = max(over, key=lambda h: load[h.host_id] - h.want)
+        donor = max(over, key=lambda h: (load[h.host_id] - h.want, h.host_id))
+        revoking = set(donor.pending_revoke)
         for shard_id in sorted(self.owned_by(donor.host_id), reverse=True):
             record = self.shards[shard_id]
-            if record.status is ShardStatus.READY and shard_id not in donor.pending_revoke:
+            if record.status is ShardStatus.READY and shard_id not in revoking:
                 return shard_id, donor.host_id
         return None
 
@@ -192,13 +276,23 @@ class ShardTable:
     def release(
         self, host_id: str, shard_id: int, epoch: int, session: SessionState | None, *, stopped: bool = False
     ) -> bool:
-        """The owner gave ``shard_id`` back (hand-over, or its Bot closed). Returns whether it was the owner."""
-        if not self.holds(host_id, shard_id, epoch):
+        """The owner gave ``shard_id`` back (hand-over, or its Bot closed). Returns whether it was the owner.
+
+        A release from a host that no longer holds the lease changes no ownership. Its
+        session is still kept when nobody owns the shard and the release's epoch is at
+        least the table's (the table gave the shard up first, e.g. after a full report
+        without it, or it was restored from an older checkpoint): it is the freshest
+        session there is, and the next owner RESUMEs from it.
+        """
+        record = self.shards.get(shard_id)
+        if record is None:
             return False
-        record = self.shards[shard_id]
+        if not self.holds(host_id, shard_id, epoch):
+            if record.host_id is None and epoch >= record.epoch and not record.stopped:
+                self._take_session(record, session)
+            return False
         record.host_id = None
-        if session is not None:
-            record.session = session
+        self._take_session(record, session)
         if stopped:
             record.stopped = True
             record.session = None
@@ -208,27 +302,138 @@ class ShardTable:
         host = self.hosts.get(host_id)
         if host is not None and shard_id in host.pending_revoke:
             host.pending_revoke.remove(shard_id)
+            host.revoke_epochs.pop(shard_id, None)
         return True
 
-    def apply_reports(self, host_id: str, reports: typing.Iterable[ShardReport], now: float) -> list[int]:
-        """Record what ``host_id`` says of its shards; return the shards it runs without a current lease."""
-        stale: list[int] = []
+    def revoke(self, host_id: str, shard_id: int) -> bool:
+        """Ask ``host_id`` to hand ``shard_id`` over (it releases it with its session). Returns whether it held it.
+
+        Use this rather than appending to ``pending_revoke``: the revoke remembers the
+        epoch it stops, so it cannot stop a later lease of the same shard on that host.
+        """
+        record = self.shards.get(shard_id)
         host = self.hosts.get(host_id)
-        if host is not None:
-            host.last_sync = now
+        if record is None or host is None or not host.alive or record.host_id != host_id:
+            return False
+        if shard_id not in host.pending_revoke:
+            host.pending_revoke.append(shard_id)
+        host.revoke_epochs[shard_id] = max(host.revoke_epochs.get(shard_id, 0), record.epoch)
+        return True
+
+    @staticmethod
+    def _take_session(record: ShardRecord, session: SessionState | None) -> None:
+        # Within one session the seq only goes forward: a report lagging behind what the table already has
+        # (a host's short history, a late message) must not make the next owner RESUME from further back.
+        if session is None:
+            return
+        old = record.session
+        if old is not None and old.session_id == session.session_id and session.seq < old.seq:
+            return
+        record.session = session
+
+    def directives_for(self, host_id: str) -> tuple[list[Lease], list[int]]:
+        """What ``host_id`` must adopt and revoke, as copies; reading consumes nothing.
+
+        Adopts stay pending until the host reports the shard at the lease's epoch (see
+        `apply_reports`), so a sync reply that is lost and retried loses no adoption.
+        Adopts whose lease is no longer current are dropped here.
+        """
+        host = self.hosts.get(host_id)
+        if host is None or not host.alive:
+            return [], []
+        self._prune_adopts(host)
+        return list(host.pending_adopt), list(host.pending_revoke)
+
+    def _prune_adopts(self, host: HostRecord) -> None:
+        latest: dict[int, Lease] = {}
+        for lease in host.pending_adopt:
+            if self.holds(host.host_id, lease.shard_id, lease.epoch):
+                latest[lease.shard_id] = lease
+        host.pending_adopt[:] = list(latest.values())
+
+    def apply_reports(
+        self,
+        host_id: str,
+        reports: typing.Iterable[ShardReport],
+        now: float,
+        *,
+        report_seq: int | None = None,
+    ) -> list[int]:
+        """Record what ``host_id`` says of its shards; return the shards it runs without a current lease.
+
+        With ``report_seq`` (increasing per host), ``reports`` is the host's *full* actual
+        state, and the table converges on it:
+
+        - a report whose ``report_seq`` is not above the last one seen from the host is
+          ignored (a late or duplicated sync), and ``[]`` is returned;
+        - a shard the table gives the host that the host neither reports nor has pending
+          as an adopt runs nowhere: it is unassigned, keeping its session, so `place`
+          hands it on.
+
+        In every case: a pending adopt goes once the host reports it at its epoch; a
+        pending revoke goes once the host no longer reports that shard; shards reported
+        without a current lease are added to the host's pending revokes and returned. A
+        report at an epoch *above* the table's for an unstopped shard means the table
+        was restored from a checkpoint older than that lease: the lease was granted
+        after every lease the table knows of, so the table takes it as current.
+        """
+        host = self.hosts.get(host_id)
+        reports = list(reports)
+        if host is None or not host.alive:
+            return [r.shard_id for r in reports]
+        if report_seq is not None:
+            if host.report_seq is not None and report_seq <= host.report_seq:
+                return []
+            host.report_seq = report_seq
+        host.last_sync = now
+        stale: list[int] = []
+        reported: dict[int, int] = {}
         for report in reports:
             record = self.shards.get(report.shard_id)
-            if record is None or record.host_id != host_id or record.epoch != report.epoch:
+            if record is None:
+                stale.append(report.shard_id)
+                continue
+            reported[report.shard_id] = report.epoch
+            if record.epoch < report.epoch and not record.stopped:
+                # Restored from an older checkpoint: this lease is newer than anything the table knows.
+                record.host_id = host_id
+                record.epoch = report.epoch
+                record.ever_assigned = True
+            if record.host_id != host_id or record.epoch != report.epoch:
                 stale.append(report.shard_id)
                 continue
             record.status = report.status
-            if report.session is not None:
-                record.session = report.session
+            self._take_session(record, report.session)
             record.latency = report.latency
             record.guilds = report.guilds
             record.events = report.events
             record.error = report.error
             record.last_seen = now
+        self._prune_adopts(host)
+        host.pending_adopt[:] = [
+            lease for lease in host.pending_adopt if lease.shard_id not in reported or lease.shard_id in stale
+        ]
+        # A revoke is done once the host no longer reports the shard at an epoch it stops (not reporting
+        # it at all, or only at a later lease); left behind, it would make the host's sync loop spin.
+        keep = [
+            s
+            for s in host.pending_revoke
+            if s in reported and reported[s] <= host.revoke_epochs.get(s, reported[s])
+        ]
+        kept = set(keep)
+        host.revoke_epochs = {s: e for s, e in host.revoke_epochs.items() if s in kept}
+        host.pending_revoke[:] = keep
+        for shard_id in stale:
+            if shard_id not in host.pending_revoke:
+                host.pending_revoke.append(shard_id)
+            if shard_id in reported:
+                host.revoke_epochs[shard_id] = max(host.revoke_epochs.get(shard_id, 0), reported[shard_id])
+        if report_seq is not None:
+            pending = {lease.shard_id for lease in host.pending_adopt}
+            for shard_id in self.owned_by(host_id):
+                if shard_id not in reported and shard_id not in pending:
+                    # Nobody runs it (its adopt was reported once, and the host has dropped it since).
+                    self._unassign(self.shards[shard_id])
         return stale
 
     def infos(self, node_of: typing.Callable[[str], str | None] | None = None) -> list[ShardInfo]:
@@ -262,8 +467,10 @@ class ShardTable:
     # -- checkpoint ------------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, typing.Any]:
-        """Serialise the table (no secrets in it) for a checkpoint."""
+        """Serialise the table (no secrets in it) for a checkpoint, with its schema version."""
         return {
+            "schema": SCHEMA,
+            "incarnation": self.incarnation,
             "shard_count": self.shard_count,
             "shards": [
                 {
@@ -275,7 +482,20 @@ class ShardTable:
                 for r in self.shards.values()
             ],
             "hosts": [
-                {"host_id": h.host_id, "node_id": h.node_id, "want": h.want, "has_handle": h.has_handle}
+                {
+                    "host_id": h.host_id,
+                    "node_id": h.node_id,
+                    "want": h.want,
+                    "has_handle": h.has_handle,
+                    "pending_adopt": [
+                        {
+                            "shard_id": lease.shard_id,
+                            "epoch": lease.epoch,
+                            "session": dataclasses.asdict(lease.session) if lease.session else None,
+                        }
+                        for lease in h.pending_adopt
+                    ],
+                }
                 for h in self.hosts.values()
                 if h.alive
             ],
@@ -283,18 +503,51 @@ class ShardTable:
 
     @classmethod
     def from_json(cls, data: dict[str, typing.Any], now: float) -> ShardTable:
-        """Load a checkpoint; hosts get ``now`` as their last sync, so they have a grace period to come back."""
-        table = cls(int(data["shard_count"]))
+        """Load a checkpoint in a new incarnation.
+
+        Hosts get ``now`` as their last sync, so they have a grace period to come back.
+        Checkpoint the returned table before it grants any lease, so that its
+        incarnation is never used twice.
+
+        Raises
+        ------
+        CheckpointSchemaError
+            When the checkpoint's schema is not one this version reads, or it is malformed.
+        """
+        schema = data.get("schema", 0) if isinstance(data, dict) else None
+        if schema not in (0, SCHEMA):
+            msg = (
+                f"the checkpoint has schema {schema!r}, and this version of ray_shards reads schema {SCHEMA} "
+                "(or checkpoints from before schemas). Run the ray_shards version that wrote it, or delete the "
+                "bot's checkpoint key to start the bot fresh (its shards then IDENTIFY again)."
+            )
+            raise CheckpointSchemaError(msg)
+        try:
+            return cls._from_json(data, now)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            msg = (
+                f"the checkpoint (schema {schema}) cannot be read: {type(exc).__name__}: {exc}. Run the ray_shards "
+                "version that wrote it, or delete the bot's checkpoint key to start the bot fresh."
+            )
+            raise CheckpointSchemaError(msg) from exc
+
+    @classmethod
+    def _from_json(cls, data: dict[str, typing.Any], now: float) -> ShardTable:
+        table = cls(int(data["shard_count"]), incarnation=int(data.get("incarnation", 0)) + 1)
         for raw in data["shards"]:
             session = SessionState(**raw["session"]) if raw.get("session") else None
             latency = raw.get("latency")
             fields = {k: v for k, v in raw.items() if k not in ("session", "status", "latency")}
-            table.shards[int(raw["shard_id"])] = ShardRecord(
+            record = ShardRecord(
                 **fields,
                 session=session,
                 status=ShardStatus(raw["status"]),
                 latency=float("nan") if latency is None else float(latency),
             )
+            if not 0 <= record.shard_id < table.shard_count:
+                msg = f"shard {record.shard_id} is outside 0..{table.shard_count - 1}"
+                raise ValueError(msg)
+            table.shards[record.shard_id] = record
         for raw in data["hosts"]:
             table.hosts[raw["host_id"]] = HostRecord(
                 host_id=raw["host_id"],
@@ -302,5 +555,14 @@ class ShardTable:
                 want=int(raw["want"]),
                 has_handle=bool(raw.get("has_handle", False)),
                 last_sync=now,
+                pending_adopt=[
+                    Lease(
+                        shard_id=int(lease["shard_id"]),
+                        shard_count=table.shard_count,
+                        epoch=int(lease["epoch"]),
+                        session=SessionState(**lease["session"]) if lease.get("session") else None,
+                    )
+                    for lease in raw.get("pending_adopt", [])
+                ],
             )
         return table

@@ -8,6 +8,8 @@ import pytest
 
 from ray_shards.identify import IdentifyBudgetExhaustedError, IdentifyGrant, IdentifyScheduler
 
+pytestmark = pytest.mark.timeout(60)
+
 
 def _boot(n: int, concurrency: int, window: float = 5.0, margin: float = 0.1) -> list[tuple[float, int]]:
     """Simulate hosts asking for every shard at once, each READY 10 ms after its grant."""
@@ -88,3 +90,72 @@ def test_eta_matches_the_floor() -> None:
     assert scheduler.eta(0) == 0.0
     with pytest.raises(ValueError, match="max_concurrency"):
         IdentifyScheduler(0, remaining=1)
+
+
+def test_start_full_opens_every_bucket_a_window_later() -> None:
+    scheduler = IdentifyScheduler(3, remaining=10, window=5.0, margin=0.1)
+    scheduler.start_full(100.0)
+    for shard_id in range(3):
+        assert scheduler.request(shard_id, 100.0) == pytest.approx(5.1)
+        assert not isinstance(scheduler.request(shard_id, 105.0), IdentifyGrant)
+    assert all(isinstance(scheduler.request(s, 105.1), IdentifyGrant) for s in range(3))
+
+
+def test_start_full_covers_grants_still_in_flight() -> None:
+    scheduler = IdentifyScheduler(1, remaining=10, window=5.0, margin=0.1)
+    scheduler.start_full(0.0, in_flight=2.0)
+    assert not isinstance(scheduler.request(0, 5.5), IdentifyGrant)
+    assert isinstance(scheduler.request(0, 7.1), IdentifyGrant)
+
+
+def test_exhausted_budget_waits_for_the_reset_and_resumes_after_a_refresh() -> None:
+    scheduler = IdentifyScheduler(1, remaining=0)
+    scheduler.set_budget(1, reset_after=1000.0, now=0.0)
+    assert not scheduler.budget_stale(999.0)
+    assert isinstance(scheduler.request(0, 0.0), IdentifyGrant)
+    scheduler.release(0, 1.0)
+    assert scheduler.remaining == 0
+    assert scheduler.request(1, 10.0) == pytest.approx(990.0)
+    assert scheduler.budget_stale(1000.0)
+    # Due but not refreshed yet: poll, never raise.
+    wait = scheduler.request(1, 1000.0)
+    assert isinstance(wait, float) and 0 < wait <= 1.0
+    scheduler.set_budget(1000, reset_after=86_400.0, now=1000.0)
+    assert not scheduler.budget_stale(1000.0)
+    assert scheduler.reset_at == pytest.approx(87_400.0)
+    assert isinstance(scheduler.request(1, 1000.0), IdentifyGrant)
+
+
+def test_refresh_subtracts_grants_discord_may_not_have_counted() -> None:
+    scheduler = IdentifyScheduler(2, remaining=10, grant_timeout=30.0)
+    assert isinstance(scheduler.request(0, 0.0), IdentifyGrant)
+    assert isinstance(scheduler.request(1, 0.0), IdentifyGrant)
+    scheduler.set_budget(8, reset_after=100.0, now=1.0, asked_at=0.5)
+    assert scheduler.remaining == 6
+    scheduler.set_budget(8, reset_after=100.0, now=40.0)
+    assert scheduler.remaining == 8
+
+
+def test_a_restart_counts_one_possible_identify_per_bucket_against_the_budget() -> None:
+    scheduler = IdentifyScheduler(4, remaining=0)
+    scheduler.start_full(0.0)
+    scheduler.set_budget(100, reset_after=10.0, now=1.0)
+    assert scheduler.remaining == 96
+
+
+def test_set_remaining_still_replaces_the_budget() -> None:
+    scheduler = IdentifyScheduler(1, remaining=0)
+    scheduler.set_remaining(3)
+    assert scheduler.remaining == 3
+    assert isinstance(scheduler.request(0, 0.0), IdentifyGrant)
+
+
+def test_identify_done_from_a_stale_holder_does_not_free_the_bucket() -> None:
+    scheduler = IdentifyScheduler(1, remaining=10, window=5.0, margin=0.0)
+    grant = scheduler.request(0, 0.0, holder=("b", 7))
+    assert isinstance(grant, IdentifyGrant) and grant.holder == ("b", 7)
+    assert not scheduler.release(0, 0.5, holder=("a", 3))
+    assert not isinstance(scheduler.request(1, 6.0), IdentifyGrant)
+    assert scheduler.release(0, 7.0, holder=("b", 7))
+    assert not isinstance(scheduler.request(1, 11.9), IdentifyGrant)
+    assert isinstance(scheduler.request(1, 12.0), IdentifyGrant)

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from ray_shards.models import SessionState, ShardReport, ShardStatus
-from ray_shards.table import ShardTable
+import copy
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ray_shards.models import Lease, SessionState, ShardReport, ShardStatus
+from ray_shards.table import SCHEMA, CheckpointSchemaError, ShardTable
+
+pytestmark = pytest.mark.timeout(60)
 
 
 def _table_with_hosts(shards: int, wants: dict[str, int]) -> ShardTable:
@@ -81,3 +89,280 @@ def test_stopped_shards_are_not_placed_again() -> None:
         assert table.release("a", s, 1, None, stopped=True)
     assert table.place() == {}
     assert all(r.status is ShardStatus.STOPPED for r in table.shards.values())
+
+
+def _ready(table: ShardTable, host_id: str, *, seq: int | None = None) -> list[ShardReport]:
+    """Reports of every shard ``host_id`` holds, READY at its current epoch."""
+    return [
+        ShardReport(s, table.shards[s].epoch, ShardStatus.READY, table.shards[s].session)
+        for s in table.owned_by(host_id)
+    ]
+
+
+# -- incarnation epochs ---------------------------------------------------------------------------
+
+
+def test_restore_increments_the_incarnation_and_epochs_stay_above_all_earlier_ones() -> None:
+    table = _table_with_hosts(2, {"a": 2})
+    assert table.incarnation == 0
+    older = table.to_json()
+    # After the checkpoint the shard changes hands twice; those epochs are not in it.
+    for _ in range(2):
+        epoch = table.shards[0].epoch
+        assert table.release(table.shards[0].host_id or "", 0, epoch, None)
+        table.place()
+    newest = table.shards[0].epoch
+    restored = ShardTable.from_json(older, now=0.0)
+    assert restored.incarnation == 1
+    assert restored.to_json()["incarnation"] == 1
+    restored.host_lost("a")
+    restored.register_host("b", node_id=None, want=2, has_handle=True, now=0.0)
+    restored.place()
+    assert restored.shards[0].epoch > newest
+    again = ShardTable.from_json(restored.to_json(), now=0.0)
+    assert again.incarnation == 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["grant", "checkpoint", "restore"]), st.integers(0, 3)), max_size=40))
+def test_epochs_never_repeat_across_restarts_from_the_last_checkpoint(ops: list[tuple[str, int]]) -> None:
+    # The last checkpoint written is older than the table whenever a grant came after it.
+    table = _table_with_hosts(4, {"a": 4})
+    checkpoints = [table.to_json()]
+    granted: set[tuple[int, int]] = {(s, r.epoch) for s, r in table.shards.items()}
+    for op, arg in ops:
+        if op == "grant":
+            record = table.shards[arg]
+            if record.host_id is not None:
+                table.release(record.host_id, arg, record.epoch, None)
+            table.register_host("a", node_id=None, want=4, has_handle=True, now=0.0)
+            for leases in table.place().values():
+                for lease in leases:
+                    assert (lease.shard_id, lease.epoch) not in granted
+                    granted.add((lease.shard_id, lease.epoch))
+        elif op == "checkpoint":
+            checkpoints.append(table.to_json())
+        else:
+            # Restart from the last checkpoint; the restored table is checkpointed at once (intent first).
+            table = ShardTable.from_json(checkpoints[-1], now=0.0)
+            checkpoints.append(table.to_json())
+
+
+# -- idempotent adopts ----------------------------------------------------------------------------
+
+
+def test_adopts_survive_reads_until_reported_at_their_epoch() -> None:
+    table = ShardTable(2)
+    table.register_host("a", node_id=None, want=2, has_handle=True, now=0.0)
+    placed = table.place()
+    first = table.directives_for("a")
+    # A sync reply is lost: the retry gets the same adopts.
+    assert table.directives_for("a") == first
+    assert sorted(lease.shard_id for lease in first[0]) == [0, 1] == sorted(lease.shard_id for lease in placed["a"])
+    table.apply_reports("a", [ShardReport(0, first[0][0].epoch, ShardStatus.STARTING)], now=1.0, report_seq=1)
+    adopt, revoke = table.directives_for("a")
+    assert [lease.shard_id for lease in adopt] == [1]
+    assert revoke == []
+    # A copy: changing it changes nothing in the table.
+    adopt.clear()
+    assert len(table.directives_for("a")[0]) == 1
+
+
+def test_adopts_whose_lease_moved_on_are_dropped() -> None:
+    table = ShardTable(1)
+    table.register_host("a", node_id=None, want=1, has_handle=True, now=0.0)
+    table.place()
+    table.host_lost("a")
+    table.register_host("a", node_id=None, want=1, has_handle=True, now=1.0)
+    table.register_host("b", node_id=None, want=1, has_handle=True, now=1.0)
+    table.hosts["a"].pending_adopt.append(Lease(0, 1, 1))  # left over from an older delivery
+    table.place()
+    owner = table.shards[0].host_id
+    other = "a" if owner == "b" else "b"
+    assert table.directives_for(other) == ([], [])
+    assert [lease.epoch for lease in table.directives_for(owner or "")[0]] == [table.shards[0].epoch]
+
+
+# -- full-state reports ---------------------------------------------------------------------------
+
+
+def test_a_report_not_newer_than_the_last_is_ignored() -> None:
+    table = _table_with_hosts(2, {"a": 2})
+    assert table.apply_reports("a", _ready(table, "a"), now=1.0, report_seq=5) == []
+    assert table.apply_reports("a", [ShardReport(0, 99, ShardStatus.READY)], now=2.0, report_seq=5) == []
+    assert table.apply_reports("a", [], now=2.0, report_seq=4) == []
+    assert table.hosts["a"].last_sync == 1.0
+    assert sorted(table.owned_by("a")) == [0, 1]
+
+
+def test_stuck_lease_a_shard_the_owner_does_not_run_is_handed_on_with_its_session() -> None:
+    table = _table_with_hosts(2, {"a": 1, "b": 1})
+    session = SessionState("s", 10, "ws://r")
+    shard = table.owned_by("a")[0]
+    epoch = table.shards[shard].epoch
+    table.apply_reports("a", [ShardReport(shard, epoch, ShardStatus.READY, session)], now=1.0, report_seq=1)
+    # Host a no longer runs it (say it was handed over after the checkpoint the table came from).
+    table.apply_reports("a", [], now=2.0, report_seq=2)
+    assert table.shards[shard].host_id is None
+    assert table.shards[shard].status is ShardStatus.UNASSIGNED
+    placed = table.place()
+    lease = next(lease for leases in placed.values() for lease in leases)
+    assert lease.shard_id == shard and lease.session == session and lease.epoch > epoch
+
+
+def test_without_report_seq_an_unreported_shard_keeps_its_owner() -> None:
+    table = _table_with_hosts(2, {"a": 2})
+    table.apply_reports("a", _ready(table, "a"), now=1.0)
+    table.apply_reports("a", [], now=2.0)
+    assert sorted(table.owned_by("a")) == [0, 1]
+
+
+def test_an_unreported_shard_with_a_pending_adopt_keeps_its_owner() -> None:
+    table = _table_with_hosts(2, {"a": 2})
+    table.apply_reports("a", [], now=1.0, report_seq=1)
+    assert sorted(table.owned_by("a")) == [0, 1]
+
+
+def test_stale_revoke_is_cleared_once_the_host_no_longer_reports_the_shard() -> None:
+    table = _table_with_hosts(2, {"a": 1, "b": 1})
+    mine, theirs = table.owned_by("a")[0], table.owned_by("b")[0]
+    stale = table.apply_reports(
+        "a", [*_ready(table, "a"), ShardReport(theirs, 1, ShardStatus.READY)], now=1.0, report_seq=1
+    )
+    assert stale == [theirs]
+    assert table.directives_for("a")[1] == [theirs]
+    table.apply_reports("a", [ShardReport(mine, table.shards[mine].epoch, ShardStatus.READY)], now=2.0, report_seq=2)
+    assert table.directives_for("a") == ([], [])
+
+
+def test_stale_revoke_does_not_stop_the_new_lease_of_the_same_shard() -> None:
+    table = _table_with_hosts(1, {"a": 1})
+    old = table.shards[0].epoch
+    table.apply_reports("a", _ready(table, "a"), now=1.0, report_seq=1)
+    table.host_lost("a")
+    table.register_host("a", node_id=None, want=1, has_handle=True, now=2.0)
+    table.place()
+    new = table.shards[0].epoch
+    # Still running the old lease: revoke it, adopt the new one.
+    assert table.apply_reports("a", [ShardReport(0, old, ShardStatus.READY)], now=3.0, report_seq=2) == [0]
+    adopt, revoke = table.directives_for("a")
+    assert [lease.epoch for lease in adopt] == [new] and revoke == [0]
+    table.apply_reports("a", [ShardReport(0, new, ShardStatus.READY)], now=4.0, report_seq=3)
+    assert table.directives_for("a") == ([], [])
+    assert table.holds("a", 0, new)
+
+
+def test_a_hand_over_revoke_stays_until_the_shard_is_released() -> None:
+    table = _table_with_hosts(2, {"a": 2})
+    assert table.revoke("a", 1)
+    table.apply_reports("a", _ready(table, "a"), now=1.0, report_seq=1)
+    assert table.directives_for("a")[1] == [1]
+    assert table.release("a", 1, table.shards[1].epoch, SessionState("x", 3, "ws://y"))
+    assert table.directives_for("a")[1] == []
+    assert not table.revoke("a", 1)
+
+
+def test_a_newer_lease_reported_by_a_host_is_taken_as_current() -> None:
+    table = _table_with_hosts(1, {"a": 1})
+    table.register_host("b", node_id=None, want=1, has_handle=True, now=0.0)
+    older = table.to_json()
+    table.release("a", 0, table.shards[0].epoch, None)
+    table.hosts["a"].want = 0
+    table.place()
+    epoch = table.shards[0].epoch
+    assert table.shards[0].host_id == "b"
+    restored = ShardTable.from_json(older, now=0.0)
+    session = SessionState("s", 50, "ws://r")
+    assert restored.apply_reports("b", [ShardReport(0, epoch, ShardStatus.READY, session)], 1.0, report_seq=1) == []
+    assert restored.holds("b", 0, epoch)
+    assert restored.shards[0].session == session
+    # Host a's view is the stale one now.
+    assert restored.apply_reports("a", [ShardReport(0, 1, ShardStatus.READY)], 1.0, report_seq=1) == [0]
+
+
+def test_reported_seq_never_goes_back_within_a_session() -> None:
+    table = _table_with_hosts(1, {"a": 1})
+    epoch = table.shards[0].epoch
+    table.apply_reports("a", [ShardReport(0, epoch, ShardStatus.READY, SessionState("s", 90, "ws://r"))], 1.0)
+    table.apply_reports("a", [ShardReport(0, epoch, ShardStatus.READY, SessionState("s", 40, "ws://r"))], 2.0)
+    assert table.shards[0].session == SessionState("s", 90, "ws://r")
+    table.apply_reports("a", [ShardReport(0, epoch, ShardStatus.READY, SessionState("t", 1, "ws://r"))], 3.0)
+    assert table.shards[0].session == SessionState("t", 1, "ws://r")
+
+
+def test_a_late_release_keeps_its_session_when_nobody_owns_the_shard() -> None:
+    table = _table_with_hosts(1, {"a": 1})
+    epoch = table.shards[0].epoch
+    table.apply_reports("a", _ready(table, "a"), now=1.0, report_seq=1)
+    table.apply_reports("a", [], now=2.0, report_seq=2)  # handed over; the release is still on its way
+    assert not table.release("a", 0, epoch, SessionState("s", 70, "ws://r"))
+    assert table.shards[0].session == SessionState("s", 70, "ws://r")
+    table.place()
+    assert not table.release("a", 0, epoch, SessionState("s", 80, "ws://r"))
+    assert table.shards[0].session == SessionState("s", 70, "ws://r")
+
+
+# -- checkpoint schema ----------------------------------------------------------------------------
+
+
+def test_checkpoint_has_a_schema_and_an_unknown_one_is_refused_clearly() -> None:
+    table = _table_with_hosts(2, {"a": 2})
+    data = table.to_json()
+    assert data["schema"] == SCHEMA == 1
+    future = {**copy.deepcopy(data), "schema": 99}
+    with pytest.raises(CheckpointSchemaError, match="schema 99") as info:
+        ShardTable.from_json(future, now=0.0)
+    assert "delete the bot's checkpoint key" in str(info.value)
+    assert isinstance(info.value, ValueError)
+    broken = copy.deepcopy(data)
+    del broken["shards"][0]["shard_id"]
+    broken["shards"][0]["unknown_field"] = 1
+    with pytest.raises(CheckpointSchemaError, match="cannot be read"):
+        ShardTable.from_json(broken, now=0.0)
+
+
+def test_a_checkpoint_from_before_schemas_is_read() -> None:
+    table = _table_with_hosts(2, {"a": 2})
+    legacy = table.to_json()
+    del legacy["schema"], legacy["incarnation"]
+    for host in legacy["hosts"]:
+        del host["pending_adopt"]
+    restored = ShardTable.from_json(legacy, now=0.0)
+    assert restored.incarnation == 1
+    assert restored.holds("a", 0, 1)
+
+
+def test_pending_adopts_are_checkpointed() -> None:
+    table = ShardTable(2)
+    table.register_host("a", node_id=None, want=2, has_handle=True, now=0.0)
+    table.place()
+    restored = ShardTable.from_json(table.to_json(), now=0.0)
+    assert restored.directives_for("a") == table.directives_for("a")
+
+
+# -- cost -----------------------------------------------------------------------------------------
+
+
+def test_place_and_rebalance_count_ownership_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    table = ShardTable(400)
+    for i in range(40):
+        table.register_host(f"h{i:02}", node_id=None, want=10, has_handle=True, now=0.0)
+    calls = 0
+    real = ShardTable.owned_by
+
+    def counting(self: ShardTable, host_id: str) -> list[int]:
+        nonlocal calls
+        calls += 1
+        return real(self, host_id)
+
+    monkeypatch.setattr(ShardTable, "owned_by", counting)
+    placed = table.place()
+    assert sum(len(v) for v in placed.values()) == 400
+    assert all(len(v) == 10 for v in placed.values())
+    assert calls == 0
+    for r in table.shards.values():
+        r.status = ShardStatus.READY
+    table.hosts["h00"].want = 9
+    table.register_host("new", node_id=None, want=1, has_handle=True, now=0.0)
+    assert table.rebalance_move() == (max(table.owned_by("h00")), "h00")
+    assert calls <= 2
