@@ -452,8 +452,11 @@ def run_server(
                     break
                 await asyncio.sleep(1.0)
         finally:
+            # Joins a shutdown already under way (a client's): it returns when that one is done, so the
+            # client's own call has its answer before the actor goes.
             with contextlib.suppress(Exception):
-                await asyncio.shield(asyncio.wait_for(link.call("shutdown", retry_for=3.0), 15.0))
+                await asyncio.shield(asyncio.wait_for(link.call("shutdown", retry_for=3.0), 30.0))
+            await asyncio.sleep(0.5)
             with contextlib.suppress(Exception):
                 ray.kill(link.handle, no_restart=True)
 

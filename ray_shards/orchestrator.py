@@ -108,6 +108,7 @@ class Orchestrator:
         self._budget_task: asyncio.Task[None] | None = None
         self._unmute_old_hosts = False
         self._ensured: set[str] = set()
+        self._shutdown_task: asyncio.Task[int] | None = None
         self._mailboxes: dict[str, _Mailbox] = {}
         self._handles: dict[str, typing.Any] = {}
         self._watches: dict[str, asyncio.Task[None]] = {}
@@ -366,15 +367,23 @@ class Orchestrator:
 
         ``error`` says why the Orchestrator cannot run the bot (a checkpoint it cannot read), with what to do.
         """
+        stopped = self._shutdown_task is not None and self._shutdown_task.done()
         return {"bot_id": self._bot_id, "initialised": self._config is not None, "stopping": self._stopping,
-                "error": self._error}
+                "stopped": stopped, "error": self._error}
 
     async def shutdown(self, capability: str, *, timeout: float = 10.0) -> int:
         """Stop the whole bot: every host closes its shards (ending their sessions) and leaves.
 
         Returns the number of hosts that were asked to stop. The checkpoint is deleted.
+        Concurrent and repeated calls (a launcher and a client both stopping the bot, or a
+        retry after a lost reply) wait for the same shutdown and get the same answer.
         """
         _, table, _ = self._check(capability)
+        if self._shutdown_task is None:
+            self._shutdown_task = asyncio.get_running_loop().create_task(self._shutdown(table, timeout))
+        return await asyncio.shield(self._shutdown_task)
+
+    async def _shutdown(self, table: ShardTable, timeout: float) -> int:
         self._stopping = True
         for shard in table.shards.values():
             shard.stopped = True
@@ -448,6 +457,11 @@ class Orchestrator:
         ]
         if handle is not None:
             self._watch(host_id, handle)
+        if table is self._table and self._next_table is not None:
+            # A replacement in the old set during a reshard records what it delivers like the others, so the
+            # switch can skip those events in the new set.
+            mailbox = self._mailboxes[host_id]
+            mailbox.commands.append(Command(next(self._command_ids), CommandKind.RECORD, None, {}))
         placed = table.place() if time.time() >= self._recovering_until else {}
         leases = placed.pop(host_id, [])
         self._deliver(placed, table)
@@ -1205,6 +1219,7 @@ class Orchestrator:
         self._reshard_ids[host_id] = identities
 
     async def _broadcast(self, hosts: list[str], kind: CommandKind, arguments: dict[str, typing.Any]) -> None:
+        """Run a host-wide command on ``hosts``; a host that died meanwhile is no failure (its shards moved)."""
         results = await asyncio.gather(
             *(
                 self._run_on_host(h, Command(next(self._command_ids), kind, None, arguments), 30.0)
@@ -1212,9 +1227,19 @@ class Orchestrator:
             ),
             return_exceptions=True,
         )
-        failures = [r for r in results if isinstance(r, BaseException)]
+        failures = [
+            r
+            for h, r in zip(hosts, results, strict=True)
+            if isinstance(r, BaseException) and self._is_live_host(h)
+        ]
         if failures:
             raise failures[0]
+
+    def _is_live_host(self, host_id: str) -> bool:
+        return any(
+            host_id in table.hosts and table.hosts[host_id].alive and host_id not in self._fenced
+            for table in self._tables()
+        )
 
     async def _do_reshard(self, shard_count: int) -> None:
         old_table, old_fleet = self._table, self._fleet
@@ -1255,6 +1280,8 @@ class Orchestrator:
             old_fleet.desired = 0
             self._reshard_ids.clear()
             switched_out = True
+            # The old set as it is now: hosts that died during the reshard were replaced (and told to record).
+            old_hosts = [h.host_id for h in old_table.live_hosts()]
             await self._broadcast(old_hosts, CommandKind.SWITCH_OUT, {})
             skip = sorted({i for ids in self._reshard_ids.values() for i in ids})
             new_hosts = [h.host_id for h in new_table.live_hosts()]

@@ -104,11 +104,11 @@ async def streaming(
 
     bots: list[StreamingBot] = []
 
-    async def make(shards: int, hosts: int, **emulator: typing.Any) -> StreamingBot:
+    async def make(shards: int, hosts: int, *, listener_delay: float = 0.0, **emulator: typing.Any) -> StreamingBot:
         emu = emulator_factory(
             token, shards=shards, max_concurrency=shards, guilds=shards * 2, identify_window_s=1.0, **emulator
         )
-        bot = StreamingBot(emu, token)
+        bot = StreamingBot(emu, token, listener_delay=listener_delay)
         bots.append(bot)
         await bot.start(hosts)
         return bot

@@ -30,9 +30,10 @@ async def wait_for(predicate: typing.Callable[[], bool], timeout: float, what: s
 class StreamingBot:
     """A bot under a steady event stream whose listeners record every delivery."""
 
-    def __init__(self, emu: typing.Any, token: str) -> None:
+    def __init__(self, emu: typing.Any, token: str, *, listener_delay: float = 0.0) -> None:
         self.emu = emu
         self.token = token
+        self.listener_delay = listener_delay
         self.recorder_name = f"recorder-{uuid.uuid4().hex[:8]}"
         self.recorder = start_recorder(self.recorder_name)
         self.deployment: BotDeployment | None = None
@@ -43,7 +44,7 @@ class StreamingBot:
             self.token,
             subprocess_count=hosts,
             rest_url=self.emu.rest_url,
-            callback=recording_callback(self.recorder_name),
+            callback=recording_callback(self.recorder_name, delay=self.listener_delay),
             intents=hikari.Intents.ALL,
             timings=FAST,
         )

@@ -1,0 +1,89 @@
+"""The listener-completion watermark as pure logic (no Ray, no sockets)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ray_shards.watermark import ListenerWatermark
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_watermark_waits_for_the_oldest_unfinished_event() -> None:
+    mark = ListenerWatermark()
+    assert mark.value(0.0) is None
+    first = mark.begin("s", 1, 0.0)
+    mark.hold(first)  # a listener group runs for seq 1
+    mark.finish(first)  # the consume itself is done
+    second = mark.begin("s", 2, 0.1)
+    mark.finish(second)  # seq 2 had no listener
+    assert mark.value(0.2) == 0, "seq 1's listener still runs: nothing above 0 is handled"
+    mark.finish(first)
+    assert mark.value(0.3) == 2
+
+
+def test_a_new_session_starts_its_own_watermark() -> None:
+    mark = ListenerWatermark()
+    entry = mark.begin("old", 50, 0.0)
+    mark.finish(entry)
+    assert mark.value(0.0) == 50
+    entry = mark.begin("new", 1, 1.0)
+    assert mark.session_id() == "new"
+    assert mark.value(1.0) == 0
+    mark.finish(entry)
+    assert mark.value(1.0) == 1
+
+
+def test_a_stuck_listener_is_given_up_after_max_lag() -> None:
+    mark = ListenerWatermark(max_lag=10.0)
+    stuck = mark.begin("s", 1, 0.0)
+    mark.hold(stuck)
+    mark.finish(stuck)
+    later = mark.begin("s", 2, 1.0)
+    mark.finish(later)
+    assert mark.value(5.0) == 0
+    assert mark.value(11.0) == 2, "the stuck event no longer pins the resume point"
+    assert mark.forced == 1
+
+
+def test_a_replayed_event_never_moves_the_watermark_back() -> None:
+    mark = ListenerWatermark()
+    for seq in (1, 2, 3):
+        mark.finish(mark.begin("s", seq, 0.0))
+    assert mark.value(0.0) == 3
+    mark.finish(mark.begin("s", 2, 0.0))
+    assert mark.value(0.0) == 3
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), events=st.integers(1, 60))
+def test_the_watermark_is_exactly_the_highest_fully_handled_prefix(seed: int, events: int) -> None:
+    """Against a brute-force model: listeners finish in a random order."""
+    rng = random.Random(seed)
+    mark = ListenerWatermark(max_lag=1e9)
+    open_listeners: list[tuple[int, object]] = []
+    running: dict[int, int] = {}
+    entries = {}
+    for seq in range(1, events + 1):
+        entry = mark.begin("s", seq, 0.0)
+        entries[seq] = entry
+        listeners = rng.randint(0, 3)
+        for _ in range(listeners):
+            mark.hold(entry)
+            open_listeners.append((seq, entry))
+        running[seq] = listeners
+        mark.finish(entry)
+        while open_listeners and rng.random() < 0.4:
+            done_seq, done_entry = open_listeners.pop(rng.randrange(len(open_listeners)))
+            running[done_seq] -= 1
+            mark.finish(done_entry)  # type: ignore[arg-type]
+        expected = seq
+        for s in range(1, seq + 1):
+            if running[s] > 0:
+                expected = s - 1
+                break
+        assert mark.value(0.0) == expected
