@@ -875,7 +875,8 @@ class World:
                     )
             session = record.session
             if session is not None:
-                key = f"{shell.incarnation}/{session.session_id}"
+                # Within one Orchestrator life; a restart may go back to its checkpoint's seq.
+                key = f"{self.restarts}/{session.session_id}"
                 if session.seq < self.table_seq.get(key, -1):
                     self.fail(f"the table's seq of {session.session_id} went back to {session.seq}")
                 self.table_seq[key] = session.seq
