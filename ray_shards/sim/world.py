@@ -82,7 +82,7 @@ class Params:
             fault_time=rng.uniform(10.0, 40.0) if fault_time is None else fault_time,
             p_loss=rng.choice([0.0, 0.02, 0.1]),
             p_dup=rng.choice([0.0, 0.02, 0.1]),
-            p_delay=rng.choice([0.0, 0.05, 0.2]),
+            p_delay=rng.choice([0.0, 0.05, 0.2, 0.5]),
         )
 
 
@@ -347,12 +347,7 @@ class Host:
             slot = self.slots.get(lease.shard_id)
             if slot is not None and slot.lease.epoch >= lease.epoch:
                 continue  # idempotent by (shard, epoch)
-            ended, last = self.ended.get(lease.shard_id, (-1, None))
-            if ended >= lease.epoch:
-                # A lease this host already gave up (a late adopt, or a table restored from a checkpoint that
-                # missed the release): never run it again, say so again instead.
-                if ended == lease.epoch:
-                    self._send_release(lease.shard_id, lease.epoch, last)
+            if self.has_ended(lease):
                 continue
             session = lease.session
             if slot is not None:
@@ -365,6 +360,22 @@ class Host:
                 session = dataclasses.replace(session, seq=self.reported[session.session_id])
             self.slots[lease.shard_id] = _Slot(lease, session)
             self._begin(lease.shard_id)
+
+    def has_ended(self, lease: Lease) -> bool:
+        """Whether this host already ran and ended ``lease`` (then it is released again, never run again).
+
+        A late adopt of a lease the host released must not run: the release may be on its way and the
+        table then hands the shard to someone else. A table restored from a checkpoint that missed the
+        release re-sends the adopt for ever unless the host releases it again.
+        """
+        ended, last = self.ended.get(lease.shard_id, (-1, None))
+        if ended == lease.epoch:
+            self.release_again(lease.shard_id, lease.epoch, last)
+        return ended >= lease.epoch
+
+    def release_again(self, shard_id: int, epoch: int, session: SessionState | None) -> None:
+        """Answer an adopt of an ended lease by releasing it again."""
+        self._send_release(shard_id, epoch, session)
 
     def _drop(self, shard_id: int, *, release: bool) -> None:
         slot = self.slots.pop(shard_id, None)
