@@ -83,6 +83,21 @@ class HostRecord:
     """For a pending revoke, the highest epoch it stops (an entry added without one stops any epoch)."""
 
 
+_PLAIN_FIELDS = tuple(f.name for f in dataclasses.fields(ShardRecord) if f.name not in ("session", "status", "latency"))
+
+
+def _session_json(session: SessionState | None) -> dict[str, typing.Any] | None:
+    # Explicit rather than dataclasses.asdict, which deep-copies: checkpoints are written often.
+    if session is None:
+        return None
+    return {
+        "session_id": session.session_id,
+        "seq": session.seq,
+        "resume_gateway_url": session.resume_gateway_url,
+        "user_id": session.user_id,
+    }
+
+
 class ShardTable:
     """Shard ownership for one bot.
 
@@ -474,10 +489,10 @@ class ShardTable:
             "shard_count": self.shard_count,
             "shards": [
                 {
-                    **{k: v for k, v in dataclasses.asdict(r).items() if k not in ("session", "status", "latency")},
+                    **{name: getattr(r, name) for name in _PLAIN_FIELDS},
                     "status": r.status.value,
                     "latency": None if math.isnan(r.latency) else r.latency,
-                    "session": dataclasses.asdict(r.session) if r.session else None,
+                    "session": _session_json(r.session),
                 }
                 for r in self.shards.values()
             ],
@@ -491,7 +506,7 @@ class ShardTable:
                         {
                             "shard_id": lease.shard_id,
                             "epoch": lease.epoch,
-                            "session": dataclasses.asdict(lease.session) if lease.session else None,
+                            "session": _session_json(lease.session),
                         }
                         for lease in h.pending_adopt
                     ],

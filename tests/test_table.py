@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ray_shards.models import Lease, SessionState, ShardReport, ShardStatus
-from ray_shards.table import SCHEMA, CheckpointSchemaError, ShardTable
+from ray_shards.table import SCHEMA, CheckpointSchemaError, ShardRecord, ShardTable
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -366,3 +367,19 @@ def test_place_and_rebalance_count_ownership_once(monkeypatch: pytest.MonkeyPatc
     table.register_host("new", node_id=None, want=1, has_handle=True, now=0.0)
     assert table.rebalance_move() == (max(table.owned_by("h00")), "h00")
     assert calls <= 2
+
+
+def test_checkpoint_sessions_carry_every_field() -> None:
+    session = SessionState("s", 7, "ws://r", 9)
+    table = _table_with_hosts(1, {"a": 1})
+    table.apply_reports("a", [ShardReport(0, 1, ShardStatus.READY, session)], now=1.0)
+    assert table.to_json()["shards"][0]["session"] == dataclasses.asdict(session)
+    assert set(table.to_json()["shards"][0]) == {f.name for f in dataclasses.fields(ShardRecord)}
+
+
+def test_silent_hosts_are_those_past_the_timeout() -> None:
+    table = _table_with_hosts(2, {"a": 1, "b": 1})
+    table.apply_reports("a", _ready(table, "a"), now=8.0, report_seq=1)
+    assert table.silent_hosts(10.0, timeout=5.0) == ["b"]
+    table.host_lost("b")
+    assert table.silent_hosts(10.0, timeout=5.0) == []
