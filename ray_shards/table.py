@@ -110,7 +110,7 @@ class ShardTable:
         `from_json` sets the checkpoint's plus one).
     """
 
-    __slots__ = ("hosts", "incarnation", "shard_count", "shards")
+    __slots__ = ("_owned", "hosts", "incarnation", "shard_count", "shards")
 
     def __init__(self, shard_count: int, *, incarnation: int = 0) -> None:
         if shard_count < 1:
@@ -123,6 +123,9 @@ class ShardTable:
         self.incarnation = incarnation
         self.shards: dict[int, ShardRecord] = {i: ShardRecord(i) for i in range(shard_count)}
         self.hosts: dict[str, HostRecord] = {}
+        # Index of ShardRecord.host_id, kept by _set_owner (the table is the only writer of its records), so
+        # that a host's shards cost what it owns, not the whole table, on every sync.
+        self._owned: dict[str, set[int]] = {}
 
     # -- hosts -----------------------------------------------------------------------------------
 
@@ -146,7 +149,7 @@ class ShardTable:
 
     def owned_by(self, host_id: str) -> list[int]:
         """Shard ids whose current lease belongs to ``host_id``."""
-        return [r.shard_id for r in self.shards.values() if r.host_id == host_id]
+        return sorted(self._owned.get(host_id, ()))
 
     def live_hosts(self) -> list[HostRecord]:
         """Hosts not known to be gone."""
@@ -184,7 +187,7 @@ class ShardTable:
 
     def _grant(self, record: ShardRecord, host: HostRecord) -> Lease:
         record.epoch = self._next_epoch(record)
-        record.host_id = host.host_id
+        self._set_owner(record, host.host_id)
         record.status = ShardStatus.STARTING
         record.error = None
         record.ever_assigned = True
@@ -196,9 +199,19 @@ class ShardTable:
         host.pending_adopt.append(lease)
         return lease
 
-    @staticmethod
-    def _unassign(record: ShardRecord) -> None:
-        record.host_id = None
+    def _set_owner(self, record: ShardRecord, host_id: str | None) -> None:
+        if record.host_id is not None:
+            owned = self._owned.get(record.host_id)
+            if owned is not None:
+                owned.discard(record.shard_id)
+                if not owned:
+                    del self._owned[record.host_id]
+        record.host_id = host_id
+        if host_id is not None:
+            self._owned.setdefault(host_id, set()).add(record.shard_id)
+
+    def _unassign(self, record: ShardRecord) -> None:
+        self._set_owner(record, None)
         if record.status is not ShardStatus.FAILED:
             record.status = ShardStatus.STOPPED if record.stopped else ShardStatus.UNASSIGNED
 
@@ -210,12 +223,8 @@ class ShardTable:
         ]
 
     def _loads(self) -> dict[str, int]:
-        """Shards owned per live host, in one pass over the shards."""
-        load = {h.host_id: 0 for h in self.hosts.values() if h.alive}
-        for record in self.shards.values():
-            if record.host_id in load:
-                load[record.host_id] += 1
-        return load
+        """Shards owned per live host."""
+        return {h.host_id: len(self._owned.get(h.host_id, ())) for h in self.hosts.values() if h.alive}
 
     def claim(self, host_id: str, count: int) -> list[Lease]:
         """Give ``host_id`` up to ``count`` unassigned shards, lowest ids first, and raise its want by as many.
@@ -234,7 +243,7 @@ class ShardTable:
         host died) also goes to the least loaded live host when nobody wants more, so
         a failover never waits for a replacement host. The new leases are returned and
         also kept as the hosts' pending adopts (see `directives_for`). Costs
-        O((shards + hosts) log hosts).
+        O(shards + hosts log hosts).
         """
         placed: dict[str, list[Lease]] = {}
         hosts = {h.host_id: h for h in self.live_hosts()}
@@ -267,7 +276,7 @@ class ShardTable:
     def rebalance_move(self) -> tuple[int, str] | None:
         """Pick one shard to hand over from a host above its share to one below it, if any.
 
-        Costs O(shards + hosts).
+        Costs O(hosts + the donor's shards).
         """
         hosts = self.live_hosts()
         load = self._loads()
@@ -277,7 +286,7 @@ class ShardTable:
             return None
         donor = max(over, key=lambda h: (load[h.host_id] - h.want, h.host_id))
         revoking = set(donor.pending_revoke)
-        for shard_id in sorted(self.owned_by(donor.host_id), reverse=True):
+        for shard_id in reversed(self.owned_by(donor.host_id)):
             record = self.shards[shard_id]
             if record.status is ShardStatus.READY and shard_id not in revoking:
                 return shard_id, donor.host_id
@@ -306,7 +315,7 @@ class ShardTable:
             if record.host_id is None and epoch >= record.epoch and not record.stopped:
                 self._take_session(record, session)
             return False
-        record.host_id = None
+        self._set_owner(record, None)
         self._take_session(record, session)
         if stopped:
             record.stopped = True
@@ -411,7 +420,7 @@ class ShardTable:
             reported[report.shard_id] = report.epoch
             if record.epoch < report.epoch and not record.stopped:
                 # Restored from an older checkpoint: this lease is newer than anything the table knows.
-                record.host_id = host_id
+                self._set_owner(record, host_id)
                 record.epoch = report.epoch
                 record.ever_assigned = True
             if record.host_id != host_id or record.epoch != report.epoch:
@@ -563,6 +572,8 @@ class ShardTable:
                 msg = f"shard {record.shard_id} is outside 0..{table.shard_count - 1}"
                 raise ValueError(msg)
             table.shards[record.shard_id] = record
+            if record.host_id is not None:
+                table._owned.setdefault(record.host_id, set()).add(record.shard_id)
         for raw in data["hosts"]:
             table.hosts[raw["host_id"]] = HostRecord(
                 host_id=raw["host_id"],

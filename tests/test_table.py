@@ -147,6 +147,7 @@ def test_epochs_never_repeat_across_restarts_from_the_last_checkpoint(ops: list[
             # Restart from the last checkpoint; the restored table is checkpointed at once (intent first).
             table = ShardTable.from_json(checkpoints[-1], now=0.0)
             checkpoints.append(table.to_json())
+        assert table.owned_by("a") == [s for s, r in table.shards.items() if r.host_id == "a"]
 
 
 # -- idempotent adopts ----------------------------------------------------------------------------

@@ -877,6 +877,12 @@ class World:
         if shell.incarnation <= self.last_incarnation and shell.incarnation != self.last_incarnation:
             self.fail(f"incarnation went back to {shell.incarnation}")
         self.last_incarnation = max(self.last_incarnation, shell.incarnation)
+        table = shell.table
+        for host_id in {r.host_id for r in table.shards.values()} | set(table.hosts):
+            if host_id is not None and table.owned_by(host_id) != [
+                r.shard_id for r in table.shards.values() if r.host_id == host_id
+            ]:
+                self.fail(f"the table's ownership index of {host_id} is out of step with its records")
         for record in shell.table.shards.values():
             if record.host_id is not None:
                 owner = self.grants.setdefault((record.shard_id, record.epoch), record.host_id)
