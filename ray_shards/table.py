@@ -81,6 +81,8 @@ class HostRecord:
     report_seq: int | None = None
     revoke_epochs: dict[int, int] = dataclasses.field(default_factory=dict)
     """For a pending revoke, the highest epoch it stops (an entry added without one stops any epoch)."""
+    draining: bool = False
+    """Being retired: gets no new shard, and hands over the ones it has (see `ShardTable.drain`)."""
 
 
 _PLAIN_FIELDS = tuple(f.name for f in dataclasses.fields(ShardRecord) if f.name not in ("session", "status", "latency"))
@@ -172,6 +174,22 @@ class ShardTable:
             self._unassign(self.shards[shard_id])
         return orphans
 
+    def drain(self, host_id: str) -> list[int]:
+        """Retire ``host_id``: no new shard goes to it, and every shard it holds is revoked (handed over).
+
+        Returns the shards it still holds; once that is empty the host can be stopped. Without
+        this, `place` would hand a failover shard straight back to the host being retired.
+        """
+        host = self.hosts.get(host_id)
+        if host is None or not host.alive:
+            return []
+        host.draining = True
+        host.want = 0
+        owned = self.owned_by(host_id)
+        for shard_id in owned:
+            self.revoke(host_id, shard_id)
+        return owned
+
     def forget_host(self, host_id: str) -> None:
         """Drop a gone host from the table once nothing refers to it."""
         host = self.hosts.get(host_id)
@@ -246,7 +264,7 @@ class ShardTable:
         O(shards + hosts log hosts).
         """
         placed: dict[str, list[Lease]] = {}
-        hosts = {h.host_id: h for h in self.live_hosts()}
+        hosts = {h.host_id: h for h in self.live_hosts() if not h.draining}
         if not hosts:
             return placed
         load = self._loads()
@@ -280,7 +298,7 @@ class ShardTable:
         """
         hosts = self.live_hosts()
         load = self._loads()
-        under = [h for h in hosts if load[h.host_id] < h.want]
+        under = [h for h in hosts if load[h.host_id] < h.want and not h.draining]
         over = [h for h in hosts if load[h.host_id] > h.want]
         if not under or not over:
             return None
@@ -511,6 +529,7 @@ class ShardTable:
                     "node_id": h.node_id,
                     "want": h.want,
                     "has_handle": h.has_handle,
+                    "draining": h.draining,
                     "pending_adopt": [
                         {
                             "shard_id": lease.shard_id,
@@ -581,6 +600,7 @@ class ShardTable:
                 want=int(raw["want"]),
                 has_handle=bool(raw.get("has_handle", False)),
                 last_sync=now,
+                draining=bool(raw.get("draining", False)),
                 pending_adopt=[
                     Lease(
                         shard_id=int(lease["shard_id"]),

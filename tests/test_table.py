@@ -384,3 +384,21 @@ def test_silent_hosts_are_those_past_the_timeout() -> None:
     assert table.silent_hosts(10.0, timeout=5.0) == ["b"]
     table.host_lost("b")
     assert table.silent_hosts(10.0, timeout=5.0) == []
+
+
+def test_a_draining_host_gets_no_shard_and_hands_its_own_over() -> None:
+    table = _table_with_hosts(2, {"a": 1, "b": 1})
+    for host in "ab":
+        table.apply_reports(host, _ready(table, host), now=1.0, report_seq=1)
+    mine = table.owned_by("b")
+    assert table.drain("b") == mine
+    assert table.directives_for("b")[1] == mine
+    # b's shard fails over while b drains: it goes to a, never back to b.
+    table.host_lost("a")
+    table.register_host("c", node_id=None, want=1, has_handle=True, now=2.0)
+    placed = table.place()
+    assert "b" not in placed
+    assert table.release("b", mine[0], table.shards[mine[0]].epoch, SessionState("s", 4, "ws://r"))
+    placed = table.place()
+    assert "b" not in placed and table.owned_by("b") == []
+    assert ShardTable.from_json(table.to_json(), now=3.0).hosts["b"].draining

@@ -540,7 +540,6 @@ class Shell:
         self.incarnation = self.table.incarnation
         self.fetching = False
         self.starting: dict[str, float] = {}
-        self.retiring: set[str] = set()
         # Intent first: the new incarnation is on record before any lease is granted.
         self.checkpoint()
         self.fetch_budget()
@@ -613,7 +612,7 @@ class Shell:
             record = self.table.hosts.get(host_id)
             if record is None:
                 return "unknown"
-            if not record.alive or (host_id in self.retiring and not self.table.owned_by(host_id)):
+            if not record.alive or (record.draining and not self.table.owned_by(host_id)):
                 return "stop"
             self.table.apply_reports(host_id, reports, now, report_seq=report_seq)
             self.place()
@@ -668,7 +667,6 @@ class Shell:
             return
         for shard_id in self.table.host_lost(host_id):
             self.scheduler.cancel(shard_id)
-        self.retiring.discard(host_id)
         self.w.kill(host_id)
         self.place()
         self.table.forget_host(host_id)
@@ -695,7 +693,7 @@ class Shell:
 
     def fleet(self) -> None:
         """Keep ``hosts`` hosts: start replacements, retire extras (no host leaks)."""
-        live = [h.host_id for h in self.table.live_hosts() if h.host_id not in self.retiring]
+        live = [h.host_id for h in self.table.live_hosts() if not h.draining]
         self.starting = {h: at for h, at in self.starting.items() if self.w.t - at < 10.0}
         missing = self.w.p.hosts - len(live) - len(self.starting)
         for _ in range(max(0, missing)):
@@ -705,12 +703,10 @@ class Shell:
             self.w.spawn(host_id)
             self.dirty = True
         if len(live) > self.w.p.hosts:
-            extra = sorted(live)[-1]
-            self.retiring.add(extra)
-            self.table.hosts[extra].want = 0
-        for host_id in sorted(self.retiring):
-            for shard_id in self.table.owned_by(host_id):
-                self.table.revoke(host_id, shard_id)
+            self.table.drain(sorted(live)[-1])
+        for host in self.table.live_hosts():
+            if host.draining:
+                self.table.drain(host.host_id)  # again: a failover may have raced the first drain
         self.dirty = True
 
 
