@@ -8,6 +8,11 @@ model of Discord's gateway (`Gateway`) on the other side. After every event the
 invariants of ``docs/control-plane.md`` are checked; the first broken one raises
 `Violation`.
 
+Clocks: every process reads its own monotonic clock (virtual time plus a random base per process,
+and a new base per Orchestrator incarnation), so a monotonic time carried across a restart or
+compared across processes shows up as a violation. The wall clock steps by seconds and hours;
+only checkpoint metadata reads it.
+
 The model follows the protocol the Orchestrator and hosts must implement:
 
 - a host syncs with its *full* state and an increasing ``report_seq``, applies
