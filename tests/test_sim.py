@@ -14,7 +14,7 @@ import typing
 import pytest
 
 from ray_shards.identify import IdentifyBudgetExhaustedError, IdentifyGrant, IdentifyScheduler
-from ray_shards.models import SessionState, ShardReport, ShardStatus
+from ray_shards.models import Lease, SessionState, ShardReport, ShardStatus
 from ray_shards.sim import Violation, World, replay_command, run_seed
 from ray_shards.sim.__main__ import main
 from ray_shards.sim.world import Host
@@ -58,6 +58,22 @@ def _hosts_do_not_release_again(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Host, "release_again", lambda self, shard_id, epoch, session: None)
 
 
+def _place_ignores_draining(monkeypatch: pytest.MonkeyPatch) -> None:
+    place = ShardTable.place
+
+    def undrained(self: ShardTable) -> dict[str, list[Lease]]:
+        draining = [h for h in self.hosts.values() if h.draining]
+        for host in draining:
+            host.draining = False
+        try:
+            return place(self)
+        finally:
+            for host in draining:
+                host.draining = True
+
+    monkeypatch.setattr(ShardTable, "place", undrained)
+
+
 REGRESSION_SEEDS: dict[int, tuple[typing.Callable[[pytest.MonkeyPatch], None], str]] = {
     35: (_no_start_full, "a restarted Orchestrator granted an IDENTIFY 2 s after the previous one"),
     1: (_reports_not_full_state, "a restored table kept a lease nobody ran and never placed the shard again"),
@@ -65,6 +81,7 @@ REGRESSION_SEEDS: dict[int, tuple[typing.Callable[[pytest.MonkeyPatch], None], s
     975: (_waiters_never_expire, "a duplicated identify call left its shard first in the queue; the boot stalled"),
     694: (_hosts_forget_ended_leases, "a host re-ran a lease it had released; its late release moved it: 2 sessions"),
     419: (_hosts_do_not_release_again, "an adopt the host had ended, re-sent by a restored table, stuck the shard"),
+    9288: (_place_ignores_draining, "place() gave a failover shard back to the host being retired, for ever"),
 }
 """Seeds that found a bug, with the fix undone and what went wrong then (-1 means seed 1 again)."""
 
