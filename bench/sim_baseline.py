@@ -5,7 +5,8 @@
 The two modules are taken from ``git show <commit>:ray_shards/...`` into a temporary package that
 shadows this checkout's, and the calls the simulator makes are mapped onto what ``orchestrator.py``
 did at that commit: placed leases appended to ``pending_adopt`` and read destructively in ``sync``,
-reports without ``report_seq``, stale shards appended to ``pending_revoke``, ``_restore`` calling
+reports without ``report_seq``, stale shards appended to ``pending_revoke``, retiring a host by
+setting its want to 0 and revoking its shards, ``_restore`` calling
 ``release`` on every bucket, the budget set with ``set_remaining``, no identify fencing. It prints how
 many seeds break an invariant, grouped by the invariant.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import pathlib
 import re
 import shutil
@@ -79,6 +81,23 @@ def _adapt() -> None:
     def silent_hosts(self: typing.Any, now: float, timeout: float) -> list[str]:
         return [h.host_id for h in self.hosts.values() if h.alive and now - h.last_sync > timeout]
 
+    @dataclasses.dataclass(slots=True)
+    class HostRecord(table.HostRecord):  # type: ignore[misc,name-defined]
+        draining: bool = False
+
+    def drain(self: typing.Any, host_id: str) -> list[int]:
+        # No draining at 4ec4858: the fleet set want to 0 and handed the host's shards over.
+        host = self.hosts.get(host_id)
+        if host is None or not host.alive:
+            return []
+        host.draining, host.want = True, 0
+        owned: list[int] = self.owned_by(host_id)
+        for shard_id in owned:
+            revoke(self, host_id, shard_id)
+        return owned
+
+    table.HostRecord = HostRecord  # type: ignore[misc]
+    shard_table.drain = drain
     shard_table.place = new_place
     shard_table.apply_reports = new_apply_reports
     shard_table.directives_for = directives_for
