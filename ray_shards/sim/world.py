@@ -374,9 +374,12 @@ class Host:
         release re-sends the adopt for ever unless the host releases it again.
         """
         ended, last = self.ended.get(lease.shard_id, (-1, None))
-        if ended == lease.epoch:
-            self.release_again(lease.shard_id, lease.epoch, last)
-        return ended >= lease.epoch
+        if ended < lease.epoch:
+            return False
+        # Released at the adopt's epoch: the table holds that lease for this host until told otherwise
+        # (an older one than the host ended, when the table's checkpoint predates both).
+        self.release_again(lease.shard_id, lease.epoch, last)
+        return True
 
     def release_again(self, shard_id: int, epoch: int, session: SessionState | None) -> None:
         """Answer an adopt of an ended lease by releasing it again."""
@@ -588,7 +591,7 @@ class Shell:
             remaining, reset_after = self.w.gateway.budget()
             self.scheduler.set_budget(remaining, reset_after, self.now(), asked_at=asked)
 
-        self.w.at(self.w.rng.uniform(0.01, 0.5), answer)
+        self.w.at(self.w.rng.uniform(0.01, 2.0), answer)
 
     def place(self) -> None:
         if not self.recovering():
@@ -768,8 +771,11 @@ class World:
         self.faults_ended_at = self.t
         return False
 
-    def _delay(self) -> float:
+    def _delay(self, method: str = "") -> float:
         if self.faulty() and self.rng.random() < self.p.p_delay:
+            if method in ("identify_done", "release"):
+                # Fire-and-forget calls retried with backoff can land seconds later.
+                return self.rng.uniform(0.3, 8.0)
             return self.rng.uniform(0.3, 1.5)
         return self.rng.uniform(0.001, 0.02)
 
@@ -800,7 +806,7 @@ class World:
             return
         copies = 2 if self.faulty() and self.rng.random() < self.p.p_dup else 1
         for _ in range(copies):
-            self.at(self._delay(), lambda: self._deliver(host, method, args, finish))
+            self.at(self._delay(method), lambda: self._deliver(host, method, args, finish))
 
     def _deliver(
         self, host: Host, method: str, args: tuple[typing.Any, ...], finish: typing.Callable[[typing.Any], None]
@@ -854,7 +860,7 @@ class World:
         elif kind == "restart" and self.shell is not None and self.shell.alive:
             self.shell.alive = False
             self.restarts += 1
-            self.at(self.rng.uniform(0.5, 5.0), self._restart)
+            self.at(self.rng.choice([self.rng.uniform(0.05, 0.5), self.rng.uniform(0.5, 5.0)]), self._restart)
         elif kind == "discord":
             self.gateway.fault()
         elif kind == "clock":
