@@ -452,8 +452,9 @@ class ShardTable:
             record.error = report.error
             record.last_seen = now
         self._prune_adopts(host)
+        stale_set = set(stale)
         host.pending_adopt[:] = [
-            lease for lease in host.pending_adopt if lease.shard_id not in reported or lease.shard_id in stale
+            lease for lease in host.pending_adopt if lease.shard_id not in reported or lease.shard_id in stale_set
         ]
         # A revoke is done once the host no longer reports the shard at an epoch it stops (not reporting
         # it at all, or only at a later lease); left behind, it would make the host's sync loop spin.
@@ -466,7 +467,8 @@ class ShardTable:
         host.revoke_epochs = {s: e for s, e in host.revoke_epochs.items() if s in kept}
         host.pending_revoke[:] = keep
         for shard_id in stale:
-            if shard_id not in host.pending_revoke:
+            if shard_id not in kept:
+                kept.add(shard_id)
                 host.pending_revoke.append(shard_id)
             if shard_id in reported:
                 host.revoke_epochs[shard_id] = max(host.revoke_epochs.get(shard_id, 0), reported[shard_id])
