@@ -13,11 +13,15 @@ be checkpointed except the budget, which is re-fetched after a restart anyway.
 
 What a host must do for the guarantees to hold
 -----------------------------------------------
-- Send its IDENTIFY at most ``grant_timeout`` seconds after it *asked* for the
-  grant, or drop the grant and ask again. The scheduler treats a grant it never
-  heard back about as spent at expiry, and counts grants this recent as not yet
-  seen by Discord when it refreshes the budget.
+- Send its IDENTIFY at most ``grant_use_limit`` seconds after it *asked* for the
+  grant, or drop the grant and ask again (``grant_use_limit <= grant_timeout``).
+  The scheduler relies on it when it infers that a grant was used: at expiry, when
+  the same shard asks again (a duplicated or retried call cannot free the bucket
+  before the grant's IDENTIFY left), and when it counts grants Discord may not
+  have seen yet in a budget refresh.
 - Report READY (or failure) with `release`, fenced by its ``(host_id, epoch)``.
+- Ask again at least every ``window`` seconds while it waits: a shard that stops
+  asking no longer holds the lower-ids-first order of its bucket.
 """
 
 from __future__ import annotations
@@ -67,13 +71,16 @@ class IdentifyScheduler:
     margin
         Safety added to every window, covering clock and network jitter.
     grant_timeout
-        A grant not released after this long is treated as spent at expiry. Hosts
-        must not use a grant later than this after asking for it.
+        A grant not released after this long is treated as spent at expiry.
+    grant_use_limit
+        Hosts send their IDENTIFY within this many seconds of asking for the grant, or
+        drop it (see the module docstring).
     """
 
     __slots__ = (
         "_free_at",
         "_grant_timeout",
+        "_grant_use_limit",
         "_held",
         "_margin",
         "_max_concurrency",
@@ -92,10 +99,15 @@ class IdentifyScheduler:
         window: float = 5.0,
         margin: float = 0.1,
         grant_timeout: float = 30.0,
+        grant_use_limit: float = 1.0,
     ) -> None:
         if max_concurrency < 1:
             msg = f"max_concurrency must be at least 1, not {max_concurrency}"
             raise ValueError(msg)
+        if not 0 <= grant_use_limit <= grant_timeout:
+            msg = f"grant_use_limit must be within 0..grant_timeout, not {grant_use_limit}"
+            raise ValueError(msg)
+        self._grant_use_limit = grant_use_limit
         self._max_concurrency = max_concurrency
         self._remaining = remaining
         self._window = window
@@ -103,7 +115,8 @@ class IdentifyScheduler:
         self._grant_timeout = grant_timeout
         self._free_at: dict[int, float] = {}
         self._held: dict[int, IdentifyGrant] = {}
-        self._waiting: dict[int, set[int]] = {}
+        # Per bucket, the waiting shards and when each last asked.
+        self._waiting: dict[int, dict[int, float]] = {}
         self._reset_at: float | None = None
         # Times of recent grants (and of grants a previous Orchestrator may have made): an IDENTIFY this
         # recent may not be counted yet in a budget Discord reports, so `set_budget` subtracts them.
@@ -146,11 +159,11 @@ class IdentifyScheduler:
             When the answer arrived.
         asked_at
             When the request was sent (defaults to ``now``). Grants made less than
-            ``grant_timeout`` before it may have IDENTIFYs Discord had not counted
+            ``grant_use_limit`` before it may have IDENTIFYs Discord had not counted
             yet when it answered, so they are subtracted: the budget errs low.
         """
         self._prune(now)
-        since = (now if asked_at is None else min(asked_at, now)) - self._grant_timeout
+        since = (now if asked_at is None else min(asked_at, now)) - self._grant_use_limit
         uncounted = sum(1 for at in self._recent if at >= since)
         self._remaining = max(0, remaining - uncounted)
         self._reset_at = now + max(0.0, reset_after)
@@ -180,6 +193,13 @@ class IdentifyScheduler:
     def waiting(self) -> int:
         """Number of shards waiting for a grant."""
         return sum(len(w) for w in self._waiting.values())
+
+    def _first_waiting(self, waiting: dict[int, float], now: float) -> int | None:
+        # A shard that stopped asking (its host moved on, or a duplicated call put it here) must not hold up
+        # the others for ever: only shards that asked within a window count.
+        for shard_id in [s for s, asked in waiting.items() if now - asked > self.window]:
+            del waiting[shard_id]
+        return min(waiting, default=None)
 
     def request(
         self, shard_id: int, now: float, *, holder: tuple[str, int] | None = None
@@ -212,11 +232,12 @@ class IdentifyScheduler:
         bucket = self.bucket_of(shard_id)
         held = self._held.get(bucket)
         if held is not None and held.shard_id == shard_id:
-            # The same shard asks again: its previous attempt failed before READY.
-            self.release(shard_id, now)
-        waiting = self._waiting.setdefault(bucket, set())
+            # The same shard asks again: its previous attempt failed before READY, or this call is a duplicate
+            # or a retry and the grant may still be on its way: count it as sent at the latest moment it can be.
+            self.release(shard_id, now, identified_at=max(now, held.granted_at + self._grant_use_limit))
+        waiting = self._waiting.setdefault(bucket, {})
         if self._remaining <= 0:
-            waiting.discard(shard_id)
+            waiting.pop(shard_id, None)
             if self._reset_at is None:
                 msg = (
                     "Discord's daily identify budget (session_start_limit) is used up; no shard can start until it "
@@ -225,15 +246,15 @@ class IdentifyScheduler:
                 raise IdentifyBudgetExhaustedError(msg)
             # Wait for the reset instead of failing for good; past it, poll until the caller refreshes.
             return max(self._reset_at - now, _POLL)
-        waiting.add(shard_id)
+        waiting[shard_id] = now
         if bucket in self._held:
             return max(0.05, self._held[bucket].granted_at + self._grant_timeout - now)
         free_at = self._free_at.get(bucket, float("-inf"))
         if now < free_at:
             return free_at - now
-        if shard_id != min(waiting):
+        if shard_id != self._first_waiting(waiting, now):
             return 0.05
-        waiting.discard(shard_id)
+        del waiting[shard_id]
         grant = IdentifyGrant(shard_id=shard_id, bucket=bucket, granted_at=now, holder=holder)
         self._held[bucket] = grant
         self._remaining -= 1
@@ -243,7 +264,7 @@ class IdentifyScheduler:
 
     def cancel(self, shard_id: int) -> None:
         """Stop waiting for ``shard_id`` (its host gave up or died)."""
-        self._waiting.get(self.bucket_of(shard_id), set()).discard(shard_id)
+        self._waiting.get(self.bucket_of(shard_id), {}).pop(shard_id, None)
 
     def release(
         self,
@@ -255,8 +276,9 @@ class IdentifyScheduler:
     ) -> bool:
         """Free ``shard_id``'s bucket once its IDENTIFY was answered (READY) or failed.
 
-        ``identified_at`` is when the IDENTIFY was sent, on the *caller's* clock; without
-        it the release time is used, which is never earlier and so always safe. When
+        ``identified_at`` is when the IDENTIFY was sent, on the *caller's* clock (a host's
+        clock is not comparable); without it the release time is used, which is never
+        earlier and so always safe. When
         ``holder`` is given and is not the grant's holder, nothing happens: a late
         ``identify_done`` from a host that lost the lease cannot free the bucket early.
 
@@ -272,7 +294,7 @@ class IdentifyScheduler:
         if holder is not None and held.holder != holder:
             return False
         del self._held[bucket]
-        sent = now if identified_at is None else max(held.granted_at, min(identified_at, now))
+        sent = now if identified_at is None else max(held.granted_at, identified_at)
         self._free_at[bucket] = max(self._free_at.get(bucket, float("-inf")), sent + self._window + self._margin)
         return True
 

@@ -81,6 +81,23 @@ class HostRecord:
     report_seq: int | None = None
     revoke_epochs: dict[int, int] = dataclasses.field(default_factory=dict)
     """For a pending revoke, the highest epoch it stops (an entry added without one stops any epoch)."""
+    draining: bool = False
+    """Being retired: gets no new shard, and hands over the ones it has (see `ShardTable.drain`)."""
+
+
+_PLAIN_FIELDS = tuple(f.name for f in dataclasses.fields(ShardRecord) if f.name not in ("session", "status", "latency"))
+
+
+def _session_json(session: SessionState | None) -> dict[str, typing.Any] | None:
+    # Explicit rather than dataclasses.asdict, which deep-copies: checkpoints are written often.
+    if session is None:
+        return None
+    return {
+        "session_id": session.session_id,
+        "seq": session.seq,
+        "resume_gateway_url": session.resume_gateway_url,
+        "user_id": session.user_id,
+    }
 
 
 class ShardTable:
@@ -95,7 +112,7 @@ class ShardTable:
         `from_json` sets the checkpoint's plus one).
     """
 
-    __slots__ = ("hosts", "incarnation", "shard_count", "shards")
+    __slots__ = ("_owned", "hosts", "incarnation", "shard_count", "shards")
 
     def __init__(self, shard_count: int, *, incarnation: int = 0) -> None:
         if shard_count < 1:
@@ -108,6 +125,9 @@ class ShardTable:
         self.incarnation = incarnation
         self.shards: dict[int, ShardRecord] = {i: ShardRecord(i) for i in range(shard_count)}
         self.hosts: dict[str, HostRecord] = {}
+        # Index of ShardRecord.host_id, kept by _set_owner (the table is the only writer of its records), so
+        # that a host's shards cost what it owns, not the whole table, on every sync.
+        self._owned: dict[str, set[int]] = {}
 
     # -- hosts -----------------------------------------------------------------------------------
 
@@ -131,7 +151,7 @@ class ShardTable:
 
     def owned_by(self, host_id: str) -> list[int]:
         """Shard ids whose current lease belongs to ``host_id``."""
-        return [r.shard_id for r in self.shards.values() if r.host_id == host_id]
+        return sorted(self._owned.get(host_id, ()))
 
     def live_hosts(self) -> list[HostRecord]:
         """Hosts not known to be gone."""
@@ -154,6 +174,22 @@ class ShardTable:
             self._unassign(self.shards[shard_id])
         return orphans
 
+    def drain(self, host_id: str) -> list[int]:
+        """Retire ``host_id``: no new shard goes to it, and every shard it holds is revoked (handed over).
+
+        Returns the shards it still holds; once that is empty the host can be stopped. Without
+        this, `place` would hand a failover shard straight back to the host being retired.
+        """
+        host = self.hosts.get(host_id)
+        if host is None or not host.alive:
+            return []
+        host.draining = True
+        host.want = 0
+        owned = self.owned_by(host_id)
+        for shard_id in owned:
+            self.revoke(host_id, shard_id)
+        return owned
+
     def forget_host(self, host_id: str) -> None:
         """Drop a gone host from the table once nothing refers to it."""
         host = self.hosts.get(host_id)
@@ -169,7 +205,7 @@ class ShardTable:
 
     def _grant(self, record: ShardRecord, host: HostRecord) -> Lease:
         record.epoch = self._next_epoch(record)
-        record.host_id = host.host_id
+        self._set_owner(record, host.host_id)
         record.status = ShardStatus.STARTING
         record.error = None
         record.ever_assigned = True
@@ -181,9 +217,19 @@ class ShardTable:
         host.pending_adopt.append(lease)
         return lease
 
-    @staticmethod
-    def _unassign(record: ShardRecord) -> None:
-        record.host_id = None
+    def _set_owner(self, record: ShardRecord, host_id: str | None) -> None:
+        if record.host_id is not None:
+            owned = self._owned.get(record.host_id)
+            if owned is not None:
+                owned.discard(record.shard_id)
+                if not owned:
+                    del self._owned[record.host_id]
+        record.host_id = host_id
+        if host_id is not None:
+            self._owned.setdefault(host_id, set()).add(record.shard_id)
+
+    def _unassign(self, record: ShardRecord) -> None:
+        self._set_owner(record, None)
         if record.status is not ShardStatus.FAILED:
             record.status = ShardStatus.STOPPED if record.stopped else ShardStatus.UNASSIGNED
 
@@ -195,12 +241,8 @@ class ShardTable:
         ]
 
     def _loads(self) -> dict[str, int]:
-        """Shards owned per live host, in one pass over the shards."""
-        load = {h.host_id: 0 for h in self.hosts.values() if h.alive}
-        for record in self.shards.values():
-            if record.host_id in load:
-                load[record.host_id] += 1
-        return load
+        """Shards owned per live host."""
+        return {h.host_id: len(self._owned.get(h.host_id, ())) for h in self.hosts.values() if h.alive}
 
     def claim(self, host_id: str, count: int) -> list[Lease]:
         """Give ``host_id`` up to ``count`` unassigned shards, lowest ids first, and raise its want by as many.
@@ -219,10 +261,10 @@ class ShardTable:
         host died) also goes to the least loaded live host when nobody wants more, so
         a failover never waits for a replacement host. The new leases are returned and
         also kept as the hosts' pending adopts (see `directives_for`). Costs
-        O((shards + hosts) log hosts).
+        O(shards + hosts log hosts).
         """
         placed: dict[str, list[Lease]] = {}
-        hosts = {h.host_id: h for h in self.live_hosts()}
+        hosts = {h.host_id: h for h in self.live_hosts() if not h.draining}
         if not hosts:
             return placed
         load = self._loads()
@@ -252,17 +294,17 @@ class ShardTable:
     def rebalance_move(self) -> tuple[int, str] | None:
         """Pick one shard to hand over from a host above its share to one below it, if any.
 
-        Costs O(shards + hosts).
+        Costs O(hosts + the donor's shards).
         """
         hosts = self.live_hosts()
         load = self._loads()
-        under = [h for h in hosts if load[h.host_id] < h.want]
+        under = [h for h in hosts if load[h.host_id] < h.want and not h.draining]
         over = [h for h in hosts if load[h.host_id] > h.want]
         if not under or not over:
             return None
         donor = max(over, key=lambda h: (load[h.host_id] - h.want, h.host_id))
         revoking = set(donor.pending_revoke)
-        for shard_id in sorted(self.owned_by(donor.host_id), reverse=True):
+        for shard_id in reversed(self.owned_by(donor.host_id)):
             record = self.shards[shard_id]
             if record.status is ShardStatus.READY and shard_id not in revoking:
                 return shard_id, donor.host_id
@@ -291,7 +333,7 @@ class ShardTable:
             if record.host_id is None and epoch >= record.epoch and not record.stopped:
                 self._take_session(record, session)
             return False
-        record.host_id = None
+        self._set_owner(record, None)
         self._take_session(record, session)
         if stopped:
             record.stopped = True
@@ -396,7 +438,7 @@ class ShardTable:
             reported[report.shard_id] = report.epoch
             if record.epoch < report.epoch and not record.stopped:
                 # Restored from an older checkpoint: this lease is newer than anything the table knows.
-                record.host_id = host_id
+                self._set_owner(record, host_id)
                 record.epoch = report.epoch
                 record.ever_assigned = True
             if record.host_id != host_id or record.epoch != report.epoch:
@@ -410,8 +452,9 @@ class ShardTable:
             record.error = report.error
             record.last_seen = now
         self._prune_adopts(host)
+        stale_set = set(stale)
         host.pending_adopt[:] = [
-            lease for lease in host.pending_adopt if lease.shard_id not in reported or lease.shard_id in stale
+            lease for lease in host.pending_adopt if lease.shard_id not in reported or lease.shard_id in stale_set
         ]
         # A revoke is done once the host no longer reports the shard at an epoch it stops (not reporting
         # it at all, or only at a later lease); left behind, it would make the host's sync loop spin.
@@ -424,7 +467,8 @@ class ShardTable:
         host.revoke_epochs = {s: e for s, e in host.revoke_epochs.items() if s in kept}
         host.pending_revoke[:] = keep
         for shard_id in stale:
-            if shard_id not in host.pending_revoke:
+            if shard_id not in kept:
+                kept.add(shard_id)
                 host.pending_revoke.append(shard_id)
             if shard_id in reported:
                 host.revoke_epochs[shard_id] = max(host.revoke_epochs.get(shard_id, 0), reported[shard_id])
@@ -474,10 +518,10 @@ class ShardTable:
             "shard_count": self.shard_count,
             "shards": [
                 {
-                    **{k: v for k, v in dataclasses.asdict(r).items() if k not in ("session", "status", "latency")},
+                    **{name: getattr(r, name) for name in _PLAIN_FIELDS},
                     "status": r.status.value,
                     "latency": None if math.isnan(r.latency) else r.latency,
-                    "session": dataclasses.asdict(r.session) if r.session else None,
+                    "session": _session_json(r.session),
                 }
                 for r in self.shards.values()
             ],
@@ -487,11 +531,12 @@ class ShardTable:
                     "node_id": h.node_id,
                     "want": h.want,
                     "has_handle": h.has_handle,
+                    "draining": h.draining,
                     "pending_adopt": [
                         {
                             "shard_id": lease.shard_id,
                             "epoch": lease.epoch,
-                            "session": dataclasses.asdict(lease.session) if lease.session else None,
+                            "session": _session_json(lease.session),
                         }
                         for lease in h.pending_adopt
                     ],
@@ -548,6 +593,8 @@ class ShardTable:
                 msg = f"shard {record.shard_id} is outside 0..{table.shard_count - 1}"
                 raise ValueError(msg)
             table.shards[record.shard_id] = record
+            if record.host_id is not None:
+                table._owned.setdefault(record.host_id, set()).add(record.shard_id)
         for raw in data["hosts"]:
             table.hosts[raw["host_id"]] = HostRecord(
                 host_id=raw["host_id"],
@@ -555,6 +602,7 @@ class ShardTable:
                 want=int(raw["want"]),
                 has_handle=bool(raw.get("has_handle", False)),
                 last_sync=now,
+                draining=bool(raw.get("draining", False)),
                 pending_adopt=[
                     Lease(
                         shard_id=int(lease["shard_id"]),

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ray_shards.models import Lease, SessionState, ShardReport, ShardStatus
-from ray_shards.table import SCHEMA, CheckpointSchemaError, ShardTable
+from ray_shards.table import SCHEMA, CheckpointSchemaError, ShardRecord, ShardTable
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -146,6 +147,7 @@ def test_epochs_never_repeat_across_restarts_from_the_last_checkpoint(ops: list[
             # Restart from the last checkpoint; the restored table is checkpointed at once (intent first).
             table = ShardTable.from_json(checkpoints[-1], now=0.0)
             checkpoints.append(table.to_json())
+        assert table.owned_by("a") == [s for s, r in table.shards.items() if r.host_id == "a"]
 
 
 # -- idempotent adopts ----------------------------------------------------------------------------
@@ -366,3 +368,37 @@ def test_place_and_rebalance_count_ownership_once(monkeypatch: pytest.MonkeyPatc
     table.register_host("new", node_id=None, want=1, has_handle=True, now=0.0)
     assert table.rebalance_move() == (max(table.owned_by("h00")), "h00")
     assert calls <= 2
+
+
+def test_checkpoint_sessions_carry_every_field() -> None:
+    session = SessionState("s", 7, "ws://r", 9)
+    table = _table_with_hosts(1, {"a": 1})
+    table.apply_reports("a", [ShardReport(0, 1, ShardStatus.READY, session)], now=1.0)
+    assert table.to_json()["shards"][0]["session"] == dataclasses.asdict(session)
+    assert set(table.to_json()["shards"][0]) == {f.name for f in dataclasses.fields(ShardRecord)}
+
+
+def test_silent_hosts_are_those_past_the_timeout() -> None:
+    table = _table_with_hosts(2, {"a": 1, "b": 1})
+    table.apply_reports("a", _ready(table, "a"), now=8.0, report_seq=1)
+    assert table.silent_hosts(10.0, timeout=5.0) == ["b"]
+    table.host_lost("b")
+    assert table.silent_hosts(10.0, timeout=5.0) == []
+
+
+def test_a_draining_host_gets_no_shard_and_hands_its_own_over() -> None:
+    table = _table_with_hosts(2, {"a": 1, "b": 1})
+    for host in "ab":
+        table.apply_reports(host, _ready(table, host), now=1.0, report_seq=1)
+    mine = table.owned_by("b")
+    assert table.drain("b") == mine
+    assert table.directives_for("b")[1] == mine
+    # b's shard fails over while b drains: it goes to a, never back to b.
+    table.host_lost("a")
+    table.register_host("c", node_id=None, want=1, has_handle=True, now=2.0)
+    placed = table.place()
+    assert "b" not in placed
+    assert table.release("b", mine[0], table.shards[mine[0]].epoch, SessionState("s", 4, "ws://r"))
+    placed = table.place()
+    assert "b" not in placed and table.owned_by("b") == []
+    assert ShardTable.from_json(table.to_json(), now=3.0).hosts["b"].draining

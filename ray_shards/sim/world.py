@@ -1,0 +1,1008 @@
+"""A deterministic model of one bot's control plane under faults, driven from one seed.
+
+Everything runs on a virtual clock in a single event queue; one ``random.Random(seed)``
+decides every delay, fault and workload. The real `ShardTable` and
+`IdentifyScheduler` are driven by a model of the Orchestrator's shell (`Shell`),
+talking to modelled shard hosts (`Host`) over a lossy RPC layer, with a strict
+model of Discord's gateway (`Gateway`) on the other side. After every event the
+invariants of ``docs/control-plane.md`` are checked; the first broken one raises
+`Violation`.
+
+Clocks: every process reads its own monotonic clock (virtual time plus a random base per process,
+and a new base per Orchestrator incarnation), so a monotonic time carried across a restart or
+compared across processes shows up as a violation. The wall clock steps by seconds and hours;
+only checkpoint metadata reads it.
+
+The model follows the protocol the Orchestrator and hosts must implement:
+
+- a host syncs with its *full* state and an increasing ``report_seq``, applies
+  revokes before adopts, adopts idempotently by ``(shard, epoch)``, and releases a
+  revoked shard with its session;
+- a host never RESUMEs without a positive lease check, never IDENTIFYs without a
+  grant it asked for less than ``grant_use_limit`` ago, and closes every shard
+  (resumably) when its own lease, renewed by each answered sync, is older than
+  ``lease_ttl``;
+- the shell declares a host lost on a death notice (after a quarantine) or after
+  ``host_timeout`` without a sync (``lease_ttl < host_timeout``), and after a restart
+  from its checkpoint it checkpoints the new incarnation at once, starts every
+  identify bucket full, and places nothing for ``recovery_grace > lease_ttl``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import heapq
+import math
+import random
+import typing
+
+from ray_shards.identify import IdentifyBudgetExhaustedError, IdentifyGrant, IdentifyScheduler
+from ray_shards.models import Lease, SessionState, ShardReport, ShardStatus
+from ray_shards.table import ShardTable
+
+__all__ = ["Params", "SimResult", "Violation", "World", "run_seed"]
+
+WINDOW = 5.0
+"""Discord's identify window per bucket, as the gateway model enforces it."""
+
+
+class Violation(AssertionError):
+    """An invariant broke; the message says which, when and where."""
+
+
+@dataclasses.dataclass(slots=True)
+class Params:
+    """Everything one seed decides up front (drawn by `Params.draw`)."""
+
+    shards: int
+    hosts: int
+    max_concurrency: int
+    budget: int
+    day: float
+    replay_buffer: int
+    fault_time: float
+    p_loss: float
+    p_dup: float
+    p_delay: float
+    sync_interval: float = 1.0
+    lease_ttl: float = 6.0
+    host_timeout: float = 9.0
+    recovery_grace: float = 7.0
+    quarantine: float = 1.0
+    grant_use_limit: float = 1.0
+    rpc_timeout: float = 2.0
+
+    @classmethod
+    def draw(cls, rng: random.Random, *, fault_time: float | None = None) -> Params:
+        """Draw a small bot and a fault mix from ``rng``."""
+        shards = rng.randint(1, 6)
+        return cls(
+            shards=shards,
+            hosts=rng.randint(1, 3),
+            max_concurrency=rng.choice([1, 1, 2, 3]),
+            budget=rng.randint(shards + 1, shards * 4 + 4),
+            day=rng.choice([40.0, 60.0, 90.0]),
+            replay_buffer=rng.choice([20, 50, 200]),
+            fault_time=rng.uniform(10.0, 40.0) if fault_time is None else fault_time,
+            p_loss=rng.choice([0.0, 0.02, 0.1]),
+            p_dup=rng.choice([0.0, 0.02, 0.1]),
+            p_delay=rng.choice([0.0, 0.05, 0.2, 0.5]),
+        )
+
+
+@dataclasses.dataclass(slots=True)
+class SimResult:
+    """What one seed did."""
+
+    seed: int
+    steps: int
+    time: float
+    identifies: int
+    resumes: int
+    replay_overflows: int
+    restarts: int
+    host_deaths: int
+    converged_after: float
+
+
+# -- Discord ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(slots=True)
+class _Session:
+    shard_id: int
+    session_id: str
+    seq: int
+    valid: bool = True
+    conn: int | None = None
+    disconnected_at: float = 0.0
+
+
+@dataclasses.dataclass(slots=True)
+class _Conn:
+    conn_id: int
+    shard_id: int
+    session_id: str
+    host_id: str
+
+
+class Gateway:
+    """A strict Discord gateway: sessions, a replay buffer, identify windows and a daily budget."""
+
+    def __init__(self, world: World) -> None:
+        self.w = world
+        self.sessions: dict[str, _Session] = {}
+        self.conns: dict[int, _Conn] = {}
+        self.open_by_shard: dict[int, set[int]] = {}
+        self.last_identify: dict[int, float] = {}
+        self.day_start = 0.0
+        self.used = 0
+        self.next_id = 0
+        self.identifies = 0
+        self.resumes = 0
+        self.overflows = 0
+
+    def _roll_day(self) -> None:
+        while self.w.t >= self.day_start + self.w.p.day:
+            self.day_start += self.w.p.day
+            self.used = 0
+
+    def budget(self) -> tuple[int, float]:
+        """``session_start_limit`` as GET /gateway/bot answers it: (remaining, reset_after)."""
+        self._roll_day()
+        return self.w.p.budget - self.used, self.day_start + self.w.p.day - self.w.t
+
+    def _open(self, shard_id: int, session: _Session, host_id: str) -> int:
+        self.next_id += 1
+        conn = _Conn(self.next_id, shard_id, session.session_id, host_id)
+        self.conns[conn.conn_id] = conn
+        session.conn = conn.conn_id
+        live = self.open_by_shard.setdefault(shard_id, set())
+        live.add(conn.conn_id)
+        if len(live) > 1:
+            owners = sorted(self.conns[c].host_id for c in live)
+            self.w.fail(f"shard {shard_id} has {len(live)} connected sessions at Discord (hosts {owners})")
+        return conn.conn_id
+
+    def close(self, conn_id: int) -> None:
+        """Close a connection (resumable: the session stays)."""
+        conn = self.conns.pop(conn_id, None)
+        if conn is None:
+            return
+        self.open_by_shard[conn.shard_id].discard(conn_id)
+        session = self.sessions.get(conn.session_id)
+        if session is not None and session.conn == conn_id:
+            session.conn = None
+            session.disconnected_at = self.w.t
+
+    def identify(self, shard_id: int, host_id: str) -> tuple[int, _Session]:
+        """An IDENTIFY: checks the bucket window and the budget, opens a new session."""
+        self._roll_day()
+        bucket = shard_id % self.w.p.max_concurrency
+        last = self.last_identify.get(bucket)
+        if last is not None and self.w.t - last < WINDOW:
+            self.w.fail(f"two IDENTIFYs in bucket {bucket} {self.w.t - last:.3f} s apart (shard {shard_id})")
+        self.last_identify[bucket] = self.w.t
+        if self.used >= self.w.p.budget:
+            self.w.fail(f"IDENTIFY of shard {shard_id} overspends the daily budget of {self.w.p.budget}")
+        self.used += 1
+        self.identifies += 1
+        self.next_id += 1
+        session = _Session(shard_id, f"s{self.next_id}", seq=0)
+        self.sessions[session.session_id] = session
+        return self._open(shard_id, session, host_id), session
+
+    def resume(self, shard_id: int, session_id: str, seq: int, host_id: str) -> tuple[int, _Session] | None:
+        """A RESUME: None is op 9 (unknown, invalid or too far behind the replay buffer)."""
+        session = self.sessions.get(session_id)
+        if session is None or not session.valid or session.shard_id != shard_id:
+            return None
+        if session.seq - seq > self.w.p.replay_buffer:
+            session.valid = False
+            self.overflows += 1
+            return None
+        self.resumes += 1
+        return self._open(shard_id, session, host_id), session
+
+    def tick(self) -> None:
+        """Events flow on every valid session; sessions away too long expire."""
+        for session in self.sessions.values():
+            if not session.valid:
+                continue
+            if session.conn is None and self.w.t - session.disconnected_at > 60.0:
+                session.valid = False
+                continue
+            session.seq += self.w.rng.randint(0, 3)
+
+    def fault(self) -> None:
+        """Op 7 (reconnect), op 9 (invalid session) or a zombie connection, on a random open connection."""
+        if not self.conns:
+            return
+        conn = self.conns[self.w.rng.choice(sorted(self.conns))]
+        kind = self.w.rng.choice(["op7", "op9", "zombie"])
+        host = self.w.hosts.get(conn.host_id)
+        if kind == "op9":
+            self.sessions[conn.session_id].valid = False
+        self.close(conn.conn_id)
+        if host is not None:
+            # A zombie is noticed only when heartbeats go unanswered.
+            delay = 1.5 if kind == "zombie" else 0.01
+            self.w.at(delay, lambda: host.conn_lost(conn.conn_id, resumable=kind != "op9"))
+
+
+# -- hosts -----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(slots=True)
+class _Slot:
+    lease: Lease
+    session: SessionState | None
+    phase: str = "new"
+    conn: int | None = None
+    asked_at: float = 0.0
+    identified: bool = False
+
+
+class Host:
+    """A ShardHost as the protocol requires it to behave."""
+
+    def __init__(self, world: World, host_id: str, want: int) -> None:
+        self.w = world
+        self.host_id = host_id
+        self.want = want
+        self.alive = True
+        self.cut_until = -1.0
+        self.offset = world.rng.uniform(-1000.0, 1000.0)
+        self.slots: dict[int, _Slot] = {}
+        self.renewed_at: float | None = None
+        self.report_seq = 0
+        self.syncing = False
+        self.registered = False
+        self.reported: dict[str, int] = {}
+        self.releases: dict[tuple[int, int], SessionState | None] = {}
+        self.ended: dict[int, tuple[int, SessionState | None]] = {}
+        """Per shard, the highest epoch this host has run and ended (and its last session): never adopted again."""
+
+    def now(self) -> float:
+        """The host's monotonic clock."""
+        return self.w.t + self.offset
+
+    def cut(self) -> bool:
+        """Whether the host cannot reach Ray (transient unavailability)."""
+        return self.w.t < self.cut_until
+
+    def start(self) -> None:
+        """The actor is up: register, then sync forever."""
+        self.w.call(self, "register", (self.host_id, self.want), self._registered, self._register_failed)
+        self.w.at(0.5, self._tick)
+
+    def _registered(self, reply: typing.Any) -> None:
+        if reply == "stop":
+            self.stop()
+            return
+        self.registered = True
+        self.renewed_at = self.now()
+
+    def _register_failed(self) -> None:
+        if self.alive:
+            self.w.at(0.5, lambda: self.w.call(self, "register", (self.host_id, self.want), self._registered,
+                                               self._register_failed))
+
+    def _tick(self) -> None:
+        if not self.alive:
+            return
+        self.w.at(0.5, self._tick)
+        if self.renewed_at is not None and self.now() - self.renewed_at > self.w.p.lease_ttl and self.slots:
+            # Cut off for longer than the lease: close everything, resumably, before anyone may reassign it.
+            for shard_id in sorted(self.slots):
+                self._drop(shard_id, release=True)
+        if self.registered and not self.syncing:
+            self._sync()
+        for (shard_id, epoch), session in list(self.releases.items()):
+            self._send_release(shard_id, epoch, session)
+
+    def _reports(self) -> list[ShardReport]:
+        reports = []
+        for shard_id, slot in sorted(self.slots.items()):
+            session = slot.session
+            if session is not None:
+                # Never report a seq below one already reported for this session.
+                last = self.reported.get(session.session_id, -1)
+                if session.seq < last:
+                    self.w.fail(f"host {self.host_id} would report seq {session.seq} < {last} of {session}")
+                self.reported[session.session_id] = session.seq
+            status = ShardStatus.READY if slot.phase == "running" else ShardStatus.STARTING
+            reports.append(ShardReport(shard_id, slot.lease.epoch, status, session))
+        return reports
+
+    def _sync(self) -> None:
+        self.syncing = True
+        self.report_seq += 1
+        sent = self.now()
+        args = (self.host_id, self._reports(), self.report_seq)
+
+        def done(reply: typing.Any) -> None:
+            self.syncing = False
+            if reply == "unknown":
+                self.registered = False
+                self.w.call(self, "register", (self.host_id, self.want), self._registered, self._register_failed)
+                return
+            if reply == "stop":
+                self.stop()
+                return
+            adopt, revoke = typing.cast(tuple[list[Lease], list[int]], reply)
+            self.renewed_at = sent if self.renewed_at is None else max(self.renewed_at, sent)
+            self.apply(adopt, revoke)
+
+        def failed() -> None:
+            self.syncing = False
+
+        self.w.call(self, "sync", args, done, failed)
+
+    def apply(self, adopt: list[Lease], revoke: list[int]) -> None:
+        """Revokes before adopts; a revoke of a shard the same reply adopts stops only older runs."""
+        adopting = {lease.shard_id: lease.epoch for lease in adopt}
+        for shard_id in revoke:
+            slot = self.slots.get(shard_id)
+            if slot is None or slot.lease.epoch >= adopting.get(shard_id, math.inf):
+                continue
+            self._drop(shard_id, release=True)
+        for lease in adopt:
+            slot = self.slots.get(lease.shard_id)
+            if slot is not None and slot.lease.epoch >= lease.epoch:
+                continue  # idempotent by (shard, epoch)
+            if self.has_ended(lease):
+                continue
+            session = lease.session
+            if slot is not None:
+                if slot.session is not None and (session is None or slot.session.session_id == session.session_id):
+                    session = slot.session
+                self._drop(lease.shard_id, release=False)
+            if session is not None and self.reported.get(session.session_id, -1) > session.seq:
+                # The table's copy is older than what this host already reported (say, it was restored from an
+                # older checkpoint): never report, nor resume from, a seq below one reported.
+                session = dataclasses.replace(session, seq=self.reported[session.session_id])
+            self.slots[lease.shard_id] = _Slot(lease, session)
+            self._begin(lease.shard_id)
+
+    def has_ended(self, lease: Lease) -> bool:
+        """Whether this host already ran and ended ``lease`` (then it is released again, never run again).
+
+        A late adopt of a lease the host released must not run: the release may be on its way and the
+        table then hands the shard to someone else. A table restored from a checkpoint that missed the
+        release re-sends the adopt for ever unless the host releases it again.
+        """
+        ended, last = self.ended.get(lease.shard_id, (-1, None))
+        if ended < lease.epoch:
+            return False
+        # Released at the adopt's epoch: the table holds that lease for this host until told otherwise
+        # (an older one than the host ended, when the table's checkpoint predates both).
+        self.release_again(lease.shard_id, lease.epoch, last)
+        return True
+
+    def release_again(self, shard_id: int, epoch: int, session: SessionState | None) -> None:
+        """Answer an adopt of an ended lease by releasing it again."""
+        self._send_release(shard_id, epoch, session)
+
+    def _drop(self, shard_id: int, *, release: bool) -> None:
+        slot = self.slots.pop(shard_id, None)
+        if slot is None:
+            return
+        if slot.lease.epoch >= self.ended.get(shard_id, (-1, None))[0]:
+            self.ended[shard_id] = (slot.lease.epoch, slot.session)
+        if slot.conn is not None:
+            self.w.gateway.close(slot.conn)
+        if release:
+            self.releases[(shard_id, slot.lease.epoch)] = slot.session
+            self._send_release(shard_id, slot.lease.epoch, slot.session)
+
+    def _send_release(self, shard_id: int, epoch: int, session: SessionState | None) -> None:
+        def done(_: typing.Any) -> None:
+            self.releases.pop((shard_id, epoch), None)
+
+        self.w.call(self, "release", (self.host_id, shard_id, epoch, session), done, lambda: None)
+
+    def _current(self, shard_id: int, epoch: int, phase: str) -> _Slot | None:
+        slot = self.slots.get(shard_id)
+        if not self.alive or slot is None or slot.lease.epoch != epoch or slot.phase != phase:
+            return None
+        return slot
+
+    def _begin(self, shard_id: int) -> None:
+        slot = self.slots[shard_id]
+        epoch = slot.lease.epoch
+        if slot.session is not None:
+            slot.phase = "check"
+
+            def checked(ok: typing.Any) -> None:
+                current = self._current(shard_id, epoch, "check")
+                if current is None:
+                    return
+                if not ok:
+                    self._drop(shard_id, release=False)
+                    return
+                self._resume(current)
+
+            def unanswered() -> None:
+                # No RESUME without a positive lease check: ask again.
+                if self._current(shard_id, epoch, "check") is not None:
+                    self.w.at(0.5, lambda: self._retry_begin(shard_id, epoch, "check"))
+
+            self.w.call(self, "check_lease", (self.host_id, shard_id, epoch), checked, unanswered)
+        else:
+            slot.phase = "identify"
+            self._ask_identify(shard_id, epoch)
+
+    def _retry_begin(self, shard_id: int, epoch: int, phase: str) -> None:
+        if self._current(shard_id, epoch, phase) is not None:
+            self._begin(shard_id)
+
+    def _resume(self, slot: _Slot) -> None:
+        assert slot.session is not None
+        opened = self.w.gateway.resume(slot.lease.shard_id, slot.session.session_id, slot.session.seq, self.host_id)
+        if opened is None:
+            slot.session = None
+            slot.phase = "identify"
+            self._ask_identify(slot.lease.shard_id, slot.lease.epoch)
+            return
+        conn, session = opened
+        slot.conn = conn
+        slot.phase = "running"
+        slot.session = SessionState(session.session_id, session.seq, "wss://resume")
+
+    def _ask_identify(self, shard_id: int, epoch: int) -> None:
+        slot = self._current(shard_id, epoch, "identify")
+        if slot is None:
+            return
+        slot.asked_at = self.now()
+        asked = slot.asked_at
+
+        def answered(reply: typing.Any) -> None:
+            current = self._current(shard_id, epoch, "identify")
+            if current is None or current.asked_at != asked:
+                return
+            if reply == "lost":
+                self._drop(shard_id, release=False)
+                return
+            if isinstance(reply, IdentifyGrant):
+                if self.now() - asked > self.w.p.grant_use_limit:
+                    # Too old to use safely: the scheduler may count it as spent already.
+                    self.w.at(0.1, lambda: self._ask_identify(shard_id, epoch))
+                    return
+                conn, session = self.w.gateway.identify(shard_id, self.host_id)
+                current.conn = conn
+                current.phase = "running"
+                current.session = SessionState(session.session_id, session.seq, "wss://resume")
+                ready = self.w.rng.uniform(0.05, 0.5)
+                self.w.at(ready, lambda: self._ready(shard_id, epoch))
+                return
+            self.w.at(min(float(reply), 2.0), lambda: self._ask_identify(shard_id, epoch))
+
+        self.w.call(self, "identify", (self.host_id, shard_id, epoch), answered,
+                    lambda: self.w.at(0.5, lambda: self._ask_identify(shard_id, epoch)))
+
+    def _ready(self, shard_id: int, epoch: int) -> None:
+        if not self.alive:
+            return
+        self.w.call(self, "identify_done", (self.host_id, shard_id, epoch), lambda _: None, lambda: None)
+
+    def observe(self) -> None:
+        """Pick up the seq Discord has delivered on every open connection."""
+        for slot in self.slots.values():
+            if slot.conn is not None and slot.session is not None:
+                session = self.w.gateway.sessions[slot.session.session_id]
+                slot.session = SessionState(session.session_id, session.seq, "wss://resume")
+
+    def conn_lost(self, conn_id: int, *, resumable: bool) -> None:
+        """Discord closed a connection: resume on this host (after a lease check), or identify again."""
+        for shard_id, slot in list(self.slots.items()):
+            if slot.conn == conn_id:
+                slot.conn = None
+                if not resumable:
+                    slot.session = None
+                self._begin(shard_id)
+
+    def die(self) -> None:
+        """The process is gone: its connections close with it."""
+        if not self.alive:
+            return
+        self.alive = False
+        for slot in self.slots.values():
+            if slot.conn is not None:
+                self.w.gateway.close(slot.conn)
+        self.slots.clear()
+        self.w.host_died(self)
+
+    def stop(self) -> None:
+        """Told to stop: hand everything over with its session, then exit."""
+        for shard_id in sorted(self.slots):
+            self._drop(shard_id, release=True)
+        self.die()
+
+
+# -- the Orchestrator's shell ----------------------------------------------------------------------
+
+
+class Shell:
+    """One incarnation of the Orchestrator actor: events in, table and scheduler calls, effects out."""
+
+    def __init__(self, world: World, checkpoint: dict[str, typing.Any] | None) -> None:
+        self.w = world
+        self.alive = True
+        self.offset = world.rng.uniform(-1e6, 1e6)
+        now = self.now()
+        p = world.p
+        if checkpoint is None:
+            self.table = ShardTable(p.shards)
+            self.scheduler = IdentifyScheduler(p.max_concurrency, remaining=0)
+            self.recovering_until = -math.inf
+            self.fleet_next = 0
+        else:
+            self.table = ShardTable.from_json(checkpoint["table"], now)
+            self.scheduler = IdentifyScheduler(p.max_concurrency, remaining=int(checkpoint["remaining"]))
+            # A grant may have left just before the crash: full windows, and count it against the budget.
+            self.scheduler.start_full(now, in_flight=p.grant_use_limit)
+            self.recovering_until = now + p.recovery_grace
+            self.fleet_next = int(checkpoint["fleet_next"])
+        self.incarnation = self.table.incarnation
+        self.fetching = False
+        self.starting: dict[str, float] = {}
+        # Intent first: the new incarnation is on record before any lease is granted.
+        self.checkpoint()
+        self.fetch_budget()
+        for host in self.table.live_hosts():
+            process = world.hosts.get(host.host_id)
+            if process is None or not process.alive:
+                self.w.at(0.2, functools.partial(self.death_notice, host.host_id))
+        world.at(1.0, self.tick)
+
+    def now(self) -> float:
+        """The Orchestrator's monotonic clock (its own base, unrelated to any earlier incarnation's)."""
+        return self.w.t + self.offset
+
+    def recovering(self) -> bool:
+        """Within the recovery grace after a restart: every host reports before anything is placed."""
+        return self.now() < self.recovering_until
+
+    def checkpoint(self) -> None:
+        """Write the table (ordered writes to one KV key)."""
+        self.w.kv = {
+            "table": self.table.to_json(),
+            "remaining": self.scheduler.remaining,
+            "fleet_next": self.fleet_next,
+            "written_at_wall": self.w.wall(),
+        }
+        self.dirty = False
+        self.last_checkpoint = self.w.t
+
+    def fetch_budget(self) -> None:
+        """GET /gateway/bot: the answer comes back after a network delay."""
+        if self.fetching:
+            return
+        self.fetching = True
+        asked = self.now()
+
+        def answer() -> None:
+            if not self.alive:
+                return
+            self.fetching = False
+            # Discord counts at some point between ask and answer; the model answers at the end.
+            remaining, reset_after = self.w.gateway.budget()
+            self.scheduler.set_budget(remaining, reset_after, self.now(), asked_at=asked)
+
+        self.w.at(self.w.rng.uniform(0.01, 2.0), answer)
+
+    def place(self) -> None:
+        if not self.recovering():
+            self.table.place()
+        self.dirty = True
+
+    # -- calls from hosts --------------------------------------------------------------------------
+
+    def handle(self, method: str, args: tuple[typing.Any, ...]) -> typing.Any:
+        """Run one call; the result is the reply."""
+        now = self.now()
+        if method == "register":
+            host_id, want = args
+            record = self.table.hosts.get(host_id)
+            if record is not None and not record.alive:
+                return "stop"
+            self.starting.pop(host_id, None)
+            self.table.register_host(host_id, node_id=None, want=want, has_handle=True, now=now)
+            process = self.w.hosts.get(host_id)
+            if process is None or not process.alive:
+                self.w.at(0.2, lambda: self.death_notice(host_id))
+            self.place()
+            return "ok"
+        if method == "sync":
+            host_id, reports, report_seq = args
+            record = self.table.hosts.get(host_id)
+            if record is None:
+                return "unknown"
+            if not record.alive or (record.draining and not self.table.owned_by(host_id)):
+                return "stop"
+            self.table.apply_reports(host_id, reports, now, report_seq=report_seq)
+            self.place()
+            return self.table.directives_for(host_id)
+        if method == "release":
+            host_id, shard_id, epoch, session = args
+            if self.table.release(host_id, shard_id, epoch, session):
+                self.scheduler.cancel(shard_id)
+                self.place()
+            self.dirty = True
+            return True
+        if method == "identify":
+            host_id, shard_id, epoch = args
+            if not self.table.holds(host_id, shard_id, epoch):
+                self.scheduler.cancel(shard_id)
+                return "lost"
+            try:
+                outcome = self.scheduler.request(shard_id, now, holder=(host_id, epoch))
+            except IdentifyBudgetExhaustedError:
+                self.fetch_budget()
+                return 1.0
+            if isinstance(outcome, IdentifyGrant):
+                self.table.shards[shard_id].identifies += 1
+                self.dirty = True
+            return outcome
+        if method == "identify_done":
+            host_id, shard_id, epoch = args
+            self.scheduler.release(shard_id, now, holder=(host_id, epoch))
+            return None
+        if method == "check_lease":
+            host_id, shard_id, epoch = args
+            return self.table.holds(host_id, shard_id, epoch)
+        msg = f"unknown method {method}"
+        raise AssertionError(msg)
+
+    # -- timers and notices ------------------------------------------------------------------------
+
+    def death_notice(self, host_id: str) -> None:
+        """``wait_closed`` raised ActorDiedError: certain death; quarantine, then hand its shards on."""
+        if not self.alive:
+            return
+
+        def lost() -> None:
+            if self.alive:
+                self.lose(host_id)
+
+        self.w.at(self.w.p.quarantine, lost)
+
+    def lose(self, host_id: str) -> None:
+        record = self.table.hosts.get(host_id)
+        if record is None or not record.alive:
+            return
+        for shard_id in self.table.host_lost(host_id):
+            self.scheduler.cancel(shard_id)
+        self.w.kill(host_id)
+        self.place()
+        self.table.forget_host(host_id)
+
+    def tick(self) -> None:
+        """The reconcile loop: budget, silent hosts, placement, rebalance, fleet size, checkpoint."""
+        if not self.alive:
+            return
+        self.w.at(1.0, self.tick)
+        now = self.now()
+        if self.scheduler.budget_stale(now) or self.scheduler.reset_at is None:
+            self.fetch_budget()
+        for host_id in self.table.silent_hosts(now, self.w.p.host_timeout):
+            self.lose(host_id)
+        if not self.recovering():
+            self.place()
+            move = self.table.rebalance_move()
+            if move is not None:
+                self.table.revoke(move[1], move[0])
+            self.fleet()
+        if self.dirty and self.w.t - self.last_checkpoint >= self.w.checkpoint_every:
+            self.checkpoint()
+        self.w.after_orchestrator(self)
+
+    def fleet(self) -> None:
+        """Keep ``hosts`` hosts: start replacements, retire extras (no host leaks)."""
+        live = [h.host_id for h in self.table.live_hosts() if not h.draining]
+        self.starting = {h: at for h, at in self.starting.items() if self.w.t - at < 10.0}
+        missing = self.w.p.hosts - len(live) - len(self.starting)
+        for _ in range(max(0, missing)):
+            self.fleet_next += 1
+            host_id = f"h{self.incarnation}.{self.fleet_next}"
+            self.starting[host_id] = self.w.t
+            self.w.spawn(host_id)
+            self.dirty = True
+        if len(live) > self.w.p.hosts:
+            self.table.drain(sorted(live)[-1])
+        for host in self.table.live_hosts():
+            if host.draining:
+                self.table.drain(host.host_id)  # again: a failover may have raced the first drain
+        self.dirty = True
+
+
+# -- the world -------------------------------------------------------------------------------------
+
+
+class World:
+    """One seed's universe: the clock, the event queue, the network, the processes."""
+
+    def __init__(self, seed: int, *, fault_time: float | None = None, fault_steps: int | None = None) -> None:
+        self.seed = seed
+        self.fault_steps = fault_steps
+        self.faults_ended_at: float | None = None
+        self.rng = random.Random(seed)
+        self.p = Params.draw(self.rng, fault_time=fault_time)
+        self.t = 0.0
+        self.step = 0
+        self._queue: list[tuple[float, int, typing.Callable[[], None]]] = []
+        self._n = 0
+        self.gateway = Gateway(self)
+        self.hosts: dict[str, Host] = {}
+        self.kv: dict[str, typing.Any] | None = None
+        self.shell: Shell | None = None
+        self.checkpoint_every = self.rng.choice([0.0, 1.0, 3.0])
+        self.wall_offset = 0.0
+        self.restarts = 0
+        self.deaths = 0
+        self.grants: dict[tuple[int, int], str] = {}
+        self.table_seq: dict[str, int] = {}
+        self.last_incarnation = -1
+
+    # -- infrastructure ----------------------------------------------------------------------------
+
+    def fail(self, what: str) -> typing.NoReturn:
+        """Raise a `Violation` naming the seed, the step and the time."""
+        msg = f"seed {self.seed}, step {self.step}, t={self.t:.3f}: {what}"
+        raise Violation(msg)
+
+    def at(self, delay: float, action: typing.Callable[[], None]) -> None:
+        """Run ``action`` ``delay`` seconds from now."""
+        self._n += 1
+        heapq.heappush(self._queue, (self.t + delay, self._n, action))
+
+    def wall(self) -> float:
+        """The wall clock, which steps (only checkpoint metadata may read it)."""
+        return self.t + self.wall_offset
+
+    def faulty(self) -> bool:
+        """Whether faults are still being injected (until ``fault_time``, or ``fault_steps`` steps)."""
+        if self.faults_ended_at is not None:
+            return False
+        if self.t < self.p.fault_time and (self.fault_steps is None or self.step < self.fault_steps):
+            return True
+        self.faults_ended_at = self.t
+        return False
+
+    def _delay(self, method: str = "") -> float:
+        if self.faulty() and self.rng.random() < self.p.p_delay:
+            if method in ("identify_done", "release"):
+                # Fire-and-forget calls retried with backoff can land seconds later.
+                return self.rng.uniform(0.3, 8.0)
+            return self.rng.uniform(0.3, 1.5)
+        return self.rng.uniform(0.001, 0.02)
+
+    def call(
+        self,
+        host: Host,
+        method: str,
+        args: tuple[typing.Any, ...],
+        on_reply: typing.Callable[[typing.Any], None],
+        on_fail: typing.Callable[[], None],
+    ) -> None:
+        """A Ray call from ``host`` to the Orchestrator: lost, delayed or duplicated under faults."""
+        state = {"done": False}
+
+        def finish(reply: typing.Any) -> None:
+            if state["done"] or not host.alive:
+                return
+            state["done"] = True
+            on_reply(reply)
+
+        def timeout() -> None:
+            if not state["done"] and host.alive:
+                state["done"] = True
+                on_fail()
+
+        self.at(self.p.rpc_timeout, timeout)
+        if host.cut() or (self.faulty() and self.rng.random() < self.p.p_loss):
+            return
+        copies = 2 if self.faulty() and self.rng.random() < self.p.p_dup else 1
+        for _ in range(copies):
+            self.at(self._delay(method), lambda: self._deliver(host, method, args, finish))
+
+    def _deliver(
+        self, host: Host, method: str, args: tuple[typing.Any, ...], finish: typing.Callable[[typing.Any], None]
+    ) -> None:
+        shell = self.shell
+        if shell is None or not shell.alive:
+            return
+        reply = shell.handle(method, args)
+        self.after_orchestrator(shell)
+        if host.cut() or (self.faulty() and self.rng.random() < self.p.p_loss):
+            return
+        # A reply sent before a crash still arrives; nothing is sent after it.
+        self.at(self._delay(), lambda: finish(reply))
+
+    def spawn(self, host_id: str) -> None:
+        """Start a ShardHost actor; it is up after a while (if the cluster does not lose it)."""
+        want = -(-self.p.shards // self.p.hosts)
+        host = Host(self, host_id, want)
+        self.hosts[host_id] = host
+        self.at(self.rng.uniform(0.3, 2.0), lambda: host.start() if host.alive else None)
+
+    def kill(self, host_id: str) -> None:
+        """``ray.kill``: takes effect once the host is reachable."""
+        host = self.hosts.get(host_id)
+        if host is None or not host.alive:
+            return
+        self.at(max(0.05, host.cut_until - self.t), host.die)
+
+    def host_died(self, host: Host) -> None:
+        """A host process ended: the Orchestrator's watch hears of it."""
+        self.deaths += 1
+        shell = self.shell
+        if shell is not None and shell.alive:
+            self.at(self.rng.uniform(0.05, 0.5), lambda: shell.death_notice(host.host_id))
+
+    # -- faults ------------------------------------------------------------------------------------
+
+    def _fault(self) -> None:
+        if not self.faulty():
+            return
+        self.at(self.rng.expovariate(1 / 3.0), self._fault)
+        kind = self.rng.choices(
+            ["host_death", "cut", "restart", "discord", "clock"], weights=[2, 2, 1.5, 3, 1]
+        )[0]
+        live = sorted(h for h, host in self.hosts.items() if host.alive)
+        if kind == "host_death" and live:
+            self.hosts[self.rng.choice(live)].die()
+        elif kind == "cut" and live:
+            host = self.hosts[self.rng.choice(live)]
+            host.cut_until = self.t + self.rng.choice([1.0, 3.0, 8.0, 15.0])
+        elif kind == "restart" and self.shell is not None and self.shell.alive:
+            self.shell.alive = False
+            self.restarts += 1
+            self.at(self.rng.choice([self.rng.uniform(0.05, 0.5), self.rng.uniform(0.5, 5.0)]), self._restart)
+        elif kind == "discord":
+            self.gateway.fault()
+        elif kind == "clock":
+            self.wall_offset += self.rng.choice([-3600.0, -2.0, 2.0, 3600.0])
+
+    def _restart(self) -> None:
+        self.shell = Shell(self, self.kv)
+        self.after_orchestrator(self.shell)
+
+    def _gateway_tick(self) -> None:
+        self.gateway.tick()
+        for host in self.hosts.values():
+            if host.alive:
+                host.observe()
+        self.at(1.0, self._gateway_tick)
+
+    # -- invariants --------------------------------------------------------------------------------
+
+    def after_orchestrator(self, shell: Shell) -> None:
+        """Invariants on the table after each Orchestrator event."""
+        if shell.incarnation <= self.last_incarnation and shell.incarnation != self.last_incarnation:
+            self.fail(f"incarnation went back to {shell.incarnation}")
+        self.last_incarnation = max(self.last_incarnation, shell.incarnation)
+        table = shell.table
+        for host_id in {r.host_id for r in table.shards.values()} | set(table.hosts):
+            if host_id is not None and table.owned_by(host_id) != [
+                r.shard_id for r in table.shards.values() if r.host_id == host_id
+            ]:
+                self.fail(f"the table's ownership index of {host_id} is out of step with its records")
+        for record in shell.table.shards.values():
+            if record.host_id is not None:
+                owner = self.grants.setdefault((record.shard_id, record.epoch), record.host_id)
+                if owner != record.host_id:
+                    self.fail(
+                        f"epoch {record.epoch} of shard {record.shard_id} was granted to {owner} and {record.host_id}"
+                    )
+            session = record.session
+            if session is not None:
+                # Within one Orchestrator life; a restart may go back to its checkpoint's seq.
+                key = f"{self.restarts}/{session.session_id}"
+                if session.seq < self.table_seq.get(key, -1):
+                    self.fail(f"the table's seq of {session.session_id} went back to {session.seq}")
+                self.table_seq[key] = session.seq
+
+    def check(self) -> None:
+        """Invariants after every step."""
+        gw = self.gateway
+        gw._roll_day()
+        if gw.used > self.p.budget:
+            self.fail(f"{gw.used} identifies today, budget {self.p.budget}")
+        for shard_id, conns in gw.open_by_shard.items():
+            if len(conns) > 1:
+                self.fail(f"shard {shard_id} has {len(conns)} open connections")
+
+    def converged(self) -> bool:
+        """Every shard runs exactly once, on a live host the table agrees owns it; no host leaks."""
+        shell = self.shell
+        if shell is None or not shell.alive or shell.recovering():
+            return False
+        alive = {h for h, host in self.hosts.items() if host.alive}
+        table_live = {h.host_id for h in shell.table.live_hosts()}
+        if alive != table_live or len(alive) != self.p.hosts:
+            return False
+        for shard_id in range(self.p.shards):
+            conns = self.gateway.open_by_shard.get(shard_id, set())
+            if len(conns) != 1:
+                return False
+            conn = self.gateway.conns[next(iter(conns))]
+            host = self.hosts[conn.host_id]
+            slot = host.slots.get(shard_id)
+            if slot is None or slot.conn != conn.conn_id:
+                return False
+            if not shell.table.holds(conn.host_id, shard_id, slot.lease.epoch):
+                return False
+        return True
+
+    def bound(self) -> float:
+        """How long after the faults stop convergence may take."""
+        p = self.p
+        rounds = -(-p.shards // p.max_concurrency)
+        return p.host_timeout + p.recovery_grace + 10.0 + 2 * rounds * (WINDOW + 0.5) + p.day
+
+    # -- running -----------------------------------------------------------------------------------
+
+    def run(self, *, trace: typing.Callable[[str], None] | None = None) -> SimResult:
+        """Run faults for ``fault_time``, then require convergence within `bound`."""
+        self.shell = Shell(self, None)
+        self.at(0.0, self._gateway_tick)
+        self.at(self.rng.uniform(0.5, 3.0), self._fault)
+        converged_at: float | None = None
+        while self._queue:
+            when, _, action = heapq.heappop(self._queue)
+            self.t = when
+            self.step += 1
+            action()
+            self.check()
+            if trace is not None:
+                trace(self._describe())
+            if not self.faulty() and self.step % 8 == 0:
+                assert self.faults_ended_at is not None
+                if self.converged():
+                    converged_at = self.t
+                    break
+                if self.t > self.faults_ended_at + self.bound():
+                    self.fail(f"not converged {self.bound():.0f} s after the faults stopped: {self._describe()}")
+        return SimResult(
+            seed=self.seed,
+            steps=self.step,
+            time=self.t,
+            identifies=self.gateway.identifies,
+            resumes=self.gateway.resumes,
+            replay_overflows=self.gateway.overflows,
+            restarts=self.restarts,
+            host_deaths=self.deaths,
+            converged_after=math.nan if converged_at is None or self.faults_ended_at is None
+            else converged_at - self.faults_ended_at,
+        )
+
+    def _describe(self) -> str:
+        shell = self.shell
+        owners = []
+        if shell is not None:
+            for r in shell.table.shards.values():
+                owners.append(f"{r.shard_id}:{r.host_id}@{r.epoch & 0xFFFFFFFF}/{r.epoch >> 32}:{r.status.value[:4]}")
+        conns = {s: sorted(self.gateway.conns[c].host_id for c in cs) for s, cs in self.gateway.open_by_shard.items()}
+        hosts = {
+            h: ({s: f"{slot.phase}@{slot.lease.epoch & 0xFFFFFFFF}" for s, slot in host.slots.items()}, host.cut())
+            for h, host in self.hosts.items()
+            if host.alive
+        }
+        if shell is not None:
+            hosts["table"] = ([h.host_id for h in shell.table.live_hosts()], shell.recovering())  # type: ignore[assignment]
+        up = "up" if shell is not None and shell.alive else "down"
+        return f"t={self.t:.2f} orchestrator {up}; table {owners}; discord {conns}; hosts {hosts}"
+
+
+def run_seed(
+    seed: int,
+    *,
+    fault_time: float | None = None,
+    fault_steps: int | None = None,
+    trace: typing.Callable[[str], None] | None = None,
+) -> SimResult:
+    """Simulate one seed; raises `Violation` when an invariant breaks."""
+    return World(seed, fault_time=fault_time, fault_steps=fault_steps).run(trace=trace)
