@@ -55,6 +55,7 @@ from ray_shards.models import (
     ShardStatus,
 )
 from ray_shards.presence import PresenceState
+from ray_shards.protocol import IdentifyAnswer
 from ray_shards.remote import RemoteShard
 from ray_shards.timings import Timings
 
@@ -63,6 +64,8 @@ __all__ = ["Bot"]
 _LOGGER = logging.getLogger("ray_shards.bot")
 
 _FATAL_CLOSE_CODES = frozenset({4004, 4010, 4011, 4012, 4013, 4014})
+_GRANT_USE_LIMIT = 1.0
+"""Seconds between asking for an identify grant and sending the IDENTIFY (the scheduler's grant_use_limit)."""
 
 
 def _tls_rejected(ca_cert: bytes | None) -> None:
@@ -89,6 +92,11 @@ class _Slot:
     identify_sent_at: float | None = None
     reported: SessionState | None = None
     """The session last reported to the Orchestrator: reports never go back from it."""
+    previous: _Slot | None = None
+    """The slot this one replaces (same shard, lower epoch): it must be gone before this one connects."""
+    left: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    handed: SessionState | None = None
+    """The session this slot handed over when it left."""
 
 
 class _ShardsView(typing.Mapping[int, hikari.api.GatewayShard]):
@@ -228,6 +236,9 @@ class Bot(traits.GatewayBotAware):
         self._presence = PresenceState()
         self._presence_version = 0
         self._slots: dict[int, _Slot] = {}
+        # Highest lease epoch this host has ended, per shard: a late or resent adopt of such a lease (or an older
+        # one) is never run again, or two sessions could run for one shard.
+        self._ended: dict[int, int] = {}
         self._remote: dict[int, RemoteShard] = {}
         self._remote_table: dict[int, ShardInfo] = {}
         self._sync_task: asyncio.Task[None] | None = None
@@ -563,9 +574,17 @@ class Bot(traits.GatewayBotAware):
 
     def _adopt(self, lease: Lease) -> None:
         assert self._config is not None
+        if lease.epoch <= self._ended.get(lease.shard_id, -1):
+            _LOGGER.info("host %s: shard %s epoch %s was already ended here; giving the lease back", self._host_id,
+                         lease.shard_id, lease.epoch)
+            self._spawn(self._give_back_lease(lease), f"give back shard {lease.shard_id}")
+            return
         old = self._slots.get(lease.shard_id)
         if old is not None and old.lease.epoch >= lease.epoch:
             return
+        if old is not None and not old.leaving:
+            # A newer lease of a shard that still runs here under an older one: hand the old run over first.
+            self._spawn(self._leave(old, hand_over=True), f"replace shard {lease.shard_id}")
         shard = sessions.ManagedShard(
             hooks=self,
             http_settings=self._http_settings,
@@ -580,15 +599,21 @@ class Bot(traits.GatewayBotAware):
             url=self._config.gateway_url,
             **self._presence.to_initial_kwargs(),
         )
-        if lease.session is not None:
-            sessions.seed(shard, lease.session)
-        slot = _Slot(lease=lease, shard=shard)
+        slot = _Slot(lease=lease, shard=shard, previous=old)
         self._slots[lease.shard_id] = slot
         slot.task = asyncio.create_task(self._run_slot(slot), name=f"shard {lease.shard_id}")
 
     async def _run_slot(self, slot: _Slot) -> None:
         shard_id = slot.lease.shard_id
-        resumed = slot.lease.session is not None
+        previous, slot.previous = slot.previous, None
+        if previous is not None:
+            await previous.left.wait()
+        session = slot.lease.session
+        if previous is not None and previous.handed is not None:
+            session = previous.handed  # fresher than the table's copy: it is what that run handed over
+        if session is not None:
+            sessions.seed(slot.shard, session)
+        resumed = session is not None
         try:
             await slot.shard.start()
             slot.status = ShardStatus.READY
@@ -625,7 +650,13 @@ class Bot(traits.GatewayBotAware):
         slot.started.set()
         await self._release(slot, stopped=False, failed=error)
 
+    async def _give_back_lease(self, lease: Lease) -> None:
+        with contextlib.suppress(Exception):
+            await self._link.call("release", self._host_id, lease.shard_id, lease.epoch, None, retry_for=10.0)
+
     async def _release(self, slot: _Slot, *, stopped: bool, failed: str | None = None) -> None:
+        shard_id = slot.lease.shard_id
+        self._ended[shard_id] = max(self._ended.get(shard_id, -1), slot.lease.epoch)
         with contextlib.suppress(Exception):
             await self._link.call(
                 "release",
@@ -661,10 +692,14 @@ class Bot(traits.GatewayBotAware):
             slot.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await slot.task
-        self._slots.pop(shard_id, None)
-        self._metrics.forget(shard_id)
-        self._event_manager.forget_shard(shard_id)
+        if self._slots.get(shard_id) is slot:
+            self._slots.pop(shard_id, None)
+            self._metrics.forget(shard_id)
+            self._event_manager.forget_shard(shard_id)
         slot.status = ShardStatus.STOPPED
+        self._ended[shard_id] = max(self._ended.get(shard_id, -1), slot.lease.epoch)
+        slot.handed = session
+        slot.left.set()
         with contextlib.suppress(Exception):
             await self._link.call(
                 "release",
@@ -685,13 +720,25 @@ class Bot(traits.GatewayBotAware):
         if slot is None or slot.leaving:
             raise LeaseLostError(f"shard {shard_id} is not leased to host {self._host_id}")
         while True:
+            asked = time.monotonic()
             try:
-                presence: PresenceState = await self._link.call(
-                    "identify", self._host_id, shard_id, slot.lease.epoch, retry_for=60.0
+                answer: IdentifyAnswer = await self._link.call(
+                    "request_identify", self._host_id, shard_id, slot.lease.epoch, retry_for=60.0
                 )
-                break
             except OrchestratorUnavailableError:
                 _LOGGER.warning("shard %s waits for the orchestrator to identify", shard_id)
+                continue
+            if not answer.granted or answer.presence is None:
+                # Not yet: sleep here (no call parked in the Orchestrator), and ask again at least once a window.
+                await asyncio.sleep(min(max(answer.wait, 0.05), self._timings.identify_window))
+                continue
+            if time.monotonic() - asked > _GRANT_USE_LIMIT:
+                # The grant took too long to arrive: the scheduler counts it as used no later than this limit
+                # after it was asked for, so sending now could land in the next IDENTIFY's window. Ask again.
+                _LOGGER.warning("shard %s: identify grant arrived late; asking again", shard_id)
+                continue
+            presence = answer.presence
+            break
         self._presence = presence
         slot.identify_sent_at = time.time()
         self._metrics.count("identifies", shard_id)
@@ -827,10 +874,13 @@ class Bot(traits.GatewayBotAware):
     async def _sync_forever(self) -> None:
         last_table = 0.0
         last_ok = time.monotonic()
-        report_seq = 0
+        # report_seq must grow for the whole life of a host id, also across a restart of this Bot (the table
+        # ignores a report_seq it has seen): start from the wall clock in microseconds, then count.
+        report_seq = time.time_ns() // 1000
         while True:
             try:
                 report_seq += 1
+                sent_at = time.monotonic()
                 directives: HostDirectives = await self._link.call(
                     "sync",
                     self._host_id,
@@ -839,7 +889,8 @@ class Bot(traits.GatewayBotAware):
                     report_seq=report_seq,
                     retry_for=min(5.0, self._lease_cutoff()),
                 )
-                last_ok = time.monotonic()
+                # The lease is renewed as of when this sync was *sent*: the Orchestrator saw it no earlier.
+                last_ok = sent_at
                 self._apply(directives)
                 if time.monotonic() - last_table > 2.0:
                     last_table = time.monotonic()
@@ -860,10 +911,16 @@ class Bot(traits.GatewayBotAware):
                 await asyncio.sleep(self._timings.sync_interval)
 
     def _apply(self, directives: HostDirectives) -> None:
+        # Revokes first. A revoke of a shard that the same answer also adopts stops only a run below the
+        # adopt's epoch: the revoke is for the older lease, and the adopt may already run here (resent).
+        adopting = {lease.shard_id: lease.epoch for lease in directives.adopt}
         for shard_id in directives.revoke:
             slot = self._slots.get(shard_id)
-            if slot is not None and not slot.leaving:
-                self._spawn(self._leave(slot, hand_over=True), f"hand over shard {shard_id}")
+            if slot is None or slot.leaving:
+                continue
+            if shard_id in adopting and slot.lease.epoch >= adopting[shard_id]:
+                continue
+            self._spawn(self._leave(slot, hand_over=True), f"hand over shard {shard_id}")
         for lease in directives.adopt:
             self._adopt(lease)
         for command in directives.commands:

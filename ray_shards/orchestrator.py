@@ -48,13 +48,16 @@ from ray_shards.models import (
     ShardStatus,
 )
 from ray_shards.presence import PresenceState, merge_presence
-from ray_shards.protocol import OperationState, ReshardProgress, RollingRestartProgress
+from ray_shards.protocol import IdentifyAnswer, OperationState, ReshardProgress, RollingRestartProgress
 from ray_shards.table import CheckpointSchemaError, ShardTable
 from ray_shards.timings import Timings
 
 __all__ = ["Orchestrator", "OrchestratorOptions"]
 
 _LOGGER = logging.getLogger("ray_shards.orchestrator")
+
+_GRANT_USE_LIMIT = 1.0
+"""Seconds within which a host sends the IDENTIFY it was granted (or drops the grant): see `ray_shards.bot`."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -171,7 +174,9 @@ class Orchestrator:
         self._scheduler = self._new_scheduler(int(data.get("remaining", 1000)))
         # An IDENTIFY may have been granted (and sent) just before the crash, and the old schedule died with
         # the process: every bucket starts with a full window, so the next IDENTIFY cannot come too early.
-        self._scheduler.start_full(time.monotonic())
+        # Hosts drop a grant they could not use within grant_use_limit of asking, so that is all a grant of the
+        # dead Orchestrator may still be used after now.
+        self._scheduler.start_full(time.monotonic(), in_flight=_GRANT_USE_LIMIT)
         # When the daily budget resets was not checkpointed (a monotonic time means nothing to another
         # process): ask Discord again as soon as a token is known.
         self._scheduler.set_budget(self._scheduler.remaining, 0.0, time.monotonic())
@@ -195,6 +200,12 @@ class Orchestrator:
             )
             if self._reshard.state not in ("finished", "failed", "rolled back"):
                 self._roll_back_reshard_after_restart()
+        # The restored table has a new incarnation: write it before any lease of that incarnation is granted, or
+        # a second crash would restore the old incarnation again and hand out the same epochs twice.
+        try:
+            checkpoint.save_checkpoint(self._bot_id, self._checkpoint_data())
+        except Exception:
+            _LOGGER.exception("could not write the restored checkpoint")
         _LOGGER.warning(
             "orchestrator of bot %s restarted from its checkpoint: %s shards, %s hosts to hear back from",
             self._bot_id,
@@ -635,6 +646,32 @@ class Orchestrator:
         return leases
 
     # -- identify / resume gate ------------------------------------------------------------------
+
+    async def request_identify(self, capability: str, host_id: str, shard_id: int, epoch: int) -> IdentifyAnswer:
+        """Ask once whether ``shard_id`` may IDENTIFY now; never parks the call.
+
+        The answer is a grant (with the presence to identify with) or a not-before wait: the
+        host sleeps locally and asks again, so no actor slot waits per shard and nothing
+        wakes a herd of parked calls. A host must send its IDENTIFY within the scheduler's
+        ``grant_use_limit`` of asking, or drop the grant and ask again.
+
+        Raises
+        ------
+        LeaseLostError
+            When ``host_id`` no longer holds the shard's lease.
+        """
+        _, _, scheduler = self._check(capability)
+        table = self._table_of(host_id)
+        if not table.holds(host_id, shard_id, epoch):
+            scheduler.cancel(shard_id)
+            msg = f"host {host_id} no longer holds shard {shard_id} (epoch {epoch})"
+            raise LeaseLostError(msg)
+        outcome = scheduler.request(shard_id, time.monotonic(), holder=(host_id, epoch))
+        if isinstance(outcome, IdentifyGrant):
+            table.shards[shard_id].identifies += 1
+            self._dirty = True
+            return IdentifyAnswer(granted=True, wait=0.0, presence=self._presence)
+        return IdentifyAnswer(granted=False, wait=outcome, presence=None)
 
     async def identify(self, capability: str, host_id: str, shard_id: int, epoch: int) -> PresenceState:
         """Wait until ``shard_id`` may IDENTIFY by Discord's rate limit; return the presence to identify with.
@@ -1150,9 +1187,9 @@ class Orchestrator:
                     old.retiring = False
                 raise
         for old in olds:
-            record = table.hosts.get(old.host_id)
-            if record is not None:
-                record.want = 0
+            # The old host gets no new shard and hands every one it holds over (by RESUME on the new host).
+            table.drain(old.host_id)
+            self._mailboxes.setdefault(old.host_id, _Mailbox()).wake.set()
         deadline = time.monotonic() + 30.0 + 5.0 * want
         while any(table.owned_by(o.host_id) for o in olds) or any(
             r.status is not ShardStatus.READY for r in table.shards.values() if r.host_id is not None
@@ -1386,6 +1423,23 @@ class Orchestrator:
         with contextlib.suppress(Exception):
             ray.kill(self._handles[host_id], no_restart=True)
 
+    def _checkpoint_data(self) -> dict[str, typing.Any]:
+        assert self._config is not None and self._table is not None and self._token_hash is not None
+        self._checkpoint_seq += 1
+        return {
+            "schema": CHECKPOINT_SCHEMA,
+            "seq": self._checkpoint_seq,
+            "config": dataclasses.asdict(self._config),
+            "token_hash": self._token_hash.to_json(),
+            "table": self._table.to_json(),
+            "presence": dataclasses.asdict(self._presence),
+            "presence_version": self._presence_version,
+            "remaining": self._scheduler.remaining if self._scheduler else 0,
+            "fleet": self._fleet.to_json() if self._fleet else None,
+            "rolling": self._rolling.to_json() if self._rolling is not None else None,
+            "reshard": self._reshard.to_json() if self._reshard is not None else None,
+        }
+
     async def _checkpoint_now(self) -> None:
         """Write the checkpoint now (intent before acting: a host's name before its actor exists)."""
         self._dirty = True
@@ -1399,22 +1453,7 @@ class Orchestrator:
         async with self._checkpoint_lock:
             if self._stopping:
                 return
-            self._checkpoint_seq += 1
-            data = {
-                "schema": CHECKPOINT_SCHEMA,
-                "seq": self._checkpoint_seq,
-                "config": dataclasses.asdict(self._config),
-                "token_hash": self._token_hash.to_json(),
-                "table": self._table.to_json(),
-                "presence": dataclasses.asdict(self._presence),
-                "presence_version": self._presence_version,
-                "remaining": self._scheduler.remaining if self._scheduler else 0,
-                "fleet": self._fleet.to_json() if self._fleet else None,
-                "rolling": self._rolling.to_json() if self._rolling is not None else None,
-                "reshard": (
-                    self._reshard.to_json() if self._reshard is not None else None
-                ),
-            }
+            data = self._checkpoint_data()
             self._dirty = False
             self._last_checkpoint = time.time()
             try:

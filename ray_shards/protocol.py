@@ -31,6 +31,7 @@ __all__ = [
     "CommandKind",
     "HostDirectives",
     "HostHealth",
+    "IdentifyAnswer",
     "Lease",
     "OperationState",
     "PingInfo",
@@ -66,6 +67,17 @@ class Registration:
     """Shards the host said it runs whose lease is no longer its own: it must stop them."""
     presence: PresenceState
     presence_version: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IdentifyAnswer:
+    """`Orchestrator.request_identify`: a grant to IDENTIFY now, or how long to wait before asking again."""
+
+    granted: bool
+    wait: float
+    """Seconds before asking again (0 with a grant)."""
+    presence: PresenceState | None
+    """The bot's presence to identify with (with a grant)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
