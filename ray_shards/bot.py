@@ -162,6 +162,7 @@ class Bot(traits.GatewayBotAware):
         "_cache",
         "_closed_event",
         "_closing_event",
+        "_ended",
         "_config",
         "_entity_factory",
         "_event_factory",
