@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+
 import hikari
+from hikari.impl import config as config_impl
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ray_shards.auth import mask_tokens
 
-__all__ = ["RayShardsSettings", "parse_intents"]
+__all__ = ["HostSetup", "RayShardsSettings", "parse_intents"]
 
 
 _INTENT_NAMES: dict[str, int] = {name: int(flag) for name, flag in hikari.Intents.__members__.items()}
@@ -75,3 +79,96 @@ class RayShardsSettings(BaseSettings):
             return parse_intents(value)
         msg = "intents must be a number or hikari.Intents names"
         raise ValueError(msg)
+
+
+# Bot arguments a ShardHost sets itself: the bot's, or the host's own.
+_CHOSEN_BY_THE_HOST = frozenset(
+    {"intents", "rest_url", "local_shard_count", "host_id", "timings", "actor_handle", "global_shard_count", "shadow"}
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HostSetup:
+    """How the launchers' ShardHosts build and set up their `ray_shards.Bot`.
+
+    `run_subprocesses`, `spawn_subprocesses` and `BotDeployment.start` build one from
+    their ``cache_settings``, ``http_settings``, ``proxy_settings``, ``large_threshold``
+    and ``settings_factory`` arguments. For ``ray-shards run --entrypoint mod:name``
+    (and so ``cluster.yaml`` jobs), make ``mod.name`` a `HostSetup`: it is callable like
+    the plain callback it wraps. It is pickled, sent to every host and kept in the
+    Orchestrator's checkpoint, so it must not hold secrets: read those in
+    ``settings_factory``, which runs on the host.
+
+    Parameters
+    ----------
+    callback
+        Called with each host's bot before it starts (set listeners and frameworks up here).
+    cache_settings, http_settings, proxy_settings
+        hikari's settings objects, passed to each host's `Bot` as in `hikari.GatewayBot`.
+    large_threshold
+        Members in a guild before Discord treats it as large (50 to 250), for every host's shards.
+    settings_factory
+        Called on each host (in its process, before its bot is built) with no arguments;
+        returns more keyword arguments for `ray_shards.Bot`, such as ``executor=`` (which
+        cannot be pickled) or ``auto_chunk_members=``. Configure logging here too: it runs
+        in the host's process.
+    """
+
+    callback: typing.Callable[[typing.Any], typing.Any] | None = None
+    cache_settings: config_impl.CacheSettings | None = None
+    http_settings: config_impl.HTTPSettings | None = None
+    proxy_settings: config_impl.ProxySettings | None = None
+    large_threshold: int | None = None
+    settings_factory: typing.Callable[[], typing.Mapping[str, typing.Any] | None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.callback is not None and not callable(self.callback):
+            msg = f"callback must be callable, not {type(self.callback).__name__}"
+            raise TypeError(msg)
+        if self.settings_factory is not None and not callable(self.settings_factory):
+            msg = f"settings_factory must be callable, not {type(self.settings_factory).__name__}"
+            raise TypeError(msg)
+        for name, kind in (
+            ("cache_settings", config_impl.CacheSettings),
+            ("http_settings", config_impl.HTTPSettings),
+            ("proxy_settings", config_impl.ProxySettings),
+        ):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, kind):
+                msg = f"{name} must be a hikari.impl.{kind.__name__}, not {type(value).__name__}"
+                raise TypeError(msg)
+        threshold = self.large_threshold
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int)
+                                      or not 50 <= threshold <= 250):
+            msg = f"large_threshold must be a whole number from 50 to 250 (Discord's range), not {threshold!r}"
+            raise ValueError(msg)
+
+    def __call__(self, bot: typing.Any) -> typing.Any:
+        """Run the wrapped callback (if any) on ``bot``."""
+        return self.callback(bot) if self.callback is not None else None
+
+    def bot_options(self) -> dict[str, typing.Any]:
+        """Keyword arguments for the host's `ray_shards.Bot`: the settings objects, then the factory's (run here).
+
+        Raises
+        ------
+        TypeError
+            When the factory returns something other than a mapping of names to values.
+        """
+        options: dict[str, typing.Any] = {
+            name: getattr(self, name)
+            for name in ("cache_settings", "http_settings", "proxy_settings")
+            if getattr(self, name) is not None
+        }
+        if self.settings_factory is not None:
+            extra = self.settings_factory()
+            if extra is not None:
+                if not isinstance(extra, typing.Mapping) or not all(isinstance(k, str) for k in extra):
+                    msg = f"settings_factory must return a mapping of Bot keyword arguments, not {type(extra).__name__}"
+                    raise TypeError(msg)
+                chosen = sorted(set(extra) & _CHOSEN_BY_THE_HOST)
+                if chosen:
+                    msg = f"settings_factory cannot set {', '.join(chosen)}: the launcher sets them for every host"
+                    raise TypeError(msg)
+                options.update(extra)
+        return options
