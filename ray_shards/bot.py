@@ -700,11 +700,12 @@ class Bot(traits.GatewayBotAware):
             startup_window_delay=startup_window_delay,
             large_threshold=large_threshold,
         )
+        expected_count = self._global_shard_count
         if shard_count is not None:
-            if self._global_shard_count is not None and self._global_shard_count != shard_count:
-                msg = f"shard_count={shard_count} differs from global_shard_count={self._global_shard_count}"
+            if expected_count is not None and expected_count != shard_count:
+                msg = f"shard_count={shard_count} differs from global_shard_count={expected_count}"
                 raise ValueError(msg)
-            self._global_shard_count = shard_count
+            expected_count = shard_count
         presence = None
         if any(value is not hikari.UNDEFINED for value in (activity, afk, idle_since, status)):
             presence = validation.presence_update(idle_since=idle_since, afk=afk, activity=activity, status=status)
@@ -725,7 +726,7 @@ class Bot(traits.GatewayBotAware):
                 node_id=self._node_id(),
                 want=self._local_shard_count,
                 handle=self._actor_handle,
-                shard_count=self._global_shard_count,
+                shard_count=expected_count,
             )
         )
         try:
@@ -737,7 +738,7 @@ class Bot(traits.GatewayBotAware):
                 await self._give_back(leases)
             raise
         try:
-            self._check_config(config, large_threshold)
+            self._check_config(config, large_threshold, expected_count)
         except BaseException:
             await self._give_back(leases)
             raise
@@ -792,10 +793,13 @@ class Bot(traits.GatewayBotAware):
         except Exception:
             return None
 
-    def _check_config(self, config: BotConfig, large_threshold: int | None = None) -> None:
-        if self._global_shard_count is not None and self._global_shard_count != config.shard_count:
+    def _check_config(
+        self, config: BotConfig, large_threshold: int | None = None, shard_count: int | None = None
+    ) -> None:
+        shard_count = shard_count if shard_count is not None else self._global_shard_count
+        if shard_count is not None and shard_count != config.shard_count:
             msg = (
-                f"global_shard_count is {self._global_shard_count} but the orchestrator runs "
+                f"global_shard_count is {shard_count} but the orchestrator runs "
                 f"{config.shard_count} shards; pass global_shard_count={config.shard_count} or leave it out"
             )
             raise ValueError(msg)
@@ -809,6 +813,7 @@ class Bot(traits.GatewayBotAware):
             # A per-session IDENTIFY field: this bot's shards may use their own.
             config = dataclasses.replace(config, large_threshold=large_threshold)
         self._config = config
+        self._global_shard_count = shard_count
         if not self._explicit_intents:
             self._intents = hikari.Intents(config.intents)
             # The event manager was built before the intents were known: give it the real ones (member chunking

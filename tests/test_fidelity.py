@@ -92,7 +92,7 @@ async def test_start_options_reach_discord(ray_cluster: typing.Any, emulator_fac
     link = await start_orchestrator(token, None, rest_url=emu.rest_url, timings=FAST, shard_count=2)
     bot = Bot(None, token, rest_url=emu.rest_url, local_shard_count=2)
     try:
-        with pytest.raises(ValueError, match="orchestrator runs 2 shards"):
+        with pytest.raises(ValueError, match="runs 2 shards"):
             await bot.start(shard_count=3)
         assert not bot.is_alive
         await bot.start(
