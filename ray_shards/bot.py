@@ -218,7 +218,9 @@ class Bot(traits.GatewayBotAware):
     http_settings
         Configuration to use for the REST client.
     intents
-        The intents the bot runs with; must match the Orchestrator's. Defaults to its.
+        The intents the bot runs with; must match the Orchestrator's. None (the default)
+        takes the Orchestrator's when `start` registers, for the shards and the event
+        manager alike (member chunking; missing-intent warnings are given then).
     proxy_settings
         Custom proxy settings for the REST client and the shards.
     rest_url
@@ -226,11 +228,19 @@ class Bot(traits.GatewayBotAware):
     global_shard_count
         If given, the shard count the Orchestrator must be running (checked on start).
     local_shard_count
-        Amount of shards this bot should run locally.
+        Amount of shards this bot should run locally. A target, not a cap: the
+        Orchestrator may hand this bot the shards of a bot that died or closed.
+    auto_chunk_members
+        Whether to request guild members on GUILD_CREATE, as in `hikari.GatewayBot`.
+    executor
+        Executor for blocking work (REST file uploads...), as in `hikari.GatewayBot`.
     host_id
         Name of this bot among the bot's hosts; a random one by default.
     timings
         Reaction times (see `ray_shards.timings.Timings`).
+    actor_handle, shadow
+        Internal: set by the launchers' `ray_shards.host.ShardHost` (its own actor handle,
+        and whether its events are held during a live reshard).
     """
 
     __slots__ = (

@@ -107,7 +107,7 @@ async def test_start_options_reach_discord(ray_cluster: typing.Any, emulator_fac
             assert identify["large_threshold"] == 100
             presence = identify["presence"]
             assert presence["status"] == "idle" and presence["afk"] is True
-            assert presence["activities"][0]["name"] == "fidelity"
+            assert presence["game"]["name"] == "fidelity"  # hikari sends the activity as "game"
     finally:
         if bot.is_alive:
             await bot.close(hand_over=False)
@@ -131,25 +131,31 @@ async def test_run_options_close_loop_executor_debug_and_tracking(
         seen["depth"] = sys.get_coroutine_origin_tracking_depth()
         loop.call_later(0.2, lambda: asyncio.ensure_future(bot.close()))
 
-    def run() -> None:
-        bot.run(
-            close_loop=False,
-            close_passed_executor=True,
-            asyncio_debug=True,
-            coroutine_tracking_depth=3,
-            enable_signal_handlers=True,  # not the main thread: skipped without error, as in hikari
-        )
-        seen["after"] = asyncio.get_event_loop_policy().get_event_loop()
+    def run(**options: typing.Any) -> None:
+        bot.run(**options)
+        try:
+            seen["after"] = asyncio.get_event_loop_policy().get_event_loop()
+        except RuntimeError:  # close_loop=True unset the thread's loop
+            seen["after"] = None
 
-    thread = threading.Thread(target=run, daemon=True)
-    try:
+    async def run_in_thread(**options: typing.Any) -> None:
+        # enable_signal_handlers=True off the main thread: skipped without error, as in hikari.
+        thread = threading.Thread(target=run, kwargs={"enable_signal_handlers": True, **options}, daemon=True)
         thread.start()
         await asyncio.to_thread(thread.join, 90)
         assert not thread.is_alive(), "run() did not return after close()"
-        assert seen["debug"] is True and seen["depth"] == 3
+
+    try:
+        await run_in_thread(close_loop=False, close_passed_executor=True, coroutine_tracking_depth=3)
+        assert seen["debug"] is False and seen["depth"] == 3
         assert seen["after"] is seen["loop"] and not seen["loop"].is_closed(), "close_loop=False closed the loop"
         with pytest.raises(RuntimeError):
             executor.submit(print)  # close_passed_executor=True shut it down
+        seen["loop"].close()
+        # Run again: asyncio_debug=True, and the default close_loop=True closes the loop it ran on.
+        await run_in_thread(asyncio_debug=True)
+        assert seen["debug"] is True
+        assert seen["loop"].is_closed() and seen["after"] is None
     finally:
         if "loop" in seen and not seen["loop"].is_closed():
             seen["loop"].close()
@@ -226,7 +232,11 @@ async def test_latency_user_id_and_close_codes_across_two_bots(
         assert first.shards[remote_id].get_user_id() == first.shards[local_id].get_user_id() == first.bot_id
         # close(): hands over with 3000 (resumable), so the other bot RESUMEs; close(hand_over=False) sends 1001.
         await bots[1].close()
-        await wait_for(lambda: len(first.local_shards) == 2, 30, "the other bot to take the shard over")
+        await wait_for(
+            lambda: len(first.local_shards) == 2 and all(s.is_connected for s in first.local_shards.values()),
+            60,
+            "the other bot to take the shard over and RESUME it",
+        )
         await first.close(hand_over=False)
         closes = [(c["shard_id"], c["code"]) for c in emu.control.stats()["closes"] if c["by"] == "client"]
         assert (remote_id, 3000) in closes, closes
