@@ -767,12 +767,13 @@ class Bot(traits.GatewayBotAware):
             await self._wait_started(
                 [self._slots[lease.shard_id] for lease in leases if lease.shard_id in self._slots]
             )
-        except BaseException as exc:
+        except BaseException:
             # Leases not adopted yet are given back as they are; adopted shards are closed by close().
             await self._give_back([lease for lease in leases if lease.shard_id not in self._slots])
             if self._closing_event is not None and not self._closing_event.is_set():
-                # Cancelled (Ctrl-C): hand the shards on by RESUME; failed: end their sessions.
-                await self.close(hand_over=isinstance(exc, asyncio.CancelledError))
+                # Stopped while booting (a failure, or Ctrl-C): end the sessions as hikari does (1001). Shards still
+                # in their handshake have no session worth handing over.
+                await self.close(hand_over=False)
             raise
         await self._event_manager.dispatch(self._event_factory.deserialize_started_event(), return_tasks=True)
         _LOGGER.info(

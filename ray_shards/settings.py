@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import ssl
 import typing
 
+import attrs
 import hikari
 from hikari.impl import config as config_impl
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -143,6 +145,12 @@ class HostSetup:
             msg = f"large_threshold must be a whole number from 50 to 250 (Discord's range), not {threshold!r}"
             raise ValueError(msg)
 
+    def __reduce__(self) -> tuple[typing.Any, ...]:
+        # hikari's HTTPSettings holds an ssl.SSLContext, which cannot be pickled: send its fields instead.
+        http = _http_settings_fields(self.http_settings) if self.http_settings is not None else None
+        fields = (self.callback, self.cache_settings, http, self.proxy_settings, self.large_threshold)
+        return (_rebuild_host_setup, (*fields, self.settings_factory))
+
     def __call__(self, bot: typing.Any) -> typing.Any:
         """Run the wrapped callback (if any) on ``bot``."""
         return self.callback(bot) if self.callback is not None else None
@@ -172,3 +180,46 @@ class HostSetup:
                     raise TypeError(msg)
                 options.update(extra)
         return options
+
+
+def _http_settings_fields(settings: config_impl.HTTPSettings) -> dict[str, typing.Any]:
+    """``settings`` as picklable fields: its SSLContext becomes hikari's ``ssl=True``/``False`` it was built from.
+
+    Raises
+    ------
+    TypeError
+        For a custom SSLContext (own CA or options): it cannot be pickled, so build it in ``settings_factory``.
+    """
+    fields = {field.name: getattr(settings, field.name) for field in attrs.fields(type(settings))}
+    context = fields["ssl"]
+    plain = ssl.create_default_context()
+    custom = context.cert_store_stats() != plain.cert_store_stats() or context.options != plain.options
+    if context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname and not custom:
+        fields["ssl"] = True
+    elif context.verify_mode == ssl.CERT_NONE and not context.check_hostname and not custom:
+        fields["ssl"] = False
+    else:
+        msg = (
+            "http_settings.ssl is a custom ssl.SSLContext, which cannot be sent to the hosts; return "
+            "http_settings from HostSetup.settings_factory instead (it runs on each host)"
+        )
+        raise TypeError(msg)
+    return fields
+
+
+def _rebuild_host_setup(
+    callback: typing.Callable[[typing.Any], typing.Any] | None,
+    cache_settings: config_impl.CacheSettings | None,
+    http_fields: dict[str, typing.Any] | None,
+    proxy_settings: config_impl.ProxySettings | None,
+    large_threshold: int | None,
+    settings_factory: typing.Callable[[], typing.Mapping[str, typing.Any] | None] | None,
+) -> HostSetup:
+    return HostSetup(
+        callback=callback,
+        cache_settings=cache_settings,
+        http_settings=config_impl.HTTPSettings(**http_fields) if http_fields is not None else None,
+        proxy_settings=proxy_settings,
+        large_threshold=large_threshold,
+        settings_factory=settings_factory,
+    )

@@ -399,6 +399,11 @@ def test_host_setup_checks_and_builds_bot_options() -> None:
     assert options["auto_chunk_members"] is False
     assert options["cache_settings"].components == hikari.api.CacheComponents.NONE
     assert restored.large_threshold == 100
+    # hikari's HTTPSettings holds an SSLContext (not picklable): it travels as the ssl=True/False it came from.
+    unverified = HostSetup(http_settings=hikari.impl.HTTPSettings(ssl=False))
+    import ssl
+
+    assert ray.cloudpickle.loads(ray.cloudpickle.dumps(unverified)).http_settings.ssl.verify_mode == ssl.CERT_NONE
     setup.bot_options()
     setup(object())
     assert calls == ["factory", "callback"]
