@@ -428,6 +428,8 @@ async def test_launcher_settings_reach_every_hosts_bot(
         logging.getLogger("fidelity").setLevel(logging.DEBUG)
         return {"executor": concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="fidelity")}
 
+    channel = emu.control.guild_ids()[0] + 1  # a channel the emulator knows
+
     def callback(bot: typing.Any) -> None:
         import logging
 
@@ -435,9 +437,8 @@ async def test_launcher_settings_reach_every_hosts_bot(
 
         @bot.listen(hikari.StartedEvent)
         async def report(event: hikari.StartedEvent) -> None:
-            shard = next(iter(bot.local_shards))
             await bot.rest.create_message(
-                1000 + shard,
+                channel,
                 f"executor={type(bot.executor).__name__} cache={int(bot.cache.settings.components)} "
                 f"timeout={bot.http_settings.timeouts.total} proxy={bot.proxy_settings.headers.get('X-Fidelity')} "
                 f"log={logging.getLogger('fidelity').level}",
