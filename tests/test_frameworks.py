@@ -40,21 +40,26 @@ async def test_tanjun_prefix_and_slash_commands_are_answered(
     pytest.importorskip("tanjun", reason="hikari-tanjun is not installed (it is in the test extras)")
     emu = emulator_factory(token, shards=2, max_concurrency=2, guilds=4, identify_window_s=1.0)
 
+    # The callbacks below are pickled by value into the hosts, with only the globals they name: tanjun's and
+    # lightbulb's dependency injection evaluate string annotations there, so their commands take none.
     def tanjun_bot(bot: typing.Any) -> None:
         import tanjun
 
-        client = tanjun.Client.from_gateway_bot(bot, declare_global_commands=True, mention_prefix=False)
+        # Not declare_global_commands=True: tanjun 2.17.7's declaration reads SlashCommandBuilder.is_dm_enabled,
+        # which hikari 2.7 removed (AttributeError in tanjun, with or without ray_shards). Slash commands are
+        # answered by name all the same.
+        client = tanjun.Client.from_gateway_bot(bot, mention_prefix=False)
         client.add_prefix("!")
         component = tanjun.Component(name="fidelity")
 
         @component.with_command
         @tanjun.as_message_command("tping")
-        async def prefix_ping(ctx: tanjun.abc.MessageContext) -> None:
+        async def prefix_ping(ctx) -> None:  # type: ignore[no-untyped-def]
             await ctx.respond(f"tanjun prefix pong from {bot.host_id}")
 
         @component.with_command
         @tanjun.as_slash_command("tping", "Answer with the host that runs the shard")
-        async def slash_ping(ctx: tanjun.abc.SlashContext) -> None:
+        async def slash_ping(ctx) -> None:  # type: ignore[no-untyped-def]
             await ctx.respond(f"tanjun slash pong from {bot.host_id}")
 
         client.add_component(component)
@@ -64,9 +69,7 @@ async def test_tanjun_prefix_and_slash_commands_are_answered(
         intents=hikari.Intents.ALL_UNPRIVILEGED | hikari.Intents.MESSAGE_CONTENT,
     )
     try:
-        guilds = emu.control.guild_ids()
-        # Tanjun declares its slash command through REST once its client has started.
-        emu.control.wait_until(lambda c: any("commands" in r["path"] for r in c.rest_log()), timeout=30)
+        guilds = emu.control.guild_ids()  # every shard is READY: BotDeployment.start waited for it
         for guild in guilds[:2]:
             emu.control.dispatch_to_guild(guild, "MESSAGE_CREATE", _message(guild, "!tping"))
         emu.control.wait_until(lambda c: len(c.messages()) >= 2, timeout=30)
@@ -98,7 +101,7 @@ async def test_lightbulb_slash_command_is_answered(
         @client.register()
         class Ping(lightbulb.SlashCommand, name="lping", description="Answer with the host that runs the shard"):
             @lightbulb.invoke
-            async def invoke(self, ctx: lightbulb.Context) -> None:
+            async def invoke(self, ctx) -> None:  # type: ignore[no-untyped-def]
                 await ctx.respond(f"lightbulb pong from {bot.host_id}")
 
     deployment = await BotDeployment.start(
