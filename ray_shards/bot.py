@@ -909,12 +909,18 @@ class Bot(traits.GatewayBotAware):
     async def close(self, *, hand_over: bool | None = None) -> None:
         """Stop this bot.
 
+        Unlike `hikari.GatewayBot.close`, which ends every session (close code 1001), the
+        default hands the shards over: each connection is closed with 3000 (resumable)
+        and its session goes to the Orchestrator, which moves it by RESUME to another
+        bot of the same bot, with no IDENTIFY and no lost event (a rolling deploy).
+        ``hand_over=False`` behaves as hikari.
+
         Parameters
         ----------
         hand_over
             True: leave every session open and give the shards back to the Orchestrator,
             which moves them (by RESUME) to the bot's other hosts. False: end the
-            sessions. Default: hand over unless the whole bot is shutting down.
+            sessions (1001). Default: hand over unless the whole bot is shutting down.
         """
         if self._closed_event is None or self._closing_event is None:
             msg = "Cannot close an inactive bot"
