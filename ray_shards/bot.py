@@ -629,12 +629,13 @@ class Bot(traits.GatewayBotAware):
             # registering, booting or running; that task then closes (or unregisters) the bot.
             main.cancel()
 
-        installed: list[int] = []
+        installed: dict[int, typing.Any] = {}
         if enable_signal_handlers:
             for sig in shutdown_signals:
                 try:
+                    previous = signal.getsignal(sig)
                     loop.add_signal_handler(sig, on_signal, int(sig))
-                    installed.append(int(sig))
+                    installed[int(sig)] = previous
                 except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or not POSIX
                     _LOGGER.debug("cannot handle signal %s here", sig)
         try:
@@ -643,8 +644,11 @@ class Bot(traits.GatewayBotAware):
             if not received:
                 raise
         finally:
-            for signum in installed:
+            for signum, previous in installed.items():
                 loop.remove_signal_handler(signum)
+                # Put back what was there (Ray's own handlers, say), as hikari does.
+                with contextlib.suppress(TypeError, ValueError):
+                    signal.signal(signum, previous)
             if close_passed_executor and self._executor is not None:
                 self._executor.shutdown(wait=True)
                 self._executor = None
