@@ -916,7 +916,7 @@ class Bot(traits.GatewayBotAware):
         Unlike `hikari.GatewayBot.close`, which ends every session (close code 1001), the
         default hands the shards over: each connection is closed with 3000 (resumable)
         and its session goes to the Orchestrator, which moves it by RESUME to another
-        bot of the same bot, with no IDENTIFY and no lost event (a rolling deploy).
+        host of the same Discord bot, with no IDENTIFY and no lost event (a rolling deploy).
         ``hand_over=False`` behaves as hikari.
 
         Parameters
