@@ -469,3 +469,21 @@ async def test_launcher_settings_reach_every_hosts_bot(
         await deployment.stop()
     with pytest.raises(TypeError, match="not both"):
         await BotDeployment.start(token, callback=HostSetup(), large_threshold=100, subprocess_count=1)
+
+
+def test_ray_shards_run_entrypoint_can_be_a_host_setup(tmp_path: typing.Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ray-shards run --entrypoint mod:setup`` (and so cluster.yaml jobs) takes the hosts' settings as a HostSetup."""
+    from ray_shards import cli
+
+    (tmp_path / "fidelity_entry.py").write_text(
+        "import hikari\n"
+        "import ray_shards\n"
+        "def configure(bot):\n"
+        "    bot.configured = True\n"
+        "setup = ray_shards.HostSetup(callback=configure, large_threshold=75,\n"
+        "    cache_settings=hikari.impl.CacheSettings(components=hikari.api.CacheComponents.GUILDS))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    loaded = cli._load_callback("fidelity_entry:setup")
+    assert isinstance(loaded, HostSetup) and loaded.large_threshold == 75
+    assert loaded.bot_options()["cache_settings"].components == hikari.api.CacheComponents.GUILDS
