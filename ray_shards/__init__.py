@@ -17,6 +17,7 @@ from ray_shards.launch import (
 )
 from ray_shards.models import ShardInfo, ShardStatus
 from ray_shards.remote import RemoteShard
+from ray_shards.settings import HostSetup
 from ray_shards.timings import Timings
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "Bot",
     "BotDeployment",
     "Client",
+    "HostSetup",
     "RemoteShard",
     "ShardInfo",
     "ShardStatus",

@@ -14,13 +14,17 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import datetime
 import logging
 import math
 import signal
+import sys
+import threading
 import time
 import types
 import typing
 import uuid
+import warnings
 
 import hikari
 from hikari import traits
@@ -28,6 +32,7 @@ from hikari.api import cache as cache_api
 from hikari.api import entity_factory as entity_factory_api
 from hikari.api import event_factory as event_factory_api
 from hikari.api import event_manager as event_manager_api
+from hikari.events import base_events
 from hikari.impl import cache as cache_impl
 from hikari.impl import config as config_impl
 from hikari.impl import entity_factory as entity_factory_impl
@@ -39,7 +44,7 @@ from typing_extensions import override
 from ray_shards import sessions, validation
 from ray_shards.auth import redact
 from ray_shards.delivery import GatedEventManager
-from ray_shards.errors import BotStoppedError, LeaseLostError
+from ray_shards.errors import BotStoppedError, LeaseLostError, ShardFailedError
 from ray_shards.gateway_info import validate_rest_url
 from ray_shards.link import OrchestratorLink, OrchestratorUnavailableError
 from ray_shards.metrics import ShardMetrics
@@ -76,6 +81,86 @@ def _tls_rejected(ca_cert: bytes | None) -> None:
             "process instead (see the README, 'Security')."
         )
         raise ValueError(msg)
+
+
+def _check_start_options(
+    *,
+    shard_ids: typing.Sequence[int] | None,
+    shard_count: int | None,
+    ignore_session_start_limit: bool,
+    startup_window_delay: int,
+    large_threshold: int | None,
+) -> None:
+    """Refuse, with the reason, the `hikari.GatewayBot.start` options a ray_shards bot cannot honour."""
+    if shard_ids is not None and shard_count is None:
+        msg = "'shard_ids' must be passed with 'shard_count'"
+        raise TypeError(msg)
+    if shard_ids is not None:
+        msg = (
+            "shard_ids is not supported: the Orchestrator chooses which shards each bot runs (and moves them when "
+            "a bot dies), so a bot cannot pick them; use local_shard_count=N for how many"
+        )
+        raise ValueError(msg)
+    if shard_count is not None and (isinstance(shard_count, bool) or not isinstance(shard_count, int)
+                                    or shard_count < 1):
+        msg = f"shard_count must be at least 1, not {shard_count!r}"
+        raise ValueError(msg)
+    if ignore_session_start_limit:
+        msg = (
+            "ignore_session_start_limit=True is not supported: the Orchestrator never starts more sessions than "
+            "Discord's daily session_start_limit allows (it waits for the reset instead), for every host at once"
+        )
+        raise ValueError(msg)
+    if startup_window_delay < 5:
+        msg = "'startup_window_delay' must be at least 5 seconds"
+        raise ValueError(msg)
+    if startup_window_delay != 5:
+        msg = (
+            "startup_window_delay is not supported: the Orchestrator spaces IDENTIFYs for every host of the bot; "
+            "pass timings=Timings(identify_window=...) where the Orchestrator starts (run_server or a launcher)"
+        )
+        raise ValueError(msg)
+    if large_threshold is not None and (isinstance(large_threshold, bool) or not isinstance(large_threshold, int)
+                                        or not 50 <= large_threshold <= 250):
+        msg = f"large_threshold must be a whole number from 50 to 250 (Discord's range), not {large_threshold!r}"
+        raise ValueError(msg)
+
+
+async def _check_for_updates(
+    http_settings: config_impl.HTTPSettings, proxy_settings: config_impl.ProxySettings
+) -> None:
+    from hikari.internal import ux
+
+    await ux.check_for_updates(http_settings, proxy_settings)
+
+
+def _get_or_make_loop() -> asyncio.AbstractEventLoop:
+    """The thread's event loop, or a new one set as the thread's (as `hikari.GatewayBot.run` does)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            loop = asyncio.get_event_loop_policy().get_event_loop()
+        except RuntimeError:
+            loop = None
+    if loop is None or loop.is_closed():
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+    return loop
+
+
+def _destroy_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what is left on ``loop``, finish its async generators and default executor, and close it."""
+    try:
+        tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
 
 
 @dataclasses.dataclass(slots=True)
@@ -141,7 +226,9 @@ class Bot(traits.GatewayBotAware):
     http_settings
         Configuration to use for the REST client.
     intents
-        The intents the bot runs with; must match the Orchestrator's. Defaults to its.
+        The intents the bot runs with; must match the Orchestrator's. None (the default)
+        takes the Orchestrator's when `start` registers, for the shards and the event
+        manager alike (member chunking; missing-intent warnings are given then).
     proxy_settings
         Custom proxy settings for the REST client and the shards.
     rest_url
@@ -149,11 +236,19 @@ class Bot(traits.GatewayBotAware):
     global_shard_count
         If given, the shard count the Orchestrator must be running (checked on start).
     local_shard_count
-        Amount of shards this bot should run locally.
+        Amount of shards this bot should run locally. A target, not a cap: the
+        Orchestrator may hand this bot the shards of a bot that died or closed.
+    auto_chunk_members
+        Whether to request guild members on GUILD_CREATE, as in `hikari.GatewayBot`.
+    executor
+        Executor for blocking work (REST file uploads...), as in `hikari.GatewayBot`.
     host_id
         Name of this bot among the bot's hosts; a random one by default.
     timings
         Reaction times (see `ray_shards.timings.Timings`).
+    actor_handle, shadow
+        Internal: set by the launchers' `ray_shards.host.ShardHost` (its own actor handle,
+        and whether its events are held during a live reshard).
     """
 
     __slots__ = (
@@ -169,6 +264,8 @@ class Bot(traits.GatewayBotAware):
         "_event_manager",
         "_executor",
         "_explicit_intents",
+        "_failed",
+        "_failures",
         "_global_shard_count",
         "_host_id",
         "_http_settings",
@@ -244,6 +341,8 @@ class Bot(traits.GatewayBotAware):
         self._remote_table: dict[int, ShardInfo] = {}
         self._sync_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[typing.Any]] = set()
+        self._failures: list[ShardFailedError] = []
+        self._failed = asyncio.Event()
         self._metrics = ShardMetrics(self._link.bot_id, self._host_id)
 
         self._cache = cache_impl.CacheImpl(self, cache_settings or config_impl.CacheSettings())
@@ -252,7 +351,9 @@ class Bot(traits.GatewayBotAware):
         self._event_manager = GatedEventManager(
             self._entity_factory,
             self._event_factory,
-            self._intents,
+            # With intents=None the bot's intents are the Orchestrator's, known only once start() registers: until
+            # then listen() must not warn about intents the bot may well have (they are checked again at start).
+            self._intents if self._explicit_intents else hikari.Intents.ALL,
             auto_chunk_members=auto_chunk_members,
             cache=self._cache,
             shadow=shadow,
@@ -280,6 +381,11 @@ class Bot(traits.GatewayBotAware):
         )
 
     # -- GatewayBotAware -------------------------------------------------------------------------
+
+    @property
+    def bot_id(self) -> hikari.Snowflake:
+        """The bot's user id (from the token's first segment)."""
+        return hikari.Snowflake(self._link.bot_id)
 
     @property
     def host_id(self) -> str:
@@ -319,13 +425,22 @@ class Bot(traits.GatewayBotAware):
     @property
     @override
     def heartbeat_latencies(self) -> typing.Mapping[int, float]:
+        """Heartbeat latency of every shard of the bot, in seconds; NaN for one that has none yet.
+
+        Local shards are measured live; the others come from the Orchestrator's table
+        (refreshed every few seconds).
+        """
         return {shard_id: shard.heartbeat_latency for shard_id, shard in self.shards.items()}
 
     @property
     @override
     def heartbeat_latency(self) -> float:
-        latencies = [s.shard.heartbeat_latency for s in self._slots.values()]
-        latencies = [x for x in latencies if not math.isnan(x)]
+        """Mean heartbeat latency of every shard of the bot (all hosts), in seconds; NaN when none has one.
+
+        As in hikari, the mean of `heartbeat_latencies`: over the whole bot, not only
+        this process's shards (`local_shards` gives those).
+        """
+        latencies = [x for x in self.heartbeat_latencies.values() if not math.isnan(x)]
         return sum(latencies) / len(latencies) if latencies else float("nan")
 
     @property
@@ -409,31 +524,192 @@ class Bot(traits.GatewayBotAware):
     # -- lifecycle -------------------------------------------------------------------------------
 
     @override
-    def run(self, *, shutdown_signals: typing.Sequence[signal.Signals] = (signal.SIGINT, signal.SIGTERM)) -> None:
-        """Start the bot and block until it closes; SIGINT/SIGTERM close it (handing its shards over)."""
+    def run(
+        self,
+        *,
+        activity: hikari.UndefinedNoneOr[hikari.Activity] = hikari.UNDEFINED,
+        afk: hikari.UndefinedOr[bool] = hikari.UNDEFINED,
+        asyncio_debug: bool | None = None,
+        check_for_updates: bool = False,
+        close_passed_executor: bool = False,
+        close_loop: bool = True,
+        coroutine_tracking_depth: int | None = None,
+        enable_signal_handlers: bool | None = None,
+        idle_since: hikari.UndefinedNoneOr[datetime.datetime] = hikari.UNDEFINED,
+        ignore_session_start_limit: bool = False,
+        large_threshold: int | None = None,
+        propagate_interrupts: bool = False,
+        status: hikari.UndefinedOr[hikari.Status] = hikari.UNDEFINED,
+        shard_ids: typing.Sequence[int] | None = None,
+        shard_count: int | None = None,
+        startup_window_delay: int = 5,
+        shutdown_signals: typing.Sequence[signal.Signals] = (signal.SIGINT, signal.SIGTERM),
+    ) -> None:
+        """Start the bot and block until it closes, as `hikari.GatewayBot.run`.
 
-        async def main() -> None:
-            loop = asyncio.get_running_loop()
-            for sig in shutdown_signals:
-                with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self._close_quietly()))
-            await self.start()
-            await self.join()
+        SIGINT and SIGTERM (Ctrl-C) stop it at any point: while it connects and
+        registers, while its shards boot, and while it runs. Once running, the
+        bot closes as `close` does by default (its shards are handed over).
 
-        asyncio.run(main())
-
-    async def _close_quietly(self) -> None:
-        if self._closed_event is not None:
-            await self.close()
-
-    @override
-    async def start(self) -> None:
-        """Join the bot: register with the Orchestrator, start the leased shards and wait until they are READY.
+        Parameters
+        ----------
+        activity, afk, idle_since, status
+            The presence to start with, as in hikari. In ray_shards the presence is the
+            bot's (every shard on every host, remembered by the Orchestrator), so passing
+            any of them sets the bot's presence like `Client.update_presence`; left out,
+            the bot keeps the presence it has.
+        asyncio_debug
+            If True, enable debugging of the event loop.
+        check_for_updates
+            If True, check PyPI for a newer hikari and log it. Off by default (hikari's is
+            on): a bot on a cluster runs many hosts and each would ask PyPI.
+        close_passed_executor
+            If True, shut the ``executor`` given to the constructor down once the bot closed.
+        close_loop
+            If True, cancel what is left on the event loop and close it once the bot closed.
+        coroutine_tracking_depth
+            If given, track this many nested coroutine origins (`sys.set_coroutine_origin_tracking_depth`).
+        enable_signal_handlers
+            Whether SIGINT/SIGTERM stop the bot; by default only when called in the main thread.
+        ignore_session_start_limit
+            False only: the Orchestrator never starts more sessions than Discord's daily
+            ``session_start_limit`` allows, and that cannot be turned off (True raises `ValueError`).
+        large_threshold
+            Members in a guild before Discord treats it as large, for this bot's shards; by
+            default the Orchestrator's (250, as in hikari).
+        propagate_interrupts
+            If True, raise `hikari.errors.HikariInterrupt` once the bot closed after a signal.
+        shard_ids
+            Refused (`ValueError`): the Orchestrator chooses which shards a bot runs and moves them
+            on failover. Use ``local_shard_count`` for how many.
+        shard_count
+            If given, the shard count the Orchestrator must run (checked on start), as ``global_shard_count``.
+        startup_window_delay
+            5 only: the Orchestrator spaces IDENTIFYs cluster-wide (``Timings.identify_window``
+            where it starts); below 5 raises `ValueError` as in hikari, above it is refused.
+        shutdown_signals
+            The signals that stop the bot when signal handlers are enabled.
 
         Raises
         ------
         hikari.ComponentStateConflictError
             If the bot is already running.
+        TypeError
+            If ``shard_ids`` is passed without ``shard_count``.
+        ValueError
+            For an option ray_shards cannot honour (the message says why), or a bad value.
+        hikari.errors.HikariInterrupt
+            After a signal, when ``propagate_interrupts`` is True.
+        """
+        if self._closed_event is not None:
+            msg = "bot is already running"
+            raise hikari.ComponentStateConflictError(msg)
+        _check_start_options(
+            shard_ids=shard_ids,
+            shard_count=shard_count,
+            ignore_session_start_limit=ignore_session_start_limit,
+            startup_window_delay=startup_window_delay,
+            large_threshold=large_threshold,
+        )
+        loop = _get_or_make_loop()
+        if asyncio_debug:
+            loop.set_debug(True)
+        if coroutine_tracking_depth is not None:
+            sys.set_coroutine_origin_tracking_depth(coroutine_tracking_depth)
+        if enable_signal_handlers is None:
+            enable_signal_handlers = threading.current_thread() is threading.main_thread()
+        main = loop.create_task(
+            self._start_and_join(
+                activity=activity,
+                afk=afk,
+                check_for_updates=check_for_updates,
+                idle_since=idle_since,
+                large_threshold=large_threshold,
+                shard_count=shard_count,
+                status=status,
+            ),
+            name=f"ray_shards bot {self._host_id}",
+        )
+        received: list[int] = []
+
+        def on_signal(signum: int) -> None:
+            if received:
+                _LOGGER.warning("host %s is already stopping", self._host_id)
+                return
+            received.append(signum)
+            _LOGGER.info("host %s received %s; stopping", self._host_id, signal.Signals(signum).name)
+            # Cancelling the one task that starts and joins the bot stops it wherever it is: connecting,
+            # registering, booting or running; that task then closes (or unregisters) the bot.
+            main.cancel()
+
+        installed: dict[int, typing.Any] = {}
+        if enable_signal_handlers:
+            for sig in shutdown_signals:
+                try:
+                    previous = signal.getsignal(sig)
+                    loop.add_signal_handler(sig, on_signal, int(sig))
+                    installed[int(sig)] = previous
+                except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or not POSIX
+                    _LOGGER.debug("cannot handle signal %s here", sig)
+        try:
+            loop.run_until_complete(main)
+        except asyncio.CancelledError:
+            if not received:
+                raise
+        finally:
+            for signum, previous in installed.items():
+                loop.remove_signal_handler(signum)
+                # Put back what was there (Ray's own handlers, say), as hikari does.
+                with contextlib.suppress(TypeError, ValueError):
+                    signal.signal(signum, previous)
+            if close_passed_executor and self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+            if close_loop:
+                _destroy_loop(loop)
+        if received and propagate_interrupts:
+            signum = received[0]
+            raise hikari.errors.HikariInterrupt(signum, signal.strsignal(signum) or signal.Signals(signum).name)
+
+    async def _start_and_join(self, **options: typing.Any) -> None:
+        try:
+            await self.start(**options)
+            if self.is_alive:
+                await self.join()
+        finally:
+            if self._closing_event is not None and not self._closing_event.is_set():
+                await self.close()
+
+    @override
+    async def start(
+        self,
+        *,
+        activity: hikari.UndefinedNoneOr[hikari.Activity] = hikari.UNDEFINED,
+        afk: hikari.UndefinedOr[bool] = hikari.UNDEFINED,
+        check_for_updates: bool = False,
+        idle_since: hikari.UndefinedNoneOr[datetime.datetime] = hikari.UNDEFINED,
+        ignore_session_start_limit: bool = False,
+        large_threshold: int | None = None,
+        shard_ids: typing.Sequence[int] | None = None,
+        shard_count: int | None = None,
+        status: hikari.UndefinedOr[hikari.Status] = hikari.UNDEFINED,
+        startup_window_delay: int = 5,
+    ) -> None:
+        """Join the bot: register with the Orchestrator, start the leased shards and wait until they are READY.
+
+        Takes `hikari.GatewayBot.start`'s options; see `run` for what each means here.
+        Cancelling it (Ctrl-C in `run`) stops cleanly at any point: shards leased
+        to this bot are given back to the Orchestrator.
+
+        Raises
+        ------
+        hikari.ComponentStateConflictError
+            If the bot is already running.
+        TypeError
+            If ``shard_ids`` is passed without ``shard_count``.
+        ValueError
+            For an option ray_shards cannot honour (see `run`), or a shard count or
+            intents that differ from the Orchestrator's.
         ray_shards.connection.OrchestratorNotFoundError
             When no Orchestrator runs for this bot.
         PermissionError
@@ -444,34 +720,77 @@ class Bot(traits.GatewayBotAware):
         if self._closed_event is not None:
             msg = "bot is already running"
             raise hikari.ComponentStateConflictError(msg)
+        _check_start_options(
+            shard_ids=shard_ids,
+            shard_count=shard_count,
+            ignore_session_start_limit=ignore_session_start_limit,
+            startup_window_delay=startup_window_delay,
+            large_threshold=large_threshold,
+        )
+        expected_count = self._global_shard_count
+        if shard_count is not None:
+            if expected_count is not None and expected_count != shard_count:
+                msg = f"shard_count={shard_count} differs from global_shard_count={expected_count}"
+                raise ValueError(msg)
+            expected_count = shard_count
+        presence = None
+        if any(value is not hikari.UNDEFINED for value in (activity, afk, idle_since, status)):
+            presence = validation.presence_update(idle_since=idle_since, afk=afk, activity=activity, status=status)
         start_time = time.monotonic()
+        if check_for_updates:
+            self._spawn(_check_for_updates(self._http_settings, self._proxy_settings), "check for package updates")
         if self._link.handle is None:
             # A Bot may start alongside its server: give the Orchestrator a moment to appear.
             await self._link.connect(wait=30.0)
         self._link.on_reauthenticated(self._register_again)
-        config, leases, _, presence, version = await self._link.call(
-            "register_host",
-            self._host_id,
-            node_id=self._node_id(),
-            want=self._local_shard_count,
-            handle=self._actor_handle,
-            shard_count=self._global_shard_count,
+        if presence is not None:
+            # Before registering, so this bot's shards IDENTIFY with it.
+            await self._link.call("update_presence", **presence)
+        registration = asyncio.ensure_future(
+            self._link.call(
+                "register_host",
+                self._host_id,
+                node_id=self._node_id(),
+                want=self._local_shard_count,
+                handle=self._actor_handle,
+                shard_count=expected_count,
+            )
         )
-        self._check_config(config)
-        self._config = config
-        self._presence, self._presence_version = presence, version
+        try:
+            # Shielded: once the Orchestrator has leased shards to this bot, a Ctrl-C must give them back.
+            config, leases, _, presence_state, version = await asyncio.shield(registration)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                _, leases, *_ = await asyncio.wait_for(registration, 10.0)
+                await self._give_back(leases)
+            raise
+        try:
+            self._check_config(config, large_threshold, expected_count)
+        except BaseException:
+            await self._give_back(leases)
+            raise
+        self._presence, self._presence_version = presence_state, version
+        self._failures.clear()
+        self._failed.clear()
         self._closed_event = asyncio.Event()
         self._closing_event = asyncio.Event()
-        self._rest.start()
-        self._voice.start()
-        await self._event_manager.dispatch(self._event_factory.deserialize_starting_event(), return_tasks=True)
-        self._sync_task = asyncio.create_task(self._sync_forever(), name=f"ray_shards sync ({self._host_id})")
-        for lease in leases:
-            self._adopt(lease)
         try:
-            await self._wait_started([self._slots[lease.shard_id] for lease in leases if lease.shard_id in self._slots])
+            self._rest.start()
+            self._voice.start()
+            await self._event_manager.dispatch(self._event_factory.deserialize_starting_event(), return_tasks=True)
+            self._sync_task = asyncio.create_task(self._sync_forever(), name=f"ray_shards sync ({self._host_id})")
+            for lease in leases:
+                self._adopt(lease)
+            await self._wait_started(
+                [self._slots[lease.shard_id] for lease in leases if lease.shard_id in self._slots]
+            )
         except BaseException:
-            await self.close(hand_over=False)
+            # Leases not adopted yet are given back as they are; adopted shards are closed by close().
+            await self._give_back([lease for lease in leases if lease.shard_id not in self._slots])
+            if self._closing_event is not None and not self._closing_event.is_set():
+                # Stopped while booting (a failure, or Ctrl-C): end the sessions as hikari does (1001). Shards still
+                # in their handshake have no session worth handing over.
+                await self.close(hand_over=False)
             raise
         await self._event_manager.dispatch(self._event_factory.deserialize_started_event(), return_tasks=True)
         _LOGGER.info(
@@ -482,6 +801,18 @@ class Bot(traits.GatewayBotAware):
             time.monotonic() - start_time,
         )
 
+    async def _give_back(self, leases: typing.Iterable[Lease]) -> None:
+        """Return leases this bot will not run to the Orchestrator (with their sessions, still resumable)."""
+        await asyncio.gather(
+            *(
+                self._link.call(
+                    "release", self._host_id, lease.shard_id, lease.epoch, lease.session, stopped=False, retry_for=5.0
+                )
+                for lease in leases
+            ),
+            return_exceptions=True,
+        )
+
     def _node_id(self) -> str | None:
         try:
             import ray
@@ -490,10 +821,13 @@ class Bot(traits.GatewayBotAware):
         except Exception:
             return None
 
-    def _check_config(self, config: BotConfig) -> None:
-        if self._global_shard_count is not None and self._global_shard_count != config.shard_count:
+    def _check_config(
+        self, config: BotConfig, large_threshold: int | None = None, shard_count: int | None = None
+    ) -> None:
+        shard_count = shard_count if shard_count is not None else self._global_shard_count
+        if shard_count is not None and shard_count != config.shard_count:
             msg = (
-                f"global_shard_count is {self._global_shard_count} but the orchestrator runs "
+                f"global_shard_count is {shard_count} but the orchestrator runs "
                 f"{config.shard_count} shards; pass global_shard_count={config.shard_count} or leave it out"
             )
             raise ValueError(msg)
@@ -503,37 +837,107 @@ class Bot(traits.GatewayBotAware):
                 "must use the bot's intents (leave intents out to use them)"
             )
             raise ValueError(msg)
-        self._intents = hikari.Intents(config.intents)
+        if large_threshold is not None:
+            # A per-session IDENTIFY field: this bot's shards may use their own.
+            config = dataclasses.replace(config, large_threshold=large_threshold)
+        self._config = config
+        self._global_shard_count = shard_count
+        if not self._explicit_intents:
+            self._intents = hikari.Intents(config.intents)
+            # The event manager was built before the intents were known: give it the real ones (member chunking
+            # on GUILD_CREATE depends on them), and warn now about listeners they cannot serve.
+            sessions.set_event_manager_intents(self._event_manager, self._intents)
+            self._warn_missing_intents()
+
+    def _warn_missing_intents(self) -> None:
+        """Warn, as hikari's ``listen`` does, for each listened event type the bot's intents never deliver."""
+        stack: list[type[typing.Any]] = [hikari.Event]
+        seen: set[type[typing.Any]] = set()
+        while stack:
+            event_type = stack.pop()
+            if event_type in seen:
+                continue
+            seen.add(event_type)
+            stack.extend(event_type.__subclasses__())
+            groups = base_events.get_required_intents_for(event_type)
+            if not groups or not self._event_manager.get_listeners(event_type, polymorphic=False):
+                continue
+            if not any((self._intents & group) == group for group in groups):
+                wanted = ", ".join(map(str, groups))
+                warnings.warn(
+                    f"You have tried to listen to {event_type.__name__}, but this will only ever be triggered if "
+                    f"you enable one of the following intents: {wanted}.",
+                    category=hikari.errors.MissingIntentWarning,
+                    stacklevel=3,
+                )
 
     async def _wait_started(self, slots: list[_Slot]) -> None:
         pending = {asyncio.ensure_future(slot.started.wait()): slot for slot in slots}
-        while pending:
-            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for future in done:
-                slot = pending.pop(future)
-                if slot.status is ShardStatus.FAILED:
-                    for other in pending:
-                        other.cancel()
-                    msg = f"shard {slot.lease.shard_id} could not start: {slot.error}"
-                    raise RuntimeError(msg)
+        try:
+            while pending:
+                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for future in done:
+                    slot = pending.pop(future)
+                    if slot.status is ShardStatus.FAILED:
+                        msg = f"shard {slot.lease.shard_id} could not start: {slot.error}"
+                        raise RuntimeError(msg)
+        finally:
+            for other in pending:
+                other.cancel()
 
     @override
     async def join(self) -> None:
+        """Wait until the bot closes, or one of its local shards fails for good.
+
+        As `hikari.GatewayBot.join`, a shard's fatal error is raised here (`run` then
+        closes the bot and raises it). Unlike hikari, the bot is not stopped by it: its
+        other shards keep running, the Orchestrator marks the shard FAILED, and
+        calling `join` again waits on (each failure is raised once).
+
+        Raises
+        ------
+        hikari.ComponentStateConflictError
+            If the bot is not running.
+        ray_shards.errors.ShardFailedError
+            When a shard of this bot stopped with a close code Discord says not to retry
+            (4004 bad token, 4010-4014 sharding, version and intents) or another fatal error.
+        """
         if self._closed_event is None:
             msg = "Cannot wait for an inactive bot to join"
             raise hikari.ComponentStateConflictError(msg)
-        await self._closed_event.wait()
+        closed = asyncio.ensure_future(self._closed_event.wait())
+        failed = asyncio.ensure_future(self._failed.wait())
+        try:
+            await asyncio.wait([closed, failed], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+            failed.cancel()
+        if self._failures:
+            error = self._failures.pop(0)
+            if not self._failures:
+                self._failed.clear()
+            raise error
+
+    def _note_failure(self, error: ShardFailedError) -> None:
+        self._failures.append(error)
+        self._failed.set()
 
     @override
     async def close(self, *, hand_over: bool | None = None) -> None:
         """Stop this bot.
+
+        Unlike `hikari.GatewayBot.close`, which ends every session (close code 1001), the
+        default hands the shards over: each connection is closed with 3000 (resumable)
+        and its session goes to the Orchestrator, which moves it by RESUME to another
+        host of the same Discord bot, with no IDENTIFY and no lost event (a rolling deploy).
+        ``hand_over=False`` behaves as hikari.
 
         Parameters
         ----------
         hand_over
             True: leave every session open and give the shards back to the Orchestrator,
             which moves them (by RESUME) to the bot's other hosts. False: end the
-            sessions. Default: hand over unless the whole bot is shutting down.
+            sessions (1001). Default: hand over unless the whole bot is shutting down.
         """
         if self._closed_event is None or self._closing_event is None:
             msg = "Cannot close an inactive bot"
@@ -647,6 +1051,7 @@ class Bot(traits.GatewayBotAware):
         slot.status = ShardStatus.FAILED
         slot.error = error
         _LOGGER.error("shard %s on host %s failed: %s", slot.lease.shard_id, self._host_id, error)
+        self._note_failure(ShardFailedError(slot.lease.shard_id, error))
         self._slots.pop(slot.lease.shard_id, None)
         slot.started.set()
         await self._release(slot, stopped=False, failed=error)

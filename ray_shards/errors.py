@@ -8,6 +8,7 @@ __all__ = [
     "CommandFailedError",
     "LeaseLostError",
     "NotInitialisedError",
+    "ShardFailedError",
     "ShardUnavailableError",
 ]
 
@@ -34,3 +35,16 @@ class CommandFailedError(RuntimeError):
 
 class BotStoppedError(RuntimeError):
     """The bot is shutting down or has stopped."""
+
+
+class ShardFailedError(RuntimeError):
+    """A shard of this bot stopped for good (a close code Discord says not to retry, such as 4004 or 4014).
+
+    `ray_shards.Bot.join` raises it, as `hikari.GatewayBot.join` raises a shard's fatal error.
+    The Orchestrator marks the shard FAILED and does not retry it; the bot's other shards keep running.
+    """
+
+    def __init__(self, shard_id: int, reason: str) -> None:
+        super().__init__(f"shard {shard_id} failed for good: {reason}")
+        self.shard_id = shard_id
+        self.reason = reason

@@ -20,7 +20,9 @@ import ray
 
 from ray_shards.auth import redact
 from ray_shards.bot import Bot
+from ray_shards.errors import ShardFailedError
 from ray_shards.protocol import HostHealth
+from ray_shards.settings import HostSetup
 from ray_shards.timings import Timings
 
 __all__ = ["HostCallbackError", "ShardHost"]
@@ -111,9 +113,17 @@ class ShardHost:
             except Exception as exc:
                 msg = f"host {self._host_id} cannot load the callback: {type(exc).__name__}: {exc}"
                 raise HostCallbackError(msg) from None
+        options: dict[str, typing.Any] = {}
+        if isinstance(callback, HostSetup):  # the launcher's settings for this host's Bot (ray_shards.launch)
+            try:
+                options = callback.bot_options()
+            except Exception as exc:
+                msg = redact(f"the settings factory raised in host {self._host_id}: {type(exc).__name__}: {exc}", token)
+                raise HostCallbackError(msg) from None
         bot = Bot(
             None,
             token,
+            **options,
             intents=intents,
             rest_url=self._rest_url,
             local_shard_count=self._want,
@@ -134,7 +144,7 @@ class ShardHost:
                 raise HostCallbackError(msg) from None
         self._bot = bot
         try:
-            await bot.start()
+            await bot.start(large_threshold=callback.large_threshold if isinstance(callback, HostSetup) else None)
         except BaseException:
             self._bot = None
             raise
@@ -142,8 +152,14 @@ class ShardHost:
         return self.describe()
 
     async def _watch_bot(self, bot: Bot) -> None:
-        with contextlib.suppress(Exception):
-            await bot.join()
+        while bot.is_alive:
+            # A shard that failed for good is recorded by the Orchestrator; the host keeps running the others.
+            try:
+                await bot.join()
+            except ShardFailedError:
+                continue
+            except Exception:
+                break
         self._closed.set()
 
     def started(self) -> bool:

@@ -17,6 +17,7 @@ import typing
 
 import hikari
 import ray
+from hikari.impl import config as config_impl
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_shards.auth import bot_id_from_token, validate_token
@@ -27,11 +28,13 @@ from ray_shards.gateway_info import validate_rest_url
 from ray_shards.host import HostCallbackError
 from ray_shards.link import OrchestratorLink
 from ray_shards.orchestrator import Orchestrator, OrchestratorOptions
+from ray_shards.settings import HostSetup
 from ray_shards.timings import Timings
 
 __all__ = [
     "DEFAULT_SUBPROCESS_COUNT",
     "BotDeployment",
+    "HostSetup",
     "run_server",
     "run_subprocesses",
     "spawn_subprocesses",
@@ -76,6 +79,48 @@ def _reject_tls(ca_cert: bytes | None, private_key: bytes | None) -> None:
             "and client instead (README, 'Security')."
         )
         raise ValueError(msg)
+
+
+SettingsFactoryT = typing.Callable[[], typing.Mapping[str, typing.Any] | None]
+
+
+def _host_setup(
+    callback: CallbackT | HostSetup | None,
+    *,
+    cache_settings: config_impl.CacheSettings | None,
+    http_settings: config_impl.HTTPSettings | None,
+    proxy_settings: config_impl.ProxySettings | None,
+    large_threshold: int | None,
+    settings_factory: SettingsFactoryT | None,
+) -> CallbackT | HostSetup | None:
+    """The callback every host runs, with the settings for its Bot folded in (a `HostSetup`) when any is given."""
+    given = sorted(
+        name
+        for name, value in (
+            ("cache_settings", cache_settings),
+            ("http_settings", http_settings),
+            ("proxy_settings", proxy_settings),
+            ("large_threshold", large_threshold),
+            ("settings_factory", settings_factory),
+        )
+        if value is not None
+    )
+    if not given:
+        return callback
+    if isinstance(callback, HostSetup):
+        msg = f"pass {', '.join(given)} in the HostSetup given as callback, or as arguments, not both"
+        raise TypeError(msg)
+    if callback is not None and not callable(callback):
+        msg = f"callback must be callable, not {type(callback).__name__}"
+        raise TypeError(msg)
+    return HostSetup(
+        callback=callback,
+        cache_settings=cache_settings,
+        http_settings=http_settings,
+        proxy_settings=proxy_settings,
+        large_threshold=large_threshold,
+        settings_factory=settings_factory,
+    )
 
 
 def _head_affinity() -> typing.Any:
@@ -193,7 +238,7 @@ class BotDeployment:
         token: str,
         /,
         *,
-        callback: CallbackT | None = None,
+        callback: CallbackT | HostSetup | None = None,
         shard_count: int | None = None,
         intents: hikari.Intents | int = hikari.Intents.ALL_UNPRIVILEGED,
         subprocess_count: int = DEFAULT_SUBPROCESS_COUNT,
@@ -202,17 +247,32 @@ class BotDeployment:
         timings: Timings | None = None,
         keep_orchestrator: bool = False,
         auto_reshard: bool = False,
+        cache_settings: config_impl.CacheSettings | None = None,
+        http_settings: config_impl.HTTPSettings | None = None,
+        proxy_settings: config_impl.ProxySettings | None = None,
+        large_threshold: int | None = None,
+        settings_factory: SettingsFactoryT | None = None,
     ) -> BotDeployment:
         """Start the Orchestrator and ``subprocess_count`` hosts; return once every shard is READY.
+
+        Takes `run_subprocesses`' arguments.
 
         Raises
         ------
         ValueError
             For bad arguments (nothing is started).
         ray_shards.host.HostCallbackError
-            When ``callback`` raised in a host (everything started is stopped again).
+            When ``callback`` (or ``settings_factory``) raised in a host (everything started is stopped again).
         """
         _check_count("subprocess_count", subprocess_count)
+        callback = _host_setup(
+            callback,
+            cache_settings=cache_settings,
+            http_settings=http_settings,
+            proxy_settings=proxy_settings,
+            large_threshold=large_threshold,
+            settings_factory=settings_factory,
+        )
         if callback is not None and not callable(callback):
             msg = f"callback must be callable, not {type(callback).__name__}"
             raise TypeError(msg)
@@ -295,7 +355,7 @@ async def spawn_subprocesses(
     token: str,
     /,
     *,
-    callback: CallbackT | None = None,
+    callback: CallbackT | HostSetup | None = None,
     shard_count: int | None = None,
     intents: hikari.Intents | int = hikari.Intents.ALL_UNPRIVILEGED,
     subprocess_count: int = DEFAULT_SUBPROCESS_COUNT,
@@ -303,6 +363,11 @@ async def spawn_subprocesses(
     address: str | None = None,
     timings: Timings | None = None,
     auto_reshard: bool = False,
+    cache_settings: config_impl.CacheSettings | None = None,
+    http_settings: config_impl.HTTPSettings | None = None,
+    proxy_settings: config_impl.ProxySettings | None = None,
+    large_threshold: int | None = None,
+    settings_factory: SettingsFactoryT | None = None,
 ) -> None:
     """Asynchronous variant of `run_subprocesses`.
 
@@ -318,6 +383,11 @@ async def spawn_subprocesses(
         address=address,
         timings=timings,
         auto_reshard=auto_reshard,
+        cache_settings=cache_settings,
+        http_settings=http_settings,
+        proxy_settings=proxy_settings,
+        large_threshold=large_threshold,
+        settings_factory=settings_factory,
     )
     try:
         await deployment.wait()
@@ -352,7 +422,7 @@ def run_subprocesses(
     token: str,
     /,
     *,
-    callback: CallbackT | None = None,
+    callback: CallbackT | HostSetup | None = None,
     shard_count: int | None = None,
     intents: hikari.Intents | int = hikari.Intents.ALL_UNPRIVILEGED,
     subprocess_count: int = DEFAULT_SUBPROCESS_COUNT,
@@ -360,6 +430,11 @@ def run_subprocesses(
     address: str | None = None,
     timings: Timings | None = None,
     auto_reshard: bool = False,
+    cache_settings: config_impl.CacheSettings | None = None,
+    http_settings: config_impl.HTTPSettings | None = None,
+    proxy_settings: config_impl.ProxySettings | None = None,
+    large_threshold: int | None = None,
+    settings_factory: SettingsFactoryT | None = None,
 ) -> None:
     """Run a bot across several processes: ``subprocess_count`` ShardHost actors on the Ray cluster.
 
@@ -386,6 +461,14 @@ def run_subprocesses(
     auto_reshard
         Reshard live by itself when Discord recommends more shards than run, or a shard
         holds over 2000 guilds.
+    cache_settings, http_settings, proxy_settings
+        hikari's settings for every host's `Bot` (pickled and sent to the hosts).
+    large_threshold
+        Members in a guild before Discord treats it as large (50 to 250), for every shard.
+    settings_factory
+        Called in each host before its `Bot` is built; returns more `Bot` keyword arguments
+        (``executor=``, ``auto_chunk_members=``...) and may configure logging there. See `HostSetup`,
+        which is also how ``ray-shards run --entrypoint`` takes these settings.
 
     Blocks until the bot stops; SIGINT/SIGTERM stop it gracefully (every shard closed,
     every actor it started killed).
@@ -401,6 +484,11 @@ def run_subprocesses(
             address=address,
             timings=timings,
             auto_reshard=auto_reshard,
+            cache_settings=cache_settings,
+            http_settings=http_settings,
+            proxy_settings=proxy_settings,
+            large_threshold=large_threshold,
+            settings_factory=settings_factory,
         ),
         address,
     )

@@ -29,6 +29,10 @@ class ShardCommander(typing.Protocol):
     def intents(self) -> hikari.Intents:
         """The bot's intents."""
 
+    @property
+    def bot_id(self) -> int:
+        """The bot's user id."""
+
     async def send_command(self, kind: CommandKind, shard_id: int, arguments: dict[str, typing.Any]) -> None:
         """Run a command on the host that owns ``shard_id``."""
 
@@ -120,8 +124,17 @@ class RemoteShard(hikari.api.GatewayShard):
 
     @override
     def get_user_id(self) -> hikari.Snowflake:
-        msg = "the bot's user id is known to the shard's host; use bot.get_me() or rest.fetch_my_user()"
-        raise NotImplementedError(msg)
+        """The bot's user id: every shard of a bot logs in as the same user, whose id the token names.
+
+        Raises
+        ------
+        hikari.ComponentStateConflictError
+            While no host runs the shard, as hikari's shard raises before it is READY.
+        """
+        if not self.is_alive:
+            msg = f"shard {self._shard_id} is not running on any host, so it has no user id yet"
+            raise hikari.ComponentStateConflictError(msg)
+        return hikari.Snowflake(self._commander.bot_id)
 
     async def reconnect(self) -> None:
         """Make the host drop this shard's connection and RESUME it (a restart without a new IDENTIFY)."""
@@ -131,7 +144,11 @@ class RemoteShard(hikari.api.GatewayShard):
     async def request_channel_info(
         self, guild: hikari.SnowflakeishOr[hikari.PartialGuild], *, fields: typing.Sequence[typing.Any]
     ) -> None:
-        msg = "request_channel_info is not forwarded to remote shards"
+        # Not forwarded yet: a host runs only the commands its command machinery knows, and this is not one of them.
+        msg = (
+            "request_channel_info is not forwarded to shards on other hosts yet; call it on the bot that runs the "
+            "guild's shard (bot.local_shards)"
+        )
         raise NotImplementedError(msg)
 
     @override

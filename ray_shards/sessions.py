@@ -26,6 +26,7 @@ __all__ = [
     "check_hikari_compatibility",
     "detach",
     "seed",
+    "set_event_manager_intents",
     "snapshot",
 ]
 
@@ -153,3 +154,23 @@ async def detach(shard: hikari.api.GatewayShard) -> SessionState | None:
             _LOGGER.debug("shard %s: close after hand-over raised", shard.id, exc_info=True)
     # The last events may have arrived between the snapshot and the close.
     return snapshot(shard) or state
+
+
+def set_event_manager_intents(event_manager: typing.Any, intents: hikari.Intents) -> None:
+    """Give a hikari event manager built before the bot's intents were known the bot's real intents.
+
+    A `ray_shards.Bot` built with ``intents=None`` learns them from the Orchestrator in
+    ``start()``; hikari's event manager reads ``_intents`` for member chunking on
+    GUILD_CREATE and for its missing-intent warnings, and has no public setter.
+    """
+    if "_intents" not in _slots_of(type(event_manager)):
+        msg = f"hikari {hikari.__version__} changed EventManagerImpl (no _intents); cannot set the bot's intents"
+        raise RuntimeError(msg)
+    event_manager._intents = intents
+
+
+def _slots_of(cls: type) -> set[str]:
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        names.update(getattr(klass, "__slots__", ()))
+    return names
