@@ -97,6 +97,10 @@ def ensure_ray(address: str | None) -> None:
         kwargs["logging_config"] = logging_config
     try:
         ray.init(**kwargs)  # type: ignore[arg-type]
+        if "logging_config" in kwargs:
+            from ray_shards.logs import hand_over_to_ray
+
+            hand_over_to_ray()
     except (ConnectionError, TimeoutError, ValueError, RuntimeError) as exc:
         msg = (
             f"cannot reach a Ray cluster at {address!r}: {exc}. Start one with `ray start --head`, "

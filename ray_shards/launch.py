@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import typing
 
 import hikari
@@ -238,13 +239,21 @@ class BotDeployment:
         return deployment
 
     async def _report_progress(self, every: float = 2.0) -> None:
-        """Log boot progress (READY/total and the identify schedule's time left) until cancelled."""
-        from ray_shards.render import render_progress
+        """Show boot progress (READY/total and the identify schedule's time left) until cancelled.
 
-        while True:
-            await asyncio.sleep(every)
-            with contextlib.suppress(Exception):
-                _LOGGER.info("boot: %s", render_progress(await self._link.call("status", retry_for=1.0)))
+        A progress bar on a terminal (redrawn in place every second), a log line every ``every``
+        seconds otherwise: escape codes and carriage returns are noise in a log file.
+        """
+        from ray_shards.progress import BootProgress
+
+        progress = BootProgress.for_stream(sys.stderr)
+        try:
+            while True:
+                await asyncio.sleep(progress.interval(every))
+                with contextlib.suppress(Exception):
+                    progress.update(await self._link.call("status", retry_for=1.0))
+        finally:
+            progress.close()
 
     async def wait(self) -> None:
         """Block until the bot stops (``Client.shutdown`` or ``ray-shards stop``)."""

@@ -12,25 +12,37 @@ import logging
 import os
 import typing
 
-__all__ = ["LOG_FORMATS", "LOG_LEVELS", "JsonFormatter", "configure_logging", "ray_logging_config"]
+__all__ = [
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "JsonFormatter",
+    "configure_logging",
+    "hand_over_to_ray",
+    "ray_logging_config",
+]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 _LEVEL_VAR = "RAY_SHARDS_LOG_LEVEL"
 _FORMAT_VAR = "RAY_SHARDS_LOG_FORMAT"
 _TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_HANDLER_NAME = "ray_shards.cli"
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: time (UTC, ISO 8601), level, logger, message, exception."""
 
     def format(self, record: logging.LogRecord) -> str:
+        # Ray's own JSON log fields (ray.LoggingConfig(encoding="JSON")), plus the logger's name.
         document: dict[str, typing.Any] = {
             "asctime": datetime.datetime.fromtimestamp(record.created, tz=datetime.UTC).isoformat(),
             "levelname": record.levelname,
             "name": record.name,
             "message": record.getMessage(),
+            "filename": record.filename,
+            "lineno": record.lineno,
             "process": record.process,
+            "timestamp_ns": int(record.created * 1e9),
         }
         if record.exc_info:
             document["exc_text"] = self.formatException(record.exc_info)
@@ -61,6 +73,7 @@ def configure_logging(level: str | None, fmt: str = "text", *, bot_logs_at_info:
         raise ValueError(msg)
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(_TEXT))
+    handler.set_name(_HANDLER_NAME)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -85,3 +98,15 @@ def ray_logging_config() -> typing.Any:
     import ray
 
     return ray.LoggingConfig(encoding="JSON" if fmt == "json" else "TEXT", log_level=level or "INFO")
+
+
+def hand_over_to_ray() -> None:
+    """After `ray.init` with `ray_logging_config`: Ray's handler now formats this process's logs; drop ours.
+
+    Ray adds its handler to the root logger beside the one `configure_logging` installed, and every
+    line would be written twice.
+    """
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
+        if len(root.handlers) > 1:
+            root.removeHandler(handler)

@@ -208,3 +208,31 @@ def test_progress_bar() -> None:
     assert render_bar(0, 10, 125.0, width=10) == "[..........] 0/10 READY, ETA 2m05s"
     assert render_bar(5, 10, 60.0, width=10) == "[#####.....] 5/10 READY, ETA 1m00s"
     assert render_bar(10, 10, 0.0, width=10) == "[##########] 10/10 READY"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_boot_progress_bar_on_a_terminal_log_line_otherwise(caplog: pytest.LogCaptureFixture) -> None:
+    from ray_shards.progress import BootProgress
+
+    terminal = _Terminal()
+    bar = BootProgress.for_stream(terminal)
+    assert bar.interval(2.0) == 1.0
+    bar.update({"ready": 40, "total": 128, "identify_eta": 140.0, "hosts": {}})
+    bar.update({"ready": 64, "total": 128, "identify_eta": 90.0, "hosts": {}})
+    bar.close()
+    text = terminal.getvalue()
+    assert text.count("\r") == 2 and text.endswith("\n")
+    assert "boot [#########" in text and "40/128 READY, ETA 2m20s" in text and "64/128 READY, ETA 1m30s" in text
+
+    piped = io.StringIO()
+    lines = BootProgress.for_stream(piped)
+    assert lines.interval(2.0) == 2.0
+    with caplog.at_level(logging.INFO, logger="ray_shards.launch"):
+        lines.update({"ready": 40, "total": 128, "identify_eta": 140.0, "hosts": {"h0": {}}})
+        lines.close()
+    assert piped.getvalue() == ""  # nothing drawn off a terminal
+    assert "boot: 40/128 shards READY on 1 host(s), about 140 s left by the identify schedule" in caplog.text
