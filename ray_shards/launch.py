@@ -18,7 +18,6 @@ import typing
 
 import hikari
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_shards.auth import bot_id_from_token, validate_token
 from ray_shards.bot import Bot
@@ -78,11 +77,20 @@ def _reject_tls(ca_cert: bytes | None, private_key: bytes | None) -> None:
         raise ValueError(msg)
 
 
-def _head_affinity() -> typing.Any:
+_HEAD_RESOURCE = "node:__internal_head__"
+
+
+def _head_placement() -> dict[str, typing.Any]:
+    """Options that put the Orchestrator on the head node, whichever node is the head.
+
+    A tiny share of the head's own resource rather than affinity to the head's node id: after a head
+    restart with GCS fault tolerance the new head has a new id, and a hard affinity to the old one
+    would leave the restarted Orchestrator unschedulable for ever.
+    """
     for node in ray.nodes():  # type: ignore[no-untyped-call]
-        if node.get("Alive") and "node:__internal_head__" in node.get("Resources", {}):
-            return NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
-    return "DEFAULT"
+        if node.get("Alive") and _HEAD_RESOURCE in node.get("Resources", {}):
+            return {"resources": {_HEAD_RESOURCE: 0.001}}
+    return {"scheduling_strategy": "DEFAULT"}
 
 
 async def start_orchestrator(
@@ -130,7 +138,7 @@ async def start_orchestrator(
             max_restarts=-1,
             max_concurrency=10_000,
             num_cpus=0,
-            scheduling_strategy=_head_affinity(),
+            **_head_placement(),
         )
         .remote(bot_id, options)
     )
