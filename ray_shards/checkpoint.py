@@ -23,11 +23,13 @@ def _key(bot_id: int) -> bytes:
     return f"checkpoint/{bot_id}".encode()
 
 
-def save_checkpoint(bot_id: int, data: dict[str, typing.Any]) -> None:
-    """Write the checkpoint of bot ``bot_id`` (overwriting the previous one)."""
+def save_checkpoint(bot_id: int, data: dict[str, typing.Any]) -> int:
+    """Write the checkpoint of bot ``bot_id`` (overwriting the previous one); return its size in bytes."""
     from ray.experimental import internal_kv
 
-    internal_kv._internal_kv_put(_key(bot_id), json.dumps(data).encode(), overwrite=True, namespace=_KV_NAMESPACE)
+    raw = json.dumps(data).encode()
+    internal_kv._internal_kv_put(_key(bot_id), raw, overwrite=True, namespace=_KV_NAMESPACE)
+    return len(raw)
 
 
 def load_checkpoint(bot_id: int) -> dict[str, typing.Any] | None:

@@ -28,8 +28,18 @@ __all__ = ["main"]
 _LOGGER = logging.getLogger("ray_shards.cli")
 
 
+EXIT_FAILURE = 1
+"""Exit code of a command that was understood but failed (as Ray's CLI)."""
+EXIT_USAGE = 2
+"""Exit code of a command line that was not understood (argparse's and Ray's)."""
+
+
 class CliError(Exception):
-    """A problem the user can fix; printed without a traceback."""
+    """A problem the user can fix; printed without a traceback, exit code 1."""
+
+
+class UsageError(CliError):
+    """A malformed command line (a flag's value); exit code 2."""
 
 
 def _settings() -> RayShardsSettings:
@@ -68,21 +78,47 @@ def _positive(text: str) -> int:
     return value
 
 
+def _intents(text: str) -> int:
+    try:
+        return parse_intents(text)
+    except ValueError as exc:
+        raise UsageError(f"--intents: {exc}") from None
+
+
 def _first(*values: typing.Any) -> typing.Any:
     """The first value that is not None (0 is a value, not 'not given')."""
     return next((v for v in values if v is not None), None)
 
 
-def _load_callback(entrypoint: str) -> typing.Callable[[typing.Any], typing.Any]:
+def _load_callback(entrypoint: str, directory: str | None = None) -> typing.Callable[[typing.Any], typing.Any]:
+    """Import ``package.module:function`` from ``directory`` (default: the current directory).
+
+    A console script's ``sys.path[0]`` is its own ``bin/`` directory, not the current one, so the
+    directory is put first on the import path, as ``python -m`` and Serve's ``--app-dir`` do.
+    A module found there is pickled by value with the callback, so hosts on nodes that lack the
+    directory still run it.
+    """
     module_name, _, attribute = entrypoint.partition(":")
     if not module_name or not attribute:
         msg = f"--entrypoint must look like package.module:function, not {entrypoint!r}"
-        raise CliError(msg)
+        raise UsageError(msg)
+    root = os.path.abspath(directory if directory is not None else os.getcwd())
+    if not os.path.isdir(root):
+        msg = f"--entrypoint-dir {directory!r} is not a directory"
+        raise UsageError(msg)
+    if root not in sys.path:
+        sys.path.insert(0, root)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        msg = f"cannot import {module_name!r} for --entrypoint: {exc}"
+        msg = f"cannot import {module_name!r} for --entrypoint (from {root}): {exc}"
         raise CliError(msg) from None
+    module_file = os.path.abspath(getattr(module, "__file__", None) or "")
+    if module_file.startswith(root + os.sep) and "site-packages" not in module_file:
+        import ray.cloudpickle
+
+        top = sys.modules[module_name.partition(".")[0]]
+        ray.cloudpickle.register_pickle_by_value(top)  # type: ignore[no-untyped-call]
     callback = getattr(module, attribute, None)
     if not callable(callback):
         msg = f"{entrypoint!r} is not a callable in {module_name!r}"
@@ -100,7 +136,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
     run_server(
         typing.cast(str, _token(args, settings)),
         args.address or settings.address or "auto",
-        intents=parse_intents(args.intents) if args.intents else settings.intents,
+        intents=_intents(args.intents) if args.intents else settings.intents,
         shard_count=_first(args.shard_count, settings.shard_count),
         rest_url=args.rest_url or settings.rest_url,
     )
@@ -111,12 +147,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ray_shards.launch import DEFAULT_SUBPROCESS_COUNT, run_subprocesses
 
     settings = _settings()
-    callback = _load_callback(args.entrypoint) if args.entrypoint else None
+    callback = _load_callback(args.entrypoint, args.entrypoint_dir) if args.entrypoint else None
     run_subprocesses(
         typing.cast(str, _token(args, settings)),
         callback=callback,
         shard_count=_first(args.shard_count, settings.shard_count),
-        intents=parse_intents(args.intents) if args.intents else settings.intents,
+        intents=_intents(args.intents) if args.intents else settings.intents,
         subprocess_count=_first(args.hosts, settings.hosts, DEFAULT_SUBPROCESS_COUNT),
         rest_url=args.rest_url or settings.rest_url,
         address=args.address or settings.address,
@@ -138,20 +174,22 @@ async def _with_client(args: argparse.Namespace, action: typing.Callable[[typing
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from ray_shards.render import render_progress, render_table
+    from ray_shards.status_view import StatusView
+
+    view = StatusView(
+        fmt=args.format, view=args.view, hosts=set(args.host or ()), states=set(args.state or ()),
+        clear=args.watch and sys.stdout.isatty(),
+    )
 
     async def show(client: typing.Any) -> int:
         while True:
             rows = await client.refresh()
             status = await client.status()
-            text = f"{render_progress(status)}\n{render_table(rows)}"
-            if args.watch:
-                sys.stdout.write("\x1b[2J\x1b[H" + text + "\n")
-                sys.stdout.flush()
-                await asyncio.sleep(args.interval)
-            else:
-                print(text)
+            sys.stdout.write(view.render(status, rows))
+            sys.stdout.flush()
+            if not args.watch:
                 return 0
+            await asyncio.sleep(args.interval)
 
     return asyncio.run(_with_client(args, show))
 
@@ -190,7 +228,7 @@ def _cmd_restart(args: argparse.Namespace) -> int:
             action = "pause" if args.pause else "resume" if args.resume else "abort"
             show(await client.control_rolling_restart(action))
             return 0
-        callback = _load_callback(args.entrypoint) if args.entrypoint else None
+        callback = _load_callback(args.entrypoint, args.entrypoint_dir) if args.entrypoint else None
         state = await client.rolling_restart(callback, wait=not args.no_wait, progress=show)
         if state["state"] == "failed":
             print(f"ray-shards: rolling restart failed: {state['error']}", file=sys.stderr)
@@ -296,8 +334,16 @@ async def _demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``ray-shards`` argument parser."""
+    from ray_shards.logs import LOG_FORMATS, LOG_LEVELS
+
     parser = argparse.ArgumentParser(prog="ray-shards", description="Run a hikari Discord bot's shards on Ray.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level (same as --log-level INFO)")
+    parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
+                        help="log level of this command and of the bot's Ray workers (env RAY_SHARDS_LOG_LEVEL)")
+    parser.add_argument("--log-format", choices=LOG_FORMATS,
+                        help="text, or json: one JSON object a line, here and in Ray's worker logs "
+                             "(env RAY_SHARDS_LOG_FORMAT)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="a live bot on a local Ray cluster (bundled emulator without a token)")
@@ -319,14 +365,25 @@ def build_parser() -> argparse.ArgumentParser:
     _common(run)
     _bot_options(run)
     run.add_argument("--entrypoint", help="package.module:function called with each host's bot before it starts")
+    run.add_argument("--entrypoint-dir", metavar="DIR",
+                     help="directory to import the entrypoint from (default: the current directory)")
     run.add_argument("--hosts", type=_positive, help="number of ShardHost actors (default: this machine's CPU count)")
     run.add_argument("--auto-reshard", action="store_true", help="reshard live when Discord recommends more shards")
     run.set_defaults(handler=_cmd_run)
 
     status = sub.add_parser("status", help="the live shard table")
     _common(status)
+    from ray_shards.status_view import FORMATS, STATES, VIEWS
+
     status.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
     status.add_argument("--interval", type=float, default=1.0)
+    status.add_argument("--format", choices=FORMATS, default="text",
+                        help="text, json (one document a line with --watch) or yaml")
+    status.add_argument("--view", choices=VIEWS, default="auto",
+                        help="text: one line per shard (table), per host with shards by state (summary), "
+                             "or the table up to 64 shards and the summary above (auto)")
+    status.add_argument("--host", action="append", metavar="HOST", help="only shards on this host (repeatable)")
+    status.add_argument("--state", action="append", choices=STATES, help="only shards in this state (repeatable)")
     status.set_defaults(handler=_cmd_status)
 
     presence = sub.add_parser("presence", help="set the presence of the whole bot (remembered)")
@@ -340,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     restart = sub.add_parser("restart", help="rolling restart: replace every host, sessions moved by RESUME")
     _common(restart)
     restart.add_argument("--entrypoint", help="new package.module:function callback for the new hosts")
+    restart.add_argument("--entrypoint-dir", metavar="DIR",
+                         help="directory to import the entrypoint from (default: the current directory)")
     restart.add_argument("--no-wait", action="store_true", help="start it and return")
     group = restart.add_mutually_exclusive_group()
     group.add_argument("--pause", action="store_true", help="pause the restart in progress (between hosts)")
@@ -364,9 +423,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    import platform
+    from importlib import metadata
+
+    def of(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "?"
+
+    return (f"ray-shards {of('ray_shards')} (ray {of('ray')}, hikari {of('hikari')}, "
+            f"Python {platform.python_version()})")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the ``ray-shards`` command; returns the exit code."""
+    """Run the ``ray-shards`` command; returns the exit code.
+
+    0 on success, 1 when the command failed (no token, no cluster, no bot, a failed operation),
+    2 for a command line that was not understood, 130 after Ctrl-C: Ray's CLI conventions.
+    """
     from ray_shards.connection import OrchestratorNotFoundError, RayUnreachableError
+    from ray_shards.logs import configure_logging
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if "emulator" in argv and set(argv[: argv.index("emulator")]) <= {"-v", "--verbose"}:
@@ -377,18 +455,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse printed the usage error (or --help)
-        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if args.command in ("run", "server", "demo"):
-        logging.getLogger("ray_shards").setLevel(logging.INFO)
+    except SystemExit as exc:  # argparse printed the usage error (exit 2), or --help / --version (exit 0)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    level = args.log_level or os.environ.get("RAY_SHARDS_LOG_LEVEL", "").upper() or (
+        "INFO" if args.verbose else None)
+    fmt = args.log_format or os.environ.get("RAY_SHARDS_LOG_FORMAT", "").lower() or "text"
+    try:
+        configure_logging(level, fmt, bot_logs_at_info=args.command in ("run", "server", "demo"))
+    except ValueError as exc:
+        print(f"ray-shards: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         return int(args.handler(args))
+    except UsageError as exc:
+        parser.print_usage(sys.stderr)
+        print(f"ray-shards: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (CliError, RayUnreachableError, OrchestratorNotFoundError, PermissionError, ValueError) as exc:
         print(f"ray-shards: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130

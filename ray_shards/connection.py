@@ -57,6 +57,11 @@ def _check_gcs_reachable(address: str, timeout: float = 5.0) -> None:
         raise RayUnreachableError(msg) from None
 
 
+def _is_client_address(address: str | None) -> bool:
+    """Whether ``address`` is a Ray Client address (``ray://``), which takes fewer `ray.init` options."""
+    return isinstance(address, str) and address.startswith("ray://")
+
+
 def ensure_ray(address: str | None) -> None:
     """Connect this process to Ray unless it already is.
 
@@ -85,8 +90,17 @@ def ensure_ray(address: str | None) -> None:
         _check_gcs_reachable(address)
     if os.environ.get("RAY_SHARDS_INCLUDE_DASHBOARD") == "0":
         kwargs["include_dashboard"] = False
+    from ray_shards.logs import ray_logging_config
+
+    logging_config = ray_logging_config()
+    if logging_config is not None and not _is_client_address(address):
+        kwargs["logging_config"] = logging_config
     try:
         ray.init(**kwargs)  # type: ignore[arg-type]
+        if "logging_config" in kwargs:
+            from ray_shards.logs import hand_over_to_ray
+
+            hand_over_to_ray()
     except (ConnectionError, TimeoutError, ValueError, RuntimeError) as exc:
         msg = (
             f"cannot reach a Ray cluster at {address!r}: {exc}. Start one with `ray start --head`, "

@@ -13,12 +13,12 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import typing
 
 import hikari
 import ray
 from hikari.impl import config as config_impl
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_shards.auth import bot_id_from_token, validate_token
 from ray_shards.bot import Bot
@@ -123,11 +123,20 @@ def _host_setup(
     )
 
 
-def _head_affinity() -> typing.Any:
+_HEAD_RESOURCE = "node:__internal_head__"
+
+
+def _head_placement() -> dict[str, typing.Any]:
+    """Options that put the Orchestrator on the head node, whichever node is the head.
+
+    A tiny share of the head's own resource rather than affinity to the head's node id: after a head
+    restart with GCS fault tolerance the new head has a new id, and a hard affinity to the old one
+    would leave the restarted Orchestrator unschedulable for ever.
+    """
     for node in ray.nodes():  # type: ignore[no-untyped-call]
-        if node.get("Alive") and "node:__internal_head__" in node.get("Resources", {}):
-            return NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
-    return "DEFAULT"
+        if node.get("Alive") and _HEAD_RESOURCE in node.get("Resources", {}):
+            return {"resources": {_HEAD_RESOURCE: 0.001}}
+    return {"scheduling_strategy": "DEFAULT"}
 
 
 async def start_orchestrator(
@@ -175,7 +184,7 @@ async def start_orchestrator(
             max_restarts=-1,
             max_concurrency=10_000,
             num_cpus=0,
-            scheduling_strategy=_head_affinity(),
+            **_head_placement(),
         )
         .remote(bot_id, options)
     )
@@ -319,13 +328,21 @@ class BotDeployment:
             await asyncio.sleep(0.2)
 
     async def _report_progress(self, every: float = 2.0) -> None:
-        """Log boot progress (READY/total and the identify schedule's time left) until cancelled."""
-        from ray_shards.render import render_progress
+        """Show boot progress (READY/total and the identify schedule's time left) until cancelled.
 
-        while True:
-            await asyncio.sleep(every)
-            with contextlib.suppress(Exception):
-                _LOGGER.info("boot: %s", render_progress(await self._link.call("status", retry_for=1.0)))
+        A progress bar on a terminal (redrawn in place every second), a log line every ``every``
+        seconds otherwise: escape codes and carriage returns are noise in a log file.
+        """
+        from ray_shards.progress import BootProgress
+
+        progress = BootProgress.for_stream(sys.stderr)
+        try:
+            while True:
+                await asyncio.sleep(progress.interval(every))
+                with contextlib.suppress(Exception):
+                    progress.update(await self._link.call("status", retry_for=1.0))
+        finally:
+            progress.close()
 
     async def wait(self) -> None:
         """Block until the bot stops (``Client.shutdown`` or ``ray-shards stop``)."""

@@ -1,11 +1,9 @@
 """Per-shard metrics through ``ray.util.metrics``, exported by Ray's metrics agent (Prometheus format).
 
-Names (all tagged with ``bot``, ``shard`` and ``host``):
-
-* ``ray_shards_shard_state`` gauge: 0 unassigned, 1 starting, 2 ready, 3 reconnecting, 4 failed, 5 stopped
-* ``ray_shards_heartbeat_latency_seconds`` gauge
-* ``ray_shards_events_total`` counter: dispatch events received (by sequence number)
-* ``ray_shards_identifies_total``, ``ray_shards_resumes_total``, ``ray_shards_reconnects_total`` counters
+Names, kinds and tags are in `ray_shards.metric_names` (all per-shard ones are tagged ``bot``,
+``shard`` and ``host``). A shard that leaves a host (hand-over, rebalance, revoke) has that host's
+``ray_shards_shard_state`` series set to -1: Ray cannot delete a series, and a host still reporting
+a shard it no longer runs as ``ready`` would count it twice.
 """
 
 from __future__ import annotations
@@ -14,13 +12,14 @@ import logging
 import math
 import typing
 
+from ray_shards.metric_names import EXPORTED, registered_name
 from ray_shards.models import ShardStatus
 
-__all__ = ["ShardMetrics"]
+__all__ = ["LEFT_HOST", "STATE_VALUE", "ShardMetrics"]
 
 _LOGGER = logging.getLogger("ray_shards.metrics")
 
-_STATE_VALUE = {
+STATE_VALUE = {
     ShardStatus.UNASSIGNED: 0,
     ShardStatus.STARTING: 1,
     ShardStatus.READY: 2,
@@ -28,7 +27,17 @@ _STATE_VALUE = {
     ShardStatus.FAILED: 4,
     ShardStatus.STOPPED: 5,
 }
+LEFT_HOST = -1
+"""``ray_shards_shard_state`` of a shard on a host it has left."""
 _TAGS = ("bot", "shard", "host")
+
+
+def _metric(kind: str, exported: str) -> typing.Any:
+    from ray.util import metrics
+
+    spec = EXPORTED[exported]
+    cls = {"gauge": metrics.Gauge, "counter": metrics.Counter}[kind]
+    return cls(registered_name(exported), spec.description, spec.tags)
 
 
 class ShardMetrics:
@@ -43,14 +52,12 @@ class ShardMetrics:
         self._gauges: dict[str, typing.Any] = {}
         self._counters: dict[str, typing.Any] = {}
         try:
-            from ray.util import metrics
-
             self._gauges = {
-                "state": metrics.Gauge("ray_shards_shard_state", "shard state (see ray_shards.metrics)", _TAGS),
-                "latency": metrics.Gauge("ray_shards_heartbeat_latency_seconds", "gateway heartbeat latency", _TAGS),
+                "state": _metric("gauge", "ray_shards_shard_state"),
+                "latency": _metric("gauge", "ray_shards_heartbeat_latency_seconds"),
             }
             self._counters = {
-                name: metrics.Counter(f"ray_shards_{name}_total", f"{name} of the shard", _TAGS)
+                name: _metric("counter", f"ray_shards_{name}_total")
                 for name in ("events", "identifies", "resumes", "reconnects")
             }
         except Exception:  # metrics need a Ray worker with a metrics agent; never fail a bot for them
@@ -64,7 +71,7 @@ class ShardMetrics:
         if not self._gauges:
             return
         tags = self._tags(shard_id)
-        self._gauges["state"].set(_STATE_VALUE[status], tags=tags)
+        self._gauges["state"].set(STATE_VALUE[status], tags=tags)
         if not math.isnan(latency):
             self._gauges["latency"].set(latency, tags=tags)
         if seq is not None:
@@ -80,5 +87,7 @@ class ShardMetrics:
             counter.inc(1, tags=self._tags(shard_id))
 
     def forget(self, shard_id: int) -> None:
-        """The shard left this host."""
+        """The shard left this host: its state series here says so (-1), so it is not counted twice."""
         self._last_seq.pop(shard_id, None)
+        if self._gauges:
+            self._gauges["state"].set(LEFT_HOST, tags=self._tags(shard_id))

@@ -47,6 +47,7 @@ from ray_shards.models import (
     ShardReport,
     ShardStatus,
 )
+from ray_shards.orchestrator_metrics import OrchestratorMetrics
 from ray_shards.presence import PresenceState, merge_presence
 from ray_shards.protocol import IdentifyAnswer, OperationState, ReshardProgress, RollingRestartProgress
 from ray_shards.table import CheckpointSchemaError, ShardTable
@@ -136,6 +137,7 @@ class Orchestrator:
         self._rolling_task: asyncio.Task[None] | None = None
         self._reshard_task: asyncio.Task[None] | None = None
         self._last_policy_check = time.monotonic()
+        self._metrics = OrchestratorMetrics(bot_id)
         self._restore()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -683,6 +685,7 @@ class Orchestrator:
         """
         _, _, scheduler = self._check(capability)
         table = self._table_of(host_id)
+        asked_at = time.time()
         while True:
             if not table.holds(host_id, shard_id, epoch):
                 scheduler.cancel(shard_id)
@@ -692,6 +695,7 @@ class Orchestrator:
             if isinstance(outcome, IdentifyGrant):
                 table.shards[shard_id].identifies += 1
                 self._dirty = True
+                self._metrics.identify_waited(time.time() - asked_at)
                 return self._presence
             async with self._identify_changed:
                 with contextlib.suppress(TimeoutError):
@@ -883,6 +887,7 @@ class Orchestrator:
         scheduler.expire(mono)
         self._expire_capabilities(mono)
         self._refresh_budget_if_stale(mono)
+        self._metrics.observe(now, table, scheduler, fenced=self._fenced, sync_interval=self._timings.sync_interval)
         if now < self._recovering_until:
             return
         if not self._stopping:
@@ -1457,7 +1462,8 @@ class Orchestrator:
             self._dirty = False
             self._last_checkpoint = time.time()
             try:
-                await asyncio.to_thread(checkpoint.save_checkpoint, self._bot_id, data)
+                size = await asyncio.to_thread(checkpoint.save_checkpoint, self._bot_id, data)
+                self._metrics.checkpoint_saved(size, self._last_checkpoint)
             except Exception:
                 self._dirty = True
                 _LOGGER.exception("checkpoint failed; will retry")

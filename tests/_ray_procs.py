@@ -92,6 +92,8 @@ class RayHead:
     dashboard_url: str | None
     env: dict[str, str]
     log: str
+    metrics_port: int = 0
+    """The head's Prometheus metrics port (``--metrics-export-port``)."""
 
     def stop(self) -> None:
         kill_marked(self.marker)
@@ -152,7 +154,8 @@ def start_head(
         cmd.append("--resources=" + json.dumps({k: int(v) for k, v in resources.items()}))
     cmd += list(extra_args)
     log_path = os.path.join(temp_dir, "ray_start.log")
-    head = RayHead(temp_dir, marker, "", f"http://127.0.0.1:{dash}" if dashboard else None, full_env, log_path)
+    head = RayHead(temp_dir, marker, "", f"http://127.0.0.1:{dash}" if dashboard else None, full_env, log_path,
+                   metrics_port=metrics)
     try:
         with open(log_path, "w", encoding="utf-8") as log:
             proc = subprocess.run(

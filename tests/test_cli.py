@@ -35,9 +35,10 @@ def _run(args: list[str], cwd: pathlib.Path, timeout: float = 120.0, **env: str)
                           timeout=timeout, check=False)
 
 
-def _clean_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+def _clean_error(result: subprocess.CompletedProcess[str], *fragments: str, code: int = 1) -> None:
+    """A failure (exit 1) or, with ``code=2``, a usage error: one line, no traceback (Ray's CLI conventions)."""
     output = result.stdout + result.stderr
-    assert result.returncode == 2, output[-3000:]
+    assert result.returncode == code, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
     assert "ray-shards: error:" in result.stderr
     for fragment in fragments:
@@ -103,7 +104,7 @@ def test_bad_entrypoint_is_a_clear_error(tmp_path: pathlib.Path, token: str) -> 
     _clean_error(_run(["run", "--entrypoint", "no_such_module_xyz:setup"], tmp_path, DISCORD_TOKEN=token),
                  "cannot import 'no_such_module_xyz'")
     _clean_error(_run(["run", "--entrypoint", "ray_shards.examples"], tmp_path, DISCORD_TOKEN=token),
-                 "package.module:function")
+                 "package.module:function", code=2)
 
 
 def test_emulator_help_and_standalone_server(tmp_path: pathlib.Path) -> None:
