@@ -39,7 +39,7 @@ from typing_extensions import override
 from ray_shards import sessions, validation
 from ray_shards.auth import redact
 from ray_shards.delivery import GatedEventManager
-from ray_shards.errors import BotStoppedError, LeaseLostError
+from ray_shards.errors import BotStoppedError, HostNotRegisteredError, LeaseLostError
 from ray_shards.gateway_info import validate_rest_url
 from ray_shards.link import OrchestratorLink, OrchestratorUnavailableError
 from ray_shards.metrics import ShardMetrics
@@ -162,8 +162,8 @@ class Bot(traits.GatewayBotAware):
         "_cache",
         "_closed_event",
         "_closing_event",
-        "_ended",
         "_config",
+        "_ended",
         "_entity_factory",
         "_event_factory",
         "_event_manager",
@@ -901,6 +901,14 @@ class Bot(traits.GatewayBotAware):
             except BotStoppedError:
                 self._spawn(self.close(hand_over=False), "close on bot stop")
                 return
+            except HostNotRegisteredError:
+                _LOGGER.warning("host %s: the orchestrator does not know this host; registering again",
+                                self._host_id)
+                try:
+                    await self._register_again()
+                except Exception:
+                    _LOGGER.exception("host %s: registering again failed; retrying", self._host_id)
+                    await asyncio.sleep(self._timings.sync_interval)
             except OrchestratorUnavailableError:
                 silent = time.monotonic() - last_ok
                 if silent > self._lease_cutoff():
