@@ -44,7 +44,7 @@ from typing_extensions import override
 from ray_shards import sessions, validation
 from ray_shards.auth import redact
 from ray_shards.delivery import GatedEventManager
-from ray_shards.errors import BotStoppedError, LeaseLostError, ShardFailedError
+from ray_shards.errors import BotStoppedError, HostNotRegisteredError, LeaseLostError, ShardFailedError
 from ray_shards.gateway_info import validate_rest_url
 from ray_shards.link import OrchestratorLink, OrchestratorUnavailableError
 from ray_shards.metrics import ShardMetrics
@@ -1306,6 +1306,14 @@ class Bot(traits.GatewayBotAware):
             except BotStoppedError:
                 self._spawn(self.close(hand_over=False), "close on bot stop")
                 return
+            except HostNotRegisteredError:
+                _LOGGER.warning("host %s: the orchestrator does not know this host; registering again",
+                                self._host_id)
+                try:
+                    await self._register_again()
+                except Exception:
+                    _LOGGER.exception("host %s: registering again failed; retrying", self._host_id)
+                    await asyncio.sleep(self._timings.sync_interval)
             except OrchestratorUnavailableError:
                 silent = time.monotonic() - last_ok
                 if silent > self._lease_cutoff():

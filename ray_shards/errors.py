@@ -6,6 +6,7 @@ __all__ = [
     "BotStoppedError",
     "CapabilityExpiredError",
     "CommandFailedError",
+    "HostNotRegisteredError",
     "LeaseLostError",
     "NotInitialisedError",
     "ShardFailedError",
@@ -31,6 +32,11 @@ class ShardUnavailableError(RuntimeError):
 
 class CommandFailedError(RuntimeError):
     """A host could not carry out a command on its shard; the message says why."""
+
+
+class HostNotRegisteredError(RuntimeError):
+    """The Orchestrator does not know this host (it restarted from an older checkpoint, or took the host for
+    gone): the host registers again, handing over (never ending) the sessions it may no longer run."""
 
 
 class BotStoppedError(RuntimeError):

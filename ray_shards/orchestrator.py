@@ -29,6 +29,7 @@ from ray_shards.errors import (
     BotStoppedError,
     CapabilityExpiredError,
     CommandFailedError,
+    HostNotRegisteredError,
     LeaseLostError,
     NotInitialisedError,
     ShardUnavailableError,
@@ -575,8 +576,11 @@ class Orchestrator:
         table = self._table_of(host_id)
         host = table.hosts.get(host_id)
         if host is None or not host.alive:
-            # Presumed dead (fenced) or unknown: it must stop everything it runs.
-            return HostDirectives(revoke=[r.shard_id for r in reports], stop=True)
+            # Unknown (registered after the checkpoint this Orchestrator restarted from) or taken for gone: it
+            # registers again. Never tell it to *stop*: that ends the sessions (1001), and a session a live lease
+            # still needs, or another host is about to RESUME, would be lost with every event in its buffer.
+            msg = f"host {host_id} is not registered with this orchestrator; register again"
+            raise HostNotRegisteredError(msg)
         self._last_sync_mono[host_id] = time.monotonic()
         recovering = time.time() < self._recovering_until
         # While recovering, a host that has not re-registered yet may not report everything: no diff then.
@@ -595,7 +599,8 @@ class Orchestrator:
                 )
         host = table.hosts.get(host_id)
         if host is None or not host.alive:
-            return HostDirectives(revoke=[r.shard_id for r in reports], stop=True)
+            msg = f"host {host_id} was taken for gone while it waited; register again"
+            raise HostNotRegisteredError(msg)
         adopt, revoke = table.directives_for(host_id)
         directives = HostDirectives(
             adopt=adopt,

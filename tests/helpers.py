@@ -69,7 +69,18 @@ class StreamingBot:
         def missing() -> set[int]:
             return sent - set(ray.get(self.recorder.counts.remote()))
 
-        await wait_for(lambda: not missing(), 60, "every streamed event to reach a listener")
+        try:
+            await wait_for(lambda: not missing(), 60, "every streamed event to reach a listener")
+        except AssertionError as exc:
+            lost = sorted(missing())
+            sent_at = {int(e["id"]): (e["guild_id"], e["time"]) for e in self.emu.control.stream_sent()}
+            detail = {
+                "lost": len(lost),
+                "first lost (id, guild, time)": [(m, *sent_at[m]) for m in lost[:10]],
+                "identifies": [(e.get("shard_id"), e.get("time")) for e in self.emu.control.identify_log()],
+                "resumes": [(e.get("shard_id"), e.get("seq"), e.get("time")) for e in self.emu.control.resume_log()],
+            }
+            raise AssertionError(f"{exc}: {detail}") from None
         counts = ray.get(self.recorder.counts.remote())
         duplicates = sum(c - 1 for m, c in counts.items() if m in sent and c > 1)
         print(f"events sent {len(sent)}, delivered at least once {len(sent)}, replayed twice {duplicates}")

@@ -60,7 +60,7 @@ async def test_slow_listeners_lose_nothing_when_a_node_is_removed(
     doomed = ray_cluster.add_node(num_cpus=1)
     ray_cluster.wait_for_nodes()
     try:
-        bot = await streaming(shards=6, hosts=3, listener_delay=SLOW)
+        bot = await streaming(shards=8, hosts=4, listener_delay=SLOW)
         emu = bot.emu
         doomed_id = doomed.node_id
         on_doomed = [i for i, info in bot.shards().items() if info.node_id == doomed_id]
