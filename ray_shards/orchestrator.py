@@ -114,13 +114,14 @@ class Orchestrator:
         self._unmute_old_hosts = False
         self._ensured: set[str] = set()
         self._shutdown_task: asyncio.Task[int] | None = None
+        # (host, shard, epoch) -> when it first asked for an identify grant (for the queue-wait metric).
+        self._identify_asked: dict[tuple[str, int, int], float] = {}
         self._mailboxes: dict[str, _Mailbox] = {}
         self._handles: dict[str, typing.Any] = {}
         self._watches: dict[str, asyncio.Task[None]] = {}
         self._fenced: set[str] = set()
         self._pending: dict[int, asyncio.Future[str | None]] = {}
         self._command_ids = itertools.count(1)
-        self._identify_changed = asyncio.Condition()
         self._table_changed = asyncio.Event()
         self._dirty = False
         self._last_checkpoint = 0.0
@@ -534,6 +535,8 @@ class Orchestrator:
         if self._scheduler is not None:
             for shard_id in orphans:
                 self._scheduler.cancel(shard_id)
+        for key in [k for k in self._identify_asked if k[0] == host_id]:
+            del self._identify_asked[key]
         level = logging.INFO if reason == "closed" or not orphans else logging.WARNING
         _LOGGER.log(level, "host %s %s; %s shard(s) to move: %s", host_id, reason, len(orphans), orphans)
         self._deliver(table.place(), table)
@@ -669,42 +672,38 @@ class Orchestrator:
         """
         _, _, scheduler = self._check(capability)
         table = self._table_of(host_id)
+        key = (host_id, shard_id, epoch)
         if not table.holds(host_id, shard_id, epoch):
             scheduler.cancel(shard_id)
+            self._identify_asked.pop(key, None)
             msg = f"host {host_id} no longer holds shard {shard_id} (epoch {epoch})"
             raise LeaseLostError(msg)
-        outcome = scheduler.request(shard_id, time.monotonic(), holder=(host_id, epoch))
+        now = time.monotonic()
+        outcome = scheduler.request(shard_id, now, holder=(host_id, epoch))
         if isinstance(outcome, IdentifyGrant):
             table.shards[shard_id].identifies += 1
             self._dirty = True
+            self._metrics.identify_waited(now - self._identify_asked.pop(key, now))
             return IdentifyAnswer(granted=True, wait=0.0, presence=self._presence)
+        self._identify_asked.setdefault(key, now)
         return IdentifyAnswer(granted=False, wait=outcome, presence=None)
 
     async def identify(self, capability: str, host_id: str, shard_id: int, epoch: int) -> PresenceState:
         """Wait until ``shard_id`` may IDENTIFY by Discord's rate limit; return the presence to identify with.
+
+        The parked form of `request_identify`, for callers that identify right away on return
+        (``Client.recommended_shard``); hosts ask with `request_identify` and wait locally.
 
         Raises
         ------
         LeaseLostError
             When ``host_id`` no longer holds the shard's lease.
         """
-        _, _, scheduler = self._check(capability)
-        table = self._table_of(host_id)
-        asked_at = time.time()
         while True:
-            if not table.holds(host_id, shard_id, epoch):
-                scheduler.cancel(shard_id)
-                msg = f"host {host_id} no longer holds shard {shard_id} (epoch {epoch})"
-                raise LeaseLostError(msg)
-            outcome: IdentifyGrant | float = scheduler.request(shard_id, time.monotonic(), holder=(host_id, epoch))
-            if isinstance(outcome, IdentifyGrant):
-                table.shards[shard_id].identifies += 1
-                self._dirty = True
-                self._metrics.identify_waited(time.time() - asked_at)
-                return self._presence
-            async with self._identify_changed:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._identify_changed.wait(), min(outcome, 1.0))
+            answer = await self.request_identify(capability, host_id, shard_id, epoch)
+            if answer.granted and answer.presence is not None:
+                return answer.presence
+            await asyncio.sleep(min(answer.wait, 1.0))
 
     async def identify_done(
         self,
@@ -724,8 +723,6 @@ class Orchestrator:
         _, _, scheduler = self._check(capability)
         holder = (host_id, epoch) if host_id is not None and epoch is not None else None
         scheduler.release(shard_id, time.monotonic(), holder=holder)
-        async with self._identify_changed:
-            self._identify_changed.notify_all()
 
     async def check_lease(self, capability: str, host_id: str, shard_id: int, epoch: int) -> bool:
         """Whether ``host_id`` may RESUME ``shard_id`` now (it holds the current lease)."""
