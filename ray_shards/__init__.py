@@ -7,7 +7,7 @@ The public API follows hikari-orchestrator's: `Bot`, `Client`, `run_server`,
 from __future__ import annotations
 
 from ray_shards.bot import Bot
-from ray_shards.client import Client
+from ray_shards.client import Client, RecommendedShard
 from ray_shards.launch import (
     DEFAULT_SUBPROCESS_COUNT,
     BotDeployment,
@@ -26,6 +26,7 @@ __all__ = [
     "BotDeployment",
     "Client",
     "HostSetup",
+    "RecommendedShard",
     "RemoteShard",
     "ShardInfo",
     "ShardStatus",

@@ -62,6 +62,7 @@ from ray_shards.models import (
 from ray_shards.presence import PresenceState
 from ray_shards.protocol import IdentifyAnswer
 from ray_shards.remote import RemoteShard
+from ray_shards.shard_commands import SHARD_COMMANDS, run_shard_command
 from ray_shards.timings import Timings
 
 __all__ = ["Bot"]
@@ -1411,23 +1412,8 @@ class Bot(traits.GatewayBotAware):
             slot = self._slots.get(command.shard_id) if command.shard_id is not None else None
             if slot is None:
                 return f"shard {command.shard_id} is not on host {self._host_id}"
-            shard = slot.shard
-            args = command.arguments
-            if command.kind is CommandKind.PRESENCE:
-                await shard.update_presence(**args)
-            elif command.kind is CommandKind.VOICE_STATE:
-                await shard.update_voice_state(
-                    args["guild"], args["channel"], self_mute=args["self_mute"], self_deaf=args["self_deaf"]
-                )
-            elif command.kind is CommandKind.REQUEST_MEMBERS:
-                await shard.request_guild_members(
-                    args["guild"],
-                    include_presences=args["include_presences"],
-                    query=args["query"],
-                    limit=args["limit"],
-                    users=args["users"],
-                    nonce=args["nonce"],
-                )
+            if command.kind in SHARD_COMMANDS:
+                await run_shard_command(slot.shard, command)
             elif command.kind is CommandKind.RECONNECT:
                 await self._reconnect(slot)
             else:
@@ -1504,8 +1490,5 @@ class Bot(traits.GatewayBotAware):
     ) -> None:
         self._check_if_alive()
         shard_id = validation.shard_for_guild(guild, self.shard_count)
-        slot = self._slots.get(shard_id)
-        if slot is None:
-            msg = f"shard {shard_id} of guild {int(guild)} runs on another host; request_channel_info is local only"
-            raise RuntimeError(msg)
-        await slot.shard.request_channel_info(guild, fields=fields)
+        arguments = {"guild": int(guild), "fields": [str(field) for field in fields]}
+        await self.send_command(CommandKind.REQUEST_CHANNEL_INFO, shard_id, arguments)

@@ -20,14 +20,63 @@ from ray_shards import sessions, validation
 from ray_shards.bot import _tls_rejected
 from ray_shards.errors import LeaseLostError
 from ray_shards.link import OrchestratorLink, OrchestratorUnavailableError
-from ray_shards.models import CommandKind, Lease, ShardInfo
+from ray_shards.models import CommandKind, HostDirectives, Lease, ShardInfo, ShardReport, ShardStatus
 from ray_shards.remote import RemoteShard
+from ray_shards.shard_commands import SHARD_COMMANDS, run_shard_command
 
-__all__ = ["Client"]
+__all__ = ["Client", "RecommendedShard"]
 
 _LOGGER = logging.getLogger("ray_shards.client")
 
 _ShardT = typing.TypeVar("_ShardT", bound=hikari.api.GatewayShard)
+
+
+class RecommendedShard(int):
+    """What `Client.recommended_shard` passes to ``make_shard``: the shard id (an `int`) and its state.
+
+    Attributes
+    ----------
+    shard_count
+        The bot's shard count.
+    gateway_url
+        The gateway URL to connect to.
+    intents
+        The bot's intents.
+    session_id, seq, resume_gateway_url
+        The session to RESUME (None when the shard starts with an IDENTIFY).
+    """
+
+    shard_count: int
+    gateway_url: str
+    intents: hikari.Intents
+    session_id: str | None
+    seq: int | None
+    resume_gateway_url: str | None
+
+    def __new__(
+        cls,
+        shard_id: int,
+        *,
+        shard_count: int,
+        gateway_url: str,
+        intents: hikari.Intents,
+        session_id: str | None = None,
+        seq: int | None = None,
+        resume_gateway_url: str | None = None,
+    ) -> RecommendedShard:
+        self = super().__new__(cls, shard_id)
+        self.shard_count = shard_count
+        self.gateway_url = gateway_url
+        self.intents = intents
+        self.session_id = session_id
+        self.seq = seq
+        self.resume_gateway_url = resume_gateway_url
+        return self
+
+    @property
+    def shard_id(self) -> int:
+        """The shard id (the same as ``int(self)``)."""
+        return int(self)
 
 
 class Client:
@@ -46,7 +95,18 @@ class Client:
         Seconds between two refreshes of `remote_shards`.
     """
 
-    __slots__ = ("_host_id", "_intents", "_link", "_own", "_refresh_interval", "_refresh_task", "_remote", "_table")
+    __slots__ = (
+        "_gateway_url",
+        "_host_id",
+        "_intents",
+        "_link",
+        "_own",
+        "_refresh_interval",
+        "_refresh_task",
+        "_registered",
+        "_remote",
+        "_table",
+    )
 
     def __init__(
         self,
@@ -66,6 +126,8 @@ class Client:
         self._intents = hikari.Intents.NONE
         self._host_id = f"client-{uuid.uuid4().hex[:8]}"
         self._own: dict[int, tuple[Lease, hikari.api.GatewayShard]] = {}
+        self._registered = False
+        self._gateway_url = ""
 
     def __repr__(self) -> str:
         return f"Client(bot_id={self._link.bot_id}, running={self.is_running}, shards={len(self._table)})"
@@ -129,11 +191,8 @@ class Client:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        for shard_id, (lease, shard) in list(self._own.items()):
-            session = await sessions.detach(shard)
-            with contextlib.suppress(Exception):
-                await self._link.call("release", self._host_id, shard_id, lease.epoch, session, retry_for=5.0)
-        self._own.clear()
+        for shard_id in list(self._own):
+            await self._give_back(shard_id, hand_over=True)
         self._remote.clear()
         self._table.clear()
         await self._link.revoke()
@@ -165,7 +224,7 @@ class Client:
             try:
                 await self.refresh()
                 if self._own:
-                    await self._link.call("sync", self._host_id, [], timeout=0.0, retry_for=2.0)
+                    await self._sync_own()
             except asyncio.CancelledError:
                 raise
             except OrchestratorUnavailableError:
@@ -184,13 +243,21 @@ class Client:
         self._check_running()
         await self._link.call("command", kind, shard_id, arguments)
 
-    async def recommended_shard(self, make_shard: typing.Callable[[int], _ShardT]) -> _ShardT:
+    async def recommended_shard(self, make_shard: typing.Callable[[RecommendedShard], _ShardT]) -> _ShardT:
         """Acquire the next shard recommended by the server.
 
-        ``make_shard(shard_id)`` builds the shard (for example a
-        `hikari.impl.GatewayShardImpl` for this bot's ``shard_count``); it is started
-        within Discord's identify rate limit and returned once READY. Closing the
-        client gives it back.
+        ``make_shard(state)`` builds the shard: ``state`` is a `RecommendedShard`, an `int`
+        (the shard id, so ``make_shard(shard_id)`` code keeps working) that also carries what
+        the reference passes: ``shard_count``, ``gateway_url``, ``intents`` and, when the shard
+        had a session, ``session_id``, ``seq`` and ``resume_gateway_url``. It is started within
+        Discord's identify rate limit (or RESUMEd when it had a session) and returned once READY.
+
+        The shard is first class: this client reports its state to the Orchestrator, runs
+        the commands sent to it (presence, voice state, member and channel-info requests),
+        hands it over when the Orchestrator revokes it, and closes it when the bot stops
+        (`Client.shutdown`, ``ray-shards stop``). Placement never gives this client a shard
+        of its own accord (not even a dead host's): it runs exactly what it claims. Closing
+        the client hands the shard back with its session.
 
         Raises
         ------
@@ -198,28 +265,99 @@ class Client:
             When every shard of the bot is already running somewhere.
         """
         self._check_running()
-        if not self._own:
-            await self._link.call("register_host", self._host_id, node_id=None, want=0)
+        if not self._registered:
+            config, *_ = await self._link.call("register_host", self._host_id, node_id=None, want=0, placeable=False)
+            self._gateway_url = config.gateway_url
+            self._registered = True
         leases: list[Lease] = await self._link.call("claim", self._host_id, 1)
         if not leases:
             msg = "every shard of this bot is already running; there is no shard to recommend"
             raise LookupError(msg)
         lease = leases[0]
-        shard = make_shard(lease.shard_id)
-        if lease.session is not None and isinstance(shard, hikari.impl.GatewayShardImpl):
-            sessions.seed(shard, lease.session)
+        session = lease.session
+        state = RecommendedShard(
+            lease.shard_id,
+            shard_count=lease.shard_count,
+            gateway_url=self._gateway_url,
+            intents=self._intents,
+            session_id=session.session_id if session else None,
+            seq=session.seq if session else None,
+            resume_gateway_url=session.resume_gateway_url if session else None,
+        )
+        shard = make_shard(state)
+        if session is not None and isinstance(shard, hikari.impl.GatewayShardImpl):
+            sessions.seed(shard, session)
         else:
             await self._link.call("identify", self._host_id, lease.shard_id, lease.epoch, retry_for=60.0)
         try:
             await shard.start()
         except BaseException:
             with contextlib.suppress(Exception):
-                await self._link.call("identify_done", lease.shard_id, None)
+                await self._link.call("identify_done", lease.shard_id, None, host_id=self._host_id, epoch=lease.epoch)
                 await self._link.call("release", self._host_id, lease.shard_id, lease.epoch, None, retry_for=5.0)
             raise
-        await self._link.call("identify_done", lease.shard_id, None)
+        await self._link.call("identify_done", lease.shard_id, None, host_id=self._host_id, epoch=lease.epoch)
         self._own[lease.shard_id] = (lease, shard)
         return shard
+
+    def _own_reports(self) -> list[ShardReport]:
+        reports = []
+        for shard_id, (lease, shard) in self._own.items():
+            status = ShardStatus.READY if shard.is_connected else (
+                ShardStatus.RECONNECTING if shard.is_alive else ShardStatus.STOPPED
+            )
+            reports.append(
+                ShardReport(
+                    shard_id=shard_id,
+                    epoch=lease.epoch,
+                    status=status,
+                    session=sessions.snapshot(shard) or lease.session,
+                    latency=shard.heartbeat_latency,
+                )
+            )
+        return reports
+
+    async def _sync_own(self) -> None:
+        """Report this client's own shards and do what the Orchestrator asks of them."""
+        directives: HostDirectives = await self._link.call(
+            "sync", self._host_id, self._own_reports(), timeout=0.0, retry_for=2.0
+        )
+        for shard_id in directives.revoke:
+            if shard_id in self._own:
+                await self._give_back(shard_id, hand_over=True)
+        for command in directives.commands:
+            error: str | None = None
+            try:
+                if command.kind in SHARD_COMMANDS and command.shard_id in self._own:
+                    await run_shard_command(self._own[command.shard_id][1], command)
+                elif command.kind is CommandKind.PRESENCE and command.shard_id is None:
+                    presence = command.arguments["presence"]
+                    for _, shard in self._own.values():
+                        if shard.is_connected:
+                            await shard.update_presence(**presence.to_hikari_kwargs())
+                else:
+                    error = f"{command.kind.value} on shard {command.shard_id} is not run by a client"
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            with contextlib.suppress(Exception):
+                await self._link.call("command_done", command.command_id, error, retry_for=5.0)
+        if directives.stop:
+            for shard_id in list(self._own):
+                await self._give_back(shard_id, hand_over=False)
+
+    async def _give_back(self, shard_id: int, *, hand_over: bool) -> None:
+        """Stop one own shard: hand it over (session kept, closed with 3000) or end its session (1001)."""
+        lease, shard = self._own.pop(shard_id)
+        if hand_over:
+            session = await sessions.detach(shard)
+        else:
+            session = None
+            with contextlib.suppress(Exception):
+                await shard.close()
+        with contextlib.suppress(Exception):
+            await self._link.call(
+                "release", self._host_id, shard_id, lease.epoch, session, stopped=not hand_over, retry_for=5.0
+            )
 
     async def request_guild_members(
         self,

@@ -82,6 +82,7 @@ class CommandKind(enum.StrEnum):
     VOICE_STATE = "voice_state"
     REQUEST_MEMBERS = "request_members"
     RECONNECT = "reconnect"
+    REQUEST_CHANNEL_INFO = "request_channel_info"
     RECORD = "record"
     """Resharding: remember the identity of every event delivered from now on."""
     SWITCH_OUT = "switch_out"

@@ -437,8 +437,12 @@ class Orchestrator:
         handle: typing.Any = None,
         held: list[tuple[int, int]] | None = None,
         shard_count: int | None = None,
+        placeable: bool = True,
     ) -> tuple[BotConfig, list[Lease], list[int], PresenceState, int]:
         """A host joins (or rejoins after an Orchestrator restart).
+
+        A host that is not ``placeable`` (a `Client` running shards it claimed) is never
+        handed a shard by placement: it runs exactly what it claims.
 
         ``held`` lists the ``(shard_id, epoch)`` leases the host still runs; those that
         are still current are kept. Returns the config, new leases for it, the held
@@ -460,7 +464,9 @@ class Orchestrator:
         fleet_host = next((f.hosts[host_id] for f in self._fleets() if host_id in f.hosts), None)
         if fleet_host is not None:
             want = 0 if fleet_host.retiring else fleet_host.want
-        table.register_host(host_id, node_id=node_id, want=want, has_handle=handle is not None, now=now)
+        table.register_host(
+            host_id, node_id=node_id, want=want, has_handle=handle is not None, now=now, placeable=placeable
+        )
         self._mailboxes.setdefault(host_id, _Mailbox())
         # A held lease newer than the table's (restored from a checkpoint older than it) is not stale: the
         # host's first full report makes it current (ShardTable.apply_reports). Only older ones must stop.

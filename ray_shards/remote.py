@@ -144,12 +144,9 @@ class RemoteShard(hikari.api.GatewayShard):
     async def request_channel_info(
         self, guild: hikari.SnowflakeishOr[hikari.PartialGuild], *, fields: typing.Sequence[typing.Any]
     ) -> None:
-        # Not forwarded yet: a host runs only the commands its command machinery knows, and this is not one of them.
-        msg = (
-            "request_channel_info is not forwarded to shards on other hosts yet; call it on the bot that runs the "
-            "guild's shard (bot.local_shards)"
-        )
-        raise NotImplementedError(msg)
+        # Sent to the host that runs the guild's shard, like a member request (op 43 there).
+        arguments = {"guild": int(guild), "fields": [str(field) for field in fields]}
+        await self._commander.send_command(CommandKind.REQUEST_CHANNEL_INFO, self._shard_id, arguments)
 
     @override
     async def request_guild_members(

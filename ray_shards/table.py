@@ -132,9 +132,20 @@ class ShardTable:
     # -- hosts -----------------------------------------------------------------------------------
 
     def register_host(
-        self, host_id: str, *, node_id: str | None, want: int, has_handle: bool, now: float
+        self,
+        host_id: str,
+        *,
+        node_id: str | None,
+        want: int,
+        has_handle: bool,
+        now: float,
+        placeable: bool = True,
     ) -> HostRecord:
-        """Add a host, or refresh one that registers again (after an Orchestrator restart)."""
+        """Add a host, or refresh one that registers again (after an Orchestrator restart).
+
+        A host that is not ``placeable`` (a Client holding shards it claimed itself) gets only
+        what it claims: `place` and rebalancing never hand it a shard, like a draining host.
+        """
         if want < 0:
             msg = f"a host cannot want {want} shards"
             raise ValueError(msg)
@@ -147,6 +158,8 @@ class ShardTable:
             host.want = want
             host.has_handle = has_handle
             host.last_sync = now
+        if not placeable:
+            host.draining = True
         return host
 
     def owned_by(self, host_id: str) -> list[int]:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+import time
 import typing
 
 import hikari
 import pytest
 import ray
 
-from ray_shards import Bot, Client, run_server
+from ray_shards import Bot, Client, ShardStatus, run_server
 from ray_shards.connection import NAMESPACE, orchestrator_name
 from ray_shards.launch import start_orchestrator
 from ray_shards.timings import Timings
@@ -48,6 +50,10 @@ async def test_run_server_with_standalone_bots(ray_cluster: typing.Any, emulator
         guild = next(g for g in emu.control.guild_ids() if (g >> 22) % 4 == other)
         await bots[0].update_voice_state(guild, None)
         await wait_for(lambda: bool(emu.control.received(other, op=4)), 10, "the voice update on the owner")
+        # So is a channel-info request (op 43), from a RemoteShard as from the bot.
+        await bots[0].request_channel_info(guild, fields=[hikari.api.shard.ChannelInfoField.STATUS])
+        await bots[0].shards[other].request_channel_info(guild, fields=[hikari.api.shard.ChannelInfoField.STATUS])
+        await wait_for(lambda: len(emu.control.received(other, op=43)) == 2, 10, "two channel-info requests")
         # Closing one bot hands its shards over to the other by RESUME.
         await bots[1].close()
         await wait_for(lambda: len(bots[0].local_shards) == 4, 30, "the other bot to take over")
@@ -107,4 +113,60 @@ async def test_recommended_shard_runs_a_shard_here(ray_cluster: typing.Any, emul
         emu.control.wait_until(lambda c: all(v == 0 for v in c.stats()["connected"].values()), timeout=15)
     finally:
         await link.call("shutdown")
+        ray.kill(link.handle)
+
+
+async def test_client_held_shards_are_first_class(ray_cluster: typing.Any, emulator_factory: typing.Any,
+                                                 token: str) -> None:
+    """A Client's shards report, run commands, are not handed others' shards, and stop with the bot."""
+    from ray_shards import RecommendedShard
+
+    emu = emulator_factory(token, shards=2, max_concurrency=2, guilds=4, identify_window_s=1.0)
+    link = await start_orchestrator(token, None, rest_url=emu.rest_url, timings=FAST)
+    seen: list[RecommendedShard] = []
+    try:
+        async with Client(token, None, refresh_interval=0.2) as client:
+            def make_shard(state: RecommendedShard) -> hikari.impl.GatewayShardImpl:
+                seen.append(state)
+                app = hikari.GatewayBot(token, rest_url=emu.rest_url, banner=None)
+                return hikari.impl.GatewayShardImpl(
+                    event_manager=app.event_manager,
+                    event_factory=app.event_factory,
+                    http_settings=app.http_settings,
+                    proxy_settings=app.proxy_settings,
+                    intents=state.intents,
+                    shard_id=state.shard_id,
+                    shard_count=state.shard_count,
+                    token=token,
+                    url=state.gateway_url,
+                )
+
+            shard = await client.recommended_shard(make_shard)
+            assert seen[0] == shard.id and seen[0].shard_count == 2 and seen[0].gateway_url == emu.gateway_url
+            assert seen[0].session_id is None
+            # It reports: the table shows it READY on this client.
+            await wait_for(
+                lambda: (info := client.shard_info(shard.id)) is not None and info.status is ShardStatus.READY,
+                15, "the client's shard READY in the table",
+            )
+            # Bot-wide presence and a member request reach it promptly (they stalled 15 s before).
+            started = time.monotonic()
+            await client.update_presence(status=hikari.Status.IDLE)
+            assert time.monotonic() - started < 5.0, "update_presence waited for the client's shard"
+            await wait_for(lambda: bool(emu.control.received(shard.id, op=3)), 10, "op 3 on the client's shard")
+            guild = next(g for g in emu.control.guild_ids() if (g >> 22) % 2 == shard.id)
+            await client.request_guild_members(guild, query="a", limit=1)
+            await wait_for(lambda: bool(emu.control.received(shard.id, op=8)), 10, "op 8 on the client's shard")
+            # The other shard is unassigned: placement never hands it to the client.
+            await asyncio.sleep(1.0)
+            other = client.shard_info(1 - shard.id)
+            assert other is not None and other.host_id is None, other
+            # Stopping the bot ends the client's session too.
+            await client.shutdown()
+            await wait_for(lambda: not shard.is_alive, 15, "the client's shard to close on bot stop")
+            emu.control.wait_until(lambda c: all(v == 0 for v in c.stats()["connected"].values()), timeout=15)
+            assert not [s for s in emu.control.sessions() if s.get("shard_id") == shard.id], "session not ended"
+    finally:
+        with contextlib.suppress(Exception):
+            await link.call("shutdown")
         ray.kill(link.handle)
