@@ -18,7 +18,7 @@ import hikari
 
 from ray_shards import sessions, validation
 from ray_shards.bot import _tls_rejected
-from ray_shards.errors import LeaseLostError
+from ray_shards.errors import HostNotRegisteredError, LeaseLostError
 from ray_shards.link import OrchestratorLink, OrchestratorUnavailableError
 from ray_shards.models import CommandKind, HostDirectives, Lease, ShardInfo, ShardReport, ShardStatus
 from ray_shards.remote import RemoteShard
@@ -319,9 +319,20 @@ class Client:
 
     async def _sync_own(self) -> None:
         """Report this client's own shards and do what the Orchestrator asks of them."""
-        directives: HostDirectives = await self._link.call(
-            "sync", self._host_id, self._own_reports(), timeout=0.0, retry_for=2.0
-        )
+        try:
+            directives: HostDirectives = await self._link.call(
+                "sync", self._host_id, self._own_reports(), timeout=0.0, retry_for=2.0
+            )
+        except HostNotRegisteredError:
+            # The Orchestrator restarted from a checkpoint that predates this client: join again with what it runs.
+            held = [(shard_id, lease.epoch) for shard_id, (lease, _) in self._own.items()]
+            _, _, stale, *_ = await self._link.call(
+                "register_host", self._host_id, node_id=None, want=0, held=held, placeable=False
+            )
+            for shard_id in stale:
+                if shard_id in self._own:
+                    await self._give_back(shard_id, hand_over=True)
+            return
         for shard_id in directives.revoke:
             if shard_id in self._own:
                 await self._give_back(shard_id, hand_over=True)
