@@ -785,13 +785,14 @@ class Bot(traits.GatewayBotAware):
             await self._wait_started(
                 [self._slots[lease.shard_id] for lease in leases if lease.shard_id in self._slots]
             )
-        except BaseException:
+        except BaseException as exc:
             # Leases not adopted yet are given back as they are; adopted shards are closed by close().
             await self._give_back([lease for lease in leases if lease.shard_id not in self._slots])
             if self._closing_event is not None and not self._closing_event.is_set():
-                # Stopped while booting (a failure, or Ctrl-C): end the sessions as hikari does (1001). Shards still
-                # in their handshake have no session worth handing over.
-                await self.close(hand_over=False)
+                # Ctrl-C while booting: end the sessions as hikari does (1001). A failure (one shard could not
+                # start) hands the others over instead: they may be sessions resumed from a dead host, and ending
+                # them would lose every event Discord still holds for them.
+                await self.close(hand_over=isinstance(exc, Exception))
             raise
         await self._event_manager.dispatch(self._event_factory.deserialize_started_event(), return_tasks=True)
         _LOGGER.info(
@@ -1254,16 +1255,21 @@ class Bot(traits.GatewayBotAware):
         return reports
 
     def _lease_cutoff(self) -> float:
-        """Seconds without a sync after which this host stops its shards itself (resumably).
+        """Seconds without a sync after which this host's leases may be void.
 
-        Half the time after which the Orchestrator may hand them elsewhere: a standalone Bot's
-        leases lapse after ``standalone_lease_ttl``; a host actor is fenced (killed) only after
-        ``host_timeout`` and a failed health check. So a host cut off from the Orchestrator has
-        closed its sessions well before another host may RESUME them.
+        A standalone Bot cannot be killed, so the Orchestrator hands its shards on after
+        ``standalone_lease_ttl`` of silence: it closes them itself (resumably) at half that.
+        A host actor's shards move only once Ray says the actor is dead, or after the
+        Orchestrator killed it (fencing): it keeps running through an Orchestrator or head
+        restart of any length, and uses ``host_timeout`` only to bound a RESUME's wait for a
+        lease check.
         """
         if self._actor_handle is None:
             return self._timings.standalone_lease_ttl / 2
-        return self._timings.host_timeout / 2
+        return self._timings.host_timeout
+
+    def _self_fences(self) -> bool:
+        return self._actor_handle is None
 
     async def _stop_cut_off_shards(self, silent: float) -> None:
         slots = [slot for slot in self._slots.values() if not slot.leaving]
@@ -1317,7 +1323,7 @@ class Bot(traits.GatewayBotAware):
                     await asyncio.sleep(self._timings.sync_interval)
             except OrchestratorUnavailableError:
                 silent = time.monotonic() - last_ok
-                if silent > self._lease_cutoff():
+                if self._self_fences() and silent > self._lease_cutoff():
                     await self._stop_cut_off_shards(silent)
                 else:
                     _LOGGER.warning("host %s: orchestrator unreachable; shards keep running", self._host_id)

@@ -114,16 +114,32 @@ def _load_callback(entrypoint: str, directory: str | None = None) -> typing.Call
         msg = f"cannot import {module_name!r} for --entrypoint (from {root}): {exc}"
         raise CliError(msg) from None
     module_file = os.path.abspath(getattr(module, "__file__", None) or "")
-    if module_file.startswith(root + os.sep) and "site-packages" not in module_file:
+    top_name = module_name.partition(".")[0]
+    if (
+        module_file.startswith(root + os.sep)
+        and "site-packages" not in module_file
+        and not _is_installed_package(top_name)
+    ):
         import ray.cloudpickle
 
-        top = sys.modules[module_name.partition(".")[0]]
-        ray.cloudpickle.register_pickle_by_value(top)  # type: ignore[no-untyped-call]
+        ray.cloudpickle.register_pickle_by_value(sys.modules[top_name])  # type: ignore[no-untyped-call]
     callback = getattr(module, attribute, None)
     if not callable(callback):
         msg = f"{entrypoint!r} is not a callable in {module_name!r}"
         raise CliError(msg)
     return typing.cast(typing.Callable[[typing.Any], typing.Any], callback)
+
+
+def _is_installed_package(top_name: str) -> bool:
+    """Whether ``top_name`` belongs to an installed distribution (editable ones included).
+
+    Such a package imports on every node by itself; pickling it by value would rebuild its
+    classes on the hosts (ray_shards' own `Bot` among them, run from a checkout), and classes
+    with ``__slots__`` do not survive that.
+    """
+    import importlib.metadata
+
+    return top_name == "ray_shards" or top_name in importlib.metadata.packages_distributions()
 
 
 # -- commands --------------------------------------------------------------------------------------

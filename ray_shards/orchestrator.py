@@ -58,6 +58,15 @@ __all__ = ["Orchestrator", "OrchestratorOptions"]
 
 _LOGGER = logging.getLogger("ray_shards.orchestrator")
 
+def _unwrap_ray_error(exc: BaseException) -> BaseException:
+    """The error a remote call raised, without Ray's RayTaskError wrapping (which repeats the remote traceback)."""
+    import ray.exceptions
+
+    while isinstance(exc, ray.exceptions.RayTaskError) and isinstance(getattr(exc, "cause", None), BaseException):
+        exc = exc.cause
+    return exc
+
+
 _GRANT_USE_LIMIT = 1.0
 """Seconds within which a host sends the IDENTIFY it was granted (or drops the grant): see `ray_shards.bot`."""
 
@@ -1064,13 +1073,15 @@ class Orchestrator:
         if not errors:
             await self._checkpoint_now()
             return
-        # The callback raised (or a host could not start): stop the half-started deployment, keep the reason.
+        # The callback raised (or a host could not start): stop the half-started deployment, keep the reason
+        # as the host raised it (not wrapped in Ray's RayTaskError, whose text carries a remote traceback).
         fleet = self._fleet
         assert fleet is not None
         fleet.desired = 0
-        self._deploy_failure = errors[0]
-        self._deploy_error = str(errors[0])
-        self._deploy_error_type = type(errors[0]).__name__
+        failure = _unwrap_ray_error(errors[0])
+        self._deploy_failure = failure
+        self._deploy_error = str(failure)
+        self._deploy_error_type = type(failure).__name__
         for host_id in list(fleet.hosts):
             await fleet.retire(host_id, hand_over=False)
         await self._checkpoint_now()

@@ -136,6 +136,8 @@ def test_run_imports_the_entrypoint_from_the_current_directory(bot: Bot) -> None
 
 def test_json_logs_from_the_cli(bot: Bot) -> None:
     """`--log-format json`: the driver's and the Ray workers' log lines are JSON objects, each line once."""
+    # The driver logs "running on hosts" when its boot poll sees every shard READY, a moment after the fixture does.
+    wait_until(lambda: "running on hosts" in bot.log.read_text(), 60, "the driver's 'running on hosts' line")
     lines = [line for line in bot.log.read_text().splitlines() if line.strip()]
     records = [json.loads(line) for line in lines]  # every line: no plain-text line in between
     driver = [r for r in records if "running on hosts" in r["message"]]

@@ -533,12 +533,12 @@ def test_cli_refuses_unknown_intents_before_starting_anything(
     assert cli.main(["server", "--intents", "-1"]) == 2
     assert "unknown intent '-1'" in capsys.readouterr().err
     monkeypatch.setenv("RAY_SHARDS_INTENTS", "GUILDS|nonsense")
-    assert cli.main(["run"]) == 2
+    assert cli.main(["run"]) == 1  # a bad setting from the environment is a failure, not a command-line usage error
     assert "unknown intent 'nonsense'" in capsys.readouterr().err
     monkeypatch.delenv("RAY_SHARDS_INTENTS")
     # A malformed DISCORD_TOKEN is refused without echoing it.
     monkeypatch.setenv("DISCORD_TOKEN", "Bot " + token.replace(".", "!"))
-    assert cli.main(["status"]) == 2
+    assert cli.main(["status"]) == 1  # from the environment, not the command line: a failure
     err = capsys.readouterr().err
     assert "the bot token is malformed" in err and token.rsplit(".", 1)[1] not in err
 
