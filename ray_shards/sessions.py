@@ -36,6 +36,7 @@ _IDENTIFY_OP: typing.Final[int] = 2
 _RESUME_OP: typing.Final[int] = 6
 # hikari closes with 3000 when it means to resume; Discord keeps the session alive for it.
 _RESUMABLE_CLOSE_CODE: typing.Final[int] = 3000
+_HAND_OVER_REASON: typing.Final[bytes] = b"ray_shards hand-over"
 
 REQUIRED_PRIVATE_ATTRIBUTES: typing.Final[tuple[str, ...]] = (
     "_session_id",
@@ -127,6 +128,26 @@ def seed(shard: shard_impl.GatewayShardImpl, state: SessionState) -> None:
     shard._user_id = hikari.Snowflake(state.user_id) if state.user_id else None
 
 
+async def _send_close_frame_first(transport: typing.Any) -> None:
+    """Put the resumable close frame on the wire before anything else can close the socket.
+
+    aiohttp's ``close()`` called while hikari's poll loop waits in ``receive()`` does not send
+    a frame: it only asks that loop to stop, and sends its own frame once the loop returns.
+    When a dispatch was already queued, the loop returns that dispatch instead, calls
+    ``receive()`` again, finds the socket closing and closes it itself with aiohttp's default
+    code 1000 -- and Discord ends a session its client closed with 1000 or 1001. So under a
+    busy stream a hand-over could end the very session it hands over, and the next owner
+    had to IDENTIFY, losing every event its listeners had not finished. Writing the close
+    frame through the socket's writer first makes 3000 the code the gateway sees, whoever
+    closes the socket afterwards (a second close frame is ignored).
+    """
+    web_socket = getattr(transport, "_ws", None)
+    writer = getattr(web_socket, "_writer", None)
+    if web_socket is None or writer is None or web_socket.closed:
+        return
+    await asyncio.wait_for(writer.close(_RESUMABLE_CLOSE_CODE, _HAND_OVER_REASON), timeout=5.0)
+
+
 async def detach(shard: hikari.api.GatewayShard) -> SessionState | None:
     """Stop ``shard`` without ending its Discord session, and return that session.
 
@@ -144,7 +165,8 @@ async def detach(shard: hikari.api.GatewayShard) -> SessionState | None:
     transport = shard._ws
     if transport is not None:
         try:
-            await transport.send_close(code=_RESUMABLE_CLOSE_CODE, message=b"ray_shards hand-over")
+            await _send_close_frame_first(transport)
+            await transport.send_close(code=_RESUMABLE_CLOSE_CODE, message=_HAND_OVER_REASON)
         except Exception:  # the socket may already be gone; the session survives either way
             _LOGGER.debug("shard %s: close frame for hand-over failed", shard.id, exc_info=True)
     if shard.is_alive:

@@ -311,6 +311,11 @@ class ShardTable:
         """
         hosts = self.live_hosts()
         load = self._loads()
+        # A revoked shard stays owned by its donor until the donor releases it, which waits for the
+        # listeners to drain (seconds). Count it as gone already: otherwise every pass in the meantime
+        # sees the donor still over its share and revokes one more, emptying it into the new host.
+        for h in hosts:
+            load[h.host_id] -= len(h.pending_revoke)
         under = [h for h in hosts if load[h.host_id] < h.want and not h.draining]
         over = [h for h in hosts if load[h.host_id] > h.want]
         if not under or not over:

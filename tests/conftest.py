@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
 import typing
 
@@ -75,6 +76,11 @@ def ray_cluster() -> typing.Iterator[Cluster]:
     finally:
         ray.shutdown()
         cluster.shutdown()
+        # Ray's session logs are the evidence when a cluster test fails: keep them when asked to.
+        if os.environ.get("RAY_SHARDS_KEEP_TEST_LOGS"):
+            print(f"ray_shards: the test cluster's logs are kept in {temp_dir}")
+        else:
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture

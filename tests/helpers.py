@@ -79,6 +79,14 @@ class StreamingBot:
                 "first lost (id, guild, time)": [(m, *sent_at[m]) for m in lost[:10]],
                 "identifies": [(e.get("shard_id"), e.get("time")) for e in self.emu.control.identify_log()],
                 "resumes": [(e.get("shard_id"), e.get("seq"), e.get("time")) for e in self.emu.control.resume_log()],
+                "resume attempts": [
+                    (e.get("shard_id"), (e.get("d") or {}).get("seq"), e.get("time"))
+                    for e in self.emu.control.received(op=6)
+                ],
+                "closes": [
+                    (c.get("shard_id"), c.get("code"), c.get("by"), c.get("time"))
+                    for c in self.emu.control.stats()["closes"]
+                ],
             }
             raise AssertionError(f"{exc}: {detail}") from None
         counts = ray.get(self.recorder.counts.remote())

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import typing
 
+import aiohttp
 import hikari
 import pytest
 from hikari.impl import config as config_impl
 from hikari.impl import event_factory as event_factory_impl
+from hikari.impl import shard as shard_impl
 
 from ray_shards import sessions
 from ray_shards.models import SessionState
@@ -18,6 +21,9 @@ def test_hikari_still_has_what_hand_over_needs() -> None:
     sessions.check_hikari_compatibility()
     for name in sessions.REQUIRED_PRIVATE_ATTRIBUTES:
         assert hasattr(hikari.impl.GatewayShardImpl, name) or name in hikari.impl.GatewayShardImpl.__slots__, name
+    # detach() writes its close frame through the transport's aiohttp socket writer (see _send_close_frame_first).
+    assert "_ws" in shard_impl._GatewayTransport.__slots__
+    assert "self._writer = " in inspect.getsource(aiohttp.ClientWebSocketResponse.__init__)
 
 
 class _Hooks:
@@ -95,3 +101,35 @@ async def test_identify_gate_seed_and_detach_round_trip(emulator_factory: typing
             sessions.seed(second, state)
     finally:
         await second.close()
+
+
+@pytest.mark.timeout(120)
+async def test_detach_under_a_busy_stream_always_closes_resumably(emulator_factory: typing.Any, token: str) -> None:
+    """A hand-over while frames keep arriving must still close with 3000.
+
+    aiohttp's ``close()`` during hikari's ``receive()`` only asks the poll loop to stop; when a
+    frame was already queued, the loop's next ``receive()`` closed the socket with aiohttp's
+    default 1000, and Discord ends a session closed with 1000. Seen in CI as a re-IDENTIFY
+    after a rebalance under a 20 events/s stream.
+    """
+    emu = emulator_factory(token, shards=1, guilds=2, identify_window_s=0.2)
+    hooks = _Hooks()
+    shard = _shard(emu, token, hooks)
+    await shard.start()
+    emu.control.start_stream(400)
+    try:
+        for attempt in range(25):
+            await asyncio.sleep(0.05 + (attempt % 5) * 0.03)
+            state = await sessions.detach(shard)
+            assert state is not None
+            await asyncio.sleep(0.1)
+            closes = [c for c in emu.control.stats()["closes"] if c["by"] == "client"]
+            assert closes and closes[-1]["code"] == 3000, f"hand-over {attempt} ended the session: {closes[-1]}"
+            shard = _shard(emu, token, hooks)
+            sessions.seed(shard, state)
+            await shard.start()
+        assert len(emu.control.identify_log()) == 1, "a hand-over was followed by an IDENTIFY"
+    finally:
+        emu.control.stop_stream()
+        if shard.is_alive:
+            await shard.close()

@@ -74,6 +74,35 @@ def test_release_and_rebalance() -> None:
     assert [lease.shard_id for lease in placed["c"]] == [shard_id]
 
 
+def test_rebalance_counts_revokes_that_are_still_draining() -> None:
+    """While a donor drains its listeners (seconds), each reconcile pass asks for a move again.
+
+    Seen in CI: 4 shards, the survivor of a host kill held all 4 and its replacement wanted 2;
+    the pending revoke was not counted, so four passes revoked all four shards, one of which
+    then lost its session. Exactly two moves are due.
+    """
+    table = _table_with_hosts(4, {"a": 2, "b": 2})
+    for host in "ab":
+        table.apply_reports(host, [ShardReport(s, 1, ShardStatus.READY) for s in table.owned_by(host)], now=1.0)
+    table.host_lost("b")
+    table.place()
+    for s in table.owned_by("a"):
+        table.shards[s].status = ShardStatus.READY
+    table.register_host("c", node_id=None, want=2, has_handle=True, now=2.0)
+    moves = []
+    for _ in range(10):  # ten passes while nothing is released yet
+        move = table.rebalance_move()
+        if move is not None:
+            assert table.revoke(move[1], move[0])
+            moves.append(move)
+    assert len(moves) == 2, moves
+    for shard_id, donor in moves:
+        assert table.release(donor, shard_id, table.shards[shard_id].epoch, None)
+    table.place()
+    assert len(table.owned_by("a")) == 2 and len(table.owned_by("c")) == 2
+    assert table.rebalance_move() is None
+
+
 def test_checkpoint_round_trip_keeps_leases_and_sessions() -> None:
     table = _table_with_hosts(3, {"a": 3})
     table.apply_reports("a", [ShardReport(0, 1, ShardStatus.READY, SessionState("s", 7, "ws://r", 9))], now=1.0)
