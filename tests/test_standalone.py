@@ -80,6 +80,23 @@ def _exists(token: str) -> bool:
     return True
 
 
+def _plain_shard(token: str, rest_url: str, shard_id: int, shard_count: int, intents: hikari.Intents | None,
+                 url: str) -> hikari.impl.GatewayShardImpl:
+    """A plain hikari shard, as a user's ``make_shard`` builds one (intents None: the app's own)."""
+    app = hikari.GatewayBot(token, rest_url=rest_url, banner=None)
+    return hikari.impl.GatewayShardImpl(
+        event_manager=app.event_manager,
+        event_factory=app.event_factory,
+        http_settings=app.http_settings,
+        proxy_settings=app.proxy_settings,
+        intents=app.intents if intents is None else intents,
+        shard_id=shard_id,
+        shard_count=shard_count,
+        token=token,
+        url=url,
+    )
+
+
 async def test_recommended_shard_runs_a_shard_here(ray_cluster: typing.Any, emulator_factory: typing.Any,
                                                    token: str) -> None:
     emu = emulator_factory(token, shards=2, max_concurrency=2, identify_window_s=1.0)
@@ -87,18 +104,8 @@ async def test_recommended_shard_runs_a_shard_here(ray_cluster: typing.Any, emul
     try:
         async with Client(token, None) as client:
             def make_shard(shard_id: int) -> hikari.impl.GatewayShardImpl:
-                app = hikari.GatewayBot(token, rest_url=emu.rest_url, banner=None)
-                return hikari.impl.GatewayShardImpl(
-                    event_manager=app.event_manager,
-                    event_factory=app.event_factory,
-                    http_settings=app.http_settings,
-                    proxy_settings=app.proxy_settings,
-                    intents=app.intents,
-                    shard_id=shard_id,
-                    shard_count=2,
-                    token=token,
-                    url=emu.gateway_url,
-                )
+                # hikari-orchestrator's signature: make_shard only looks at the int it is given.
+                return _plain_shard(token, emu.rest_url, shard_id, 2, None, emu.gateway_url)
 
             first = await client.recommended_shard(make_shard)
             second = await client.recommended_shard(make_shard)
@@ -128,18 +135,8 @@ async def test_client_held_shards_are_first_class(ray_cluster: typing.Any, emula
         async with Client(token, None, refresh_interval=0.2) as client:
             def make_shard(state: RecommendedShard) -> hikari.impl.GatewayShardImpl:
                 seen.append(state)
-                app = hikari.GatewayBot(token, rest_url=emu.rest_url, banner=None)
-                return hikari.impl.GatewayShardImpl(
-                    event_manager=app.event_manager,
-                    event_factory=app.event_factory,
-                    http_settings=app.http_settings,
-                    proxy_settings=app.proxy_settings,
-                    intents=state.intents,
-                    shard_id=state.shard_id,
-                    shard_count=state.shard_count,
-                    token=token,
-                    url=state.gateway_url,
-                )
+                return _plain_shard(token, emu.rest_url, state.shard_id, state.shard_count, state.intents,
+                                    state.gateway_url)
 
             shard = await client.recommended_shard(make_shard)
             assert seen[0] == shard.id and seen[0].shard_count == 2 and seen[0].gateway_url == emu.gateway_url

@@ -6,6 +6,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import select
 import typing
 
 from aiohttp import web
@@ -23,6 +24,7 @@ _LOGGER = logging.getLogger("ray_shards.emulator")
 SEND_LIMIT = 120
 """Payloads a client may send per connection per `SEND_LIMIT_WINDOW_S`."""
 SEND_LIMIT_WINDOW_S = 60.0
+_PEER_GONE = select.POLLRDHUP | select.POLLHUP | select.POLLERR
 MAX_QUEUED_FRAMES = 100_000
 """Outbound frames queued for one connection before it is dropped as too slow."""
 
@@ -100,6 +102,26 @@ class Connection:
 
     def __repr__(self) -> str:
         return f"Connection(#{self.conn_id}, shard={self.shard_id}/{self.shard_count}, path={self.path})"
+
+    def peer_has_closed(self) -> bool:
+        """Whether the client's end is already gone at the socket level, processed here or not.
+
+        A busy emulator can handle a new connection's RESUME before it has read the EOF of a
+        client that died earlier (both are ready in one loop iteration, in no set order). Asking
+        the kernel -- FIN or RST received (``POLLRDHUP``/``POLLHUP``/``POLLERR``), or the
+        transport already closing -- tells a dead client from a live second session, which is
+        what the split-brain count must measure. Pending unread data does not hide a FIN here,
+        unlike a peek.
+        """
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return True
+        sock = transport.get_extra_info("socket")
+        if sock is None or sock.fileno() < 0:
+            return True
+        poller = select.poll()
+        poller.register(sock.fileno(), _PEER_GONE | select.POLLIN)
+        return any(events & _PEER_GONE for _, events in poller.poll(0))
 
     # -- outbound -------------------------------------------------------------------------------
 

@@ -389,11 +389,29 @@ class Gateway:
     def _attach(self, conn: Connection, session: Session) -> None:
         conn.shard_id = session.shard_id
         conn.shard_count = session.shard_count
+        self._uncount_dead_peers(conn)
         self.registry.connection_opened(session.shard_id, session.shard_count)
         conn.authenticated = True
         conn.session = session
         session.connection = conn
         session.disconnected_at = None
+
+    def _uncount_dead_peers(self, conn: Connection) -> None:
+        """Stop counting other connections of this shard whose client is already gone.
+
+        Their disconnect is still processed as usual when their read loop sees the EOF; only
+        the concurrency count (split brain) is settled now, in the order the kernel saw things.
+        """
+        for other in list(self.connections):
+            if (
+                other is not conn
+                and other.authenticated
+                and (other.shard_id, other.shard_count) == (conn.shard_id, conn.shard_count)
+                and other.peer_has_closed()
+            ):
+                assert other.shard_id is not None and other.shard_count is not None
+                self.registry.connection_closed(other.shard_id, other.shard_count)
+                other.authenticated = False
 
     # -- RESUME -------------------------------------------------------------------------------
 
@@ -427,6 +445,15 @@ class Gateway:
             conn.send_json({"op": Op.INVALID_SESSION, "d": False})
             return
         old = session.connection
+        if old is not None and old is not conn and old.authenticated:
+            # Discord moves a resumed session to the new connection and closes the old one at that
+            # instant: one session, never dispatched to both. So the old connection stops counting
+            # before the new one counts; split brain means two *sessions* of a shard connected.
+            # A takeover is counted apart: it is how a shard moves off a host that is still dying.
+            assert old.shard_id is not None and old.shard_count is not None
+            self.registry.connection_closed(old.shard_id, old.shard_count)
+            old.authenticated = False
+            self.recorder.takeovers += 1
         self._attach(conn, session)
         if old is not None and old is not conn:
             _LOGGER.warning(

@@ -54,6 +54,7 @@ class Recorder:
         "resumes",
         "send_limit_violations",
         "stream_sent",
+        "takeovers",
     )
 
     def __init__(self, max_entries: int = 200_000) -> None:
@@ -71,6 +72,7 @@ class Recorder:
         self.rate_limit_violations = 0
         self.budget_exhausted = 0
         self.send_limit_violations = 0
+        self.takeovers = 0
 
     def reset(self) -> None:
         """Clear every log and counter."""
@@ -91,6 +93,7 @@ class Recorder:
         self.rate_limit_violations = 0
         self.budget_exhausted = 0
         self.send_limit_violations = 0
+        self.takeovers = 0
 
     def counters(self) -> dict[str, int]:
         """Return the counters as a dict."""
@@ -98,6 +101,7 @@ class Recorder:
             "identifies": self.identifies,
             "identify_attempts": self.identify_attempts,
             "resumes": self.resumes,
+            "takeovers": self.takeovers,
             "rate_limit_violations": self.rate_limit_violations,
             "budget_exhausted": self.budget_exhausted,
             "send_limit_violations": self.send_limit_violations,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 import typing
 
 from ray_shards.emulator import Emulator
@@ -41,7 +43,12 @@ async def test_resharding_runs_both_shard_counts_without_split_brain(emu: Emulat
     assert emu.stats()["split_brain"] is False
 
 
-async def test_resume_on_a_second_connection_is_counted_then_old_closed(emu: Emulator, hk: typing.Any) -> None:
+async def test_resume_on_a_second_connection_takes_the_session_over(emu: Emulator, hk: typing.Any) -> None:
+    """As at Discord, a RESUME moves the session and closes its old connection: one session, a takeover.
+
+    It is counted apart from split brain (two sessions of one shard connected): a shard moving off
+    a host whose process Ray already reported dead, but whose socket is not closed yet, does this.
+    """
     async with hk.raw_client(emu.gateway_url) as first:
         await first.identify()
         frames = await first.recv_until(lambda p: p.get("t") == "READY")
@@ -50,10 +57,32 @@ async def test_resume_on_a_second_connection_is_counted_then_old_closed(emu: Emu
             await second.recv_until(lambda p: p.get("t") == "RESUMED")
             assert await first.wait_closed() == 4000
             stats = emu.stats()
-            assert stats["max_concurrent"] == {0: 2} and stats["split_brain"] is True
+            assert stats["max_concurrent"] == {0: 1} and stats["split_brain"] is False
+            assert stats["takeovers"] == 1
             assert stats["connected"] == {0: 1}
     emu.reset_logs()
-    assert emu.stats()["split_brain"] is False
+    assert emu.stats()["takeovers"] == 0
+
+
+async def test_a_dead_clients_unread_close_is_not_a_second_session(emu: Emulator, hk: typing.Any) -> None:
+    """A new IDENTIFY handled before the EOF of a client that is already gone counts one session.
+
+    The emulator's loop is held while the first client vanishes and the second identifies, so both
+    are ready at once and may be handled in either order.
+    """
+    async with hk.raw_client(emu.gateway_url) as first:
+        await first.identify()
+        await first.recv_until(lambda p: p.get("t") == "READY")
+        await asyncio.sleep(0.6)  # the identify window
+        async with hk.raw_client(emu.gateway_url) as second:
+            # The emulator runs on this loop: block it, so the EOF and the IDENTIFY both wait in the kernel.
+            asyncio.get_running_loop().call_soon(time.sleep, 0.5)
+            first.ws.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+            await second.identify()
+            await second.recv_until(lambda p: p.get("t") == "READY")
+            await hk.wait_for(lambda: emu.stats()["connected"] == {0: 1})
+    stats = emu.stats()
+    assert stats["split_brain"] is False, stats["max_concurrent"]
 
 
 async def test_stream_sequence_numbers_and_message_ids_increase(emu: Emulator, hk: typing.Any) -> None:
