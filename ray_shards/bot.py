@@ -524,6 +524,13 @@ class Bot(traits.GatewayBotAware):
 
     # -- lifecycle -------------------------------------------------------------------------------
 
+    def _check_can_start(self, **options: typing.Any) -> None:
+        """What `run` and `start` refuse before doing anything: a second start, or an option not honoured."""
+        if self._closed_event is not None:
+            msg = "bot is already running"
+            raise hikari.ComponentStateConflictError(msg)
+        _check_start_options(**options)
+
     @override
     def run(
         self,
@@ -602,10 +609,7 @@ class Bot(traits.GatewayBotAware):
         hikari.errors.HikariInterrupt
             After a signal, when ``propagate_interrupts`` is True.
         """
-        if self._closed_event is not None:
-            msg = "bot is already running"
-            raise hikari.ComponentStateConflictError(msg)
-        _check_start_options(
+        self._check_can_start(
             shard_ids=shard_ids,
             shard_count=shard_count,
             ignore_session_start_limit=ignore_session_start_limit,
@@ -718,10 +722,7 @@ class Bot(traits.GatewayBotAware):
         RuntimeError
             When a shard fails fatally while starting (bad token, invalid shard, disallowed intents).
         """
-        if self._closed_event is not None:
-            msg = "bot is already running"
-            raise hikari.ComponentStateConflictError(msg)
-        _check_start_options(
+        self._check_can_start(
             shard_ids=shard_ids,
             shard_count=shard_count,
             ignore_session_start_limit=ignore_session_start_limit,
