@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 import time
 import typing
 
@@ -66,6 +67,9 @@ class ShardHost:
         logging.basicConfig(
             level=logging.INFO, format=f"%(asctime)s %(levelname)s [host {host_id}] %(name)s: %(message)s"
         )
+        if timings.host_switch_interval is not None:
+            # See Timings.host_switch_interval: fewer forced GIL hand-offs from the shard loop to Ray's threads.
+            sys.setswitchinterval(timings.host_switch_interval)
 
     def __repr__(self) -> str:
         return f"ShardHost(bot_id={self._bot_id}, host_id={self._host_id!r})"

@@ -58,6 +58,12 @@ class Timings:
     health_timeout
         How long the Orchestrator waits for a silent host's health check (answered on the host's own health
         event loop, not the shard loop) before it fences the host.
+    host_switch_interval
+        ``sys.setswitchinterval`` in every `ShardHost` process (Python's default is 0.005 s), or None to
+        leave it. A host's shard loop is the only Python thread there doing real work, but Ray's threads
+        take the GIL now and then, and each take makes the loop drop it at the next switch interval;
+        0.05 s measured 12-25 % more events/s on one host (BENCHMARKS.md, F3). The health check
+        (its own thread) then waits at most this long for the GIL: far below `health_timeout`.
     """
 
     sync_interval: float = 0.5
@@ -78,3 +84,9 @@ class Timings:
     capability_idle_ttl: float = 3600.0
     max_capabilities: int = 4096
     health_timeout: float = 10.0
+    host_switch_interval: float | None = 0.05
+
+    def __post_init__(self) -> None:
+        if self.host_switch_interval is not None and not 0 < self.host_switch_interval <= 1.0:
+            msg = f"host_switch_interval must be in (0, 1] seconds or None, not {self.host_switch_interval!r}"
+            raise ValueError(msg)
