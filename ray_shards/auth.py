@@ -14,7 +14,7 @@ import hmac
 import re
 import secrets
 
-__all__ = ["TokenHash", "bot_id_from_token", "mask_tokens", "new_capability", "redact", "validate_token"]
+__all__ = ["TokenHash", "bot_id_from_token", "command_key", "mask_tokens", "new_capability", "redact", "validate_token"]
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+$")
 
@@ -98,6 +98,15 @@ def mask_tokens(text: str) -> str:
     argument is then not echoed.
     """
     return _TOKEN_LIKE_RE.sub("<token?>", text)
+
+
+def command_key(token: str) -> str:
+    """The key that proves a direct shard command comes from a holder of the bot's token.
+
+    Hosts and Clients both hold the token, so both derive it; it travels as a method
+    argument (never recorded by Ray), and it cannot be turned back into the token.
+    """
+    return hashlib.blake2b(token.encode(), person=b"ray_shards.cmd", digest_size=32).hexdigest()
 
 
 def new_capability() -> str:

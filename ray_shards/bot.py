@@ -42,9 +42,17 @@ from hikari.impl import voice as voice_impl
 from typing_extensions import override
 
 from ray_shards import sessions, validation
-from ray_shards.auth import redact
+from ray_shards.auth import command_key, redact
 from ray_shards.delivery import GatedEventManager
-from ray_shards.errors import BotStoppedError, HostNotRegisteredError, LeaseLostError, ShardFailedError
+from ray_shards.direct_commands import DIRECT_KINDS, DirectCommands
+from ray_shards.errors import (
+    BotStoppedError,
+    CommandFailedError,
+    HostNotRegisteredError,
+    LeaseLostError,
+    ShardFailedError,
+    StaleLeaseError,
+)
 from ray_shards.gateway_info import validate_rest_url
 from ray_shards.link import OrchestratorLink, OrchestratorUnavailableError
 from ray_shards.metrics import ShardMetrics
@@ -259,6 +267,7 @@ class Bot(traits.GatewayBotAware):
         "_closed_event",
         "_closing_event",
         "_config",
+        "_direct",
         "_ended",
         "_entity_factory",
         "_event_factory",
@@ -340,6 +349,10 @@ class Bot(traits.GatewayBotAware):
         self._ended: dict[int, int] = {}
         self._remote: dict[int, RemoteShard] = {}
         self._remote_table: dict[int, ShardInfo] = {}
+        self._direct = DirectCommands(
+            self._link, self.shard_info, self._refresh_remote_table, command_key(self._link.token),
+            self._timings.command_timeout,
+        )
         self._sync_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[typing.Any]] = set()
         self._failures: list[ShardFailedError] = []
@@ -1369,6 +1382,9 @@ class Bot(traits.GatewayBotAware):
         for lease in leases:
             self._adopt(lease)
 
+    async def _refresh_remote_table(self) -> None:
+        self._set_remote_table(await self._link.call("table", retry_for=5.0))
+
     def _set_remote_table(self, rows: list[ShardInfo]) -> None:
         self._remote_table = {row.shard_id: row for row in rows}
         for row in rows:
@@ -1380,14 +1396,40 @@ class Bot(traits.GatewayBotAware):
         return self._remote_table.get(shard_id)
 
     async def send_command(self, kind: CommandKind, shard_id: int, arguments: dict[str, typing.Any]) -> None:
-        """Run a command on ``shard_id`` here if it is local, else on the host that runs it."""
+        """Run a command on ``shard_id`` here if it is local, else on the host that runs it (directly if it can)."""
         slot = self._slots.get(shard_id)
         if slot is not None and not slot.leaving:
             error = await self._run_command(Command(0, kind, shard_id, arguments))
             if error is not None:
                 raise RuntimeError(error)
             return
-        await self._link.call("command", kind, shard_id, arguments)
+        if not await self._direct.send(kind, shard_id, arguments):
+            await self._link.call("command", kind, shard_id, arguments)
+
+    async def run_direct_command(
+        self, kind: CommandKind, shard_id: int, epoch: int, arguments: dict[str, typing.Any]
+    ) -> None:
+        """Run a per-shard command sent straight to this host (see `ray_shards.direct_commands`).
+
+        Raises
+        ------
+        StaleLeaseError
+            When this host does not run ``shard_id`` under lease ``epoch`` (or it is not READY):
+            the sender's table is out of date.
+        CommandFailedError
+            When running the command failed (the message says why).
+        """
+        if kind not in DIRECT_KINDS:
+            msg = f"{kind.value} is not a per-shard command"
+            raise ValueError(msg)
+        slot = self._slots.get(shard_id)
+        if slot is None or slot.leaving or slot.lease.epoch != epoch or slot.status is not ShardStatus.READY:
+            held = "not here" if slot is None else f"epoch {slot.lease.epoch}, {slot.status.value}"
+            msg = f"host {self._host_id} does not run shard {shard_id} at epoch {epoch} ({held})"
+            raise StaleLeaseError(msg)
+        error = await self._run_command(Command(0, kind, shard_id, arguments))
+        if error is not None:
+            raise CommandFailedError(error)
 
     async def _execute(self, command: Command) -> None:
         error = await self._run_command(command)

@@ -17,7 +17,9 @@ import uuid
 import hikari
 
 from ray_shards import sessions, validation
+from ray_shards.auth import command_key
 from ray_shards.bot import _tls_rejected
+from ray_shards.direct_commands import DirectCommands
 from ray_shards.errors import HostNotRegisteredError, LeaseLostError
 from ray_shards.link import OrchestratorLink, OrchestratorUnavailableError
 from ray_shards.models import CommandKind, HostDirectives, Lease, ShardInfo, ShardReport, ShardStatus
@@ -27,6 +29,9 @@ from ray_shards.shard_commands import SHARD_COMMANDS, run_shard_command
 __all__ = ["Client", "RecommendedShard"]
 
 _LOGGER = logging.getLogger("ray_shards.client")
+
+_DIRECT_COMMAND_TIMEOUT = 10.0
+"""Seconds a command sent straight to a host may take before it goes through the Orchestrator instead."""
 
 _ShardT = typing.TypeVar("_ShardT", bound=hikari.api.GatewayShard)
 
@@ -96,6 +101,7 @@ class Client:
     """
 
     __slots__ = (
+        "_direct",
         "_gateway_url",
         "_host_id",
         "_intents",
@@ -128,6 +134,9 @@ class Client:
         self._own: dict[int, tuple[Lease, hikari.api.GatewayShard]] = {}
         self._registered = False
         self._gateway_url = ""
+        self._direct = DirectCommands(
+            self._link, self.shard_info, self.refresh, command_key(self._link.token), _DIRECT_COMMAND_TIMEOUT
+        )
 
     def __repr__(self) -> str:
         return f"Client(bot_id={self._link.bot_id}, running={self.is_running}, shards={len(self._table)})"
@@ -239,8 +248,15 @@ class Client:
         return result
 
     async def send_command(self, kind: CommandKind, shard_id: int, arguments: dict[str, typing.Any]) -> None:
-        """Run a gateway command on the host that runs ``shard_id``."""
+        """Run a gateway command on the host that runs ``shard_id``.
+
+        Sent straight to that host's actor with the shard's lease epoch when the table says
+        where it runs (one hop); through the Orchestrator otherwise, or when the host says the
+        shard moved twice in a row (see `ray_shards.direct_commands`).
+        """
         self._check_running()
+        if shard_id not in self._own and await self._direct.send(kind, shard_id, arguments):
+            return
         await self._link.call("command", kind, shard_id, arguments)
 
     async def recommended_shard(self, make_shard: typing.Callable[[RecommendedShard], _ShardT]) -> _ShardT:

@@ -11,6 +11,7 @@ __all__ = [
     "NotInitialisedError",
     "ShardFailedError",
     "ShardUnavailableError",
+    "StaleLeaseError",
 ]
 
 
@@ -28,6 +29,11 @@ class NotInitialisedError(RuntimeError):
 
 class ShardUnavailableError(RuntimeError):
     """No host runs the shard a command was for, and none took it over in time."""
+
+
+class StaleLeaseError(RuntimeError):
+    """A host does not run the shard under the lease epoch a direct command named: the caller's view of
+    the shard table is out of date. Refresh it and send again (`ray_shards` does this once by itself)."""
 
 
 class CommandFailedError(RuntimeError):

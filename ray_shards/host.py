@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
 import sys
@@ -19,9 +20,10 @@ import typing
 
 import ray
 
-from ray_shards.auth import redact
+from ray_shards.auth import command_key, redact
 from ray_shards.bot import Bot
-from ray_shards.errors import ShardFailedError
+from ray_shards.errors import ShardFailedError, StaleLeaseError
+from ray_shards.models import CommandKind
 from ray_shards.protocol import HostHealth
 from ray_shards.settings import HostSetup
 from ray_shards.timings import Timings
@@ -64,6 +66,7 @@ class ShardHost:
         self._last_tick = time.monotonic()
         self._ticker: asyncio.Task[None] | None = None
         self._start_task: asyncio.Task[dict[str, typing.Any]] | None = None
+        self._command_key: str | None = None
         logging.basicConfig(
             level=logging.INFO, format=f"%(asctime)s %(levelname)s [host {host_id}] %(name)s: %(message)s"
         )
@@ -111,6 +114,7 @@ class ShardHost:
     ) -> dict[str, typing.Any]:
         if self._ticker is None:
             self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
+        self._command_key = command_key(token)
         if isinstance(callback, bytes):
             try:
                 callback = typing.cast(typing.Callable[[Bot], typing.Any], ray.cloudpickle.loads(callback))
@@ -201,6 +205,27 @@ class ShardHost:
             loop_lag=time.monotonic() - self._last_tick,
             closed=self._closed.is_set(),
         )
+
+    async def command(
+        self, key: str, kind: CommandKind, shard_id: int, epoch: int, arguments: dict[str, typing.Any]
+    ) -> None:
+        """Run a per-shard command sent straight here by a Client or another host, fenced by lease epoch.
+
+        Raises
+        ------
+        PermissionError
+            When ``key`` is not the bot token's command key.
+        StaleLeaseError
+            When this host does not run the shard under ``epoch`` (the sender refreshes and retries once).
+        """
+        bot, expected = self._bot, self._command_key
+        if bot is None or expected is None:
+            msg = f"host {self._host_id} has not started its bot"
+            raise StaleLeaseError(msg)
+        if not hmac.compare_digest(key, expected):
+            msg = "this command was not sent with the bot's token"
+            raise PermissionError(msg)
+        await bot.run_direct_command(kind, shard_id, epoch, arguments)
 
     async def wait_closed(self) -> None:
         """Return when the host's bot has closed (the Orchestrator watches hosts with it)."""

@@ -21,14 +21,14 @@ from ray_shards.auth import bot_id_from_token, validate_token
 from ray_shards.connection import NAMESPACE, OrchestratorNotFoundError, ensure_ray, orchestrator_name
 from ray_shards.errors import CapabilityExpiredError, NotInitialisedError
 
-__all__ = ["OrchestratorLink", "OrchestratorUnavailableError"]
+__all__ = ["OrchestratorLink", "OrchestratorUnavailableError", "unwrap_ray_error"]
 
 _LOGGER = logging.getLogger("ray_shards.link")
 
 _UNAVAILABLE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 
 
-def _unwrap(exc: ray.exceptions.RayTaskError) -> BaseException:
+def unwrap_ray_error(exc: ray.exceptions.RayTaskError) -> BaseException:
     """The error the Orchestrator (or a host behind it) raised, without Ray's traceback wrapping."""
     cause: BaseException = exc
     while isinstance(cause, ray.exceptions.RayTaskError) and getattr(cause, "cause", None) is not None:
@@ -155,7 +155,7 @@ class OrchestratorLink:
             try:
                 return await getattr(self._handle, method).remote(*args, **kwargs)
             except ray.exceptions.RayTaskError as exc:
-                raise _unwrap(exc) from None
+                raise unwrap_ray_error(exc) from None
             except _UNAVAILABLE as exc:
                 if time.monotonic() >= deadline:
                     msg = f"the orchestrator of bot {self._bot_id} is unavailable ({type(exc).__name__})"
@@ -173,7 +173,7 @@ class OrchestratorLink:
             try:
                 return ray.get(getattr(self._handle, method).remote(self._capability, *args, **kwargs))
             except ray.exceptions.RayTaskError as exc:
-                cause = _unwrap(exc)
+                cause = unwrap_ray_error(exc)
                 if not isinstance(cause, CapabilityExpiredError) or time.monotonic() > deadline:
                     raise cause from None
                 self._capability = ray.get(self._handle.authenticate.remote(self._token))
