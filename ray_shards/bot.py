@@ -1246,7 +1246,7 @@ class Bot(traits.GatewayBotAware):
         if self._config is not None:
             count = self._config.shard_count
             guilds_per_shard.update((int(g) >> 22) % count for g in self._cache.get_guilds_view())
-        loop_now = asyncio.get_running_loop().time()
+        loop_now = time.monotonic()  # the clock the watermark's InFlight.started is taken with
         for shard_id, slot in list(self._slots.items()):
             state = sessions.snapshot(slot.shard)
             lagged = self._handled_session(slot, state, loop_now)

@@ -25,6 +25,7 @@ __all__ = [
     "ManagedShard",
     "check_hikari_compatibility",
     "detach",
+    "position",
     "seed",
     "set_event_manager_intents",
     "snapshot",
@@ -115,6 +116,13 @@ def snapshot(shard: hikari.api.GatewayShard) -> SessionState | None:
         return None
     user_id = shard._user_id
     return SessionState(session_id=session_id, seq=seq, resume_gateway_url=url, user_id=int(user_id or 0))
+
+
+def position(shard: hikari.api.GatewayShard) -> tuple[str | None, int | None]:
+    """``(session_id, seq)`` of ``shard`` right now, without building a `SessionState` (once per event)."""
+    if not isinstance(shard, shard_impl.GatewayShardImpl):
+        return None, None
+    return shard._session_id, shard._seq
 
 
 def seed(shard: shard_impl.GatewayShardImpl, state: SessionState) -> None:

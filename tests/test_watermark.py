@@ -1,8 +1,11 @@
-"""The listener-completion watermark as pure logic (no Ray, no sockets)."""
+"""The listener-completion watermark: as pure logic, and counted by real hikari dispatch (no Ray)."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
+import typing
 
 import pytest
 from hypothesis import given, settings
@@ -87,3 +90,69 @@ def test_the_watermark_is_exactly_the_highest_fully_handled_prefix(seed: int, ev
                 expected = s - 1
                 break
         assert mark.value(0.0) == expected
+
+
+@pytest.mark.timeout(60)
+async def test_gated_event_manager_counts_real_listener_tasks(emulator_factory: typing.Any, token: str) -> None:
+    """Real hikari dispatch over a real socket: the watermark stays below events whose listeners still run.
+
+    hikari builds one task per listener inside the consume of an event; the GatedEventManager counts
+    each against that event's seq (no gather per event) and finishes it when the listener returns,
+    also when it raises.
+    """
+    import hikari
+    from hikari.impl import config as config_impl
+
+    from ray_shards import sessions
+    from ray_shards.delivery import GatedEventManager
+
+    emu = emulator_factory(token, shards=1, guilds=2, identify_window_s=0.2)
+    app = hikari.GatewayBot(token, banner=None, intents=hikari.Intents.ALL_UNPRIVILEGED)
+    manager = GatedEventManager(app.entity_factory, app.event_factory, hikari.Intents.ALL_UNPRIVILEGED)
+    release = asyncio.Event()
+    seen: list[int] = []
+
+    async def slow(event: hikari.MessageCreateEvent) -> None:
+        seen.append(int(event.message_id))
+        await release.wait()
+
+    async def failing(event: hikari.MessageCreateEvent) -> None:
+        raise RuntimeError("a listener that fails still finishes")
+
+    manager.subscribe(hikari.MessageCreateEvent, slow)
+    manager.subscribe(hikari.MessageCreateEvent, failing)
+
+    class _Open:
+        async def before_identify(self, shard_id: int) -> dict[str, typing.Any] | None:
+            return None
+
+        async def before_resume(self, shard_id: int) -> None:
+            return None
+
+    shard = sessions.ManagedShard(
+        hooks=_Open(), event_manager=manager, event_factory=app.event_factory,
+        http_settings=config_impl.HTTPSettings(), proxy_settings=config_impl.ProxySettings(),
+        intents=hikari.Intents.ALL_UNPRIVILEGED, shard_id=0, shard_count=1, token=token, url=emu.gateway_url,
+    )
+    await shard.start()
+    try:
+        emu.control.start_stream(50)
+        await asyncio.sleep(0.4)
+        sent = emu.control.stop_stream()
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(seen) < sent and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        assert sent >= 5 and len(seen) == sent
+        mark = manager.watermark(0)
+        _, seq = sessions.position(shard)
+        assert seq is not None
+        value = mark.value(time.monotonic())
+        assert value is not None and value < seq - sent + 1, (value, seq, sent)
+        assert mark.in_flight == sent
+        release.set()
+        while mark.value(time.monotonic()) != seq and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+        assert mark.value(time.monotonic()) == seq and mark.in_flight == 0
+    finally:
+        release.set()
+        await shard.close()
