@@ -291,16 +291,21 @@ def _clean(value: typing.Any) -> typing.Any:
 class PlainBot:
     """`bench._plain_bot` (a plain hikari.GatewayBot) in a subprocess; the latest JSON line it wrote is `latest`."""
 
-    def __init__(self, token: str, rest_url: str, shards: int, *, listen: bool = True) -> None:
+    def __init__(self, token: str, rest_url: str, shards: int, *, listen: bool = True,
+                 command: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+        """``command`` replaces ``python -m bench._plain_bot`` (it gets ``--rest-url URL --shards N`` appended);
+        ``env`` adds to the environment (e.g. ``PYTHONPATH``)."""
         import subprocess
         import threading
 
-        command = [sys.executable, "-m", "bench._plain_bot", "--rest-url", rest_url, "--shards", str(shards)]
+        command = [*(command or [sys.executable, "-m", "bench._plain_bot"]), "--rest-url", rest_url,
+                   "--shards", str(shards)]
         if not listen:
             command.append("--no-listen")
         self.process = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            env={**os.environ, "BENCH_TOKEN": token}, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            env={**os.environ, **(env or {}), "BENCH_TOKEN": token},
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
         )
         self.latest: dict[str, typing.Any] | None = None
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -14,14 +14,33 @@ machine's monotonic clock. Also reported: the consumer's CPU time per event (pro
 of all its threads, so Ray's own threads are charged to the ShardHost; the process's idle CPU rate,
 measured just before each burst, is subtracted) - a view of the same ratio that the load of other
 processes on the machine disturbs much less. ``cpu_capacity_ratio`` = plain CPU/event / host CPU/event.
+
+``--watermark`` (issue #12: what the listener-completion watermark costs) measures instead, in one run,
+three consumers side by side on the same emulator, rounds rotating which goes first:
+
+* plain: a hikari.GatewayBot with hikari's own event manager;
+* current: the same GatewayBot with ray_shards' ``GatedEventManager`` from this checkout;
+* baseline: the same with ``GatedEventManager`` from ``--baseline REV`` (default: the parent of the
+  commit that added ray_shards/watermark.py), checked out in a temporary ``git worktree add --detach``
+  (removed afterwards) and imported through ``PYTHONPATH``.
+
+Each consumer is ``bench/_dispatch_bot.py`` in its own subprocess, so this measures the in-process
+event-dispatch path (emulator -> hikari shard -> event manager -> one listener), not a ShardHost in a
+Ray worker (no Ray is started in this mode). The JSON holds per-round events/s and CPU per event,
+medians, the ratios current/baseline and current/plain, both commits and the load.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 import typing
 import uuid
@@ -140,7 +159,156 @@ async def _plain_side(emu: typing.Any, token: str, args: argparse.Namespace) -> 
         await asyncio.to_thread(plain.stop)
 
 
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_DISPATCH_BOT = os.path.join(_ROOT, "bench", "_dispatch_bot.py")
+_WATERMARK_SIDES = ("plain", "current", "baseline")
+
+
+def _git(*arguments: str) -> str:
+    return subprocess.run(["git", "-C", _ROOT, *arguments], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _default_baseline() -> str:
+    """The parent of the commit that added ray_shards/watermark.py."""
+    added = _git("log", "--diff-filter=A", "--format=%H", "--", "ray_shards/watermark.py").splitlines()
+    if not added:
+        msg = "no commit adds ray_shards/watermark.py; pass --baseline REV"
+        raise RuntimeError(msg)
+    return _git("rev-parse", f"{added[-1]}^")
+
+
+@contextlib.contextmanager
+def _baseline_tree(rev: str) -> typing.Iterator[str]:
+    """A temporary detached worktree of ``rev``; removed (and pruned) on exit, also after a failure."""
+    parent = tempfile.mkdtemp(prefix="rsbench_baseline_")
+    tree = os.path.join(parent, "tree")
+    try:
+        _git("worktree", "add", "--detach", tree, rev)
+        yield tree
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            _git("worktree", "remove", "--force", tree)
+        shutil.rmtree(parent, ignore_errors=True)
+        with contextlib.suppress(subprocess.CalledProcessError):
+            _git("worktree", "prune")
+
+
+def _check_imported_from(path: str, root: str, side: str) -> None:
+    """Fail unless the consumer imported ray_shards from ``root`` (PYTHONPATH must beat the editable install)."""
+    imported = os.path.realpath(path)
+    if not imported.startswith(os.path.realpath(root) + os.sep):
+        msg = f"{side}: ray_shards was imported from {imported}, not from {root}"
+        raise RuntimeError(msg)
+
+
+async def _dispatch_side(emu: typing.Any, token: str, args: argparse.Namespace, side: str,
+                         root: str) -> list[dict[str, typing.Any]]:
+    manager = "plain" if side == "plain" else "gated"
+    bot = await asyncio.to_thread(
+        _common.PlainBot, token, emu.rest_url, args.shards,
+        command=[sys.executable, _DISPATCH_BOT, "--manager", manager], env={"PYTHONPATH": root},
+    )
+    try:
+        await bot.wait_ready()
+        assert bot.latest is not None
+        _check_imported_from(bot.latest["ray_shards_file"], root, side)
+
+        def stats() -> dict[str, typing.Any]:
+            assert bot.latest is not None
+            return bot.latest
+
+        await asyncio.sleep(1.0)
+        runs = await _bursts(emu, stats, args, side)
+        for run in runs:
+            run["event_manager"] = bot.latest["event_manager"]
+            run["has_watermark"] = bot.latest["has_watermark"]
+        return runs
+    finally:
+        await asyncio.to_thread(bot.stop)
+
+
+def _ratio(a: list[float], b: list[float]) -> float | None:
+    return round(statistics.median(a) / statistics.median(b), 4) if a and b else None
+
+
+async def watermark_main(args: argparse.Namespace) -> dict[str, typing.Any]:
+    sampler = _common.LoadSampler()
+    sampler.start()
+    token = _common.new_token()
+    head = _git("rev-parse", "HEAD")
+    dirty = bool(_git("status", "--porcelain", "--", "ray_shards"))
+    baseline = _git("rev-parse", args.baseline or _default_baseline())
+    runs: list[dict[str, typing.Any]] = []
+    with _baseline_tree(baseline) as tree, _common.emulator(
+        token, shards=args.shards, max_concurrency=args.shards, guilds=args.shards * 2, identify_window_s=0.5
+    ) as emu:
+        roots = {"plain": _ROOT, "current": _ROOT, "baseline": tree}
+        for r in range(args.rounds):
+            order = _WATERMARK_SIDES[r % 3:] + _WATERMARK_SIDES[:r % 3]
+            for side in order:
+                for run in await _dispatch_side(emu, token, args, side, roots[side]):
+                    run["round"] = r
+                    runs.append(run)
+    stalled = [b for b in runs if b.get("stalled")]
+    runs = [b for b in runs if not b.get("stalled")]
+    rate = {s: [b["events_per_s"] for b in runs if b["side"] == s] for s in _WATERMARK_SIDES}
+    cpu = {s: [b["cpu_us_per_event_minus_idle"] for b in runs if b["side"] == s] for s in _WATERMARK_SIDES}
+    per_round = []
+    for r in range(args.rounds):
+        row: dict[str, typing.Any] = {"round": r}
+        for s in _WATERMARK_SIDES:
+            values = [b["events_per_s"] for b in runs if b["side"] == s and b["round"] == r]
+            row[f"{s}_events_per_s"] = values
+            row[f"{s}_cpu_us_per_event"] = [
+                b["cpu_us_per_event_minus_idle"] for b in runs if b["side"] == s and b["round"] == r
+            ]
+        if row["current_events_per_s"] and row["baseline_events_per_s"]:
+            row["current_over_baseline"] = round(
+                statistics.mean(row["current_events_per_s"]) / statistics.mean(row["baseline_events_per_s"]), 4
+            )
+        per_round.append(row)
+    current_over_baseline = _ratio(rate["current"], rate["baseline"])
+    # CPU per event: baseline/current is the capacity ratio (1 = same cost; 0.97 = 3 % more CPU per event).
+    cpu_capacity = _ratio(cpu["baseline"], cpu["current"])
+    return {
+        "load": await sampler.stop(),
+        "mode": "watermark",
+        "measured": (
+            "in-process event-dispatch path, not a ShardHost in a Ray worker: emulator -> hikari GatewayShardImpl "
+            "-> event manager -> one listener (bench/_dispatch_bot.py in a subprocess per side). plain = "
+            "hikari.GatewayBot with hikari's EventManagerImpl; current / baseline = the same GatewayBot with "
+            "ray_shards.delivery.GatedEventManager (LIVE mode) imported from this checkout / from a temporary "
+            "worktree of the baseline commit."
+        ),
+        "commits": {"current": head, "current_ray_shards_uncommitted_changes": dirty, "baseline": baseline,
+                    "baseline_subject": _git("log", "-1", "--format=%h %s", baseline)},
+        "settings": {"shards": args.shards, "guilds": args.shards * 2, "rate": args.rate,
+                     "burst_seconds": args.burst_seconds, "bursts_per_side_per_round": args.bursts,
+                     "rounds": args.rounds, "order": "rotates plain, current, baseline by one each round"},
+        **{f"{s}_events_per_s": _common.summary(rate[s], digits=0) for s in _WATERMARK_SIDES},
+        **{f"{s}_cpu_us_per_event": _common.summary(cpu[s], digits=1) for s in _WATERMARK_SIDES},
+        "ratios": {
+            "current_over_baseline": current_over_baseline,
+            "current_over_plain": _ratio(rate["current"], rate["plain"]),
+            "baseline_over_plain": _ratio(rate["baseline"], rate["plain"]),
+            "cpu_capacity_current_vs_baseline": cpu_capacity,
+            "cpu_capacity_current_vs_plain": _ratio(cpu["plain"], cpu["current"]),
+        },
+        "watermark_cost_percent": {
+            "events_per_s": round((1 - current_over_baseline) * 100, 2) if current_over_baseline else None,
+            "cpu_per_event": round((1 - cpu_capacity) * 100, 2) if cpu_capacity else None,
+        },
+        "per_round": per_round,
+        "consumer_bound": all(b["events_per_s"] < 0.9 * b["emulator_generation_per_s"] for b in runs),
+        "stalled": stalled,
+        "bursts": runs,
+        "targets": {"watermark_cost_lt_3_percent": bool(current_over_baseline and current_over_baseline > 0.97)},
+    }
+
+
 async def main(args: argparse.Namespace) -> dict[str, typing.Any]:
+    if args.watermark:
+        return await watermark_main(args)
     sampler = _common.LoadSampler()
     sampler.start()
     token = _common.new_token()
@@ -201,6 +369,12 @@ def cli() -> None:
     parser.add_argument("--drain-timeout", type=float, default=90.0)
     parser.add_argument("--switch-interval", type=float, default=None,
                         help="diagnostic: sys.setswitchinterval in the ShardHost (Python's default is 0.005 s)")
+    parser.add_argument("--watermark", action="store_true",
+                        help="measure the watermark's cost instead (see above): plain hikari vs GatedEventManager "
+                             "at this checkout vs at --baseline, in-process dispatch path, no Ray")
+    parser.add_argument("--baseline", metavar="REV", default=None,
+                        help="with --watermark: the commit to compare with (default: the parent of the commit that "
+                             "added ray_shards/watermark.py)")
     _common.run("throughput", parser, main)
 
 
