@@ -16,8 +16,10 @@ import hashlib
 import json
 import logging
 import time
+import types
 import typing
 
+from hikari.events import base_events
 from hikari.impl import event_manager as event_manager_impl
 from typing_extensions import override
 
@@ -30,6 +32,8 @@ if typing.TYPE_CHECKING:
 __all__ = ["DeliveryMode", "GatedEventManager", "event_identity"]
 
 _LOGGER = logging.getLogger("ray_shards.delivery")
+_HIKARI_LOGGER = logging.getLogger("hikari.event_manager")
+"""Listener failures are logged where hikari logs them, so users' logging setup sees them unchanged."""
 
 # Session life-cycle events are always consumed: they fill the cache and complete handshakes.
 _ALWAYS = frozenset({"READY", "RESUMED", "GUILD_CREATE", "GUILD_DELETE", "GUILD_MEMBERS_CHUNK"})
@@ -139,12 +143,37 @@ class GatedEventManager(event_manager_impl.EventManagerImpl):
         # the event, once per listener, to build each listener's task. That is the one moment the event's seq is
         # known (self._current_entry), so the listener is counted here, with no gather or done-callback per event
         # (measured: a gather per event cost about a third of dispatch capacity, mostly in GC).
-        invoke = super()._invoke_callback(callback, event)
         entry, mark = self._current_entry, self._current_mark
         if entry is None or mark is None:
-            return invoke
+            return super()._invoke_callback(callback, event)
         mark.hold(entry)
-        return _finish_after(invoke, mark, entry)
+        return self._invoke_counted(callback, event, mark, entry)
+
+    async def _invoke_counted(
+        self, callback: typing.Any, event: base_events.Event, mark: ListenerWatermark, entry: InFlight
+    ) -> None:
+        """hikari's ``_invoke_callback`` (same logging and `hikari.ExceptionEvent`), then the listener is counted done.
+
+        Inlined rather than wrapping hikari's coroutine in a second one: one coroutine per listener, as in hikari.
+        ``tests/test_watermark.py`` checks that a failing listener still produces hikari's ExceptionEvent.
+        """
+        try:
+            await callback(event)
+        except Exception as ex:
+            trio: tuple[type[Exception], Exception, types.TracebackType | None] | Exception
+            trio = (type(ex), ex, ex.__traceback__.tb_next) if ex.__traceback__ else ex
+            if base_events.is_no_recursive_throw_event(event):
+                _HIKARI_LOGGER.exception(
+                    "an exception occurred handling an event (%s), but it has been ignored", type(event).__name__
+                )
+            else:
+                failure = base_events.ExceptionEvent(exception=ex, failed_event=event, failed_callback=callback)
+                listened = self.get_listeners(type(failure), polymorphic=True)
+                log = _HIKARI_LOGGER.debug if listened else _HIKARI_LOGGER.error
+                log("an exception occurred handling an event (%s)", type(event).__name__, exc_info=trio)
+                self.dispatch(failure)
+        finally:
+            mark.finish(entry)
 
     def _begin(self, shard: shard_api.GatewayShard) -> tuple[ListenerWatermark, InFlight | None]:
         mark = self.watermark(shard.id)
@@ -241,11 +270,3 @@ class GatedEventManager(event_manager_impl.EventManagerImpl):
                      len(self._skip))
         return delivered
 
-
-async def _finish_after(invoke: typing.Coroutine[typing.Any, typing.Any, None], mark: ListenerWatermark,
-                        entry: InFlight) -> None:
-    """Run one listener (hikari's ``_invoke_callback``), then count it finished for ``entry``'s seq."""
-    try:
-        await invoke
-    finally:
-        mark.finish(entry)

@@ -119,8 +119,14 @@ async def test_gated_event_manager_counts_real_listener_tasks(emulator_factory: 
     async def failing(event: hikari.MessageCreateEvent) -> None:
         raise RuntimeError("a listener that fails still finishes")
 
+    failures: list[typing.Any] = []
+
+    async def on_failure(event: hikari.ExceptionEvent[typing.Any]) -> None:
+        failures.append(event.failed_callback)
+
     manager.subscribe(hikari.MessageCreateEvent, slow)
     manager.subscribe(hikari.MessageCreateEvent, failing)
+    manager.subscribe(hikari.ExceptionEvent, on_failure)
 
     class _Open:
         async def before_identify(self, shard_id: int) -> dict[str, typing.Any] | None:
@@ -153,6 +159,8 @@ async def test_gated_event_manager_counts_real_listener_tasks(emulator_factory: 
         while mark.value(time.monotonic()) != seq and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)
         assert mark.value(time.monotonic()) == seq and mark.in_flight == 0
+        # hikari's own failure handling is kept: one ExceptionEvent per failed call, naming the user's listener.
+        assert len(failures) == sent and all(f is failing for f in failures)
     finally:
         release.set()
         await shard.close()
