@@ -182,9 +182,9 @@ class GatedEventManager(event_manager_impl.EventManagerImpl):
         return mark, entry
 
     def _consume_counted(self, event_name: str, shard: shard_api.GatewayShard, payload: typing.Any,
-                         entry: InFlight | None) -> None:
+                         mark: ListenerWatermark, entry: InFlight | None) -> None:
         previous_mark, previous_entry = self._current_mark, self._current_entry
-        self._current_mark = self.watermark(shard.id) if entry is not None else None
+        self._current_mark = mark if entry is not None else None
         self._current_entry = entry
         try:
             super().consume_raw_event(event_name, shard, payload)
@@ -198,7 +198,7 @@ class GatedEventManager(event_manager_impl.EventManagerImpl):
             if event_name in _ALWAYS or (
                 self._mode is DeliveryMode.LIVE and not self._recording and not self._skip
             ):
-                self._consume_counted(event_name, shard, payload, entry)
+                self._consume_counted(event_name, shard, payload, mark, entry)
                 return
             if self._mode is DeliveryMode.SHADOW:
                 # Held, not handled: the watermark stays below it until it is delivered (or dropped at go-live).
@@ -207,12 +207,13 @@ class GatedEventManager(event_manager_impl.EventManagerImpl):
                 return
             if self._mode is DeliveryMode.MUTED:
                 return
-            self._deliver(event_name, shard, payload, entry)
+            self._deliver(event_name, shard, payload, mark, entry)
         finally:
             mark.finish(entry)
 
     def _deliver(
-        self, event_name: str, shard: shard_api.GatewayShard, payload: typing.Any, entry: InFlight | None
+        self, event_name: str, shard: shard_api.GatewayShard, payload: typing.Any, mark: ListenerWatermark,
+        entry: InFlight | None,
     ) -> None:
         if self._skip:
             if time.monotonic() > self._skip_until:
@@ -226,7 +227,7 @@ class GatedEventManager(event_manager_impl.EventManagerImpl):
                 self._delivered_order.append(identity)
                 if len(self._delivered_order) > _MAX_RECORDED:
                     self._delivered.discard(self._delivered_order.popleft())
-        self._consume_counted(event_name, shard, payload, entry)
+        self._consume_counted(event_name, shard, payload, mark, entry)
 
     def start_recording(self) -> None:
         """Remember the identity of every event delivered from now on."""
@@ -262,7 +263,7 @@ class GatedEventManager(event_manager_impl.EventManagerImpl):
             try:
                 if event_identity(name, payload) in self._skip:
                     continue
-                self._deliver(name, shard, payload, entry)
+                self._deliver(name, shard, payload, mark, entry)
                 delivered += 1
             finally:
                 mark.finish(entry)
