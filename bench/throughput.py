@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -182,6 +183,8 @@ def _baseline_tree(rev: str) -> typing.Iterator[str]:
     """A temporary detached worktree of ``rev``; removed (and pruned) on exit, also after a failure."""
     parent = tempfile.mkdtemp(prefix="rsbench_baseline_")
     tree = os.path.join(parent, "tree")
+    # A SIGTERM (timeout, kill) would skip the cleanup below and leave a registered worktree behind.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         _git("worktree", "add", "--detach", tree, rev)
         yield tree
@@ -191,6 +194,11 @@ def _baseline_tree(rev: str) -> typing.Iterator[str]:
         shutil.rmtree(parent, ignore_errors=True)
         with contextlib.suppress(subprocess.CalledProcessError):
             _git("worktree", "prune")
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _check_imported_from(path: str, root: str, side: str) -> None:
