@@ -71,6 +71,7 @@ from ray_shards.presence import PresenceState
 from ray_shards.protocol import IdentifyAnswer
 from ray_shards.remote import RemoteShard
 from ray_shards.shard_commands import SHARD_COMMANDS, run_shard_command
+from ray_shards.table_view import TableView
 from ray_shards.timings import Timings
 
 __all__ = ["Bot"]
@@ -348,7 +349,7 @@ class Bot(traits.GatewayBotAware):
         # one) is never run again, or two sessions could run for one shard.
         self._ended: dict[int, int] = {}
         self._remote: dict[int, RemoteShard] = {}
-        self._remote_table: dict[int, ShardInfo] = {}
+        self._remote_table = TableView(full_every=30.0)
         self._direct = DirectCommands(
             self._link, self.shard_info, self._refresh_remote_table, command_key(self._link.token),
             self._timings.command_timeout,
@@ -1321,7 +1322,7 @@ class Bot(traits.GatewayBotAware):
                 self._apply(directives)
                 if time.monotonic() - last_table > 2.0:
                     last_table = time.monotonic()
-                    self._set_remote_table(await self._link.call("table", retry_for=5.0))
+                    await self._refresh_remote_table(full=False)
             except asyncio.CancelledError:
                 raise
             except BotStoppedError:
@@ -1382,18 +1383,15 @@ class Bot(traits.GatewayBotAware):
         for lease in leases:
             self._adopt(lease)
 
-    async def _refresh_remote_table(self) -> None:
-        self._set_remote_table(await self._link.call("table", retry_for=5.0))
-
-    def _set_remote_table(self, rows: list[ShardInfo]) -> None:
-        self._remote_table = {row.shard_id: row for row in rows}
-        for row in rows:
+    async def _refresh_remote_table(self, *, full: bool = True) -> None:
+        # Only the rows that changed since the last read (and every row now and then): see ray_shards.table_view.
+        for row in await self._remote_table.read(self._link, full=full):
             if row.shard_id not in self._remote:
                 self._remote[row.shard_id] = RemoteShard(self, row.shard_id, row.shard_count)
 
     def shard_info(self, shard_id: int) -> ShardInfo | None:
         """The latest Orchestrator table row of ``shard_id`` (refreshed every few seconds)."""
-        return self._remote_table.get(shard_id)
+        return self._remote_table.rows.get(shard_id)
 
     async def send_command(self, kind: CommandKind, shard_id: int, arguments: dict[str, typing.Any]) -> None:
         """Run a command on ``shard_id`` here if it is local, else on the host that runs it (directly if it can)."""

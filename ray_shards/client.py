@@ -25,10 +25,14 @@ from ray_shards.link import OrchestratorLink, OrchestratorUnavailableError
 from ray_shards.models import CommandKind, HostDirectives, Lease, ShardInfo, ShardReport, ShardStatus
 from ray_shards.remote import RemoteShard
 from ray_shards.shard_commands import SHARD_COMMANDS, run_shard_command
+from ray_shards.table_view import TableView
 
 __all__ = ["Client", "RecommendedShard"]
 
 _LOGGER = logging.getLogger("ray_shards.client")
+
+_TABLE_WAIT = 25.0
+"""Seconds a table read parks in the Orchestrator when nothing changed (see `ray_shards.table_view`)."""
 
 _DIRECT_COMMAND_TIMEOUT = 10.0
 """Seconds a command sent straight to a host may take before it goes through the Orchestrator instead."""
@@ -97,7 +101,10 @@ class Client:
     ca_cert
         Not supported: TLS is Ray's (``RAY_USE_TLS``); passing one raises `ValueError`.
     refresh_interval
-        Seconds between two refreshes of `remote_shards`.
+        Least seconds between two reads of the shard table behind `remote_shards`. Each read is
+        a long poll that returns as soon as a shard's host, epoch or status changes (or after
+        about 25 s) and carries only the changed rows; every 15 s a read fetches every row, for
+        the latency, seq and event counts that change without a status change.
     """
 
     __slots__ = (
@@ -111,7 +118,7 @@ class Client:
         "_refresh_task",
         "_registered",
         "_remote",
-        "_table",
+        "_view",
     )
 
     def __init__(
@@ -127,7 +134,7 @@ class Client:
         self._link = OrchestratorLink(token, orchestrator_address)
         self._refresh_interval = refresh_interval
         self._refresh_task: asyncio.Task[None] | None = None
-        self._table: dict[int, ShardInfo] = {}
+        self._view = TableView()
         self._remote: dict[int, RemoteShard] = {}
         self._intents = hikari.Intents.NONE
         self._host_id = f"client-{uuid.uuid4().hex[:8]}"
@@ -139,7 +146,7 @@ class Client:
         )
 
     def __repr__(self) -> str:
-        return f"Client(bot_id={self._link.bot_id}, running={self.is_running}, shards={len(self._table)})"
+        return f"Client(bot_id={self._link.bot_id}, running={self.is_running}, shards={len(self._view.rows)})"
 
     @property
     def is_running(self) -> bool:
@@ -169,7 +176,7 @@ class Client:
 
     def shard_info(self, shard_id: int) -> ShardInfo | None:
         """The latest table row of ``shard_id``."""
-        return self._table.get(shard_id)
+        return self._view.rows.get(shard_id)
 
     async def start(self) -> None:
         """Connect to the bot's Orchestrator and start following its shard table.
@@ -203,7 +210,7 @@ class Client:
         for shard_id in list(self._own):
             await self._give_back(shard_id, hand_over=True)
         self._remote.clear()
-        self._table.clear()
+        self._view = TableView()
         await self._link.revoke()
 
     async def __aenter__(self) -> Client:
@@ -219,19 +226,24 @@ class Client:
             raise hikari.ComponentStateConflictError(msg)
 
     async def refresh(self) -> list[ShardInfo]:
-        """Fetch the shard table now (it is also refreshed in the background)."""
-        rows: list[ShardInfo] = await self._link.call("table")
-        self._table = {row.shard_id: row for row in rows}
-        for row in rows:
+        """Fetch the whole shard table now (it is also followed in the background)."""
+        await self._view.read(self._link, full=True)
+        self._add_remote_shards()
+        return list(self._view.rows.values())
+
+    def _add_remote_shards(self) -> None:
+        for row in self._view.rows.values():
             if row.shard_id not in self._remote:
                 self._remote[row.shard_id] = RemoteShard(self, row.shard_id, row.shard_count)
-        return rows
 
     async def _refresh_forever(self) -> None:
         while True:
             await asyncio.sleep(self._refresh_interval)
             try:
-                await self.refresh()
+                # A long poll: it returns as soon as a shard's owner, epoch or status changes, and costs the
+                # Orchestrator only the changed rows. Shards this client runs itself need their sync each round.
+                await self._view.read(self._link, wait=0.0 if self._own else _TABLE_WAIT)
+                self._add_remote_shards()
                 if self._own:
                     await self._sync_own()
             except asyncio.CancelledError:
@@ -565,6 +577,6 @@ class Client:
         await self._link.call("shutdown")
 
     def _shard_count(self) -> int:
-        if not self._table:
+        if not self._view.rows:
             raise LeaseLostError("the shard table is empty; is the bot initialised?")
-        return next(iter(self._table.values())).shard_count
+        return next(iter(self._view.rows.values())).shard_count

@@ -50,7 +50,13 @@ from ray_shards.models import (
 )
 from ray_shards.orchestrator_metrics import OrchestratorMetrics
 from ray_shards.presence import PresenceState, merge_presence
-from ray_shards.protocol import IdentifyAnswer, OperationState, ReshardProgress, RollingRestartProgress
+from ray_shards.protocol import (
+    IdentifyAnswer,
+    OperationState,
+    ReshardProgress,
+    RollingRestartProgress,
+    TableDelta,
+)
 from ray_shards.table import CheckpointSchemaError, ShardTable
 from ray_shards.timings import Timings
 
@@ -66,6 +72,9 @@ def _unwrap_ray_error(exc: BaseException) -> BaseException:
         exc = exc.cause
     return exc
 
+
+_MAX_TABLE_WAIT = 30.0
+"""Longest a `table_since` long poll parks in the Orchestrator."""
 
 _GRANT_USE_LIMIT = 1.0
 """Seconds within which a host sends the IDENTIFY it was granted (or drops the grant): see `ray_shards.bot`."""
@@ -132,6 +141,8 @@ class Orchestrator:
         self._pending: dict[int, asyncio.Future[str | None]] = {}
         self._command_ids = itertools.count(1)
         self._table_changed = asyncio.Event()
+        self._table_bumped = asyncio.Event()
+        self._table_seen: tuple[int, int] | None = None
         self._dirty = False
         self._last_checkpoint = 0.0
         self._recovering_until = 0.0
@@ -572,6 +583,17 @@ class Orchestrator:
     def _changed(self) -> None:
         self._dirty = True
         self._table_changed.set()
+        self._wake_table_followers()
+
+    def _wake_table_followers(self) -> None:
+        """Wake the `table_since` long polls when the current table's version moved."""
+        table = self._table
+        seen = (table.instance, table.version) if table is not None else None
+        if seen != self._table_seen:
+            self._table_seen = seen
+            # A fresh Event per change: every parked follower wakes once, and none can clear it for the others.
+            bumped, self._table_bumped = self._table_bumped, asyncio.Event()
+            bumped.set()
 
     async def sync(
         self,
@@ -650,9 +672,7 @@ class Orchestrator:
             return False
         scheduler.cancel(shard_id)
         if failed is not None:
-            record = table.shards[shard_id]
-            record.status = ShardStatus.FAILED
-            record.error = failed
+            table.mark_failed(shard_id, failed)
             _LOGGER.error("shard %s failed on host %s and will not be retried: %s", shard_id, host_id, failed)
         elif not self._stopping:
             self._deliver(table.place(), table)
@@ -856,6 +876,28 @@ class Orchestrator:
         _, table, _ = self._check(capability)
         return table.infos()
 
+    async def table_since(self, capability: str, table_id: int, version: int, wait: float = 0.0) -> TableDelta:
+        """The rows changed since ``version`` of table ``table_id``; a long poll of up to ``wait`` s.
+
+        When nothing changed the call parks (at most 30 s) until something does, so a follower
+        costs one call per change instead of one full table per poll. A caller holding another
+        table (the Orchestrator restarted, or a reshard switched tables) gets the full table.
+        """
+        _, table, _ = self._check(capability)
+        if wait > 0 and table.instance == table_id and table.version == version:
+            deadline = time.monotonic() + min(wait, _MAX_TABLE_WAIT)
+            while self._table is table and table.version == version and not self._stopping:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._table_bumped.wait()), remaining)
+            _, table, _ = self._check(capability)
+        changed = table.changed_since(version) if table.instance == table_id else None
+        if changed is None:
+            return TableDelta(table.instance, table.version, True, table.infos())
+        return TableDelta(table.instance, table.version, False, table.infos(only=changed))
+
     async def status(self, capability: str) -> dict[str, typing.Any]:
         """Bot-wide state: config, hosts, identify queue progress and presence."""
         config, table, scheduler = self._check(capability)
@@ -905,6 +947,7 @@ class Orchestrator:
         self._expire_capabilities(mono)
         self._refresh_budget_if_stale(mono)
         self._metrics.observe(now, table, scheduler, fenced=self._fenced, sync_interval=self._timings.sync_interval)
+        self._wake_table_followers()
         if now < self._recovering_until:
             return
         if not self._stopping:

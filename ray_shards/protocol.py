@@ -42,6 +42,7 @@ __all__ = [
     "ShardInfo",
     "ShardReport",
     "ShardStatus",
+    "TableDelta",
 ]
 
 
@@ -166,3 +167,20 @@ class ReshardProgress:
             "finished_at": self.finished_at,
             "error": self.error,
         }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TableDelta:
+    """`Orchestrator.table_since`: the shard table rows that changed since a version the caller holds.
+
+    Versions count changes of a row's owner, epoch, status, error, guilds and node, within one
+    table object ``table_id`` (an Orchestrator restart or a reshard starts a new table). With
+    ``full`` the rows are the whole table and replace what the caller holds; otherwise they
+    replace just those rows. Seq, latency and event counts are current only in the rows sent:
+    read the full table now and then for those.
+    """
+
+    table_id: int
+    version: int
+    full: bool
+    rows: list[ShardInfo]

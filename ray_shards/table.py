@@ -16,9 +16,11 @@ lease (write intent first). The lease state machine and the invariants are in
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import heapq
 import math
+import secrets
 import typing
 
 from ray_shards.models import Lease, SessionState, ShardInfo, ShardReport, ShardStatus
@@ -112,7 +114,7 @@ class ShardTable:
         `from_json` sets the checkpoint's plus one).
     """
 
-    __slots__ = ("_owned", "hosts", "incarnation", "shard_count", "shards")
+    __slots__ = ("_changes", "_owned", "hosts", "incarnation", "instance", "shard_count", "shards", "version")
 
     def __init__(self, shard_count: int, *, incarnation: int = 0) -> None:
         if shard_count < 1:
@@ -128,6 +130,14 @@ class ShardTable:
         # Index of ShardRecord.host_id, kept by _set_owner (the table is the only writer of its records), so
         # that a host's shards cost what it owns, not the whole table, on every sync.
         self._owned: dict[str, set[int]] = {}
+        # Row versions for delta reads (`changed_since`): every change of a row's slow fields (owner, epoch,
+        # status, error, guilds, node) bumps `version` and is logged. Seq, latency and event counts change on
+        # every sync and are not versioned: readers refresh those with a full read now and then.
+        self.version = 0
+        # Which table object a version counts in: a reshard's new table or a restored one starts at 0 again.
+        # Not part of any decision (only readers compare it), so it need not be injected.
+        self.instance = secrets.randbits(53)
+        self._changes: collections.deque[tuple[int, int]] = collections.deque(maxlen=max(1024, 4 * shard_count))
 
     # -- hosts -----------------------------------------------------------------------------------
 
@@ -154,6 +164,9 @@ class ShardTable:
             host = HostRecord(host_id=host_id, node_id=node_id, want=want, has_handle=has_handle, last_sync=now)
             self.hosts[host_id] = host
         else:
+            if host.node_id != node_id:
+                for shard_id in self._owned.get(host_id, ()):
+                    self._touch(shard_id)
             host.node_id = node_id
             host.want = want
             host.has_handle = has_handle
@@ -230,7 +243,35 @@ class ShardTable:
         host.pending_adopt.append(lease)
         return lease
 
+    def _touch(self, shard_id: int) -> None:
+        self.version += 1
+        self._changes.append((self.version, shard_id))
+
+    def changed_since(self, version: int) -> list[int] | None:
+        """Shard ids whose row changed after ``version``; None when that is too old to tell (read everything).
+
+        Costs what changed since ``version`` (the change log is walked from its newest end).
+        """
+        if version == self.version:
+            return []
+        if version > self.version or not self._changes or self._changes[0][0] > version + 1:
+            return None
+        changed: set[int] = set()
+        for logged, shard_id in reversed(self._changes):
+            if logged <= version:
+                break
+            changed.add(shard_id)
+        return sorted(changed)
+
+    def mark_failed(self, shard_id: int, error: str) -> None:
+        """``shard_id`` stopped for good (a close code Discord says not to retry): never placed again."""
+        record = self.shards[shard_id]
+        record.status = ShardStatus.FAILED
+        record.error = error
+        self._touch(shard_id)
+
     def _set_owner(self, record: ShardRecord, host_id: str | None) -> None:
+        self._touch(record.shard_id)
         if record.host_id is not None:
             owned = self._owned.get(record.host_id)
             if owned is not None:
@@ -462,6 +503,8 @@ class ShardTable:
             if record.host_id != host_id or record.epoch != report.epoch:
                 stale.append(report.shard_id)
                 continue
+            if (record.status, record.error, record.guilds) != (report.status, report.error, report.guilds):
+                self._touch(report.shard_id)
             record.status = report.status
             self._take_session(record, report.session)
             record.latency = report.latency
@@ -498,10 +541,13 @@ class ShardTable:
                     self._unassign(self.shards[shard_id])
         return stale
 
-    def infos(self, node_of: typing.Callable[[str], str | None] | None = None) -> list[ShardInfo]:
-        """The table as clients see it."""
+    def infos(
+        self, node_of: typing.Callable[[str], str | None] | None = None, *, only: typing.Iterable[int] | None = None
+    ) -> list[ShardInfo]:
+        """The table as clients see it (only the rows of ``only``, when given)."""
         rows = []
-        for r in self.shards.values():
+        records = self.shards.values() if only is None else (self.shards[i] for i in only)
+        for r in records:
             node = None
             if r.host_id is not None:
                 host = self.hosts.get(r.host_id)

@@ -431,3 +431,57 @@ def test_a_draining_host_gets_no_shard_and_hands_its_own_over() -> None:
     placed = table.place()
     assert "b" not in placed and table.owned_by("b") == []
     assert ShardTable.from_json(table.to_json(), now=3.0).hosts["b"].draining
+
+
+def test_table_versions_say_which_rows_changed() -> None:
+    """Delta reads: only rows whose owner, epoch, status, error or guilds changed; seq and latency do not count."""
+    table = _table_with_hosts(4, {"a": 2, "b": 2})
+    start = table.version
+    assert table.changed_since(start) == []
+    shard = table.owned_by("a")[0]
+    # A report that only moves seq/latency/events is not a change of the row.
+    table.apply_reports("a", [ShardReport(s, 1, table.shards[s].status) for s in table.owned_by("a")], now=1.0)
+    assert table.changed_since(start) == []
+    table.apply_reports("a", [ShardReport(shard, 1, ShardStatus.READY, SessionState("s", 3, "ws://r"))], now=2.0)
+    assert table.changed_since(start) == [shard]
+    mid = table.version
+    table.host_lost("b")
+    lost = sorted(set(range(4)) - set(table.owned_by("a")))
+    assert table.changed_since(mid) == lost
+    assert table.changed_since(start) == sorted({shard, *lost})
+    table.mark_failed(lost[0], "4004")
+    assert lost[0] in (table.changed_since(mid) or [])
+    # Too old (or from the future): the caller must read everything.
+    assert table.changed_since(-1) is None
+    assert table.changed_since(table.version + 1) is None
+
+
+def test_table_change_log_is_bounded_and_says_when_it_forgot() -> None:
+    table = ShardTable(2)
+    table.register_host("a", node_id=None, want=2, has_handle=True, now=0.0)
+    start = table.version
+    for i in range(3000):  # far more changes than the log keeps (max(1024, 4 * shards))
+        table.mark_failed(i % 2, f"e{i}")
+    assert len(table._changes) <= 1024
+    assert table.changed_since(start) is None, "a version older than the log must get the full table"
+    assert table.changed_since(table.version - 1) == [1]
+
+
+def test_table_view_applies_full_and_delta_reads() -> None:
+    from ray_shards.protocol import TableDelta
+    from ray_shards.table_view import TableView
+
+    table = _table_with_hosts(4, {"a": 4})
+    view = TableView()
+    view.apply(TableDelta(table.instance, table.version, True, table.infos()))
+    assert sorted(view.rows) == [0, 1, 2, 3] and view.version == table.version
+    held = view.version
+    table.mark_failed(2, "gone")
+    changed = table.changed_since(held)
+    assert changed == [2]
+    view.apply(TableDelta(table.instance, table.version, False, table.infos(only=changed)))
+    row = view.rows[2]
+    assert row.status is ShardStatus.FAILED and row.error == "gone"
+    assert sorted(view.rows) == [0, 1, 2, 3] and view.version == table.version
+    # A new table object (a reshard, a restart) starts its versions again: its id differs.
+    assert ShardTable(4).instance != table.instance
