@@ -54,6 +54,7 @@ from ray_shards.protocol import (
     BotStatus,
     DeployStatus,
     FleetSummary,
+    HostHealth,
     HostSummary,
     IdentifyAnswer,
     OperationState,
@@ -997,7 +998,7 @@ class Orchestrator:
         if handle is None:
             return
         try:
-            health = await asyncio.wait_for(handle.health.remote(), self._timings.health_timeout)
+            health: HostHealth = await asyncio.wait_for(handle.health.remote(), self._timings.health_timeout)
         except Exception as exc:
             self._fence(host_id, silent, f"its health check failed ({type(exc).__name__})")
             return
