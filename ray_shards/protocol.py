@@ -4,7 +4,11 @@ Every value here crosses a process boundary as a Ray method argument or return
 value, so each is a small frozen (or plain) dataclass with enum states, never a
 bare tuple or a ``dict[str, Any]``. The older messages (`Lease`, `ShardReport`,
 `HostDirectives`, ...) live in `ray_shards.models` and are re-exported here so
-that this module is the one place to read the protocol.
+that this module is the one place to read the protocol. Callers reach the
+Orchestrator through `ray_shards.link.OrchestratorLink`'s typed methods (one per
+Orchestrator method), which return these types. Where a dict form is still shown
+(checkpoints, ``ray-shards status --format json``), ``to_json``/``to_dict`` keep
+it exactly as it was.
 """
 
 from __future__ import annotations
