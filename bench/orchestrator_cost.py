@@ -102,15 +102,15 @@ async def _measure(emu_url: str, token: str, shards: int, args: argparse.Namespa
     registering = time.monotonic()
     for i in range(hosts):
         host_id = f"sim{i}"
-        _, leases, *_ = await link.call("register_host", host_id, node_id=None, want=PER_HOST)
+        leases = (await link.register_host(host_id, node_id=None, want=PER_HOST)).leases
         reports[host_id] = _reports(leases, link.bot_id)
-        await link.call("sync", host_id, reports[host_id], timeout=0.0)  # keep it alive while others register
+        await link.sync(host_id, reports[host_id], timeout=0.0)  # keep it alive while others register
     register_s = time.monotonic() - registering
     assert sum(len(r) for r in reports.values()) == shards
     try:
 
         async def sync_all(empty: bool = False) -> int:
-            await asyncio.gather(*(link.call("sync", h, [] if empty else r, timeout=0.0) for h, r in reports.items()))
+            await asyncio.gather(*(link.sync(h, [] if empty else r, timeout=0.0) for h, r in reports.items()))
             return hosts
 
         await sync_all()
@@ -138,14 +138,14 @@ async def _measure(emu_url: str, token: str, shards: int, args: argparse.Namespa
             done = 0
             deadline = time.monotonic() + min(args.seconds, 5.0)
             while time.monotonic() < deadline or done < 6:
-                await link.call("table")
+                await link.table()
                 done += 1
             return done
 
         table_cpu, table_calls = await _cpu_of(cpu, idle_rate, tables)
         steady = await _steady(link, cpu, reports, args) if shards <= args.steady_max else None
     finally:
-        await link.call("shutdown", retry_for=3.0)
+        await link.shutdown(retry_for=3.0)
         ray.kill(link.handle, no_restart=True)
     per_sync = sync_cpu / syncs
     per_empty = empty_cpu / empties
@@ -176,11 +176,11 @@ async def _steady(link: typing.Any, cpu: _Cpu, reports: dict[str, list[ShardRepo
         last_table = time.monotonic()
         while not stop.is_set():
             started = time.monotonic()
-            await link.call("sync", host_id, host_reports, timeout=0.5)
+            await link.sync(host_id, host_reports, timeout=0.5)
             late.append(time.monotonic() - started - 0.5)
             if time.monotonic() - last_table > 2.0:
                 last_table = time.monotonic()
-                await link.call("table")
+                await link.table()
 
     tasks = [
         asyncio.ensure_future(host_loop(h, r, i * 0.5 / len(reports))) for i, (h, r) in enumerate(reports.items())
@@ -343,7 +343,7 @@ async def _profile_in(emu_url: str, token: str, shards: int) -> dict[str, typing
     capability = await orchestrator.initialise(token)
     reports = {}
     for i in range(math.ceil(shards / PER_HOST)):
-        _, leases, *_ = await orchestrator.register_host(capability, f"sim{i}", node_id=None, want=PER_HOST)
+        leases = (await orchestrator.register_host(capability, f"sim{i}", node_id=None, want=PER_HOST)).leases
         reports[f"sim{i}"] = _reports(leases, bot_id)
         await orchestrator.sync(capability, f"sim{i}", reports[f"sim{i}"], timeout=0.0)
     started = time.perf_counter()

@@ -68,7 +68,6 @@ from ray_shards.models import (
     ShardStatus,
 )
 from ray_shards.presence import PresenceState
-from ray_shards.protocol import IdentifyAnswer
 from ray_shards.remote import RemoteShard
 from ray_shards.shard_commands import SHARD_COMMANDS, run_shard_command
 from ray_shards.table_view import TableView
@@ -761,10 +760,9 @@ class Bot(traits.GatewayBotAware):
         self._link.on_reauthenticated(self._register_again)
         if presence is not None:
             # Before registering, so this bot's shards IDENTIFY with it.
-            await self._link.call("update_presence", **presence)
-        registration = asyncio.ensure_future(
-            self._link.call(
-                "register_host",
+            await self._link.update_presence(**presence)
+        registering = asyncio.ensure_future(
+            self._link.register_host(
                 self._host_id,
                 node_id=self._node_id(),
                 want=self._local_shard_count,
@@ -774,18 +772,18 @@ class Bot(traits.GatewayBotAware):
         )
         try:
             # Shielded: once the Orchestrator has leased shards to this bot, a Ctrl-C must give them back.
-            config, leases, _, presence_state, version = await asyncio.shield(registration)
+            registration = await asyncio.shield(registering)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
-                _, leases, *_ = await asyncio.wait_for(registration, 10.0)
-                await self._give_back(leases)
+                await self._give_back((await asyncio.wait_for(registering, 10.0)).leases)
             raise
+        config, leases = registration.config, registration.leases
         try:
             self._check_config(config, large_threshold, expected_count)
         except BaseException:
             await self._give_back(leases)
             raise
-        self._presence, self._presence_version = presence_state, version
+        self._presence, self._presence_version = registration.presence, registration.presence_version
         self._failures.clear()
         self._failed.clear()
         self._closed_event = asyncio.Event()
@@ -822,8 +820,8 @@ class Bot(traits.GatewayBotAware):
         """Return leases this bot will not run to the Orchestrator (with their sessions, still resumable)."""
         await asyncio.gather(
             *(
-                self._link.call(
-                    "release", self._host_id, lease.shard_id, lease.epoch, lease.session, stopped=False, retry_for=5.0
+                self._link.release(
+                    self._host_id, lease.shard_id, lease.epoch, lease.session, stopped=False, retry_for=5.0
                 )
                 for lease in leases
             ),
@@ -1075,14 +1073,13 @@ class Bot(traits.GatewayBotAware):
 
     async def _give_back_lease(self, lease: Lease) -> None:
         with contextlib.suppress(Exception):
-            await self._link.call("release", self._host_id, lease.shard_id, lease.epoch, None, retry_for=10.0)
+            await self._link.release(self._host_id, lease.shard_id, lease.epoch, None, retry_for=10.0)
 
     async def _release(self, slot: _Slot, *, stopped: bool, failed: str | None = None) -> None:
         shard_id = slot.lease.shard_id
         self._ended[shard_id] = max(self._ended.get(shard_id, -1), slot.lease.epoch)
         with contextlib.suppress(Exception):
-            await self._link.call(
-                "release",
+            await self._link.release(
                 self._host_id,
                 slot.lease.shard_id,
                 slot.lease.epoch,
@@ -1124,8 +1121,7 @@ class Bot(traits.GatewayBotAware):
         slot.handed = session
         slot.left.set()
         with contextlib.suppress(Exception):
-            await self._link.call(
-                "release",
+            await self._link.release(
                 self._host_id,
                 shard_id,
                 slot.lease.epoch,
@@ -1145,9 +1141,7 @@ class Bot(traits.GatewayBotAware):
         while True:
             asked = time.monotonic()
             try:
-                answer: IdentifyAnswer = await self._link.call(
-                    "request_identify", self._host_id, shard_id, slot.lease.epoch, retry_for=60.0
-                )
+                answer = await self._link.request_identify(self._host_id, shard_id, slot.lease.epoch, retry_for=60.0)
             except OrchestratorUnavailableError:
                 _LOGGER.warning("shard %s waits for the orchestrator to identify", shard_id)
                 continue
@@ -1178,9 +1172,7 @@ class Bot(traits.GatewayBotAware):
         deadline = time.monotonic() + self._lease_cutoff()
         while True:
             try:
-                ok = await self._link.call(
-                    "check_lease", self._host_id, shard_id, slot.lease.epoch, retry_for=2.0
-                )
+                ok = await self._link.check_lease(self._host_id, shard_id, slot.lease.epoch, retry_for=2.0)
                 break
             except OrchestratorUnavailableError:
                 if time.monotonic() > deadline or slot.leaving:
@@ -1207,8 +1199,8 @@ class Bot(traits.GatewayBotAware):
         # Free the bucket from READY's arrival, never from a timestamp taken before the frame left: on a busy
         # loop the IDENTIFY may leave later than it was stamped, and the next one would come too early.
         with contextlib.suppress(Exception):
-            await self._link.call(
-                "identify_done", event.shard.id, None, host_id=self._host_id, epoch=slot.lease.epoch, retry_for=10.0
+            await self._link.identify_done(
+                event.shard.id, None, host_id=self._host_id, epoch=slot.lease.epoch, retry_for=10.0
             )
 
     # -- sync with the Orchestrator --------------------------------------------------------------
@@ -1309,8 +1301,7 @@ class Bot(traits.GatewayBotAware):
             try:
                 report_seq += 1
                 sent_at = time.monotonic()
-                directives: HostDirectives = await self._link.call(
-                    "sync",
+                directives = await self._link.sync(
                     self._host_id,
                     self._reports(),
                     timeout=self._timings.sync_interval,
@@ -1366,8 +1357,7 @@ class Bot(traits.GatewayBotAware):
 
     async def _register_again(self) -> None:
         held = [(slot.lease.shard_id, slot.lease.epoch) for slot in self._slots.values() if not slot.leaving]
-        _, leases, stale, presence, version = await self._link.call(
-            "register_host",
+        registration = await self._link.register_host(
             self._host_id,
             node_id=self._node_id(),
             want=self._local_shard_count,
@@ -1375,12 +1365,12 @@ class Bot(traits.GatewayBotAware):
             held=held,
             shard_count=self._global_shard_count,
         )
-        self._presence, self._presence_version = presence, version
-        for shard_id in stale:
+        self._presence, self._presence_version = registration.presence, registration.presence_version
+        for shard_id in registration.stale:
             slot = self._slots.get(shard_id)
             if slot is not None:
                 self._spawn(self._leave(slot, hand_over=True), f"drop stale shard {shard_id}")
-        for lease in leases:
+        for lease in registration.leases:
             self._adopt(lease)
 
     async def _refresh_remote_table(self, *, full: bool = True) -> None:
@@ -1402,7 +1392,7 @@ class Bot(traits.GatewayBotAware):
                 raise RuntimeError(error)
             return
         if not await self._direct.send(kind, shard_id, arguments):
-            await self._link.call("command", kind, shard_id, arguments)
+            await self._link.command(kind, shard_id, arguments)
 
     async def run_direct_command(
         self, kind: CommandKind, shard_id: int, epoch: int, arguments: dict[str, typing.Any]
@@ -1432,7 +1422,7 @@ class Bot(traits.GatewayBotAware):
     async def _execute(self, command: Command) -> None:
         error = await self._run_command(command)
         with contextlib.suppress(Exception):
-            await self._link.call("command_done", command.command_id, error, retry_for=5.0)
+            await self._link.command_done(command.command_id, error, retry_for=5.0)
 
     async def _run_command(self, command: Command) -> str | None:
         try:
@@ -1441,7 +1431,7 @@ class Bot(traits.GatewayBotAware):
                 return None
             if command.kind is CommandKind.SWITCH_OUT:
                 delivered = self._event_manager.mute()
-                await self._link.call("deliver_identities", self._host_id, delivered, retry_for=10.0)
+                await self._link.deliver_identities(self._host_id, delivered, retry_for=10.0)
                 return None
             if command.kind is CommandKind.GO_LIVE:
                 self._event_manager.go_live(command.arguments["skip"])
@@ -1496,7 +1486,7 @@ class Bot(traits.GatewayBotAware):
         """Update the presence of every shard of the bot (on every host); it is remembered across restarts."""
         self._check_if_alive()
         arguments = validation.presence_update(idle_since=idle_since, afk=afk, activity=activity, status=status)
-        await self._link.call("update_presence", **arguments)
+        await self._link.update_presence(**arguments)
 
     @override
     async def update_voice_state(

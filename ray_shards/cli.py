@@ -21,7 +21,13 @@ import typing
 
 import hikari
 
+from ray_shards.protocol import OperationState, ReshardState
 from ray_shards.settings import RayShardsSettings, parse_intents
+
+if typing.TYPE_CHECKING:
+    # Imported lazily at run time: `ray-shards --help` must not pay for Ray and hikari's gateway.
+    from ray_shards.client import Client
+    from ray_shards.protocol import ReshardProgress, RollingRestartProgress
 
 __all__ = ["main"]
 
@@ -177,7 +183,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _with_client(args: argparse.Namespace, action: typing.Callable[[typing.Any], typing.Awaitable[int]]) -> int:
+async def _with_client(args: argparse.Namespace, action: typing.Callable[[Client], typing.Awaitable[int]]) -> int:
     from ray_shards.client import Client
 
     settings = _settings()
@@ -197,7 +203,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         clear=args.watch and sys.stdout.isatty(),
     )
 
-    async def show(client: typing.Any) -> int:
+    async def show(client: Client) -> int:
         while True:
             rows = await client.refresh()
             status = await client.status()
@@ -211,7 +217,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_presence(args: argparse.Namespace) -> int:
-    async def apply(client: typing.Any) -> int:
+    async def apply(client: Client) -> int:
         activity: hikari.UndefinedNoneOr[hikari.Activity] = hikari.UNDEFINED
         if args.clear_activity:
             activity = None
@@ -226,7 +232,7 @@ def _cmd_presence(args: argparse.Namespace) -> int:
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:
-    async def stop(client: typing.Any) -> int:
+    async def stop(client: Client) -> int:
         await client.shutdown()
         print("bot stopped: every shard closed")
         return 0
@@ -235,19 +241,21 @@ def _cmd_stop(args: argparse.Namespace) -> int:
 
 
 def _cmd_restart(args: argparse.Namespace) -> int:
-    def show(state: dict[str, typing.Any]) -> None:
-        current = f", replacing {state['current']}" if state.get("current") else ""
-        print(f"rolling restart {state['state']}: {state['done']}/{state['total']} hosts replaced{current}", flush=True)
+    def show(state: RollingRestartProgress) -> None:
+        current = f", replacing {state.current}" if state.current else ""
+        print(f"rolling restart {state.state.value}: {state.done}/{state.total} hosts replaced{current}", flush=True)
 
-    async def restart(client: typing.Any) -> int:
+    async def restart(client: Client) -> int:
         if args.pause or args.resume or args.abort:
-            action = "pause" if args.pause else "resume" if args.resume else "abort"
+            action: typing.Literal["pause", "resume", "abort"] = (
+                "pause" if args.pause else "resume" if args.resume else "abort"
+            )
             show(await client.control_rolling_restart(action))
             return 0
         callback = _load_callback(args.entrypoint, args.entrypoint_dir) if args.entrypoint else None
         state = await client.rolling_restart(callback, wait=not args.no_wait, progress=show)
-        if state["state"] == "failed":
-            print(f"ray-shards: rolling restart failed: {state['error']}", file=sys.stderr)
+        if state.state is OperationState.FAILED:
+            print(f"ray-shards: rolling restart failed: {state.error}", file=sys.stderr)
             return 1
         return 0
 
@@ -255,14 +263,14 @@ def _cmd_restart(args: argparse.Namespace) -> int:
 
 
 def _cmd_reshard(args: argparse.Namespace) -> int:
-    def show(state: dict[str, typing.Any]) -> None:
-        print(f"reshard {state['from']} -> {state['to']}: {state['state']} ({state['ready']}/{state['to']} new shards "
-              "READY)", flush=True)
+    def show(state: ReshardProgress) -> None:
+        print(f"reshard {state.source} -> {state.target}: {state.state.value} ({state.ready}/{state.target} new "
+              "shards READY)", flush=True)
 
-    async def reshard(client: typing.Any) -> int:
+    async def reshard(client: Client) -> int:
         state = await client.reshard(args.shard_count, wait=not args.no_wait, progress=show)
-        if state["state"] == "failed":
-            print(f"ray-shards: reshard failed: {state['error']}", file=sys.stderr)
+        if state.state is ReshardState.FAILED:
+            print(f"ray-shards: reshard failed: {state.error}", file=sys.stderr)
             return 1
         return 0
 

@@ -22,7 +22,8 @@ from ray_shards.bot import _tls_rejected
 from ray_shards.direct_commands import DirectCommands
 from ray_shards.errors import HostNotRegisteredError, LeaseLostError
 from ray_shards.link import OrchestratorLink, OrchestratorUnavailableError
-from ray_shards.models import CommandKind, HostDirectives, Lease, ShardInfo, ShardReport, ShardStatus
+from ray_shards.models import CommandKind, Lease, ShardInfo, ShardReport, ShardStatus
+from ray_shards.protocol import BotStatus, OperationState, ReshardProgress, ReshardState, RollingRestartProgress
 from ray_shards.remote import RemoteShard
 from ray_shards.shard_commands import SHARD_COMMANDS, run_shard_command
 from ray_shards.table_view import TableView
@@ -38,6 +39,24 @@ _DIRECT_COMMAND_TIMEOUT = 10.0
 """Seconds a command sent straight to a host may take before it goes through the Orchestrator instead."""
 
 _ShardT = typing.TypeVar("_ShardT", bound=hikari.api.GatewayShard)
+
+
+class _Progress(typing.Protocol):
+    """A long operation's progress, as `Client._follow` polls it."""
+
+    @property
+    def state(self) -> OperationState | ReshardState: ...
+
+
+_ProgressT = typing.TypeVar("_ProgressT", bound=_Progress)
+
+
+def _rolling_of(status: BotStatus) -> RollingRestartProgress | None:
+    return status.rolling_restart
+
+
+def _reshard_of(status: BotStatus) -> ReshardProgress | None:
+    return status.reshard
 
 
 class RecommendedShard(int):
@@ -194,8 +213,8 @@ class Client:
             msg = "client is already running"
             raise hikari.ComponentStateConflictError(msg)
         await self._link.connect()
-        status = await self._link.call("status")
-        self._intents = hikari.Intents(status["config"]["intents"])
+        status = await self._link.status()
+        self._intents = hikari.Intents(status.config.intents)
         await self.refresh()
         self._refresh_task = asyncio.create_task(self._refresh_forever(), name="ray_shards client refresh")
 
@@ -253,11 +272,16 @@ class Client:
             except Exception:
                 _LOGGER.exception("refreshing the shard table failed")
 
-    async def status(self) -> dict[str, typing.Any]:
-        """Bot-wide state: config, hosts, boot progress (ready/total, identify ETA) and presence."""
+    async def status(self) -> BotStatus:
+        """Bot-wide state: config, hosts, boot progress (ready/total, identify ETA) and presence.
+
+        Returns
+        -------
+        ray_shards.protocol.BotStatus
+            The Orchestrator's view of the bot; ``to_dict()`` gives its JSON-safe form.
+        """
         self._check_running()
-        result: dict[str, typing.Any] = await self._link.call("status")
-        return result
+        return await self._link.status()
 
     async def send_command(self, kind: CommandKind, shard_id: int, arguments: dict[str, typing.Any]) -> None:
         """Run a gateway command on the host that runs ``shard_id``.
@@ -269,7 +293,7 @@ class Client:
         self._check_running()
         if shard_id not in self._own and await self._direct.send(kind, shard_id, arguments):
             return
-        await self._link.call("command", kind, shard_id, arguments)
+        await self._link.command(kind, shard_id, arguments)
 
     async def recommended_shard(self, make_shard: typing.Callable[[RecommendedShard], _ShardT]) -> _ShardT:
         """Acquire the next shard recommended by the server.
@@ -294,10 +318,10 @@ class Client:
         """
         self._check_running()
         if not self._registered:
-            config, *_ = await self._link.call("register_host", self._host_id, node_id=None, want=0, placeable=False)
-            self._gateway_url = config.gateway_url
+            registration = await self._link.register_host(self._host_id, node_id=None, want=0, placeable=False)
+            self._gateway_url = registration.config.gateway_url
             self._registered = True
-        leases: list[Lease] = await self._link.call("claim", self._host_id, 1)
+        leases = await self._link.claim(self._host_id, 1)
         if not leases:
             msg = "every shard of this bot is already running; there is no shard to recommend"
             raise LookupError(msg)
@@ -316,15 +340,15 @@ class Client:
         if session is not None and isinstance(shard, hikari.impl.GatewayShardImpl):
             sessions.seed(shard, session)
         else:
-            await self._link.call("identify", self._host_id, lease.shard_id, lease.epoch, retry_for=60.0)
+            await self._link.identify(self._host_id, lease.shard_id, lease.epoch, retry_for=60.0)
         try:
             await shard.start()
         except BaseException:
             with contextlib.suppress(Exception):
-                await self._link.call("identify_done", lease.shard_id, None, host_id=self._host_id, epoch=lease.epoch)
-                await self._link.call("release", self._host_id, lease.shard_id, lease.epoch, None, retry_for=5.0)
+                await self._link.identify_done(lease.shard_id, None, host_id=self._host_id, epoch=lease.epoch)
+                await self._link.release(self._host_id, lease.shard_id, lease.epoch, None, retry_for=5.0)
             raise
-        await self._link.call("identify_done", lease.shard_id, None, host_id=self._host_id, epoch=lease.epoch)
+        await self._link.identify_done(lease.shard_id, None, host_id=self._host_id, epoch=lease.epoch)
         self._own[lease.shard_id] = (lease, shard)
         return shard
 
@@ -348,16 +372,14 @@ class Client:
     async def _sync_own(self) -> None:
         """Report this client's own shards and do what the Orchestrator asks of them."""
         try:
-            directives: HostDirectives = await self._link.call(
-                "sync", self._host_id, self._own_reports(), timeout=0.0, retry_for=2.0
-            )
+            directives = await self._link.sync(self._host_id, self._own_reports(), timeout=0.0, retry_for=2.0)
         except HostNotRegisteredError:
             # The Orchestrator restarted from a checkpoint that predates this client: join again with what it runs.
             held = [(shard_id, lease.epoch) for shard_id, (lease, _) in self._own.items()]
-            _, _, stale, *_ = await self._link.call(
-                "register_host", self._host_id, node_id=None, want=0, held=held, placeable=False
+            registration = await self._link.register_host(
+                self._host_id, node_id=None, want=0, held=held, placeable=False
             )
-            for shard_id in stale:
+            for shard_id in registration.stale:
                 if shard_id in self._own:
                     await self._give_back(shard_id, hand_over=True)
             return
@@ -379,7 +401,7 @@ class Client:
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
             with contextlib.suppress(Exception):
-                await self._link.call("command_done", command.command_id, error, retry_for=5.0)
+                await self._link.command_done(command.command_id, error, retry_for=5.0)
         if directives.stop:
             for shard_id in list(self._own):
                 await self._give_back(shard_id, hand_over=False)
@@ -394,8 +416,8 @@ class Client:
             with contextlib.suppress(Exception):
                 await shard.close()
         with contextlib.suppress(Exception):
-            await self._link.call(
-                "release", self._host_id, shard_id, lease.epoch, session, stopped=not hand_over, retry_for=5.0
+            await self._link.release(
+                self._host_id, shard_id, lease.epoch, session, stopped=not hand_over, retry_for=5.0
             )
 
     async def request_guild_members(
@@ -450,7 +472,7 @@ class Client:
         """
         self._check_running()
         arguments = validation.presence_update(idle_since=idle_since, afk=afk, activity=activity, status=status)
-        await self._link.call("update_presence", **arguments)
+        await self._link.update_presence(**arguments)
 
     async def update_voice_state(
         self,
@@ -478,8 +500,8 @@ class Client:
         callback: typing.Callable[[typing.Any], typing.Any] | None = None,
         *,
         wait: bool = True,
-        progress: typing.Callable[[dict[str, typing.Any]], None] | None = None,
-    ) -> dict[str, typing.Any]:
+        progress: typing.Callable[[RollingRestartProgress], None] | None = None,
+    ) -> RollingRestartProgress:
         """Replace every shard host with a new one, one host at a time, with no downtime.
 
         Each shard moves to the new host by RESUME (no IDENTIFY spent, no event lost);
@@ -494,61 +516,80 @@ class Client:
         wait
             Return only when the restart has finished (or was aborted, or failed).
         progress
-            Called with the progress dict each time it changes while waiting.
+            Called with the progress each time it changes while waiting.
 
         Returns
         -------
-        dict
-            ``{"state", "done", "total", "current", "replaced", "started_at", "finished_at", "error"}``.
+        ray_shards.protocol.RollingRestartProgress
+            ``state`` (an `OperationState`: ``FINISHED``, ``ABORTED`` or ``FAILED`` once over), ``done`` of
+            ``total`` hosts replaced, ``current``, ``replaced``, ``started_at``, ``finished_at`` and ``error``.
         """
         self._check_running()
         import ray
 
         pickled = ray.cloudpickle.dumps(callback) if callback is not None else None  # type: ignore[no-untyped-call]
-        state: dict[str, typing.Any] = await self._link.call("start_rolling_restart", pickled)
-        return await self._follow("rolling_restart", state, ("finished", "aborted", "failed"), wait, progress)
+        state = await self._link.start_rolling_restart(pickled)
+        return await self._follow(_rolling_of, state, wait, progress)
 
     async def _follow(
         self,
-        key: str,
-        state: dict[str, typing.Any],
-        final: tuple[str, ...],
+        select: typing.Callable[[BotStatus], _ProgressT | None],
+        state: _ProgressT,
         wait: bool,
-        progress: typing.Callable[[dict[str, typing.Any]], None] | None,
-    ) -> dict[str, typing.Any]:
-        """Poll ``status()[key]`` until its state is final (when ``wait``), reporting each change."""
-        last: dict[str, typing.Any] | None = None
-        while wait and state["state"] not in final:
+        progress: typing.Callable[[_ProgressT], None] | None,
+    ) -> _ProgressT:
+        """Poll ``select(status())`` until its state is final (when ``wait``), reporting each change."""
+        last: _ProgressT | None = None
+        while wait and state.state.active:
             if state != last and progress is not None:
                 progress(state)
             last = state
             await asyncio.sleep(0.25)
-            state = (await self._link.call("status"))[key]
+            current = select(await self._link.status())
+            if current is None:
+                # The Orchestrator lost the operation (it restarted without a checkpoint): nothing left to follow.
+                msg = "the orchestrator no longer knows the operation being followed"
+                raise RuntimeError(msg)
+            state = current
         if progress is not None:
             progress(state)
         return state
 
     async def control_rolling_restart(
         self, action: typing.Literal["pause", "resume", "abort"]
-    ) -> dict[str, typing.Any]:
-        """Pause, resume or abort the rolling restart in progress; returns its progress."""
+    ) -> RollingRestartProgress:
+        """Pause, resume or abort the rolling restart in progress.
+
+        Returns
+        -------
+        ray_shards.protocol.RollingRestartProgress
+            The restart's progress after the change.
+        """
         self._check_running()
-        result: dict[str, typing.Any] = await self._link.call("control_rolling_restart", action)
-        return result
+        return await self._link.control_rolling_restart(action)
 
     async def reshard(
         self,
         shard_count: int,
         *,
         wait: bool = True,
-        progress: typing.Callable[[dict[str, typing.Any]], None] | None = None,
-    ) -> dict[str, typing.Any]:
+        progress: typing.Callable[[ReshardProgress], None] | None = None,
+    ) -> ReshardProgress:
         """Move the bot to ``shard_count`` shards live, with no downtime and each event handled once.
 
         A complete second set of sessions starts beside the old one within Discord's
         identify rate limit; when every new shard is READY, event delivery switches to
         the new set (events are de-duplicated across the switch) and the old sessions
         close.
+
+        Parameters
+        ----------
+        shard_count
+            The new shard count.
+        wait
+            Return only when the reshard is over (finished, failed or rolled back).
+        progress
+            Called with the progress each time it changes while waiting.
 
         Raises
         ------
@@ -558,15 +599,16 @@ class Client:
 
         Returns
         -------
-        dict
-            ``{"state", "from", "to", "ready", "started_at", "finished_at", "error"}``. ``state`` ends as
-            ``finished``, ``failed`` (the new set could not start: the old shards keep running, untouched) or
-            ``rolled back`` (the Orchestrator restarted before the switch: the old shards keep running).
+        ray_shards.protocol.ReshardProgress
+            ``state`` (a `ReshardState`), ``source`` and ``target`` shard counts, ``ready`` new shards,
+            ``started_at``, ``finished_at`` and ``error``. ``state`` ends as ``FINISHED``, ``FAILED`` (the new set
+            could not start: the old shards keep running, untouched) or ``ROLLED_BACK`` (the Orchestrator restarted
+            before the switch: the old shards keep running). ``to_json()`` gives the form the CLI shows.
         """
         self._check_running()
-        state: dict[str, typing.Any] = await self._link.call("start_reshard", shard_count)
-        state = await self._follow("reshard", state, ("finished", "failed", "rolled back"), wait, progress)
-        if state["state"] == "finished":
+        state = await self._link.start_reshard(shard_count)
+        state = await self._follow(_reshard_of, state, wait, progress)
+        if state.state is ReshardState.FINISHED:
             self._remote.clear()
             await self.refresh()
         return state
@@ -574,7 +616,7 @@ class Client:
     async def shutdown(self) -> None:
         """Stop the whole bot: every host closes its shards and the Orchestrator forgets the bot."""
         self._check_running()
-        await self._link.call("shutdown")
+        await self._link.shutdown()
 
     def _shard_count(self) -> int:
         if not self._view.rows:

@@ -89,7 +89,7 @@ class DirectCommands:
         handle = self._handles.get(host_id)
         if handle is None and time.monotonic() - self._handles_at > _HANDLES_REFRESH_S:
             self._handles_at = time.monotonic()
-            self._handles = dict(await self._link.call("host_handles", retry_for=2.0))
+            self._handles = dict(await self._link.host_handles(retry_for=2.0))
             handle = self._handles.get(host_id)
         return handle
 

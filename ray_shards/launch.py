@@ -190,19 +190,18 @@ async def start_orchestrator(
     )
     link = OrchestratorLink(token, address)
     link.adopt_handle(handle)
-    info = await handle.ping.remote()
-    if info["initialised"]:
+    info = await link.ping()
+    if info.initialised:
         await link.authenticate()
-        status = await link.call("status")
-        config = status["config"]
-        if shard_count is not None and config["shard_count"] != shard_count:
+        config = (await link.status()).config
+        if shard_count is not None and config.shard_count != shard_count:
             msg = (
-                f"an orchestrator for bot {bot_id} already runs with {config['shard_count']} shards; stop it first "
-                f"(`ray-shards stop`) or use shard_count={config['shard_count']}"
+                f"an orchestrator for bot {bot_id} already runs with {config.shard_count} shards; stop it first "
+                f"(`ray-shards stop`) or use shard_count={config.shard_count}"
             )
             raise ValueError(msg)
-        if config["intents"] != intents_value:
-            msg = f"an orchestrator for bot {bot_id} already runs with intents {config['intents']}; stop it first"
+        if config.intents != intents_value:
+            msg = f"an orchestrator for bot {bot_id} already runs with intents {config.intents}; stop it first"
             raise ValueError(msg)
     else:
         try:
@@ -315,16 +314,16 @@ class BotDeployment:
         Orchestrator restart in the middle of a boot instead of raising.
         """
         link = self._link
-        await link.call("deploy", subprocess_count, pickled, wait=False, retry_for=60.0)
+        await link.deploy(subprocess_count, pickled, wait=False, retry_for=60.0)
         while True:
-            status = await link.call("deploy_status", retry_for=60.0)
-            if status["error"] is not None:
-                if status["error_type"] == "HostCallbackError":
-                    raise HostCallbackError(status["error"])
-                msg = f"the bot could not start: {status['error_type']}: {status['error']}"
+            status = await link.deploy_status(retry_for=60.0)
+            if status.error is not None:
+                if status.error_type == "HostCallbackError":
+                    raise HostCallbackError(status.error)
+                msg = f"the bot could not start: {status.error_type}: {status.error}"
                 raise RuntimeError(msg)
-            if status["ready"] == status["total"] and status["hosts"]:
-                return list(status["hosts"])
+            if status.ready == status.total and status.hosts:
+                return list(status.hosts)
             await asyncio.sleep(0.2)
 
     async def _report_progress(self, every: float = 2.0) -> None:
@@ -340,7 +339,7 @@ class BotDeployment:
             while True:
                 await asyncio.sleep(progress.interval(every))
                 with contextlib.suppress(Exception):
-                    progress.update(await self._link.call("status", retry_for=1.0))
+                    progress.update(await self._link.status(retry_for=1.0))
         finally:
             progress.close()
 
@@ -348,10 +347,10 @@ class BotDeployment:
         """Block until the bot stops (``Client.shutdown`` or ``ray-shards stop``)."""
         while not self._stopping:
             try:
-                info = await self._link.handle.ping.remote()
+                info = await self._link.ping()
             except Exception:
                 return
-            if info["stopping"]:
+            if info.stopping:
                 return
             await asyncio.sleep(1.0)
 
@@ -361,7 +360,7 @@ class BotDeployment:
             return
         self._stopping = True
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._link.call("shutdown", retry_for=3.0), 20.0)
+            await asyncio.wait_for(self._link.shutdown(retry_for=3.0), 20.0)
         if not self._keep_orchestrator and self._link.handle is not None:
             with contextlib.suppress(Exception):
                 ray.kill(self._link.handle, no_restart=True)
@@ -552,15 +551,15 @@ def run_server(
         _LOGGER.info("orchestrator of bot %s is running; Ctrl-C stops it", link.bot_id)
         try:
             while True:
-                info = await link.handle.ping.remote()
-                if info["stopping"]:
+                info = await link.ping()
+                if info.stopping:
                     break
                 await asyncio.sleep(1.0)
         finally:
             # Joins a shutdown already under way (a client's): it returns when that one is done, so the
             # client's own call has its answer before the actor goes.
             with contextlib.suppress(Exception):
-                await asyncio.shield(asyncio.wait_for(link.call("shutdown", retry_for=3.0), 30.0))
+                await asyncio.shield(asyncio.wait_for(link.shutdown(retry_for=3.0), 30.0))
             await asyncio.sleep(0.5)
             with contextlib.suppress(Exception):
                 ray.kill(link.handle, no_restart=True)

@@ -21,6 +21,25 @@ from ray_shards.auth import bot_id_from_token, validate_token
 from ray_shards.connection import NAMESPACE, OrchestratorNotFoundError, ensure_ray, orchestrator_name
 from ray_shards.errors import CapabilityExpiredError, NotInitialisedError
 
+if typing.TYPE_CHECKING:
+    from ray_shards.presence import PresenceState
+    from ray_shards.protocol import (
+        BotStatus,
+        CommandKind,
+        DeployStatus,
+        HostDirectives,
+        IdentifyAnswer,
+        Lease,
+        PingInfo,
+        Registration,
+        ReshardProgress,
+        RollingRestartProgress,
+        SessionState,
+        ShardInfo,
+        ShardReport,
+        TableDelta,
+    )
+
 __all__ = ["OrchestratorLink", "OrchestratorUnavailableError", "unwrap_ray_error"]
 
 _LOGGER = logging.getLogger("ray_shards.link")
@@ -183,7 +202,7 @@ class OrchestratorLink:
                 time.sleep(0.2)
 
     async def call(self, method: str, *args: typing.Any, retry_for: float = 30.0, **kwargs: typing.Any) -> typing.Any:
-        """Call ``method`` on the Orchestrator with this link's capability.
+        """Call ``method`` on the Orchestrator with this link's capability (untyped: prefer the typed methods below).
 
         Retries for up to ``retry_for`` seconds while the actor restarts, and
         authenticates again when the Orchestrator forgot the capability.
@@ -208,3 +227,176 @@ class OrchestratorLink:
                     if self._on_reauthenticated is not None:
                         await self._on_reauthenticated()
         raise AssertionError("unreachable")
+
+    # -- typed calls ------------------------------------------------------------------------------
+    # One method per Orchestrator method, with its arguments (less the capability) and its return type, so that
+    # callers are type checked. Each is `call` with the same retries; tests/test_protocol.py checks that these
+    # signatures match the Orchestrator's.
+
+    async def ping(self) -> PingInfo:
+        """`Orchestrator.ping` (no capability, no retries: a liveness probe)."""
+        if self._handle is None:
+            msg = "not connected to the orchestrator; call connect() first"
+            raise RuntimeError(msg)
+        info: PingInfo = await self._handle.ping.remote()
+        return info
+
+    async def register_host(
+        self,
+        host_id: str,
+        *,
+        node_id: str | None,
+        want: int,
+        handle: typing.Any = None,
+        held: list[tuple[int, int]] | None = None,
+        shard_count: int | None = None,
+        placeable: bool = True,
+        retry_for: float = 30.0,
+    ) -> Registration:
+        """`Orchestrator.register_host`."""
+        result: Registration = await self.call(
+            "register_host", host_id, node_id=node_id, want=want, handle=handle, held=held, shard_count=shard_count,
+            placeable=placeable, retry_for=retry_for,
+        )
+        return result
+
+    async def sync(
+        self,
+        host_id: str,
+        reports: list[ShardReport],
+        *,
+        timeout: float | None = None,
+        report_seq: int | None = None,
+        retry_for: float = 30.0,
+    ) -> HostDirectives:
+        """`Orchestrator.sync`."""
+        result: HostDirectives = await self.call(
+            "sync", host_id, reports, timeout=timeout, report_seq=report_seq, retry_for=retry_for
+        )
+        return result
+
+    async def release(
+        self,
+        host_id: str,
+        shard_id: int,
+        epoch: int,
+        session: SessionState | None,
+        *,
+        stopped: bool = False,
+        failed: str | None = None,
+        retry_for: float = 30.0,
+    ) -> bool:
+        """`Orchestrator.release`."""
+        result: bool = await self.call(
+            "release", host_id, shard_id, epoch, session, stopped=stopped, failed=failed, retry_for=retry_for
+        )
+        return result
+
+    async def claim(self, host_id: str, count: int = 1, *, retry_for: float = 30.0) -> list[Lease]:
+        """`Orchestrator.claim`."""
+        result: list[Lease] = await self.call("claim", host_id, count, retry_for=retry_for)
+        return result
+
+    async def request_identify(
+        self, host_id: str, shard_id: int, epoch: int, *, retry_for: float = 30.0
+    ) -> IdentifyAnswer:
+        """`Orchestrator.request_identify`."""
+        result: IdentifyAnswer = await self.call("request_identify", host_id, shard_id, epoch, retry_for=retry_for)
+        return result
+
+    async def identify(self, host_id: str, shard_id: int, epoch: int, *, retry_for: float = 30.0) -> PresenceState:
+        """`Orchestrator.identify`."""
+        result: PresenceState = await self.call("identify", host_id, shard_id, epoch, retry_for=retry_for)
+        return result
+
+    async def identify_done(
+        self,
+        shard_id: int,
+        sent_at: float | None,
+        *,
+        host_id: str | None = None,
+        epoch: int | None = None,
+        retry_for: float = 30.0,
+    ) -> None:
+        """`Orchestrator.identify_done`."""
+        await self.call("identify_done", shard_id, sent_at, host_id=host_id, epoch=epoch, retry_for=retry_for)
+
+    async def check_lease(self, host_id: str, shard_id: int, epoch: int, *, retry_for: float = 30.0) -> bool:
+        """`Orchestrator.check_lease`."""
+        result: bool = await self.call("check_lease", host_id, shard_id, epoch, retry_for=retry_for)
+        return result
+
+    async def command_done(self, command_id: int, error: str | None, *, retry_for: float = 30.0) -> None:
+        """`Orchestrator.command_done`."""
+        await self.call("command_done", command_id, error, retry_for=retry_for)
+
+    async def command(
+        self, kind: CommandKind, shard_id: int, arguments: dict[str, typing.Any], *, retry_for: float = 30.0
+    ) -> None:
+        """`Orchestrator.command`."""
+        await self.call("command", kind, shard_id, arguments, retry_for=retry_for)
+
+    async def update_presence(self, *, retry_for: float = 30.0, **presence: typing.Any) -> int:
+        """`Orchestrator.update_presence` with `validation.presence_update`'s keyword arguments."""
+        result: int = await self.call("update_presence", retry_for=retry_for, **presence)
+        return result
+
+    async def table(self, *, retry_for: float = 30.0) -> list[ShardInfo]:
+        """`Orchestrator.table`."""
+        result: list[ShardInfo] = await self.call("table", retry_for=retry_for)
+        return result
+
+    async def status(self, *, retry_for: float = 30.0) -> BotStatus:
+        """`Orchestrator.status`."""
+        result: BotStatus = await self.call("status", retry_for=retry_for)
+        return result
+
+    async def deploy(
+        self, hosts: int, callback: bytes | None, *, wait: bool = True, retry_for: float = 30.0
+    ) -> list[str]:
+        """`Orchestrator.deploy`."""
+        result: list[str] = await self.call("deploy", hosts, callback, wait=wait, retry_for=retry_for)
+        return result
+
+    async def deploy_status(self, *, retry_for: float = 30.0) -> DeployStatus:
+        """`Orchestrator.deploy_status`."""
+        result: DeployStatus = await self.call("deploy_status", retry_for=retry_for)
+        return result
+
+    async def table_since(
+        self, table_id: int, version: int, wait: float = 0.0, *, retry_for: float = 30.0
+    ) -> TableDelta:
+        """`Orchestrator.table_since` (a long poll of up to ``wait`` s)."""
+        result: TableDelta = await self.call("table_since", table_id, version, wait, retry_for=retry_for)
+        return result
+
+    async def host_handles(self, *, retry_for: float = 30.0) -> dict[str, typing.Any]:
+        """`Orchestrator.host_handles` (Ray actor handles are untyped)."""
+        result: dict[str, typing.Any] = await self.call("host_handles", retry_for=retry_for)
+        return result
+
+    async def start_rolling_restart(
+        self, callback: bytes | None = None, *, retry_for: float = 30.0
+    ) -> RollingRestartProgress:
+        """`Orchestrator.start_rolling_restart`."""
+        result: RollingRestartProgress = await self.call("start_rolling_restart", callback, retry_for=retry_for)
+        return result
+
+    async def control_rolling_restart(self, action: str, *, retry_for: float = 30.0) -> RollingRestartProgress:
+        """`Orchestrator.control_rolling_restart`."""
+        result: RollingRestartProgress = await self.call("control_rolling_restart", action, retry_for=retry_for)
+        return result
+
+    async def start_reshard(self, shard_count: int, *, retry_for: float = 30.0) -> ReshardProgress:
+        """`Orchestrator.start_reshard`."""
+        result: ReshardProgress = await self.call("start_reshard", shard_count, retry_for=retry_for)
+        return result
+
+    async def deliver_identities(self, host_id: str, identities: list[str], *, retry_for: float = 30.0) -> None:
+        """`Orchestrator.deliver_identities`."""
+        await self.call("deliver_identities", host_id, identities, retry_for=retry_for)
+
+    async def shutdown(self, *, timeout: float = 10.0, retry_for: float = 30.0) -> int:
+        """`Orchestrator.shutdown`."""
+        result: int = await self.call("shutdown", timeout=timeout, retry_for=retry_for)
+        return result

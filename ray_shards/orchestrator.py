@@ -51,9 +51,17 @@ from ray_shards.models import (
 from ray_shards.orchestrator_metrics import OrchestratorMetrics
 from ray_shards.presence import PresenceState, merge_presence
 from ray_shards.protocol import (
+    BotStatus,
+    DeployStatus,
+    FleetSummary,
+    HostHealth,
+    HostSummary,
     IdentifyAnswer,
     OperationState,
+    PingInfo,
+    Registration,
     ReshardProgress,
+    ReshardState,
     RollingRestartProgress,
     TableDelta,
 )
@@ -217,12 +225,8 @@ class Orchestrator:
             self._rolling = RollingRestartProgress.from_json(rolling)
         reshard = data.get("reshard")
         if reshard:
-            self._reshard = ReshardProgress(
-                source=int(reshard["from"]), target=int(reshard["to"]), state=str(reshard["state"]),
-                ready=int(reshard.get("ready", 0)), started_at=float(reshard.get("started_at", now)),
-                finished_at=reshard.get("finished_at"), error=reshard.get("error"),
-            )
-            if self._reshard.state not in ("finished", "failed", "rolled back"):
+            self._reshard = ReshardProgress.from_json(reshard, now=now)
+            if self._reshard.state.active:
                 self._roll_back_reshard_after_restart()
         # The restored table has a new incarnation: write it before any lease of that incarnation is granted, or
         # a second crash would restore the old incarnation again and hand out the same epochs twice.
@@ -249,7 +253,7 @@ class Orchestrator:
         assert self._reshard is not None
         _LOGGER.warning("reshard to %s shards rolled back after an orchestrator restart; the old shards kept "
                         "running", self._reshard.target)
-        self._reshard.state = "rolled back"
+        self._reshard.state = ReshardState.ROLLED_BACK
         self._reshard.error = "the orchestrator restarted during the reshard; start it again"
         self._reshard.finished_at = time.time()
         self._unmute_old_hosts = True
@@ -397,14 +401,16 @@ class Orchestrator:
         assert self._config is not None and self._table is not None and self._scheduler is not None
         return self._config, self._table, self._scheduler
 
-    def ping(self) -> dict[str, typing.Any]:
+    def ping(self) -> PingInfo:
         """Liveness probe; also says whether the bot is initialised (no capability needed, nothing secret).
 
         ``error`` says why the Orchestrator cannot run the bot (a checkpoint it cannot read), with what to do.
         """
         stopped = self._shutdown_task is not None and self._shutdown_task.done()
-        return {"bot_id": self._bot_id, "initialised": self._config is not None, "stopping": self._stopping,
-                "stopped": stopped, "error": self._error}
+        return PingInfo(
+            bot_id=self._bot_id, initialised=self._config is not None, stopping=self._stopping, stopped=stopped,
+            error=self._error,
+        )
 
     async def shutdown(self, capability: str, *, timeout: float = 10.0) -> int:
         """Stop the whole bot: every host closes its shards (ending their sessions) and leaves.
@@ -458,7 +464,7 @@ class Orchestrator:
         held: list[tuple[int, int]] | None = None,
         shard_count: int | None = None,
         placeable: bool = True,
-    ) -> tuple[BotConfig, list[Lease], list[int], PresenceState, int]:
+    ) -> Registration:
         """A host joins (or rejoins after an Orchestrator restart).
 
         A host that is not ``placeable`` (a `Client` running shards it claimed) is never
@@ -466,7 +472,7 @@ class Orchestrator:
 
         ``held`` lists the ``(shard_id, epoch)`` leases the host still runs; those that
         are still current are kept. Returns the config, new leases for it, the held
-        shards it must stop, and the presence with its version.
+        shards it must stop, and the presence with its version (a `Registration`).
         """
         config, table, _ = self._check(capability)
         if self._stopping:
@@ -508,7 +514,10 @@ class Orchestrator:
         self._deliver(placed, table)
         self._changed()
         _LOGGER.info("host %s joined on node %s wanting %s shards; granted %s", host_id, node_id, want, len(leases))
-        return config, leases, stale, self._presence, self._presence_version
+        return Registration(
+            config=config, leases=leases, stale=stale, presence=self._presence,
+            presence_version=self._presence_version,
+        )
 
     def _watch(self, host_id: str, handle: typing.Any) -> None:
         self._handles[host_id] = handle
@@ -898,32 +907,32 @@ class Orchestrator:
             return TableDelta(table.instance, table.version, True, table.infos())
         return TableDelta(table.instance, table.version, False, table.infos(only=changed))
 
-    async def status(self, capability: str) -> dict[str, typing.Any]:
+    async def status(self, capability: str) -> BotStatus:
         """Bot-wide state: config, hosts, identify queue progress and presence."""
         config, table, scheduler = self._check(capability)
         ready = sum(1 for r in table.shards.values() if r.status is ShardStatus.READY)
         pending = sum(
             1 for r in table.shards.values() if r.status in (ShardStatus.UNASSIGNED, ShardStatus.STARTING)
         )
-        return {
-            "bot_id": self._bot_id,
-            "config": dataclasses.asdict(config),
-            "ready": ready,
-            "total": table.shard_count,
-            "identify_eta": scheduler.eta(pending),
-            "identifies_remaining": scheduler.remaining,
-            "hosts": {
-                h.host_id: {"node_id": h.node_id, "want": h.want, "shards": table.owned_by(h.host_id)}
+        return BotStatus(
+            bot_id=self._bot_id,
+            config=config,
+            ready=ready,
+            total=table.shard_count,
+            identify_eta=scheduler.eta(pending),
+            identifies_remaining=scheduler.remaining,
+            hosts={
+                h.host_id: HostSummary(node_id=h.node_id, want=h.want, shards=table.owned_by(h.host_id))
                 for h in table.live_hosts()
             },
-            "presence": dataclasses.asdict(self._presence),
-            "presence_version": self._presence_version,
-            "stopping": self._stopping,
-            "uptime": time.time() - self._started_at,
-            "rolling_restart": self._rolling_progress(),
-            "reshard": self._reshard.to_json() if self._reshard is not None else {},
-            "fleet": self._fleet.to_json() | {"callback": None} if self._fleet else None,
-        }
+            presence=self._presence,
+            presence_version=self._presence_version,
+            stopping=self._stopping,
+            uptime=time.time() - self._started_at,
+            rolling_restart=self._rolling_progress(),
+            reshard=self._reshard.snapshot() if self._reshard is not None else None,
+            fleet=FleetSummary.from_json(self._fleet.to_json()) if self._fleet else None,
+        )
 
     # -- reconcile loop --------------------------------------------------------------------------
 
@@ -1027,7 +1036,7 @@ class Orchestrator:
         if handle is None:
             return
         try:
-            health = await asyncio.wait_for(handle.health.remote(), self._timings.health_timeout)
+            health: HostHealth = await asyncio.wait_for(handle.health.remote(), self._timings.health_timeout)
         except Exception as exc:
             self._fence(host_id, silent, f"its health check failed ({type(exc).__name__})")
             return
@@ -1129,24 +1138,24 @@ class Orchestrator:
             await fleet.retire(host_id, hand_over=False)
         await self._checkpoint_now()
 
-    async def deploy_status(self, capability: str) -> dict[str, typing.Any]:
+    async def deploy_status(self, capability: str) -> DeployStatus:
         """How a deployment's boot goes: shards READY of the total, and the start failure if there was one."""
         _, table, _ = self._check(capability)
         ready = sum(1 for r in table.shards.values() if r.status is ShardStatus.READY)
-        return {
-            "ready": ready,
-            "total": table.shard_count,
-            "hosts": sorted(self._fleet.hosts) if self._fleet else [],
-            "error": self._deploy_error,
-            "error_type": self._deploy_error_type,
-        }
+        return DeployStatus(
+            ready=ready,
+            total=table.shard_count,
+            hosts=sorted(self._fleet.hosts) if self._fleet else [],
+            error=self._deploy_error,
+            error_type=self._deploy_error_type,
+        )
 
     async def host_handles(self, capability: str) -> dict[str, typing.Any]:
         """The fleet's host actors by host id."""
         self._check(capability)
         return {h.host_id: h.handle for h in self._fleet.hosts.values()} if self._fleet else {}
 
-    async def start_rolling_restart(self, capability: str, callback: bytes | None = None) -> dict[str, typing.Any]:
+    async def start_rolling_restart(self, capability: str, callback: bytes | None = None) -> RollingRestartProgress:
         """Replace every host, one slot at a time, handing each shard over by RESUME.
 
         ``callback`` (cloudpickled) replaces the hosts' callback, to deploy new bot code.
@@ -1164,7 +1173,7 @@ class Orchestrator:
         if self._rolling_busy():
             msg = "a rolling restart is already in progress; pause, resume or abort it"
             raise RuntimeError(msg)
-        if self._reshard is not None and self._reshard.state not in ("finished", "failed", "rolled back"):
+        if self._reshard is not None and self._reshard.state.active:
             msg = "a reshard is in progress; roll the hosts once it is done"
             raise RuntimeError(msg)
         if callback is not None:
@@ -1175,7 +1184,7 @@ class Orchestrator:
         )
         await self._checkpoint_now()
         self._resume_roll()
-        return self._rolling_progress()
+        return self._rolling.snapshot()
 
     def _resume_roll(self) -> None:
         rolling = self._rolling
@@ -1184,7 +1193,7 @@ class Orchestrator:
         if self._rolling_task is None or self._rolling_task.done():
             self._rolling_task = asyncio.get_running_loop().create_task(self._roll(rolling))
 
-    async def control_rolling_restart(self, capability: str, action: str) -> dict[str, typing.Any]:
+    async def control_rolling_restart(self, capability: str, action: str) -> RollingRestartProgress:
         """``pause``, ``resume`` or ``abort`` the rolling restart (it stops between hosts, never mid-hand-over)."""
         self._check(capability)
         rolling = self._rolling
@@ -1201,10 +1210,10 @@ class Orchestrator:
             msg = f"unknown action {action!r}; use pause, resume or abort"
             raise ValueError(msg)
         await self._checkpoint_now()
-        return self._rolling_progress()
+        return rolling.snapshot()
 
-    def _rolling_progress(self) -> dict[str, typing.Any]:
-        return self._rolling.to_json() if self._rolling is not None else {}
+    def _rolling_progress(self) -> RollingRestartProgress | None:
+        return self._rolling.snapshot() if self._rolling is not None else None
 
     async def _roll(self, rolling: RollingRestartProgress) -> None:
         try:
@@ -1272,7 +1281,7 @@ class Orchestrator:
 
     # -- live resharding ---------------------------------------------------------------------------
 
-    async def start_reshard(self, capability: str, shard_count: int) -> dict[str, typing.Any]:
+    async def start_reshard(self, capability: str, shard_count: int) -> ReshardProgress:
         """Move the bot to ``shard_count`` shards without downtime.
 
         A complete second set of sessions with the new count starts beside the old one
@@ -1288,7 +1297,7 @@ class Orchestrator:
         self._check(capability)
         return self._begin_reshard(shard_count)
 
-    def _begin_reshard(self, shard_count: int) -> dict[str, typing.Any]:
+    def _begin_reshard(self, shard_count: int) -> ReshardProgress:
         table, scheduler = self._table, self._scheduler
         assert table is not None and scheduler is not None
         if isinstance(shard_count, bool) or not isinstance(shard_count, int) or shard_count < 1:
@@ -1312,7 +1321,7 @@ class Orchestrator:
         self._reshard = ReshardProgress(source=table.shard_count, target=shard_count, started_at=time.time())
         self._dirty = True
         self._reshard_task = asyncio.get_running_loop().create_task(self._do_reshard(shard_count))
-        return self._reshard.to_json()
+        return self._reshard.snapshot()
 
     def _rolling_busy(self) -> bool:
         return self._rolling is not None and self._rolling.state.active
@@ -1364,7 +1373,7 @@ class Orchestrator:
             )
             new_fleet.shard_count = shard_count
             new_fleet.shadow = True
-            progress.state = "identifying"
+            progress.state = ReshardState.IDENTIFYING
             await self._checkpoint_now()
             starts = [new_fleet.start_slot(slot) for slot in range(new_fleet.desired)]
             errors = [r for r in await asyncio.gather(*starts, return_exceptions=True) if isinstance(r, BaseException)]
@@ -1380,7 +1389,7 @@ class Orchestrator:
                     msg = f"only {ready}/{shard_count} new shards became READY"
                     raise TimeoutError(msg)
                 await asyncio.sleep(0.2)
-            progress.state = "switching"
+            progress.state = ReshardState.SWITCHING
             old_fleet.desired = 0
             self._reshard_ids.clear()
             switched_out = True
@@ -1397,17 +1406,17 @@ class Orchestrator:
             self._config = dataclasses.replace(self._config, shard_count=shard_count)
             for host_id in new_hosts:
                 self._host_tables.pop(host_id, None)
-            progress.state = "closing old sessions"
+            progress.state = ReshardState.CLOSING
             # The commit point: from this checkpoint on, a restarted Orchestrator runs the new set.
             await self._checkpoint_now()
             for host in list(old_fleet.hosts):
                 self._host_tables[host] = old_table
                 await old_fleet.retire(host, hand_over=False)
-            progress.state = "finished"
+            progress.state = ReshardState.FINISHED
             self._dirty = True
             await self._checkpoint()
         except Exception as exc:
-            progress.state = "failed"
+            progress.state = ReshardState.FAILED
             progress.error = f"{type(exc).__name__}: {exc}"
             _LOGGER.error("reshard to %s shards failed; the old shards keep running: %s", shard_count,
                           progress.error)
@@ -1439,7 +1448,7 @@ class Orchestrator:
         if (
             self._next_table is not None
             or self._rolling_busy()
-            or (self._reshard is not None and self._reshard.state == "failed")
+            or (self._reshard is not None and self._reshard.state is ReshardState.FAILED)
         ):
             return
         target = table.shard_count
@@ -1464,7 +1473,7 @@ class Orchestrator:
             except Exception as exc:
                 _LOGGER.error("auto-reshard to %s refused: %s", target, exc)
                 self._reshard = ReshardProgress(
-                    source=table.shard_count, target=target, state="failed", error=str(exc),
+                    source=table.shard_count, target=target, state=ReshardState.FAILED, error=str(exc),
                     started_at=time.time(), finished_at=time.time(),
                 )
 

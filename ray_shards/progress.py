@@ -7,6 +7,9 @@ import typing
 
 from ray_shards.render import render_bar, render_progress
 
+if typing.TYPE_CHECKING:
+    from ray_shards.protocol import BotStatus
+
 __all__ = ["BootProgress"]
 
 _LOGGER = logging.getLogger("ray_shards.launch")
@@ -38,12 +41,12 @@ class BootProgress:
         """Seconds between two updates: a bar moves every second, a log line every ``log_every``."""
         return 1.0 if self._stream is not None else log_every
 
-    def update(self, status: typing.Mapping[str, typing.Any]) -> None:
+    def update(self, status: BotStatus) -> None:
         """Show one status snapshot."""
         if self._stream is None:
             _LOGGER.info("boot: %s", render_progress(status))
             return
-        bar = render_bar(int(status["ready"]), int(status["total"]), float(status.get("identify_eta", 0.0)))
+        bar = render_bar(status.ready, status.total, status.identify_eta)
         self._stream.write(f"\rboot {bar}\x1b[K")
         self._stream.flush()
         self._drawn = True

@@ -4,13 +4,18 @@ Every value here crosses a process boundary as a Ray method argument or return
 value, so each is a small frozen (or plain) dataclass with enum states, never a
 bare tuple or a ``dict[str, Any]``. The older messages (`Lease`, `ShardReport`,
 `HostDirectives`, ...) live in `ray_shards.models` and are re-exported here so
-that this module is the one place to read the protocol.
+that this module is the one place to read the protocol. Callers reach the
+Orchestrator through `ray_shards.link.OrchestratorLink`'s typed methods (one per
+Orchestrator method), which return these types. Where a dict form is still shown
+(checkpoints, ``ray-shards status --format json``), ``to_json``/``to_dict`` keep
+it exactly as it was.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import typing
 
 from ray_shards.models import (
     BotConfig,
@@ -27,16 +32,22 @@ from ray_shards.presence import PresenceState
 
 __all__ = [
     "BotConfig",
+    "BotStatus",
     "Command",
     "CommandKind",
+    "DeployStatus",
+    "FleetHostSummary",
+    "FleetSummary",
     "HostDirectives",
     "HostHealth",
+    "HostSummary",
     "IdentifyAnswer",
     "Lease",
     "OperationState",
     "PingInfo",
     "Registration",
     "ReshardProgress",
+    "ReshardState",
     "RollingRestartProgress",
     "SessionState",
     "ShardInfo",
@@ -53,6 +64,8 @@ class PingInfo:
     bot_id: int
     initialised: bool
     stopping: bool
+    stopped: bool = False
+    """The shutdown has finished (hosts killed, checkpoint deleted)."""
     error: str | None = None
     """Why the Orchestrator cannot run (for example a checkpoint it cannot read), with what to do."""
 
@@ -128,8 +141,14 @@ class RollingRestartProgress:
     old_hosts: list[str] = dataclasses.field(default_factory=list)
     """The hosts that ran when the restart began: exactly these are replaced."""
 
+    def snapshot(self) -> RollingRestartProgress:
+        """A copy to hand out: the Orchestrator keeps mutating its own (lists included)."""
+        return dataclasses.replace(
+            self, pending_slots=list(self.pending_slots), replaced=list(self.replaced), old_hosts=list(self.old_hosts)
+        )
+
     def to_json(self) -> dict[str, object]:
-        """A JSON-safe form for the checkpoint and `status`."""
+        """A JSON-safe form for the checkpoint and `BotStatus.to_dict`."""
         data = dataclasses.asdict(self)
         data["state"] = self.state.value
         return data
@@ -143,23 +162,43 @@ class RollingRestartProgress:
         return cls(**values)  # type: ignore[arg-type]
 
 
+class ReshardState(enum.StrEnum):
+    """Where a live reshard is (the values are what the checkpoint and the CLI have always shown)."""
+
+    STARTING = "starting"
+    IDENTIFYING = "identifying"
+    SWITCHING = "switching"
+    CLOSING = "closing old sessions"
+    FINISHED = "finished"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled back"
+
+    @property
+    def active(self) -> bool:
+        """Whether the reshard still has work to do."""
+        return self not in (ReshardState.FINISHED, ReshardState.FAILED, ReshardState.ROLLED_BACK)
+
+
 @dataclasses.dataclass(slots=True)
 class ReshardProgress:
     """A live reshard's progress (see `Orchestrator.start_reshard`)."""
 
     source: int
     target: int
-    state: str = "starting"
-    """starting, identifying, switching, closing old sessions, finished, failed, rolled back."""
+    state: ReshardState = ReshardState.STARTING
     ready: int = 0
     started_at: float = 0.0
     finished_at: float | None = None
     error: str | None = None
 
+    def snapshot(self) -> ReshardProgress:
+        """A copy to hand out: the Orchestrator keeps mutating its own."""
+        return dataclasses.replace(self)
+
     def to_json(self) -> dict[str, object]:
-        """The form `status` and the CLI have always shown (``from``/``to`` keys)."""
+        """The form the checkpoint, `status` and the CLI have always shown (``from``/``to`` keys)."""
         return {
-            "state": self.state,
+            "state": self.state.value,
             "from": self.source,
             "to": self.target,
             "ready": self.ready,
@@ -168,6 +207,134 @@ class ReshardProgress:
             "error": self.error,
         }
 
+    @classmethod
+    def from_json(cls, data: typing.Mapping[str, typing.Any], *, now: float) -> ReshardProgress:
+        """Read `to_json`'s form back (``now`` stands in for a missing start time)."""
+        return cls(
+            source=int(data["from"]),
+            target=int(data["to"]),
+            state=ReshardState(str(data["state"])),
+            ready=int(data.get("ready", 0)),
+            started_at=float(data.get("started_at", now)),
+            finished_at=data.get("finished_at"),
+            error=data.get("error"),
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeployStatus:
+    """`Orchestrator.deploy_status`: how a deployment's boot goes."""
+
+    ready: int
+    total: int
+    hosts: list[str]
+    error: str | None = None
+    """Why the deployment failed to start (the hosts were stopped), or None."""
+    error_type: str | None = None
+    """The class name of that failure (``HostCallbackError`` when the bot's callback raised)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HostSummary:
+    """One live host in `BotStatus`."""
+
+    node_id: str | None
+    want: int
+    shards: list[int]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FleetHostSummary:
+    """One host actor of the Orchestrator's fleet in `FleetSummary`."""
+
+    host_id: str
+    slot: int
+    want: int
+    retiring: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FleetSummary:
+    """The host actors the Orchestrator runs for a deployed bot (never the callback)."""
+
+    prefix: str
+    shard_count: int | None
+    desired: int
+    wants: list[int]
+    counter: int
+    hosts: list[FleetHostSummary]
+
+    @classmethod
+    def from_json(cls, data: typing.Mapping[str, typing.Any]) -> FleetSummary:
+        """Read `HostFleet.to_json`'s form (its callback is left out)."""
+        return cls(
+            prefix=str(data["prefix"]),
+            shard_count=data["shard_count"],
+            desired=int(data["desired"]),
+            wants=list(data["wants"]),
+            counter=int(data["counter"]),
+            hosts=[FleetHostSummary(h["host_id"], h["slot"], h["want"], h["retiring"]) for h in data["hosts"]],
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        """The form `status` has always shown (`HostFleet.to_json` with ``callback`` None)."""
+        return {
+            "prefix": self.prefix,
+            "shard_count": self.shard_count,
+            "desired": self.desired,
+            "wants": list(self.wants),
+            "counter": self.counter,
+            "callback": None,
+            "hosts": [dataclasses.asdict(h) for h in self.hosts],
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BotStatus:
+    """`Orchestrator.status`: bot-wide state (config, hosts, boot progress, presence, long operations)."""
+
+    bot_id: int
+    config: BotConfig
+    ready: int
+    """Shards READY."""
+    total: int
+    """The shard count."""
+    identify_eta: float
+    """Seconds the identify schedule needs for the shards still to start."""
+    identifies_remaining: int
+    """Discord's daily identify budget left."""
+    hosts: dict[str, HostSummary]
+    """Live hosts by host id."""
+    presence: PresenceState
+    presence_version: int
+    stopping: bool
+    uptime: float
+    """Seconds since this Orchestrator (incarnation) started."""
+    rolling_restart: RollingRestartProgress | None = None
+    """The last rolling restart (None when there was none)."""
+    reshard: ReshardProgress | None = None
+    """The last reshard (None when there was none)."""
+    fleet: FleetSummary | None = None
+    """The Orchestrator's host actors (None for a bot it does not deploy)."""
+
+    def to_dict(self) -> dict[str, typing.Any]:
+        """The JSON-safe form ``status`` had as a dict (``{}`` for no rolling restart or reshard)."""
+        return {
+            "bot_id": self.bot_id,
+            "config": dataclasses.asdict(self.config),
+            "ready": self.ready,
+            "total": self.total,
+            "identify_eta": self.identify_eta,
+            "identifies_remaining": self.identifies_remaining,
+            "hosts": {host_id: dataclasses.asdict(host) for host_id, host in self.hosts.items()},
+            "presence": dataclasses.asdict(self.presence),
+            "presence_version": self.presence_version,
+            "stopping": self.stopping,
+            "uptime": self.uptime,
+            "rolling_restart": self.rolling_restart.to_json() if self.rolling_restart is not None else {},
+            "reshard": self.reshard.to_json() if self.reshard is not None else {},
+            "fleet": self.fleet.to_dict() if self.fleet is not None else None,
+        }
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TableDelta:

@@ -7,6 +7,9 @@ import typing
 
 from ray_shards.models import ShardInfo
 
+if typing.TYPE_CHECKING:
+    from ray_shards.protocol import BotStatus
+
 __all__ = ["render_bar", "render_progress", "render_summary", "render_table"]
 
 _COLUMNS = ("shard", "status", "host", "node", "latency", "seq", "guilds", "identifies", "resumes", "error")
@@ -39,11 +42,11 @@ def render_table(rows: typing.Iterable[ShardInfo]) -> str:
     return "\n".join(out)
 
 
-def render_progress(status: typing.Mapping[str, typing.Any]) -> str:
+def render_progress(status: BotStatus) -> str:
     """One line of boot progress: shards READY out of total and the identify schedule's time left."""
-    ready, total = status["ready"], status["total"]
-    eta = float(status.get("identify_eta", 0.0))
-    hosts = len(status.get("hosts", {}))
+    ready, total = status.ready, status.total
+    eta = status.identify_eta
+    hosts = len(status.hosts)
     tail = f", about {eta:.0f} s left by the identify schedule" if ready < total and eta > 0 else ""
     return f"{ready}/{total} shards READY on {hosts} host(s){tail}"
 

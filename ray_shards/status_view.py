@@ -11,6 +11,9 @@ import typing
 from ray_shards.models import ShardInfo
 from ray_shards.render import render_progress, render_summary, render_table
 
+if typing.TYPE_CHECKING:
+    from ray_shards.protocol import BotStatus
+
 __all__ = ["AUTO_SUMMARY_ABOVE", "FORMATS", "STATES", "VIEWS", "StatusView", "status_document"]
 
 FORMATS = ("text", "json", "yaml")
@@ -39,20 +42,22 @@ def _plain(value: typing.Any) -> typing.Any:
     return str(value)
 
 
-def status_document(status: typing.Mapping[str, typing.Any], rows: typing.Iterable[ShardInfo]) -> dict[str, typing.Any]:
+def status_document(status: BotStatus, rows: typing.Iterable[ShardInfo]) -> dict[str, typing.Any]:
     """The machine-readable status: boot progress, hosts, presence and the (filtered) shard rows."""
     shards = sorted(rows, key=lambda r: r.shard_id)
+    # Projected from the dict form `status` always had, so the JSON/YAML documents stay the same.
+    status_dict = status.to_dict()
     return {
-        "bot_id": status.get("bot_id"),
-        "ready": status.get("ready"),
-        "total": status.get("total"),
-        "identify_eta": status.get("identify_eta"),
-        "identifies_remaining": status.get("identifies_remaining"),
-        "stopping": status.get("stopping"),
-        "hosts": _plain(status.get("hosts", {})),
-        "presence": _plain(status.get("presence")),
-        "rolling_restart": _plain(status.get("rolling_restart")),
-        "reshard": _plain(status.get("reshard")),
+        "bot_id": status_dict["bot_id"],
+        "ready": status_dict["ready"],
+        "total": status_dict["total"],
+        "identify_eta": status_dict["identify_eta"],
+        "identifies_remaining": status_dict["identifies_remaining"],
+        "stopping": status_dict["stopping"],
+        "hosts": _plain(status_dict["hosts"]),
+        "presence": _plain(status_dict["presence"]),
+        "rolling_restart": _plain(status_dict["rolling_restart"]),
+        "reshard": _plain(status_dict["reshard"]),
         "shards": [_plain(dataclasses.asdict(r)) for r in shards],
     }
 
@@ -90,7 +95,7 @@ class StatusView:
             and (not self.states or r.status.value in self.states)
         ]
 
-    def render(self, status: typing.Mapping[str, typing.Any], rows: typing.Iterable[ShardInfo]) -> str:
+    def render(self, status: BotStatus, rows: typing.Iterable[ShardInfo]) -> str:
         """The text to write for one snapshot, ending with a newline."""
         shown = self.select(rows)
         if self.fmt == "json":

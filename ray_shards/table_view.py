@@ -70,5 +70,5 @@ class TableView:
         full = full or time.monotonic() - self._full_at > self._full_every
         version = _WHOLE_TABLE if full else self._version
         park = 0.0 if full or wait <= 0 else wait * (1.0 + 0.2 * self._rng.random())
-        delta: TableDelta = await link.call("table_since", self._table_id, version, park, retry_for=10.0 + park)
+        delta = await link.table_since(self._table_id, version, park, retry_for=10.0 + park)
         return self.apply(delta)

@@ -198,7 +198,7 @@ async def scenario(token: str, out: dict[str, typing.Any]) -> None:
         )
         control.dispatch_to_guild(guild, "MESSAGE_CREATE", message)
         control.wait_until(lambda c: len(c.messages()) >= 1, timeout=30)
-        out["status_running"] = json.loads(json.dumps(await client.status(), default=str))
+        out["status_running"] = json.loads(json.dumps((await client.status()).to_dict(), default=str))
         out["checkpoint_running"] = (
             internal_kv._internal_kv_get(f"checkpoint/{bot_id}".encode(), namespace=NAMESPACE) or b""
         ).decode("latin-1")
@@ -211,13 +211,13 @@ async def scenario(token: str, out: dict[str, typing.Any]) -> None:
         out["host_kill"] = {"victim": victim_id, "took": await _wait(lambda: all_ready({victim_id}), 60, "failover")}
 
         # The Orchestrator dies and Ray restarts it from its checkpoint.
-        uptime_before = (await client.status())["uptime"]
+        uptime_before = (await client.status()).uptime
         ray.kill(ray.get_actor(orchestrator_name(bot_id), namespace=NAMESPACE), no_restart=False)
         await asyncio.sleep(1.0)
         status = await client.status()
         await _wait(all_ready, 60, "every shard READY after the orchestrator restart")
-        out["orchestrator_restart"] = {"uptime_before": uptime_before, "uptime_after": status["uptime"],
-                                       "presence": status["presence"]}
+        out["orchestrator_restart"] = {"uptime_before": uptime_before, "uptime_after": status.uptime,
+                                       "presence": dataclasses.asdict(status.presence)}
 
         # Bad input and a wrong token, while the bot runs.
         other = make_token(bot_id, "WRONGxxSECRETxxLEAKxxCHECKxx0123456789")

@@ -6,6 +6,7 @@ current directory or `--entrypoint-dir`, and the status views (text table / summ
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -18,7 +19,9 @@ import sys
 import pytest
 import yaml
 
-from ray_shards.models import ShardInfo, ShardStatus
+from ray_shards.models import BotConfig, ShardInfo, ShardStatus
+from ray_shards.presence import PresenceState
+from ray_shards.protocol import BotStatus, HostSummary
 from tests._ray_procs import free_ports
 
 pytestmark = pytest.mark.timeout(120)
@@ -166,9 +169,12 @@ def _rows(count: int, hosts: int) -> list[ShardInfo]:
     ]
 
 
-STATUS = {"bot_id": 42, "ready": 1000, "total": 2000, "identify_eta": 125.0, "identifies_remaining": 900,
-          "hosts": {"h0": {"node_id": "n", "want": 1000, "shards": [0, 2]}}, "presence": {"status": "online"},
-          "stopping": False, "rolling_restart": None, "reshard": {}}
+STATUS = BotStatus(
+    bot_id=42, config=BotConfig(42, 2000, 0, 1, "wss://gateway.invalid", "https://rest.invalid"), ready=1000,
+    total=2000, identify_eta=125.0, identifies_remaining=900,
+    hosts={"h0": HostSummary(node_id="n", want=1000, shards=[0, 2])}, presence=PresenceState(), presence_version=0,
+    stopping=False, uptime=0.0,
+)
 
 
 def test_status_views() -> None:
@@ -200,6 +206,7 @@ def test_status_views() -> None:
     loaded = yaml.safe_load(StatusView(fmt="yaml", hosts={"h0"}).render(STATUS, rows))
     assert {s["host_id"] for s in loaded["shards"]} == {"h0"}
     assert loaded["hosts"]["h0"]["shards"] == [0, 2]
+    assert document["rolling_restart"] == {} and document["reshard"] == {}  # the dict form status always had
 
 
 def test_progress_bar() -> None:
@@ -221,8 +228,8 @@ def test_boot_progress_bar_on_a_terminal_log_line_otherwise(caplog: pytest.LogCa
     terminal = _Terminal()
     bar = BootProgress.for_stream(terminal)
     assert bar.interval(2.0) == 1.0
-    bar.update({"ready": 40, "total": 128, "identify_eta": 140.0, "hosts": {}})
-    bar.update({"ready": 64, "total": 128, "identify_eta": 90.0, "hosts": {}})
+    bar.update(dataclasses.replace(STATUS, ready=40, total=128, identify_eta=140.0, hosts={}))
+    bar.update(dataclasses.replace(STATUS, ready=64, total=128, identify_eta=90.0, hosts={}))
     bar.close()
     text = terminal.getvalue()
     assert text.count("\r") == 2 and text.endswith("\n")
@@ -232,7 +239,7 @@ def test_boot_progress_bar_on_a_terminal_log_line_otherwise(caplog: pytest.LogCa
     lines = BootProgress.for_stream(piped)
     assert lines.interval(2.0) == 2.0
     with caplog.at_level(logging.INFO, logger="ray_shards.launch"):
-        lines.update({"ready": 40, "total": 128, "identify_eta": 140.0, "hosts": {"h0": {}}})
+        lines.update(dataclasses.replace(STATUS, ready=40, total=128, identify_eta=140.0))
         lines.close()
     assert piped.getvalue() == ""  # nothing drawn off a terminal
     assert "boot: 40/128 shards READY on 1 host(s), about 140 s left by the identify schedule" in caplog.text

@@ -21,6 +21,7 @@ import ray
 from ray_shards import BotDeployment, Client, ShardStatus
 from ray_shards.auth import bot_id_from_token
 from ray_shards.connection import NAMESPACE, host_actor_name, orchestrator_name
+from ray_shards.protocol import OperationState, ReshardState
 from ray_shards.testing import recording_callback
 from tests.helpers import FAST, wait_for
 
@@ -99,11 +100,13 @@ async def test_orchestrator_killed_in_the_middle_of_a_rolling_restart(streaming:
     _kill_orchestrator(bot_id)
 
     for _ in range(600):
-        if (await bot.client.status())["rolling_restart"].get("state") in ("finished", "failed", "aborted"):
+        rolling = (await bot.client.status()).rolling_restart
+        if rolling is not None and not rolling.state.active:
             break
         await asyncio.sleep(0.2)
-    status = (await bot.client.status())["rolling_restart"]
-    assert status["state"] == "finished", (status["state"], status["error"], status)
+    status = (await bot.client.status()).rolling_restart
+    assert status is not None
+    assert status.state is OperationState.FINISHED, (status.state, status.error, status)
     await wait_for(bot.all_ready, 60, "every shard READY after the roll")
     assert not set(_host_actors(bot_id)) & before, "an old host survived the roll"
     await _no_leak(bot_id, 2)
@@ -165,8 +168,8 @@ async def test_a_reshard_whose_new_hosts_fail_leaves_the_live_bot_alone(
         emu.control.start_stream(40)
         await asyncio.sleep(1.0)
         status = await asyncio.wait_for(bot.client.reshard(8), 120)
-        assert status["state"] == "failed", status
-        assert "does not start" in str(status["error"]), status
+        assert status.state is ReshardState.FAILED, status
+        assert "does not start" in str(status.error), status
         assert set(_host_actors(bot_id)) == hosts, "the failed reshard touched the live hosts"
         assert bot.all_ready()
         await asyncio.sleep(1.0)
@@ -189,7 +192,7 @@ async def test_orchestrator_killed_in_the_middle_of_a_reshard(streaming: typing.
                    "the reshard's new sessions to identify")
     _kill_orchestrator(bot_id)
     status = await asyncio.wait_for(reshard, 120)
-    assert status["state"] == "rolled back", status
+    assert status.state is ReshardState.ROLLED_BACK, status
     await wait_for(lambda: set(_host_actors(bot_id)) == hosts, 30, "only the old hosts")
     await wait_for(bot.all_ready, 60, "the old shards READY")
     assert all(info.shard_count == 2 for info in bot.shards().values())
@@ -210,7 +213,7 @@ async def test_host_killed_while_a_reshard_identifies(streaming: typing.Any) -> 
     victim = next(iter(bot.deployment.hosts.values()))
     ray.kill(victim, no_restart=True)
     status = await asyncio.wait_for(reshard, 180)
-    assert status["state"] == "finished", (status["state"], status["error"], status)
+    assert status.state is ReshardState.FINISHED, (status.state, status.error, status)
     await wait_for(bot.all_ready, 60, "the new shards READY")
     assert all(info.shard_count == 4 for info in bot.shards().values())
     await asyncio.sleep(1.5)

@@ -88,7 +88,7 @@ async def test_orchestrator_restart_keeps_shards_and_presence(streaming: typing.
     assert emu.control.stats()["connections"] == connections
     await _wait(lambda: bot.all_ready(), 30, "the restarted orchestrator to see every shard READY")
     status = await bot.client.status()
-    assert status["presence"]["status"] == "dnd"
+    assert status.presence.status == "dnd"
     await bot.assert_nothing_lost()
     assert not emu.control.stats()["split_brain"]
     # A shard that must identify again (its session invalidated) gets the presence the restored orchestrator kept.

@@ -46,7 +46,7 @@ def _identify_payload(emu: typing.Any, shard_id: int) -> dict[str, typing.Any]:
 
 async def _stop_orchestrator(link: typing.Any) -> None:
     try:
-        await asyncio.wait_for(link.call("shutdown", retry_for=3.0), 20)
+        await asyncio.wait_for(link.shutdown(retry_for=3.0), 20)
     finally:
         ray.kill(link.handle, no_restart=True)
 

@@ -9,6 +9,7 @@ import typing
 import pytest
 import ray
 
+from ray_shards.protocol import ReshardState
 from tests.helpers import StreamingBot, wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -21,10 +22,10 @@ async def test_reshard_8_to_16_under_a_stream_handles_each_event_once(streaming:
     await asyncio.sleep(1.5)
     seen: list[str] = []
     started = time.monotonic()
-    state = await bot.client.reshard(16, progress=lambda s: seen.append(f"{s['state']} {s['ready']}"))
+    state = await bot.client.reshard(16, progress=lambda s: seen.append(f"{s.state} {s.ready}"))
     took = time.monotonic() - started
     print(f"reshard 8 -> 16 took {took:.1f} s; progress {seen}")
-    assert state["state"] == "finished", state
+    assert state.state is ReshardState.FINISHED, state
     await asyncio.sleep(1.5)
     await wait_for(lambda: len(bot.shards()) == 16 and bot.all_ready(), 30, "16 READY shards")
     assert all(info.shard_count == 16 for info in bot.shards().values())
@@ -50,13 +51,13 @@ async def test_reshard_8_to_16_under_a_stream_handles_each_event_once(streaming:
 async def test_reshard_refuses_when_the_daily_budget_is_too_small(streaming: typing.Any) -> None:
     bot: StreamingBot = await streaming(shards=2, hosts=1)
     status = await bot.client.status()
-    remaining = status["identifies_remaining"]
+    remaining = status.identifies_remaining
     with pytest.raises(ValueError, match=f"needs {remaining + 1} identifies"):
         await bot.client.reshard(remaining + 1)
     with pytest.raises(ValueError, match="already runs 2 shards"):
         await bot.client.reshard(2)
     await wait_for(lambda: len(bot.shards()) == 2 and bot.all_ready(), 30, "the 2 shards still READY")
-    assert (await bot.client.status())["reshard"] == {}
+    assert (await bot.client.status()).reshard is None
 
 
 async def test_auto_reshard_follows_discords_recommendation(
@@ -82,8 +83,9 @@ async def test_auto_reshard_follows_discords_recommendation(
 
             await wait_for(resharded, 90, "the policy to reshard 2 -> 4")
             deadline = time.monotonic() + 30
-            while (state := (await client.status())["reshard"]["state"]) != "finished":
-                assert state != "failed" and time.monotonic() < deadline, state
+            while (reshard := (await client.status()).reshard) is None or reshard.state is not ReshardState.FINISHED:
+                assert reshard is None or reshard.state is not ReshardState.FAILED, reshard
+                assert time.monotonic() < deadline, reshard
                 await asyncio.sleep(0.2)
     finally:
         await deployment.stop()

@@ -10,6 +10,7 @@ import pytest
 import ray
 
 from ray_shards import Client
+from ray_shards.protocol import OperationState
 from tests.helpers import StreamingBot, wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -25,11 +26,11 @@ async def test_rolling_restart_of_16_shards_on_4_hosts(streaming: typing.Any) ->
     identifies = len(emu.control.identify_log())
     seen: list[str] = []
     started = time.monotonic()
-    state = await bot.client.rolling_restart(progress=lambda s: seen.append(f"{s['state']} {s['done']}/{s['total']}"))
+    state = await bot.client.rolling_restart(progress=lambda s: seen.append(f"{s.state} {s.done}/{s.total}"))
     took = time.monotonic() - started
     print(f"rolling restart of 4 hosts / 16 shards took {took:.1f} s; progress {seen}")
-    assert state["state"] == "finished", state
-    assert state["done"] == 4 and sorted(state["replaced"]) == sorted(before)
+    assert state.state is OperationState.FINISHED, state
+    assert state.done == 4 and sorted(state.replaced) == sorted(before)
     after = set(bot.deployment.hosts)
     assert len(after) == 4 and not (after & before), (before, after)
     await wait_for(lambda: bot.all_ready(exclude_hosts=before), 30, "every shard READY on the new hosts")
@@ -46,24 +47,25 @@ async def test_rolling_restart_can_be_paused_and_aborted(streaming: typing.Any) 
     bot: StreamingBot = await streaming(shards=6, hosts=3)
     client: Client = bot.client
     first = await client.rolling_restart(wait=False)
-    assert first["state"] == "running"
+    assert first.state is OperationState.RUNNING
     paused = await client.control_rolling_restart("pause")
-    assert paused["state"] == "paused"
+    assert paused.state is OperationState.PAUSED
     await asyncio.sleep(2.0)
-    status = (await client.status())["rolling_restart"]
-    assert status["state"] == "paused" and status["done"] <= 1
+    status = (await client.status()).rolling_restart
+    assert status is not None and status.state is OperationState.PAUSED and status.done <= 1
     with pytest.raises(RuntimeError, match="already in progress"):
         await client.rolling_restart(wait=False)
     await client.control_rolling_restart("abort")
 
     deadline = time.monotonic() + 60
     while True:
-        status = (await client.status())["rolling_restart"]
-        if status["state"] in ("aborted", "finished"):
+        status = (await client.status()).rolling_restart
+        assert status is not None
+        if status.state in (OperationState.ABORTED, OperationState.FINISHED):
             break
         assert time.monotonic() < deadline, status
         await asyncio.sleep(0.2)
-    assert status["state"] == "aborted" and status["done"] < 3
+    assert status.state is OperationState.ABORTED and status.done < 3
     await wait_for(lambda: bot.all_ready(), 30, "every shard READY after the abort")
     assert len(bot.deployment.hosts) == 3
     assert not bot.emu.control.stats()["split_brain"]

@@ -272,7 +272,7 @@ async def test_control_requires_the_token_and_bad_requests_send_nothing(
 
             await _wait(lambda: [r[3] for r in snapshot()] == [ShardStatus.READY] * 2, 15, "2 READY shards")
             before = snapshot()
-            presence_before = (await client.status())["presence"]
+            presence_before = (await client.status()).presence
             presences_sent = len(emu.control.received(op=3))
             member_requests_sent = len(emu.control.received(op=8))
 
@@ -305,9 +305,9 @@ async def test_control_requires_the_token_and_bad_requests_send_nothing(
 
             await asyncio.sleep(1.0)
             assert snapshot() == before
-            assert (await client.status())["presence"] == presence_before
+            assert (await client.status()).presence == presence_before
             assert len(emu.control.received(op=3)) == presences_sent
-            hosts = await deployment.link.call("host_handles")
+            hosts = await deployment.link.host_handles()
             assert sorted(_named(bot_id)) == sorted([orchestrator_name(bot_id),
                                                      *(host_actor_name(bot_id, h) for h in hosts)])
 

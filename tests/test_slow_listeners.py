@@ -15,6 +15,7 @@ import typing
 import pytest
 import ray
 
+from ray_shards.protocol import OperationState
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -46,7 +47,7 @@ async def test_slow_listeners_lose_nothing_in_a_rolling_restart(streaming: typin
     await asyncio.sleep(3.0)
     identifies = len(emu.control.identify_log())
     status = await asyncio.wait_for(bot.client.rolling_restart(), 240)
-    assert status["state"] == "finished", status
+    assert status.state is OperationState.FINISHED, status
     await wait_for(bot.all_ready, 60, "every shard READY after the roll")
     await asyncio.sleep(SLOW + 1.0)
     assert len(emu.control.identify_log()) == identifies, "the roll spent IDENTIFYs"

@@ -119,7 +119,7 @@ async def test_recommended_shard_runs_a_shard_here(ray_cluster: typing.Any, emul
             )
         emu.control.wait_until(lambda c: all(v == 0 for v in c.stats()["connected"].values()), timeout=15)
     finally:
-        await link.call("shutdown")
+        await link.shutdown()
         ray.kill(link.handle)
 
 
@@ -165,5 +165,5 @@ async def test_client_held_shards_are_first_class(ray_cluster: typing.Any, emula
             assert not [s for s in emu.control.sessions() if s.get("shard_id") == shard.id], "session not ended"
     finally:
         with contextlib.suppress(Exception):
-            await link.call("shutdown")
+            await link.shutdown()
         ray.kill(link.handle)

@@ -1,0 +1,86 @@
+"""The typed protocol: the link's typed calls match the Orchestrator, and the JSON forms did not change."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+
+import pytest
+
+from ray_shards.link import OrchestratorLink
+from ray_shards.models import BotConfig
+from ray_shards.orchestrator import Orchestrator
+from ray_shards.presence import PresenceState
+from ray_shards.protocol import (
+    BotStatus,
+    FleetSummary,
+    HostSummary,
+    OperationState,
+    ReshardProgress,
+    ReshardState,
+    RollingRestartProgress,
+)
+
+_TYPED_CALLS = [
+    "register_host", "sync", "release", "claim", "request_identify", "identify", "identify_done", "check_lease",
+    "command_done", "command", "table", "status", "deploy", "deploy_status", "host_handles",
+    "start_rolling_restart", "control_rolling_restart", "start_reshard", "deliver_identities", "shutdown",
+]
+
+
+@pytest.mark.parametrize("name", _TYPED_CALLS)
+def test_typed_link_calls_match_the_orchestrator(name: str) -> None:
+    # The link sends these by name, so nothing else checks that its signature is the Orchestrator's one.
+    remote = inspect.signature(getattr(Orchestrator, name))
+    local = inspect.signature(getattr(OrchestratorLink, name))
+    # ray.remote(Orchestrator) (once another test started one in this process) adds Ray's tracing keyword.
+    expected = [p for p in remote.parameters.values() if p.name not in ("self", "capability", "_ray_trace_ctx")]
+    got = [p for p in local.parameters.values() if p.name not in ("self", "retry_for")]
+    assert [(p.name, p.kind, p.default) for p in got] == [(p.name, p.kind, p.default) for p in expected]
+    assert "retry_for" in local.parameters
+    assert local.return_annotation == remote.return_annotation
+
+
+def test_update_presence_and_ping_are_typed_too() -> None:
+    assert inspect.signature(OrchestratorLink.update_presence).return_annotation == "int"
+    assert inspect.signature(OrchestratorLink.ping).return_annotation == "PingInfo"
+    assert inspect.signature(Orchestrator.ping).return_annotation == "PingInfo"
+
+
+def test_progress_json_is_unchanged() -> None:
+    rolling = RollingRestartProgress(total=2, pending_slots=[1], done=1, state=OperationState.PAUSED,
+                                     replaced=["h0-a"], old_hosts=["h0-a", "h1-b"])
+    data = rolling.to_json()
+    assert data["state"] == "paused" and type(data["state"]) is str
+    assert RollingRestartProgress.from_json(json.loads(json.dumps(data))) == rolling
+    copy = rolling.snapshot()
+    rolling.pending_slots.pop()
+    assert copy.pending_slots == [1]
+
+    reshard = ReshardProgress(source=2, target=4, state=ReshardState.CLOSING, ready=4, started_at=1.0)
+    data = reshard.to_json()
+    assert data == {"state": "closing old sessions", "from": 2, "to": 4, "ready": 4, "started_at": 1.0,
+                    "finished_at": None, "error": None}
+    assert type(data["state"]) is str
+    assert ReshardProgress.from_json(json.loads(json.dumps(data)), now=0.0) == reshard
+    assert [s for s in ReshardState if s.active] == [ReshardState.STARTING, ReshardState.IDENTIFYING,
+                                                      ReshardState.SWITCHING, ReshardState.CLOSING]
+
+
+def test_bot_status_dict_form() -> None:
+    fleet = {"prefix": "h", "shard_count": 4, "desired": 2, "wants": [2, 2], "counter": 3, "callback": "00",
+             "hosts": [{"host_id": "h0-x", "slot": 0, "want": 2, "retiring": False}]}
+    status = BotStatus(
+        bot_id=1, config=BotConfig(1, 4, 0, 1, "wss://g", "https://r"), ready=3, total=4, identify_eta=5.0,
+        identifies_remaining=10, hosts={"h0-x": HostSummary(node_id=None, want=2, shards=[0, 1])},
+        presence=PresenceState(), presence_version=2, stopping=False, uptime=1.5,
+        fleet=FleetSummary.from_json(fleet),
+    )
+    data = status.to_dict()
+    assert data["config"] == dataclasses.asdict(status.config)
+    assert data["hosts"] == {"h0-x": {"node_id": None, "want": 2, "shards": [0, 1]}}
+    assert data["rolling_restart"] == {} and data["reshard"] == {}
+    assert data["fleet"] == fleet | {"callback": None}
+    assert list(data["fleet"]) == list(fleet)
+    json.dumps(data)
