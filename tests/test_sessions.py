@@ -24,6 +24,10 @@ def test_hikari_still_has_what_hand_over_needs() -> None:
     # detach() writes its close frame through the transport's aiohttp socket writer (see _send_close_frame_first).
     assert "_ws" in shard_impl._GatewayTransport.__slots__
     assert "self._writer = " in inspect.getsource(aiohttp.ClientWebSocketResponse.__init__)
+    # GatedEventManager counts listeners in _invoke_callback, which hikari's dispatch must call synchronously.
+    from hikari.impl import event_manager_base
+
+    assert "self._invoke_callback(c, event)" in inspect.getsource(event_manager_base.EventManagerBase.dispatch)
 
 
 class _Hooks:
