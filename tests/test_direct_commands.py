@@ -18,7 +18,7 @@ import ray
 from ray_shards import BotDeployment, Client
 from ray_shards.auth import command_key
 from ray_shards.errors import StaleLeaseError
-from ray_shards.models import CommandKind
+from ray_shards.models import CommandKind, ShardStatus
 from ray_shards.timings import Timings
 
 pytestmark = pytest.mark.timeout(240)
@@ -86,4 +86,4 @@ def _fresh_owner(client: Client, shard_id: int, old_epoch: int) -> bool:
     """Whether the shard runs again under a new epoch (checked on a fresh table; the client's own stays stale)."""
     rows = client._link.call_sync("table")
     row = next(r for r in rows if r.shard_id == shard_id)
-    return bool(row.epoch > old_epoch and row.status.value == "READY")
+    return bool(row.epoch > old_epoch and row.status is ShardStatus.READY)
