@@ -26,24 +26,11 @@ import json
 import os
 import sys
 import threading
-import time
-import typing
 
 import hikari
 
-STATE: dict[str, typing.Any] = {"count": 0, "last": 0.0}
-
-
-async def on_message(event: hikari.MessageCreateEvent) -> None:
-    """The same listener as `bench._listener.on_message`: an increment and a clock read."""
-    state = STATE
-    state["count"] += 1
-    state["last"] = time.monotonic()
-
-
-def snapshot() -> dict[str, typing.Any]:
-    """Counters, this process's CPU time (all threads) and its monotonic clock."""
-    return {"count": STATE["count"], "last": STATE["last"], "cpu": time.process_time(), "t": time.monotonic()}
+# The very listener the other benchmarks run (run as a script, this file's folder is first on sys.path).
+from _listener import on_message, snapshot
 
 
 def _use_gated_manager(bot: hikari.GatewayBot) -> None:

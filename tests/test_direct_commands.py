@@ -8,7 +8,6 @@ right shard's connection.
 from __future__ import annotations
 
 import asyncio
-import time
 import typing
 
 import hikari
@@ -20,18 +19,11 @@ from ray_shards.auth import command_key
 from ray_shards.errors import StaleLeaseError
 from ray_shards.models import CommandKind, ShardStatus
 from ray_shards.timings import Timings
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
 FAST = Timings(identify_window=1.0)
-
-
-async def _wait(predicate: typing.Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 def _member_requests(emu: typing.Any, shard_id: int, nonce: str) -> int:
@@ -70,11 +62,11 @@ async def test_commands_go_direct_and_a_stale_epoch_is_refused_then_retried(
             # (host gone, old epoch); the first direct try fails, the client refreshes and the retry lands.
             old_epoch = info.epoch
             ray.kill(handle, no_restart=True)
-            await _wait(
+            await wait_for(
                 lambda: _fresh_owner(client, owner, old_epoch), 60, f"shard {owner} to move (table fetched fresh)"
             )
             await client.request_guild_members(guild, query="a", limit=1, nonce="after-move")
-            await _wait(lambda: _member_requests(emu, owner, "after-move") == 1, 10, "the request after the move")
+            await wait_for(lambda: _member_requests(emu, owner, "after-move") == 1, 10, "the request after the move")
             await asyncio.sleep(0.5)
             assert _member_requests(emu, owner, "after-move") == 1, "the command ran twice"
             assert client._direct.sent == 2
