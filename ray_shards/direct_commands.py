@@ -7,7 +7,9 @@ a stale epoch (`StaleLeaseError`): the shard moved since the caller last looked.
 The caller then refreshes its table and sends once more. Whatever cannot go direct
 -- no row yet, the shard between hosts, a host without an actor handle (a standalone
 `Bot` or a Client's own shard), or a second refusal -- goes through the Orchestrator,
-which waits for a hand-over in progress to finish.
+which waits for a hand-over in progress to finish. A host that does not answer in time may
+still run the command, so only presence and voice state (setting the same state twice is
+harmless) are sent on after a timeout; other commands raise `CommandOutcomeUnknownError`.
 """
 
 from __future__ import annotations
@@ -20,14 +22,14 @@ import typing
 import ray
 import ray.exceptions
 
-from ray_shards.errors import StaleLeaseError
+from ray_shards.errors import CommandOutcomeUnknownError, StaleLeaseError
 from ray_shards.link import unwrap_ray_error
 from ray_shards.models import CommandKind, ShardInfo, ShardStatus
 
 if typing.TYPE_CHECKING:
     from ray_shards.link import OrchestratorLink
 
-__all__ = ["DIRECT_KINDS", "DirectCommands"]
+__all__ = ["DIRECT_KINDS", "IDEMPOTENT_KINDS", "DirectCommands"]
 
 _LOGGER = logging.getLogger("ray_shards.direct_commands")
 
@@ -41,6 +43,9 @@ DIRECT_KINDS: typing.Final[frozenset[CommandKind]] = frozenset(
     }
 )
 """Commands for one shard that a host runs when asked directly (bot-wide ones go through the Orchestrator)."""
+
+IDEMPOTENT_KINDS: typing.Final[frozenset[CommandKind]] = frozenset({CommandKind.PRESENCE, CommandKind.VOICE_STATE})
+"""Commands that set state: sending one twice changes nothing, so one whose outcome is unknown is sent again."""
 
 _HANDLES_REFRESH_S: typing.Final[float] = 1.0
 """Ask the Orchestrator for host handles at most this often when a host is not known yet."""
@@ -119,8 +124,22 @@ class DirectCommands:
                 if not isinstance(cause, StaleLeaseError):
                     raise cause from None
                 _LOGGER.debug("shard %s moved off host %s (attempt %s); refreshing", shard_id, info.host_id, attempt)
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, TimeoutError):
-                # The host died or is away: its shard is (or soon will be) elsewhere.
+            except (ray.exceptions.ActorUnavailableError, TimeoutError) as exc:
+                # The host is alive but slow or briefly unreachable: the command may still run there (or already
+                # has). Only a command that sets state may be sent again; a second member request would be a
+                # second op 8 at Discord.
+                self._handles.pop(info.host_id, None)
+                if kind not in IDEMPOTENT_KINDS:
+                    msg = (
+                        f"the host of shard {shard_id} did not answer a {kind.value} command within "
+                        f"{self._timeout:g} s ({type(exc).__name__}); it may or may not have reached Discord, and "
+                        "it was not sent again; retry if you need it"
+                    )
+                    raise CommandOutcomeUnknownError(msg) from None
+            except ray.exceptions.RayActorError:
+                # The host died: its shard is (or soon will be) elsewhere, and a command it had not run is lost
+                # with it. (One it had already written to Discord would be sent again: a host death in the
+                # middle of a call is the one case a direct command is at-least-once.)
                 self._handles.pop(info.host_id, None)
             else:
                 self.sent += 1

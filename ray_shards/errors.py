@@ -6,6 +6,7 @@ __all__ = [
     "BotStoppedError",
     "CapabilityExpiredError",
     "CommandFailedError",
+    "CommandOutcomeUnknownError",
     "HostNotRegisteredError",
     "LeaseLostError",
     "NotInitialisedError",
@@ -38,6 +39,17 @@ class StaleLeaseError(RuntimeError):
 
 class CommandFailedError(RuntimeError):
     """A host could not carry out a command on its shard; the message says why."""
+
+
+class CommandOutcomeUnknownError(CommandFailedError):
+    """A host did not answer a command in time (or was briefly unreachable): it may or may not have reached Discord.
+
+    Raised for commands that are not harmless to send twice (a member request, a channel-info
+    request, a reconnect); ray_shards does not send them again by itself. Presence and voice
+    state are sent again, since setting the same state twice changes nothing. Retry if your
+    code needs the command to have happened (a member request with the same nonce lets you
+    tell the answers apart).
+    """
 
 
 class HostNotRegisteredError(RuntimeError):
