@@ -156,11 +156,16 @@ def test_seeds_are_deterministic_and_do_fault() -> None:
 def test_rolling_restarts_are_simulated_and_end_every_way() -> None:
     # Seeds start a rolling restart at a random time under faults; each must end, cleanly, within the bound
     # (run_seed raises otherwise). Over a few hundred seeds every ending shows up.
-    endings = [run_seed(seed).roll for seed in range(300)]
+    worlds = [World(seed) for seed in range(300)]
+    endings = [world.run().roll for world in worlds]
     rolled = [e for e in endings if e is not None]
     assert 0.25 * len(endings) < len(rolled) < 0.6 * len(endings)
     assert {"finished", "failed", "aborted"} <= set(rolled), sorted(set(rolled))
     assert rolled.count("finished") > len(rolled) / 2
+    # Faults hit it where it hurts: Orchestrator restarts in the middle of a slot, replacements that never start.
+    assert sum(world.roll_restarts for world in worlds) > 10
+    assert sum(1 for world in worlds if world.shell is not None and world.shell.roll is not None
+               and "did not start" in str(world.shell.roll.progress.error)) > 5
 
 
 @pytest.mark.timeout(60)

@@ -887,6 +887,8 @@ class World:
         self.host_start_timeout = 8.0
         self.roll_state: OperationState | None = None
         self.rolls = 0
+        self.roll_restarts = 0
+        """Orchestrator restarts that hit the rolling restart in the middle of a slot."""
 
     # -- infrastructure ----------------------------------------------------------------------------
 
@@ -1001,6 +1003,8 @@ class World:
             host.cut_until = self.t + self.rng.choice([1.0, 3.0, 8.0, 15.0])
         elif kind == "restart" and self.shell is not None and self.shell.alive:
             self.shell.alive = False
+            if self.shell.roll is not None and self.shell.roll.current_slot is not None:
+                self.roll_restarts += 1
             self.restarts += 1
             self.at(self.rng.choice([self.rng.uniform(0.05, 0.5), self.rng.uniform(0.5, 5.0)]), self._restart)
         elif kind == "discord":
