@@ -96,8 +96,15 @@ def _adapt() -> None:
             revoke(self, host_id, shard_id)
         return owned
 
+    def undrain(self: typing.Any, host_id: str, want: int) -> None:
+        # A failed rolling restart gave the old host its share back (its fleet record stopped retiring).
+        host = self.hosts.get(host_id)
+        if host is not None and host.alive:
+            host.draining, host.want = False, want
+
     table.HostRecord = HostRecord  # type: ignore[misc]
     shard_table.drain = drain
+    shard_table.undrain = undrain
     shard_table.place = new_place
     shard_table.apply_reports = new_apply_reports
     shard_table.directives_for = directives_for

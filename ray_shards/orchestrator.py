@@ -14,6 +14,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import itertools
 import logging
 import math
@@ -23,6 +24,7 @@ import typing
 import hikari
 
 from ray_shards import checkpoint
+from ray_shards import rolling as roll
 from ray_shards.auth import TokenHash, bot_id_from_token, new_capability, validate_token
 from ray_shards.checkpoint import CHECKPOINT_SCHEMA
 from ray_shards.errors import (
@@ -163,8 +165,9 @@ class Orchestrator:
         self._next_fleet: HostFleet | None = None
         self._reshard: ReshardProgress | None = None
         self._reshard_ids: dict[str, list[str]] = {}
-        self._rolling: RollingRestartProgress | None = None
-        self._rolling_task: asyncio.Task[None] | None = None
+        # The rolling restart's pure core (ray_shards.rolling); the reconcile pass steps it and carries out its effects.
+        self._rolling: roll.RollingRestart | None = None
+        self._roll_retires: dict[str, asyncio.Task[None]] = {}
         self._reshard_task: asyncio.Task[None] | None = None
         self._last_policy_check = time.monotonic()
         self._metrics = OrchestratorMetrics(bot_id)
@@ -222,7 +225,9 @@ class Orchestrator:
             self._mailboxes[host.host_id] = _Mailbox()
         rolling = data.get("rolling")
         if rolling:
-            self._rolling = RollingRestartProgress.from_json(rolling)
+            # Only the target state was checkpointed; the first step re-derives the slot's phase from the fleet and
+            # the table, and starts that phase's timer again.
+            self._rolling = self._new_roll(RollingRestartProgress.from_json(rolling))
         reshard = data.get("reshard")
         if reshard:
             self._reshard = ReshardProgress.from_json(reshard, now=now)
@@ -438,8 +443,6 @@ class Orchestrator:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(BotStoppedError("the bot is shutting down"))
-        if self._rolling_task is not None:
-            self._rolling_task.cancel()
         if self._reshard_task is not None:
             self._reshard_task.cancel()
         for table_ in self._tables():
@@ -961,7 +964,7 @@ class Orchestrator:
             return
         if not self._stopping:
             self._start_unregistered_hosts()
-            self._resume_roll()
+            await self._step_roll()
         if self._unmute_old_hosts:
             self._unmute_old_hosts = False
             hosts = [h.host_id for h in table.live_hosts()]
@@ -990,8 +993,11 @@ class Orchestrator:
                     self._health_checks[host.host_id] = asyncio.get_running_loop().create_task(
                         self._check_health(host.host_id, silent)
                     )
+        rolled = self._rolling.current_slot if self._rolling is not None else None
         for fleet in self._fleets() if not self._stopping else []:
             for slot in fleet.missing_slots() if fleet.desired else []:
+                if fleet is self._fleet and slot == rolled:
+                    continue  # the rolling restart owns the slot it replaces: it starts (or not) its host
                 _LOGGER.warning("host slot %s has no live host; starting a replacement", slot)
                 fleet.start_slot(slot).add_done_callback(self._log_start_failure)
         for each in self._tables() if not self._stopping else []:
@@ -1160,10 +1166,10 @@ class Orchestrator:
 
         ``callback`` (cloudpickled) replaces the hosts' callback, to deploy new bot code.
         The restart is target state (the slots still to replace), checkpointed before every
-        step: an Orchestrator restart in the middle carries it on. A new host that cannot
-        start (callback error, no room in the cluster within ``host_start_timeout``) fails
-        the restart and the slot's old host keeps running. Returns the restart's progress;
-        follow it with `status`.
+        step; the reconcile pass converges on it (`ray_shards.rolling`): an Orchestrator restart
+        in the middle carries it on. A new host that cannot start (callback error, no room in
+        the cluster within ``host_start_timeout``) fails the restart and the slot's old host
+        keeps running. Returns the restart's progress; follow it with `status`.
         """
         self._check(capability)
         fleet = self._fleet
@@ -1178,106 +1184,98 @@ class Orchestrator:
             raise RuntimeError(msg)
         if callback is not None:
             fleet.set_callback(callback)
-        slots = sorted({h.slot for h in fleet.hosts.values() if not h.retiring})
-        self._rolling = RollingRestartProgress(
-            total=len(slots), pending_slots=slots, started_at=time.time(), old_hosts=sorted(fleet.hosts)
-        )
+        begun = roll.RollingRestart.begin(self._roll_view(), started_at=time.time())
+        self._rolling = self._new_roll(begun.progress)
         await self._checkpoint_now()
-        self._resume_roll()
-        return self._rolling.snapshot()
+        return self._rolling.progress.snapshot()
 
-    def _resume_roll(self) -> None:
-        rolling = self._rolling
-        if rolling is None or not rolling.state.active:
-            return
-        if self._rolling_task is None or self._rolling_task.done():
-            self._rolling_task = asyncio.get_running_loop().create_task(self._roll(rolling))
+    def _new_roll(self, progress: RollingRestartProgress) -> roll.RollingRestart:
+        # A replacement may take host_start_timeout to start (the fleet gives up then), and some more to register.
+        return roll.RollingRestart(progress, join_timeout=self._timings.host_start_timeout + 60.0)
 
     async def control_rolling_restart(self, capability: str, action: str) -> RollingRestartProgress:
         """``pause``, ``resume`` or ``abort`` the rolling restart (it stops between hosts, never mid-hand-over)."""
         self._check(capability)
         rolling = self._rolling
-        if rolling is None or rolling.state not in (OperationState.RUNNING, OperationState.PAUSED):
+        if rolling is None:
             msg = "no rolling restart is in progress"
             raise RuntimeError(msg)
-        if action == "pause":
-            rolling.state = OperationState.PAUSED
-        elif action == "resume":
-            rolling.state = OperationState.RUNNING
-        elif action == "abort":
-            rolling.state = OperationState.ABORTING
-        else:
-            msg = f"unknown action {action!r}; use pause, resume or abort"
-            raise ValueError(msg)
+        rolling.control(action)
         await self._checkpoint_now()
-        return rolling.snapshot()
+        return rolling.progress.snapshot()
 
     def _rolling_progress(self) -> RollingRestartProgress | None:
-        return self._rolling.snapshot() if self._rolling is not None else None
+        return self._rolling.progress.snapshot() if self._rolling is not None else None
 
-    async def _roll(self, rolling: RollingRestartProgress) -> None:
-        try:
-            while rolling.pending_slots:
-                while rolling.state is OperationState.PAUSED:
-                    await asyncio.sleep(0.2)
-                if rolling.state is OperationState.ABORTING:
-                    rolling.state = OperationState.ABORTED
-                    break
-                slot = rolling.pending_slots[0]
-                await self._roll_slot(slot, rolling)
-                rolling.pending_slots.pop(0)
-                rolling.done += 1
-                await self._checkpoint_now()
-            else:
-                rolling.state = OperationState.FINISHED
-        except Exception as exc:
-            rolling.state = OperationState.FAILED
-            rolling.error = f"{type(exc).__name__}: {exc}"
-            _LOGGER.error("rolling restart failed (the slot's old host keeps running): %s", rolling.error)
-        finally:
-            rolling.current = None
-            rolling.finished_at = time.time()
-            _LOGGER.info("rolling restart %s: %s/%s hosts replaced", rolling.state.value, rolling.done,
-                         rolling.total)
-            await self._checkpoint_now()
-
-    async def _roll_slot(self, slot: int, rolling: RollingRestartProgress) -> None:
+    def _roll_view(self) -> roll.RollView:
+        """The fleet and the table as the rolling restart's core reads them."""
         fleet, table = self._fleet, self._table
         assert fleet is not None and table is not None
-        in_slot = [h for h in fleet.hosts.values() if h.slot == slot]
-        # Hosts that ran when the restart began are the old ones; any other host of the slot (started by this
-        # restart before an Orchestrator crash, or as a replacement) is already new, so no slot is doubled.
-        olds = [h for h in in_slot if h.host_id in rolling.old_hosts]
-        news = [h for h in in_slot if h.host_id not in rolling.old_hosts]
-        if not olds:
+        hosts = []
+        for host in fleet.hosts.values():
+            record = table.hosts.get(host.host_id)
+            live = record is not None and record.alive
+            hosts.append(roll.HostView(
+                host_id=host.host_id, slot=host.slot, want=host.want, retiring=host.retiring, live=live,
+                draining=live and record is not None and record.draining, owns=len(table.owned_by(host.host_id)),
+            ))
+        return roll.RollView(
+            hosts=tuple(hosts),
+            starting=frozenset(s for s in {h.slot for h in fleet.hosts.values()} | set(range(fleet.desired))
+                               if fleet.is_starting(s)),
+            retiring=frozenset(h for h, task in self._roll_retires.items() if not task.done()),
+            all_ready=all(r.status is ShardStatus.READY for r in table.shards.values() if r.host_id is not None),
+        )
+
+    async def _step_roll(self) -> None:
+        """One reconcile step of the rolling restart: ask the core what to do, and do it, in order."""
+        rolling, fleet, table = self._rolling, self._fleet, self._table
+        if rolling is None or not rolling.active or fleet is None or table is None:
             return
-        want = sum(h.want for h in olds) or fleet.wants[slot]
-        rolling.current = ",".join(h.host_id for h in olds)
-        for old in olds:
-            old.retiring = True
-        if not news:
-            try:
-                await fleet.start_slot(slot, want)
-            except BaseException:
-                for old in olds:
-                    old.retiring = False
-                raise
-        for old in olds:
-            # The old host gets no new shard and hands every one it holds over (by RESUME on the new host).
-            table.drain(old.host_id)
-            self._mailboxes.setdefault(old.host_id, _Mailbox()).wake.set()
-        deadline = time.monotonic() + 30.0 + 5.0 * want
-        while any(table.owned_by(o.host_id) for o in olds) or any(
-            r.status is not ShardStatus.READY for r in table.shards.values() if r.host_id is not None
-        ):
-            if time.monotonic() > deadline:
-                msg = f"slot {slot}: shards did not move off {rolling.current} in time"
-                raise TimeoutError(msg)
-            await asyncio.sleep(0.1)
-        for old in olds:
-            await fleet.retire(old.host_id)
-            rolling.replaced.append(old.host_id)
-        self._dirty = True
+        self._roll_retires = {h: t for h, t in self._roll_retires.items() if not t.done()}
+        for effect in rolling.step(self._roll_view(), time.monotonic()):
+            if isinstance(effect, roll.Checkpoint):
+                await self._checkpoint_now()
+            elif isinstance(effect, roll.StartHost):
+                _LOGGER.info("rolling restart: starting the replacement of slot %s (%s shards)", effect.slot,
+                             effect.want)
+                fleet.start_slot(effect.slot, effect.want).add_done_callback(
+                    functools.partial(self._roll_start_done, rolling, effect.slot)
+                )
+            elif isinstance(effect, roll.SetRetiring):
+                if effect.host_id in fleet.hosts:
+                    fleet.hosts[effect.host_id].retiring = effect.retiring
+                self._dirty = True
+            elif isinstance(effect, roll.Drain):
+                _LOGGER.info("rolling restart: draining host %s", effect.host_id)
+                table.drain(effect.host_id)
+                self._mailboxes.setdefault(effect.host_id, _Mailbox()).wake.set()
+                self._changed()
+            elif isinstance(effect, roll.Undrain):
+                table.undrain(effect.host_id, effect.want)
+                self._changed()
+            elif isinstance(effect, roll.Retire):
+                _LOGGER.info("rolling restart: retiring host %s", effect.host_id)
+                task = asyncio.get_running_loop().create_task(fleet.retire(effect.host_id))
+                task.add_done_callback(self._log_background_failure)
+                self._roll_retires[effect.host_id] = task
+            elif isinstance(effect, roll.Ended):
+                rolling.progress.finished_at = time.time()
+                if effect.state is OperationState.FAILED:
+                    _LOGGER.error("rolling restart failed (the slot's old host keeps running): %s", effect.error)
+                _LOGGER.info("rolling restart %s: %s/%s hosts replaced", effect.state.value, rolling.progress.done,
+                             rolling.progress.total)
+
+    @staticmethod
+    def _roll_start_done(rolling: roll.RollingRestart, slot: int, task: asyncio.Task[None]) -> None:
+        """A host start of the rolling restart ended: a failure is an event for its core."""
+        if task.cancelled():
+            rolling.start_failed(slot, "the host start was cancelled")
+            return
+        exc = task.exception()
+        if exc is not None:
+            failure = _unwrap_ray_error(exc)
+            rolling.start_failed(slot, f"{type(failure).__name__}: {failure}")
 
     # -- live resharding ---------------------------------------------------------------------------
 
@@ -1324,7 +1322,7 @@ class Orchestrator:
         return self._reshard.snapshot()
 
     def _rolling_busy(self) -> bool:
-        return self._rolling is not None and self._rolling.state.active
+        return self._rolling is not None and self._rolling.active
 
     async def deliver_identities(self, capability: str, host_id: str, identities: list[str]) -> None:
         """An old-set host hands in the identities of the events it delivered (resharding switch)."""
@@ -1512,7 +1510,7 @@ class Orchestrator:
             "presence_version": self._presence_version,
             "remaining": self._scheduler.remaining if self._scheduler else 0,
             "fleet": self._fleet.to_json() if self._fleet else None,
-            "rolling": self._rolling.to_json() if self._rolling is not None else None,
+            "rolling": self._rolling.progress.to_json() if self._rolling is not None else None,
             "reshard": self._reshard.to_json() if self._reshard is not None else None,
         }
 

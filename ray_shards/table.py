@@ -216,6 +216,17 @@ class ShardTable:
             self.revoke(host_id, shard_id)
         return owned
 
+    def undrain(self, host_id: str, want: int) -> None:
+        """Undo `drain` (a rolling restart that failed keeps the old host): it takes ``want`` shards again.
+
+        Revokes already sent stay: those shards move on and `place` may hand them back.
+        """
+        host = self.hosts.get(host_id)
+        if host is None or not host.alive:
+            return
+        host.draining = False
+        host.want = want
+
     def forget_host(self, host_id: str) -> None:
         """Drop a gone host from the table once nothing refers to it."""
         host = self.hosts.get(host_id)

@@ -10,6 +10,7 @@ import pytest
 import ray
 
 from ray_shards import Client
+from ray_shards.connection import NAMESPACE, host_actor_name
 from ray_shards.protocol import OperationState
 from tests.helpers import StreamingBot, wait_for
 
@@ -69,3 +70,38 @@ async def test_rolling_restart_can_be_paused_and_aborted(streaming: typing.Any) 
     await wait_for(lambda: bot.all_ready(), 30, "every shard READY after the abort")
     assert len(bot.deployment.hosts) == 3
     assert not bot.emu.control.stats()["split_brain"]
+
+
+async def test_a_rolling_restart_whose_new_host_cannot_start_fails_and_keeps_the_old_hosts(
+    streaming: typing.Any,
+) -> None:
+    bot: StreamingBot = await streaming(shards=4, hosts=2)
+    emu = bot.emu
+    emu.control.start_stream(30)
+    await asyncio.sleep(1.0)
+    before = set(bot.deployment.hosts)
+    identifies = len(emu.control.identify_log())
+
+    def broken(_: typing.Any) -> None:  # a local function: cloudpickle sends it by value
+        raise RuntimeError("the new bot code is broken")
+
+    state = await asyncio.wait_for(bot.client.rolling_restart(broken), 120)
+    assert state.state is OperationState.FAILED, state
+    assert state.error is not None and "broken" in state.error, state.error
+    assert state.done == 0 and not state.replaced and state.current is None
+    # The slot was put back: its old host keeps running, takes shards again, and nothing leaked.
+    await wait_for(lambda: bot.all_ready() and {i.host_id for i in bot.shards().values()} == before, 30,
+                   "every shard READY on the old hosts")
+    status = await bot.client.status()
+    assert set(status.hosts) == before and all(h.want > 0 for h in status.hosts.values()), status.hosts
+    assert status.fleet is not None and not any(h.retiring for h in status.fleet.hosts), status.fleet
+    assert len(emu.control.identify_log()) == identifies, "the failed restart spent IDENTIFYs"
+    prefix = host_actor_name(bot.client.bot_id, "")
+
+    def host_actors() -> set[str]:
+        return {str(a["name"])[len(prefix):] for a in ray.util.list_named_actors(all_namespaces=True)
+                if a.get("namespace") == NAMESPACE and str(a.get("name", "")).startswith(prefix)}
+
+    await wait_for(lambda: host_actors() == before, 30, "the failed replacement's actor to be gone")
+    await bot.assert_nothing_lost()
+    assert not emu.control.stats()["split_brain"]

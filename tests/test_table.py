@@ -433,6 +433,23 @@ def test_a_draining_host_gets_no_shard_and_hands_its_own_over() -> None:
     assert ShardTable.from_json(table.to_json(), now=3.0).hosts["b"].draining
 
 
+def test_an_undrained_host_takes_shards_again() -> None:
+    # A rolling restart that failed puts its old host back: it takes its share again.
+    table = _table_with_hosts(2, {"a": 1, "b": 1})
+    mine = table.owned_by("b")
+    table.drain("b")
+    assert table.release("b", mine[0], table.shards[mine[0]].epoch, None)
+    assert "b" not in table.place() and table.hosts["b"].want == 0
+    table.undrain("b", 1)
+    assert not table.hosts["b"].draining and table.hosts["b"].want == 1
+    # a runs both now; when it fails, b (draining, it would get nothing) takes them.
+    table.host_lost("a")
+    assert sorted(lease.shard_id for lease in table.place()["b"]) == [0, 1]
+    table.host_lost("b")
+    table.undrain("b", 1)  # a gone host stays gone
+    assert not table.hosts["b"].alive
+
+
 def test_table_versions_say_which_rows_changed() -> None:
     """Delta reads: only rows whose owner, epoch, status, error or guilds changed; seq and latency do not count."""
     table = _table_with_hosts(4, {"a": 2, "b": 2})

@@ -37,8 +37,10 @@ import math
 import random
 import typing
 
+from ray_shards import rolling
 from ray_shards.identify import IdentifyBudgetExhaustedError, IdentifyGrant, IdentifyScheduler
 from ray_shards.models import Lease, SessionState, ShardReport, ShardStatus
+from ray_shards.protocol import OperationState, RollingRestartProgress
 from ray_shards.table import ShardTable
 
 __all__ = ["Params", "SimResult", "Violation", "World", "run_seed"]
@@ -104,6 +106,8 @@ class SimResult:
     restarts: int
     host_deaths: int
     converged_after: float
+    roll: str | None = None
+    """How the seed's rolling restart ended (``finished``, ``aborted``, ``failed``), or None without one."""
 
 
 # -- Discord ---------------------------------------------------------------------------------------
@@ -247,11 +251,13 @@ class _Slot:
 class Host:
     """A ShardHost as the protocol requires it to behave."""
 
-    def __init__(self, world: World, host_id: str, want: int) -> None:
+    def __init__(self, world: World, host_id: str, want: int, *, broken: bool = False) -> None:
         self.w = world
         self.host_id = host_id
         self.want = want
         self.alive = True
+        self.broken = broken
+        """Its start fails (the user callback raises, or the cluster has no room): it never registers."""
         self.cut_until = -1.0
         self.offset = world.rng.uniform(-1000.0, 1000.0)
         self.slots: dict[int, _Slot] = {}
@@ -274,6 +280,8 @@ class Host:
 
     def start(self) -> None:
         """The actor is up: register, then sync forever."""
+        if self.broken:
+            return
         self.w.call(self, "register", (self.host_id, self.want), self._registered, self._register_failed)
         self.w.at(0.5, self._tick)
 
@@ -538,6 +546,9 @@ class Shell:
             self.scheduler = IdentifyScheduler(p.max_concurrency, remaining=0)
             self.recovering_until = -math.inf
             self.fleet_next = 0
+            self.fleet_slot: dict[str, int] = {}
+            self.retiring: set[str] = set()
+            self.roll: rolling.RollingRestart | None = None
         else:
             self.table = ShardTable.from_json(checkpoint["table"], now)
             self.scheduler = IdentifyScheduler(p.max_concurrency, remaining=int(checkpoint["remaining"]))
@@ -545,9 +556,25 @@ class Shell:
             self.scheduler.start_full(now, in_flight=p.grant_use_limit)
             self.recovering_until = now + p.recovery_grace
             self.fleet_next = int(checkpoint["fleet_next"])
+            # The fleet's records: a host whose actor is gone is dropped (the real fleet looks each up by name).
+            self.fleet_slot = {
+                h: s for h, s in checkpoint["fleet_slot"].items() if h in world.hosts and world.hosts[h].alive
+            }
+            self.retiring = set(checkpoint["retiring"]) & set(self.fleet_slot)
+            roll = checkpoint["roll"]
+            self.roll = self._new_roll(RollingRestartProgress.from_json(roll)) if roll is not None else None
         self.incarnation = self.table.incarnation
         self.fetching = False
         self.starting: dict[str, float] = {}
+        self.roll_starts: dict[str, tuple[int, float]] = {}
+        """Hosts the roll started that have not registered yet: slot, and when the start gives up."""
+        if checkpoint is not None:
+            # A start call of the rolling restart may have died with the previous incarnation: ask again
+            # (ensure_started), with the same timeout; a host that cannot start is killed and forgotten.
+            for host_id in checkpoint["unstarted"]:
+                if host_id in self.fleet_slot and host_id not in self.table.hosts:
+                    self.roll_starts[host_id] = (self.fleet_slot[host_id], self.w.t + self.w.host_start_timeout)
+                    self.starting[host_id] = self.w.t
         # Intent first: the new incarnation is on record before any lease is granted.
         self.checkpoint()
         self.fetch_budget()
@@ -571,6 +598,10 @@ class Shell:
             "table": self.table.to_json(),
             "remaining": self.scheduler.remaining,
             "fleet_next": self.fleet_next,
+            "fleet_slot": dict(self.fleet_slot),
+            "retiring": sorted(self.retiring),
+            "roll": self.roll.progress.to_json() if self.roll is not None else None,
+            "unstarted": sorted(self.roll_starts),
             "written_at_wall": self.w.wall(),
         }
         self.dirty = False
@@ -609,6 +640,12 @@ class Shell:
             if record is not None and not record.alive:
                 return "stop"
             self.starting.pop(host_id, None)
+            self.roll_starts.pop(host_id, None)
+            if host_id not in self.fleet_slot:
+                # Started by an earlier incarnation after its last checkpoint: give it a free slot (or an extra one).
+                self.fleet_slot[host_id] = self.free_slot()
+            if host_id in self.retiring:
+                want = 0
             self.table.register_host(host_id, node_id=None, want=want, has_handle=True, now=now)
             process = self.w.hosts.get(host_id)
             if process is None or not process.alive:
@@ -676,6 +713,8 @@ class Shell:
         for shard_id in self.table.host_lost(host_id):
             self.scheduler.cancel(shard_id)
         self.w.kill(host_id)
+        self.fleet_slot.pop(host_id, None)
+        self.retiring.discard(host_id)
         self.place()
         self.table.forget_host(host_id)
 
@@ -694,6 +733,7 @@ class Shell:
             move = self.table.rebalance_move()
             if move is not None:
                 self.table.revoke(move[1], move[0])
+            self.step_roll()
             self.fleet()
         if self.dirty and self.w.t - self.last_checkpoint >= self.w.checkpoint_every:
             self.checkpoint()
@@ -701,20 +741,113 @@ class Shell:
 
     def fleet(self) -> None:
         """Keep ``hosts`` hosts: start replacements, retire extras (no host leaks)."""
-        live = [h.host_id for h in self.table.live_hosts() if not h.draining]
+        # A host the rolling restart replaces counts as gone: its replacement (in `starting`) takes its place.
+        live = [h.host_id for h in self.table.live_hosts() if not h.draining and h.host_id not in self.retiring]
         self.starting = {h: at for h, at in self.starting.items() if self.w.t - at < 10.0}
         missing = self.w.p.hosts - len(live) - len(self.starting)
         for _ in range(max(0, missing)):
             self.fleet_next += 1
             host_id = f"h{self.incarnation}.{self.fleet_next}"
             self.starting[host_id] = self.w.t
+            self.fleet_slot[host_id] = self.free_slot()
             self.w.spawn(host_id)
             self.dirty = True
         if len(live) > self.w.p.hosts:
-            self.table.drain(sorted(live)[-1])
+            rolled = self.roll.current_slot if self.roll is not None else None
+            # Never the replacement the rolling restart is waiting for.
+            extras = [h for h in live if rolled is None or self.fleet_slot.get(h) != rolled]
+            self.table.drain(sorted(extras or live)[-1])
         for host in self.table.live_hosts():
             if host.draining:
                 self.table.drain(host.host_id)  # again: a failover may have raced the first drain
+        self.dirty = True
+
+
+    # -- the rolling restart ------------------------------------------------------------------------
+
+    def free_slot(self) -> int:
+        """The lowest slot with no live, starting or replaced host (past the last one when all are taken)."""
+        rolled = self.roll.current_slot if self.roll is not None else None
+        taken = {rolled} if rolled is not None else set()
+        for host_id, slot in self.fleet_slot.items():
+            record = self.table.hosts.get(host_id)
+            if host_id in self.starting or (record is not None and record.alive and host_id not in self.retiring):
+                taken.add(slot)
+        return next(s for s in range(len(taken) + 1) if s not in taken)
+
+    def _new_roll(self, progress: RollingRestartProgress) -> rolling.RollingRestart:
+        return rolling.RollingRestart(progress, drain_timeout=20.0, drain_per_shard=2.0, join_timeout=15.0)
+
+    def roll_view(self) -> rolling.RollView:
+        """The fleet and the table as the rolling restart's core reads them (what the Orchestrator builds)."""
+        hosts = []
+        for host_id, slot in sorted(self.fleet_slot.items()):
+            record = self.table.hosts.get(host_id)
+            live = record is not None and record.alive
+            hosts.append(rolling.HostView(
+                host_id, slot, want=-(-self.w.p.shards // self.w.p.hosts), retiring=host_id in self.retiring,
+                live=live, draining=live and record is not None and record.draining,
+                owns=len(self.table.owned_by(host_id)),
+            ))
+        return rolling.RollView(
+            hosts=tuple(hosts),
+            starting=frozenset(slot for slot, _ in self.roll_starts.values()),
+            all_ready=all(r.status is ShardStatus.READY for r in self.table.shards.values() if r.host_id is not None),
+        )
+
+    def start_roll(self) -> bool:
+        """A client asks for a rolling restart; False when one is in progress or the shell cannot take it now."""
+        if not self.alive or self.recovering() or (self.roll is not None and self.roll.active):
+            return False
+        self.roll = self._new_roll(rolling.RollingRestart.begin(self.roll_view()).progress)
+        self.checkpoint()
+        return True
+
+    def step_roll(self) -> None:
+        """One reconcile step of the rolling restart: starts that gave up become events, then the core's effects."""
+        roll = self.roll
+        for host_id, (slot, give_up) in sorted(self.roll_starts.items()):
+            if self.w.t >= give_up:
+                # HostStartTimeoutError (or the callback raised): the fleet kills the actor and forgets it, whether
+                # or not the roll that started it is still on.
+                del self.roll_starts[host_id]
+                self.starting.pop(host_id, None)
+                self.fleet_slot.pop(host_id, None)
+                self.w.kill(host_id)
+                if roll is not None:
+                    roll.start_failed(slot, f"host {host_id} did not start in time")
+        if roll is None or not roll.active:
+            return
+        for effect in roll.step(self.roll_view(), self.now()):
+            if isinstance(effect, rolling.Checkpoint):
+                self.checkpoint()
+            elif isinstance(effect, rolling.StartHost):
+                self.fleet_next += 1
+                host_id = f"h{self.incarnation}.{self.fleet_next}"
+                self.fleet_slot[host_id] = effect.slot
+                self.starting[host_id] = self.w.t
+                self.roll_starts[host_id] = (effect.slot, self.w.t + self.w.host_start_timeout)
+                self.checkpoint()  # intent first: the host's name is on record before its actor exists
+                broken = self.w.faulty() and self.w.roll_rng.random() < self.w.p_start_fail
+                self.w.spawn(host_id, broken=broken)
+            elif isinstance(effect, rolling.SetRetiring):
+                if effect.retiring:
+                    self.retiring.add(effect.host_id)
+                else:
+                    self.retiring.discard(effect.host_id)
+            elif isinstance(effect, rolling.Drain):
+                self.table.drain(effect.host_id)
+            elif isinstance(effect, rolling.Undrain):
+                self.table.undrain(effect.host_id, effect.want)
+            elif isinstance(effect, rolling.Retire):
+                # Close (its shards were handed over) and kill; the fleet forgets it.
+                self.w.kill(effect.host_id)
+                self.fleet_slot.pop(effect.host_id, None)
+                self.retiring.discard(effect.host_id)
+                self.roll_starts.pop(effect.host_id, None)
+                self.starting.pop(effect.host_id, None)
+            elif isinstance(effect, rolling.Ended):
+                self.w.roll_ended(effect.state)
         self.dirty = True
 
 
@@ -745,6 +878,17 @@ class World:
         self.grants: dict[tuple[int, int], str] = {}
         self.table_seq: dict[str, int] = {}
         self.last_incarnation = -1
+        # The rolling restart draws from its own generator, so seeds that do not roll run as they always did.
+        self.roll_rng = random.Random(seed * 1_000_003 + 17)
+        self.roll_at: float | None = (
+            self.roll_rng.uniform(2.0, self.p.fault_time + 10.0) if self.roll_rng.random() < 0.4 else None
+        )
+        self.p_start_fail = self.roll_rng.choice([0.0, 0.2, 0.5])
+        self.host_start_timeout = 8.0
+        self.roll_state: OperationState | None = None
+        self.rolls = 0
+        self.roll_restarts = 0
+        """Orchestrator restarts that hit the rolling restart in the middle of a slot."""
 
     # -- infrastructure ----------------------------------------------------------------------------
 
@@ -821,10 +965,10 @@ class World:
         # A reply sent before a crash still arrives; nothing is sent after it.
         self.at(self._delay(), lambda: finish(reply))
 
-    def spawn(self, host_id: str) -> None:
+    def spawn(self, host_id: str, *, broken: bool = False) -> None:
         """Start a ShardHost actor; it is up after a while (if the cluster does not lose it)."""
         want = -(-self.p.shards // self.p.hosts)
-        host = Host(self, host_id, want)
+        host = Host(self, host_id, want, broken=broken)
         self.hosts[host_id] = host
         self.at(self.rng.uniform(0.3, 2.0), lambda: host.start() if host.alive else None)
 
@@ -859,12 +1003,47 @@ class World:
             host.cut_until = self.t + self.rng.choice([1.0, 3.0, 8.0, 15.0])
         elif kind == "restart" and self.shell is not None and self.shell.alive:
             self.shell.alive = False
+            if self.shell.roll is not None and self.shell.roll.current_slot is not None:
+                self.roll_restarts += 1
             self.restarts += 1
             self.at(self.rng.choice([self.rng.uniform(0.05, 0.5), self.rng.uniform(0.5, 5.0)]), self._restart)
         elif kind == "discord":
             self.gateway.fault()
         elif kind == "clock":
             self.wall_offset += self.rng.choice([-3600.0, -2.0, 2.0, 3600.0])
+
+    def _start_roll(self) -> None:
+        """A client starts the rolling restart (retrying while the Orchestrator is down or recovering)."""
+        shell = self.shell
+        if shell is None or not shell.start_roll():
+            self.at(1.0, self._start_roll)
+            return
+        self.rolls += 1
+        self.roll_state = OperationState.RUNNING
+        # Sometimes an operator pauses it (and resumes it), or aborts it.
+        action = self.roll_rng.choice(["none", "none", "pause", "abort"])
+        if action == "pause":
+            pause = self.roll_rng.uniform(0.0, 20.0)
+            self.at(pause, lambda: self._control_roll("pause"))
+            self.at(pause + self.roll_rng.uniform(0.5, 10.0), lambda: self._control_roll("resume"))
+        elif action == "abort":
+            self.at(self.roll_rng.uniform(0.0, 30.0), lambda: self._control_roll("abort"))
+
+    def _control_roll(self, action: str) -> None:
+        shell = self.shell
+        if shell is None or not shell.alive or shell.roll is None:
+            if action == "resume":
+                self.at(1.0, lambda: self._control_roll(action))  # the client retries a resume until it lands
+            return
+        try:
+            shell.roll.control(action)
+        except RuntimeError:
+            return
+        shell.checkpoint()
+
+    def roll_ended(self, state: OperationState) -> None:
+        """The rolling restart ended (the core said so)."""
+        self.roll_state = state
 
     def _restart(self) -> None:
         self.shell = Shell(self, self.kv)
@@ -885,6 +1064,15 @@ class World:
             self.fail(f"incarnation went back to {shell.incarnation}")
         self.last_incarnation = max(self.last_incarnation, shell.incarnation)
         table = shell.table
+        roll = shell.roll
+        if roll is not None and roll.current_slot is not None:
+            # Never doubled: the slot in progress has its old host(s) and at most one replacement process.
+            news = [
+                h for h, slot in shell.fleet_slot.items()
+                if slot == roll.current_slot and h not in roll.progress.old_hosts and self.hosts[h].alive
+            ]
+            if len(news) > 1:
+                self.fail(f"slot {roll.current_slot} of the rolling restart has {len(news)} replacements: {news}")
         for host_id in {r.host_id for r in table.shards.values()} | set(table.hosts):
             if host_id is not None and table.owned_by(host_id) != [
                 r.shard_id for r in table.shards.values() if r.host_id == host_id
@@ -924,6 +1112,14 @@ class World:
         table_live = {h.host_id for h in shell.table.live_hosts()}
         if alive != table_live or len(alive) != self.p.hosts:
             return False
+        if self.roll_at is not None:
+            # The rolling restart has ended (finished, aborted or failed), cleanly: nothing left half-replaced.
+            roll = shell.roll
+            if roll is None or roll.active or alive & shell.retiring:
+                return False
+            survivors = alive & set(roll.progress.old_hosts)
+            if roll.progress.state is OperationState.FINISHED and survivors:
+                self.fail(f"the rolling restart finished but old hosts still run: {sorted(survivors)}")
         for shard_id in range(self.p.shards):
             conns = self.gateway.open_by_shard.get(shard_id, set())
             if len(conns) != 1:
@@ -941,7 +1137,11 @@ class World:
         """How long after the faults stop convergence may take."""
         p = self.p
         rounds = -(-p.shards // p.max_concurrency)
-        return p.host_timeout + p.recovery_grace + 10.0 + 2 * rounds * (WINDOW + 0.5) + p.day
+        bound = p.host_timeout + p.recovery_grace + 10.0 + 2 * rounds * (WINDOW + 0.5) + p.day
+        if self.roll_at is not None:
+            # Each slot: a start (or its timeout), the join, the hand-overs; plus a pause of up to 10 s.
+            bound += max(0.0, self.roll_at - p.fault_time) + p.hosts * (self.host_start_timeout + 40.0) + 10.0
+        return bound
 
     # -- running -----------------------------------------------------------------------------------
 
@@ -950,6 +1150,8 @@ class World:
         self.shell = Shell(self, None)
         self.at(0.0, self._gateway_tick)
         self.at(self.rng.uniform(0.5, 3.0), self._fault)
+        if self.roll_at is not None:
+            self.at(self.roll_at, self._start_roll)
         converged_at: float | None = None
         while self._queue:
             when, _, action = heapq.heappop(self._queue)
@@ -977,6 +1179,7 @@ class World:
             host_deaths=self.deaths,
             converged_after=math.nan if converged_at is None or self.faults_ended_at is None
             else converged_at - self.faults_ended_at,
+            roll=self.roll_state.value if self.roll_state is not None else None,
         )
 
     def _describe(self) -> str:
