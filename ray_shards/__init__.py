@@ -15,6 +15,7 @@ from ray_shards.launch import (
     run_subprocesses,
     spawn_subprocesses,
 )
+from ray_shards.listener_context import EventHold, EventPosition, event_position, hold_event
 from ray_shards.models import ShardInfo, ShardStatus
 from ray_shards.remote import RemoteShard
 from ray_shards.settings import HostSetup
@@ -25,12 +26,16 @@ __all__ = [
     "Bot",
     "BotDeployment",
     "Client",
+    "EventHold",
+    "EventPosition",
     "HostSetup",
     "RecommendedShard",
     "RemoteShard",
     "ShardInfo",
     "ShardStatus",
     "Timings",
+    "event_position",
+    "hold_event",
     "run_server",
     "run_subprocesses",
     "spawn_subprocesses",

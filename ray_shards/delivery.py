@@ -23,7 +23,7 @@ from hikari.events import base_events
 from hikari.impl import event_manager as event_manager_impl
 from typing_extensions import override
 
-from ray_shards import sessions
+from ray_shards import listener_context, sessions
 from ray_shards.watermark import InFlight, ListenerWatermark
 
 if typing.TYPE_CHECKING:
@@ -186,10 +186,18 @@ class GatedEventManager(event_manager_impl.EventManagerImpl):
         previous_mark, previous_entry = self._current_mark, self._current_entry
         self._current_mark = mark if entry is not None else None
         self._current_entry = entry
+        # The listener tasks hikari builds during this consume copy the context: event_position() and
+        # hold_event() in a listener (or a task it starts) then name this event.
+        token = None
+        if entry is not None:
+            position = listener_context.EventPosition(shard.id, mark.session_id() or "", entry.event_seq)
+            token = listener_context.enter(position, mark, entry)
         try:
             super().consume_raw_event(event_name, shard, payload)
         finally:
             self._current_mark, self._current_entry = previous_mark, previous_entry
+            if token is not None:
+                listener_context.leave(token)
 
     @override
     def consume_raw_event(self, event_name: str, shard: shard_api.GatewayShard, payload: typing.Any) -> None:

@@ -24,9 +24,12 @@ class InFlight:
     """One consumed event whose listeners may still run."""
 
     seq: int
+    """The seq this entry holds the watermark at (a replay below what was consumed holds at that)."""
     started: float
     outstanding: int = 1
     """The consume itself counts as one; each listener group it dispatched adds one."""
+    event_seq: int = -1
+    """The event's own seq (`ray_shards.event_position`); differs from ``seq`` only for such a replay."""
 
 
 class ListenerWatermark:
@@ -73,10 +76,11 @@ class ListenerWatermark:
             self._session_id = session_id
             self._pending.clear()
             self._consumed = None
+        event_seq = seq
         if self._consumed is not None and seq <= self._consumed:
             # A replayed event below what was consumed: it cannot move the watermark back.
             seq = self._consumed
-        entry = InFlight(seq=seq, started=now)
+        entry = InFlight(seq=seq, started=now, event_seq=event_seq)
         self._pending.append(entry)
         self._consumed = seq
         return entry
