@@ -263,18 +263,27 @@ class ShadowBuffer(typing.Generic[T]):
         return frozenset(self._pending)
 
     def hold(self, key: int, entry: Seen, item: T) -> bool:
-        """Hold an event before the switch; False (and everything dropped) when that exceeds the cap.
+        """Hold an event before the switch; False when that would exceed the cap (the item is not held).
 
-        An overflowed buffer holds nothing more: the reshard must fail (the old set delivered all).
+        An overflowed buffer holds nothing more: the reshard must fail (the old set still delivers all);
+        `clear` frees what it held.
         """
         if self.overflowed:
             return False
         if len(self._order) >= self._cap:
             self.overflowed = True
-            self._order.clear()
             return False
         self._order.append((key, entry, item))
         return True
+
+    def clear(self) -> list[T]:
+        """Drop every held item; return them (the caller releases what it attached to them)."""
+        items = [item for _, _, item in self._order]
+        items += [item for held in self._held.values() for _, item in held]
+        self._order.clear()
+        self._held.clear()
+        self._pending.clear()
+        return items
 
     def go_live(self, tails: typing.Mapping[int, typing.Sequence[Seen]], now: float) -> list[tuple[T, bool]]:
         """Align every held guild against ``tails``; return what to consume now, in arrival order."""

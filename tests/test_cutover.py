@@ -219,7 +219,8 @@ def test_the_buffer_is_bounded_and_overflow_is_reported_not_silent() -> None:
     for i in range(3):
         assert buffer.hold(0, Seen(bytes([i]), False, float(i)), i)
     assert not buffer.hold(0, Seen(b"x", False, 4.0), 4)
-    assert buffer.overflowed and len(buffer) == 0, "an overflowed buffer frees its memory"
+    assert buffer.overflowed and not buffer.hold(0, Seen(b"y", False, 5.0), 5)
+    assert buffer.clear() == [0, 1, 2] and len(buffer) == 0
     with pytest.raises(OverflowError):
         buffer.go_live({}, 10.0)
     tails = TailRecorder(length=4)

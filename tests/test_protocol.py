@@ -25,7 +25,7 @@ from ray_shards.protocol import (
 _TYPED_CALLS = [
     "register_host", "sync", "release", "claim", "request_identify", "identify", "identify_done", "check_lease",
     "command_done", "command", "table", "status", "deploy", "deploy_status", "host_handles",
-    "start_rolling_restart", "control_rolling_restart", "start_reshard", "deliver_identities", "shutdown",
+    "start_rolling_restart", "control_rolling_restart", "start_reshard", "deliver_tails", "shutdown",
 ]
 
 
