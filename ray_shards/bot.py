@@ -1111,6 +1111,9 @@ class Bot(traits.GatewayBotAware):
             if slot.shard.is_alive:
                 with contextlib.suppress(Exception):
                     await slot.shard.close()
+            # The session ends, but what was consumed is still handled: the listeners get the same bounded time
+            # (a reshard's old set retires this way, and the new set skipped what the old set delivered).
+            await self._event_manager.drain(shard_id, self._timings.drain_timeout)
         if slot.task is not None and not slot.task.done():
             slot.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
