@@ -28,6 +28,7 @@ class DeliveryRecorder:
         self._counts: collections.Counter[int] = collections.Counter()
         self._hosts: dict[int, str] = {}
         self._labels: collections.Counter[str] = collections.Counter()
+        self._label_hosts: collections.Counter[str] = collections.Counter()
 
     def record(self, host_id: str, message_ids: list[int]) -> None:
         """Record deliveries."""
@@ -38,10 +39,15 @@ class DeliveryRecorder:
     def record_labels(self, host_id: str, labels: list[str]) -> None:
         """Record handled guild events by label (``edit <content>``, ``react_add``, ``join <guild>``, ...)."""
         self._labels.update(labels)
+        self._label_hosts[host_id] += len(labels)
 
     def labels(self) -> dict[str, int]:
         """Label to number of times a listener handled it."""
         return dict(self._labels)
+
+    def label_hosts(self) -> dict[str, int]:
+        """Host id to the number of labelled events its listeners handled."""
+        return dict(self._label_hosts)
 
     def counts(self) -> dict[int, int]:
         """Message id to number of deliveries."""

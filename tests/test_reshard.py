@@ -112,6 +112,10 @@ async def test_reshard_handles_edits_reactions_joins_and_leaves_once(streaming: 
     except AssertionError:
         got = collections.Counter(labels())
         raise AssertionError(f"missing {dict(expected - got)}, extra {dict(got - expected)}; sent {sent}") from None
+    hosts = ray.get(bot.recorder.label_hosts.remote())
+    assert any(h.startswith("s8-") for h in hosts) and any(not h.startswith("s8-") for h in hosts), (
+        f"the scripted events did not straddle the switch: {hosts}"
+    )
     stream = {int(e["id"]) for e in emu.control.stream_sent()}
     await wait_for(lambda: stream <= set(ray.get(bot.recorder.counts.remote())), 30, "every streamed event")
     counts = ray.get(bot.recorder.counts.remote())
@@ -138,6 +142,30 @@ async def test_reshard_4_to_8_with_slow_listeners_loses_nothing_and_handles_each
     twice = {m: c for m, c in counts.items() if m in sent and c > 1}
     assert not twice, f"{len(twice)} events handled more than once across the switch"
     assert not emu.control.stats()["split_brain"]
+
+
+async def test_a_reshard_whose_new_set_overflows_fails_and_the_old_set_loses_nothing(streaming: typing.Any) -> None:
+    # A cap of 30 held events per new host at 40 events/s: the new set overflows before the switch.
+    timings = Timings(identify_window=1.0, reshard_buffer_cap=30)
+    bot: StreamingBot = await streaming(shards=2, hosts=1, timings=timings)
+    emu = bot.emu
+    emu.control.start_stream(40)
+    await asyncio.sleep(1.0)
+    state = await bot.client.reshard(4)
+    assert state.state is ReshardState.FAILED, state
+    assert state.error is not None and "reshard_buffer_cap" in state.error and "30 events" in state.error, state
+    await asyncio.sleep(1.0)
+    await wait_for(lambda: len(bot.shards()) == 2 and bot.all_ready(), 30, "the 2 old shards still READY")
+    assert all(info.shard_count == 2 for info in bot.shards().values())
+    await bot.assert_nothing_lost()
+    counts = ray.get(bot.recorder.counts.remote())
+    sent = {int(e["id"]) for e in emu.control.stream_sent()}
+    assert not {m: c for m, c in counts.items() if m in sent and c > 1}, "the failed reshard duplicated events"
+    new_sessions = [s for s in emu.control.sessions() if s["shard_count"] == 4 and s["connected"]]
+    await wait_for(
+        lambda: not [s for s in emu.control.sessions() if s["shard_count"] == 4 and s["connected"]], 30,
+        f"the new set's sessions to go ({len(new_sessions)} connected)",
+    )
 
 
 async def test_reshard_refuses_when_the_daily_budget_is_too_small(streaming: typing.Any) -> None:
