@@ -1436,7 +1436,7 @@ class Bot(traits.GatewayBotAware):
                 self._event_manager.start_recording()
                 return None
             if command.kind is CommandKind.SHADOW_CHECK:
-                return self._event_manager.overflow_message() if self._event_manager.overflowed else None
+                return self._event_manager.overflow_message() if self._event_manager.near_cap else None
             if command.kind is CommandKind.SWITCH_OUT:
                 tails = GuildTails(self._host_id, self._event_manager.mute())
                 await self._link.deliver_tails(self._host_id, tails, retry_for=10.0)

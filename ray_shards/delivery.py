@@ -112,6 +112,16 @@ class GatedEventManager(event_manager_impl.EventManagerImpl):
         """The shadow buffer went over its cap (this set cannot take over: its reshard must fail)."""
         return self._shadow is not None and self._shadow.overflowed
 
+    @property
+    def near_cap(self) -> bool:
+        """The shadow buffer overflowed or is within 10 % of its cap: too close to start a switch.
+
+        The switch mutes the old set before this set goes live; the headroom keeps the buffer from
+        overflowing in between (which would lose the events of that moment).
+        """
+        shadow = self._shadow
+        return shadow is not None and not shadow.live and (shadow.overflowed or len(shadow) > 0.9 * shadow.cap)
+
     # -- listener-completion watermark -------------------------------------------------------------
 
     def watermark(self, shard_id: int) -> ListenerWatermark:

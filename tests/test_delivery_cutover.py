@@ -151,10 +151,21 @@ async def test_a_shadow_set_over_its_cap_refuses_to_go_live(token: str) -> None:
     new = _Set(token, "new", handled, shadow=True, cap=3)
     for _, name, payload in _events(world, world.guild_ids()[0])[:5]:
         new.feed(name, payload)
-    assert new.manager.overflowed and new.manager.buffered == 0
+    assert new.manager.overflowed and new.manager.near_cap and new.manager.buffered == 0
     with pytest.raises(ShadowOverflowError, match="reshard_buffer_cap"):
         new.manager.go_live({})
     assert not handled
+
+
+async def test_a_shadow_set_near_its_cap_is_too_close_to_switch(token: str) -> None:
+    world = World(1, 2)
+    new = _Set(token, "new", [], shadow=True, cap=10)
+    events = _events(world, world.guild_ids()[0])
+    for _, name, payload in events[:9]:
+        new.feed(name, payload)
+    assert not new.manager.near_cap, "9 of 10 is within the headroom"
+    new.feed(*events[0][1:])
+    assert new.manager.near_cap and not new.manager.overflowed
 
 
 def test_an_unavailable_guild_is_not_a_guild_event() -> None:
