@@ -227,3 +227,23 @@ def test_the_buffer_is_bounded_and_overflow_is_reported_not_silent() -> None:
     for i in range(100):
         tails.record(i % 2, Seen(bytes([i]), False, float(i)))
     assert len(tails) == 8 and [len(t) for t in tails.snapshot().values()] == [4, 4]
+
+
+def test_memory_is_bounded_and_measured() -> None:
+    """The old set's tails cost at most 16 entries per guild, whatever the event count (about 3.5 KB a guild)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tails = TailRecorder()
+        for i in range(100_000):
+            key = (i % 1000) << 22
+            tails.record(key, seen("MESSAGE_UPDATE", {"id": str(i), "guild_id": str(key), "content": "x" * 50}, 0.0))
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(tails) == 16 * 1000
+    per_guild = used / 1000
+    print(f"old-set tail memory: {per_guild:.0f} bytes per guild (16 entries)")
+    assert per_guild < 4096, per_guild
