@@ -68,6 +68,7 @@ from ray_shards.models import (
     ShardStatus,
 )
 from ray_shards.presence import PresenceState
+from ray_shards.protocol import GuildTails
 from ray_shards.remote import RemoteShard
 from ray_shards.shard_commands import SHARD_COMMANDS, run_shard_command
 from ray_shards.table_view import TableView
@@ -372,6 +373,8 @@ class Bot(traits.GatewayBotAware):
             cache=self._cache,
             shadow=shadow,
             max_listener_lag=self._timings.max_listener_lag,
+            buffer_cap=self._timings.reshard_buffer_cap,
+            max_skew=self._timings.reshard_max_skew,
         )
         self._voice = voice_impl.VoiceComponentImpl(self)
         self._rest = rest_impl.RESTClientImpl(
@@ -1108,6 +1111,9 @@ class Bot(traits.GatewayBotAware):
             if slot.shard.is_alive:
                 with contextlib.suppress(Exception):
                     await slot.shard.close()
+            # The session ends, but what was consumed is still handled: the listeners get the same bounded time
+            # (a reshard's old set retires this way, and the new set skipped what the old set delivered).
+            await self._event_manager.drain(shard_id, self._timings.drain_timeout)
         if slot.task is not None and not slot.task.done():
             slot.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -1429,12 +1435,15 @@ class Bot(traits.GatewayBotAware):
             if command.kind is CommandKind.RECORD:
                 self._event_manager.start_recording()
                 return None
+            if command.kind is CommandKind.SHADOW_CHECK:
+                return self._event_manager.overflow_message() if self._event_manager.near_cap else None
             if command.kind is CommandKind.SWITCH_OUT:
-                delivered = self._event_manager.mute()
-                await self._link.deliver_identities(self._host_id, delivered, retry_for=10.0)
+                tails = GuildTails(self._host_id, self._event_manager.mute())
+                await self._link.deliver_tails(self._host_id, tails, retry_for=10.0)
                 return None
             if command.kind is CommandKind.GO_LIVE:
-                self._event_manager.go_live(command.arguments["skip"])
+                given: GuildTails | None = command.arguments.get("tails")
+                self._event_manager.go_live(given.tails if given is not None else None)
                 if command.arguments.get("stop_recording"):
                     self._event_manager.stop_recording()
                 return None

@@ -1,19 +1,27 @@
-"""Event delivery that can be held, muted and de-duplicated: what live resharding switches with.
+"""Event delivery that can be held, muted and cut over: what live resharding switches with.
 
 During a reshard two complete sets of sessions run side by side and Discord
-sends every event to both. The new set runs in *shadow* mode (its events are
-buffered, not delivered) while the old set records what it delivered. At the
-switch the old set is muted, and the new set delivers its buffer minus what the
-old set already delivered, then goes live: each event is handled once.
+sends every guild event to both. The new set runs in *shadow* mode (its events
+are held per guild, not delivered; `ray_shards.cutover.ShadowBuffer`) while the
+old set keeps, per guild, a short tail of what it delivered
+(`ray_shards.cutover.TailRecorder`). At the switch the old set is muted and
+hands in its tails; the new set aligns each guild's held events against that
+guild's tail, consumes the ones the old set already handled for its cache only
+(no listener runs), delivers the rest and goes live: each event is handled
+once, under the assumptions in `ray_shards.cutover`.
+
+Events that are not a guild's fan-out (READY, RESUMED, member chunks, and the
+GUILD_CREATE / GUILD_DELETE of a guild becoming available or unavailable, which
+carry the ``unavailable`` key) are never held or recorded. In a shadow (or
+muted) set the availability ones fill the cache without running listeners: the
+bot's listeners saw those guilds when the old set started. A guild *join* or
+*leave* (no ``unavailable`` key) is a guild event like any other.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import enum
-import hashlib
-import json
 import logging
 import time
 import types
@@ -23,30 +31,23 @@ from hikari.events import base_events
 from hikari.impl import event_manager as event_manager_impl
 from typing_extensions import override
 
-from ray_shards import listener_context, sessions
+from ray_shards import cutover, listener_context, sessions
 from ray_shards.watermark import InFlight, ListenerWatermark
 
 if typing.TYPE_CHECKING:
     from hikari.api import shard as shard_api
 
-__all__ = ["DeliveryMode", "GatedEventManager", "event_identity"]
+__all__ = ["DeliveryMode", "GatedEventManager", "ShadowOverflowError"]
 
 _LOGGER = logging.getLogger("ray_shards.delivery")
 _HIKARI_LOGGER = logging.getLogger("hikari.event_manager")
 """Listener failures are logged where hikari logs them, so users' logging setup sees them unchanged."""
 
-# Session life-cycle events are always consumed: they fill the cache and complete handshakes.
-_ALWAYS = frozenset({"READY", "RESUMED", "GUILD_CREATE", "GUILD_DELETE", "GUILD_MEMBERS_CHUNK"})
-_MAX_BUFFER = 1_000_000
-_MAX_RECORDED = 2_000_000
+_Held: typing.TypeAlias = "tuple[str, shard_api.GatewayShard, typing.Any, InFlight | None]"
 
 
-def event_identity(name: str, payload: typing.Any) -> str:
-    """What makes two copies of one Discord event (sent to two sessions) the same event."""
-    if isinstance(payload, dict) and "id" in payload:
-        return f"{name}:{payload['id']}"
-    digest = hashlib.blake2b(json.dumps(payload, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
-    return f"{name}:{digest}"
+class ShadowOverflowError(RuntimeError):
+    """A shadow set held more events than its cap before the switch: the reshard must fail."""
 
 
 class DeliveryMode(enum.StrEnum):
@@ -61,38 +62,40 @@ class GatedEventManager(event_manager_impl.EventManagerImpl):
     """hikari's event manager with a gate in front of listener delivery (see the module docstring)."""
 
     __slots__ = (
-        "_buffer",
         "_current_entry",
         "_current_mark",
-        "_delivered",
-        "_delivered_order",
+        "_expiry",
         "_max_listener_lag",
         "_mode",
-        "_recording",
-        "_skip",
-        "_skip_until",
+        "_quiet",
+        "_shadow",
+        "_tails",
         "_watermarks",
     )
 
     def __init__(
-        self, *args: typing.Any, shadow: bool = False, max_listener_lag: float = 60.0, **kwargs: typing.Any
+        self,
+        *args: typing.Any,
+        shadow: bool = False,
+        max_listener_lag: float = 60.0,
+        buffer_cap: int = cutover.DEFAULT_BUFFER_CAP,
+        max_skew: float = cutover.DEFAULT_MAX_SKEW,
+        **kwargs: typing.Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._mode = DeliveryMode.SHADOW if shadow else DeliveryMode.LIVE
-        self._buffer: collections.deque[tuple[str, shard_api.GatewayShard, typing.Any, InFlight | None]] = (
-            collections.deque(maxlen=_MAX_BUFFER)
+        self._shadow: cutover.ShadowBuffer[_Held] | None = (
+            cutover.ShadowBuffer(buffer_cap, max_skew=max_skew) if shadow else None
         )
+        self._tails: cutover.TailRecorder | None = None
+        self._quiet = False
+        self._expiry: asyncio.TimerHandle | None = None
         self._watermarks: dict[int, ListenerWatermark] = {}
         self._max_listener_lag = max_listener_lag
         # The event being consumed right now (consumers dispatch synchronously), so _invoke_callback can
         # count the listener tasks hikari starts for it against that event's seq.
         self._current_mark: ListenerWatermark | None = None
         self._current_entry: InFlight | None = None
-        self._recording = False
-        self._delivered: set[str] = set()
-        self._delivered_order: collections.deque[str] = collections.deque()
-        self._skip: frozenset[str] = frozenset()
-        self._skip_until = 0.0
 
     @property
     def mode(self) -> DeliveryMode:
@@ -101,8 +104,23 @@ class GatedEventManager(event_manager_impl.EventManagerImpl):
 
     @property
     def buffered(self) -> int:
-        """Events held while in shadow mode."""
-        return len(self._buffer)
+        """Events held (in shadow mode, or after the switch for guilds still being aligned)."""
+        return len(self._shadow) if self._shadow is not None else 0
+
+    @property
+    def overflowed(self) -> bool:
+        """The shadow buffer went over its cap (this set cannot take over: its reshard must fail)."""
+        return self._shadow is not None and self._shadow.overflowed
+
+    @property
+    def near_cap(self) -> bool:
+        """The shadow buffer overflowed or is within 10 % of its cap: too close to start a switch.
+
+        The switch mutes the old set before this set goes live; the headroom keeps the buffer from
+        overflowing in between (which would lose the events of that moment).
+        """
+        shadow = self._shadow
+        return shadow is not None and not shadow.live and (shadow.overflowed or len(shadow) > 0.9 * shadow.cap)
 
     # -- listener-completion watermark -------------------------------------------------------------
 
@@ -199,83 +217,161 @@ class GatedEventManager(event_manager_impl.EventManagerImpl):
             if token is not None:
                 listener_context.leave(token)
 
+    @typing.overload
+    def dispatch(self, event: base_events.Event, *, return_tasks: typing.Literal[False] = False) -> None: ...
+
+    @typing.overload
+    def dispatch(
+        self, event: base_events.Event, *, return_tasks: typing.Literal[True] = True
+    ) -> asyncio.Future[typing.Any]: ...
+
+    @typing.overload
+    def dispatch(
+        self, event: base_events.Event, *, return_tasks: bool = False
+    ) -> asyncio.Future[typing.Any] | None: ...
+
+    @override
+    def dispatch(self, event: base_events.Event, *, return_tasks: bool = False) -> asyncio.Future[typing.Any] | None:
+        if self._quiet:
+            # Consumed for the cache only: the old set's listeners handled this event (or saw this guild).
+            if not return_tasks:
+                return None
+            future: asyncio.Future[typing.Any] = asyncio.get_running_loop().create_future()
+            future.set_result([])
+            return future
+        return super().dispatch(event, return_tasks=return_tasks)
+
+    def _consume_quietly(self, event_name: str, shard: shard_api.GatewayShard, payload: typing.Any) -> None:
+        self._quiet = True
+        try:
+            super().consume_raw_event(event_name, shard, payload)
+        finally:
+            self._quiet = False
+
     @override
     def consume_raw_event(self, event_name: str, shard: shard_api.GatewayShard, payload: typing.Any) -> None:
         mark, entry = self._begin(shard)
         try:
-            if event_name in _ALWAYS or (
-                self._mode is DeliveryMode.LIVE and not self._recording and not self._skip
-            ):
+            if self._mode is DeliveryMode.LIVE and self._tails is None and self._shadow is None:
                 self._consume_counted(event_name, shard, payload, mark, entry)
                 return
-            if self._mode is DeliveryMode.SHADOW:
-                # Held, not handled: the watermark stays below it until it is delivered (or dropped at go-live).
-                mark.hold(entry)
-                self._buffer.append((event_name, shard, payload, entry))
+            if not cutover.fan_out(event_name, payload):
+                if self._mode is not DeliveryMode.LIVE and event_name in ("GUILD_CREATE", "GUILD_DELETE"):
+                    self._consume_quietly(event_name, shard, payload)
+                else:
+                    self._consume_counted(event_name, shard, payload, mark, entry)
                 return
             if self._mode is DeliveryMode.MUTED:
                 return
-            self._deliver(event_name, shard, payload, mark, entry)
+            key = cutover.guild_of_event(event_name, payload)
+            if self._mode is DeliveryMode.SHADOW:
+                assert self._shadow is not None
+                seen = cutover.seen(event_name, payload, time.time())
+                if self._shadow.hold(key, seen, (event_name, shard, payload, entry)):
+                    # Held, not handled: the watermark stays below it until it is consumed at the switch.
+                    mark.hold(entry)
+                else:
+                    dropped = self._shadow.clear()
+                    if dropped:  # the first event over the cap: free the memory, say so once
+                        _LOGGER.error("%s", self.overflow_message())
+                        self._release(dropped)
+                return
+            if self._shadow is not None:
+                # Live, with guilds still being aligned (the old set's last delivery had not arrived).
+                seen = cutover.seen(event_name, payload, time.time())
+                mark.hold(entry)
+                self._consume_all(self._shadow.offer(key, seen, (event_name, shard, payload, entry), time.time()))
+                self._settle()
+                return
+            if self._tails is not None:
+                self._tails.record(key, cutover.seen(event_name, payload, time.time()))
+            self._consume_counted(event_name, shard, payload, mark, entry)
         finally:
             mark.finish(entry)
 
-    def _deliver(
-        self, event_name: str, shard: shard_api.GatewayShard, payload: typing.Any, mark: ListenerWatermark,
-        entry: InFlight | None,
-    ) -> None:
-        if self._skip:
-            if time.monotonic() > self._skip_until:
-                self._skip = frozenset()
-            elif event_identity(event_name, payload) in self._skip:
-                return
-        if self._recording:
-            identity = event_identity(event_name, payload)
-            if identity not in self._delivered:
-                self._delivered.add(identity)
-                self._delivered_order.append(identity)
-                if len(self._delivered_order) > _MAX_RECORDED:
-                    self._delivered.discard(self._delivered_order.popleft())
-        self._consume_counted(event_name, shard, payload, mark, entry)
+    def _release(self, items: list[_Held]) -> None:
+        for _, shard, _, entry in items:
+            self.watermark(shard.id).finish(entry)
 
-    def start_recording(self) -> None:
-        """Remember the identity of every event delivered from now on."""
-        self._recording = True
-
-    def stop_recording(self) -> None:
-        """Forget what was recorded and stop recording (a reshard was rolled back)."""
-        self._recording = False
-        self._delivered.clear()
-        self._delivered_order.clear()
-
-    def mute(self) -> list[str]:
-        """Stop delivering; return the identities delivered since recording started."""
-        self._mode = DeliveryMode.MUTED
-        self._recording = False
-        delivered = list(self._delivered_order)
-        self._delivered.clear()
-        self._delivered_order.clear()
-        return delivered
-
-    def go_live(self, skip: typing.Iterable[str], *, skip_for: float = 30.0) -> int:
-        """Deliver the shadow buffer minus ``skip``, then deliver live (still skipping those for ``skip_for`` s).
-
-        Returns the number of buffered events delivered.
-        """
-        self._skip = frozenset(skip)
-        self._skip_until = time.monotonic() + skip_for
-        self._mode = DeliveryMode.LIVE
-        delivered = 0
-        while self._buffer:
-            name, shard, payload, entry = self._buffer.popleft()
+    def _consume_all(self, items: list[tuple[_Held, bool]]) -> None:
+        """Consume released events in order: to listeners, or (handled by the old set) for the cache only."""
+        for (name, shard, payload, entry), deliver in items:
             mark = self.watermark(shard.id)
             try:
-                if event_identity(name, payload) in self._skip:
-                    continue
-                self._deliver(name, shard, payload, mark, entry)
-                delivered += 1
+                if deliver:
+                    self._consume_counted(name, shard, payload, mark, entry)
+                else:
+                    self._consume_quietly(name, shard, payload)
             finally:
                 mark.finish(entry)
-        _LOGGER.info("went live: %s buffered events delivered, %s skipped as already handled", delivered,
-                     len(self._skip))
+
+    def _settle(self) -> None:
+        """After the switch: drop the buffer once every guild is aligned, else wake up at the next deadline."""
+        shadow = self._shadow
+        if shadow is None or not shadow.live:
+            return
+        deadline = shadow.next_deadline()
+        if deadline is None:
+            self._shadow = None
+            return
+        if self._expiry is None:
+            delay = max(deadline - time.time(), 0.0) + 0.01
+            self._expiry = asyncio.get_running_loop().call_later(delay, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        if self._shadow is not None:
+            self._consume_all(self._shadow.expire(time.time()))
+            self._settle()
+
+    def start_recording(self) -> None:
+        """Keep each guild's tail of delivered events from now on (this is the old set of a reshard)."""
+        self._tails = cutover.TailRecorder()
+
+    def stop_recording(self) -> None:
+        """Forget the tails and stop recording (a reshard was rolled back)."""
+        self._tails = None
+
+    def mute(self) -> dict[int, tuple[cutover.Seen, ...]]:
+        """Stop delivering; return each guild's tail of what was delivered since recording started."""
+        self._mode = DeliveryMode.MUTED
+        tails = self._tails.snapshot() if self._tails is not None else {}
+        self._tails = None
+        return tails
+
+    def go_live(self, tails: typing.Mapping[int, typing.Sequence[cutover.Seen]] | None = None) -> int:
+        """Deliver the held events the old set did not handle (aligned against ``tails``), then deliver live.
+
+        On a set that was not in shadow mode (an old set whose reshard was rolled back) this just
+        delivers live again. Returns the number of held events delivered to listeners.
+
+        Raises
+        ------
+        ShadowOverflowError
+            When the shadow buffer went over its cap: nothing is delivered (the old set must stay).
+        """
+        shadow = self._shadow
+        if shadow is None or shadow.live:
+            self._mode = DeliveryMode.LIVE
+            return 0
+        if shadow.overflowed:
+            raise ShadowOverflowError(self.overflow_message())
+        self._mode = DeliveryMode.LIVE
+        released = shadow.go_live(tails or {}, time.time())
+        delivered = sum(1 for _, deliver in released if deliver)
+        self._consume_all(released)
+        self._settle()
+        _LOGGER.info(
+            "went live: %s held events delivered, %s already handled by the old set, %s guild(s) still aligning",
+            delivered, len(released) - delivered, len(shadow.pending),
+        )
         return delivered
 
+    def overflow_message(self) -> str:
+        """What to tell the user when the shadow buffer overflowed."""
+        cap = self._shadow.cap if self._shadow is not None else 0
+        return (
+            f"the new shard set held more than {cap} events before the switch (the reshard took too long for the "
+            "event rate); the old shards keep running. Reshard at a quieter time, with fewer shards per host, or "
+            "raise Timings.reshard_buffer_cap"
+        )

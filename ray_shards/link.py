@@ -27,6 +27,7 @@ if typing.TYPE_CHECKING:
         BotStatus,
         CommandKind,
         DeployStatus,
+        GuildTails,
         HostDirectives,
         IdentifyAnswer,
         Lease,
@@ -392,9 +393,9 @@ class OrchestratorLink:
         result: ReshardProgress = await self.call("start_reshard", shard_count, retry_for=retry_for)
         return result
 
-    async def deliver_identities(self, host_id: str, identities: list[str], *, retry_for: float = 30.0) -> None:
-        """`Orchestrator.deliver_identities`."""
-        await self.call("deliver_identities", host_id, identities, retry_for=retry_for)
+    async def deliver_tails(self, host_id: str, tails: GuildTails, *, retry_for: float = 30.0) -> None:
+        """`Orchestrator.deliver_tails`."""
+        await self.call("deliver_tails", host_id, tails, retry_for=retry_for)
 
     async def shutdown(self, *, timeout: float = 10.0, retry_for: float = 30.0) -> int:
         """`Orchestrator.shutdown`."""

@@ -84,11 +84,13 @@ class CommandKind(enum.StrEnum):
     RECONNECT = "reconnect"
     REQUEST_CHANNEL_INFO = "request_channel_info"
     RECORD = "record"
-    """Resharding: remember the identity of every event delivered from now on."""
+    """Resharding: keep each guild's tail of delivered events from now on (the old set)."""
+    SHADOW_CHECK = "shadow_check"
+    """Resharding: fail if this new-set host's held events went over their cap."""
     SWITCH_OUT = "switch_out"
-    """Resharding: stop delivering events and hand in what was delivered."""
+    """Resharding: stop delivering events and hand in each guild's tail (`ray_shards.protocol.GuildTails`)."""
     GO_LIVE = "go_live"
-    """Resharding: deliver the held events not yet handled, then deliver live."""
+    """Resharding: deliver the held events the old set did not handle (argument ``tails``), then deliver live."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -56,6 +56,7 @@ from ray_shards.protocol import (
     BotStatus,
     DeployStatus,
     FleetSummary,
+    GuildTails,
     HostHealth,
     HostSummary,
     IdentifyAnswer,
@@ -164,7 +165,7 @@ class Orchestrator:
         self._next_table: ShardTable | None = None
         self._next_fleet: HostFleet | None = None
         self._reshard: ReshardProgress | None = None
-        self._reshard_ids: dict[str, list[str]] = {}
+        self._reshard_tails: dict[str, GuildTails] = {}
         # The rolling restart's pure core (ray_shards.rolling); the reconcile pass steps it and carries out its effects.
         self._rolling: roll.RollingRestart | None = None
         self._roll_retires: dict[str, asyncio.Task[None]] = {}
@@ -969,7 +970,7 @@ class Orchestrator:
             self._unmute_old_hosts = False
             hosts = [h.host_id for h in table.live_hosts()]
             task = asyncio.get_running_loop().create_task(
-                self._broadcast(hosts, CommandKind.GO_LIVE, {"skip": [], "stop_recording": True})
+                self._broadcast(hosts, CommandKind.GO_LIVE, {"stop_recording": True})
             )
             task.add_done_callback(self._log_background_failure)
         for host in [h for t in self._tables() for h in t.live_hosts()]:
@@ -1324,10 +1325,47 @@ class Orchestrator:
     def _rolling_busy(self) -> bool:
         return self._rolling is not None and self._rolling.active
 
-    async def deliver_identities(self, capability: str, host_id: str, identities: list[str]) -> None:
-        """An old-set host hands in the identities of the events it delivered (resharding switch)."""
+    async def deliver_tails(self, capability: str, host_id: str, tails: GuildTails) -> None:
+        """An old-set host hands in, per guild, the last events it delivered (resharding switch)."""
         self._check(capability)
-        self._reshard_ids[host_id] = identities
+        self._reshard_tails[host_id] = tails
+
+    async def _switch_reshard(self, old_hosts: list[str], new_table: ShardTable) -> list[str]:
+        """The reshard's switch: mute the old set, collect its tails, and make each new host go live with its own.
+
+        Each new host gets only the tails of the guilds its shards cover (``(guild >> 22) % count``), never
+        one global list. Returns the new set's hosts.
+        """
+        new_hosts = [h.host_id for h in new_table.live_hosts()]
+        # Every new host must still hold all it received (assumption of ray_shards.cutover), checked before the
+        # old set is muted, so that a failure leaves the old set delivering and nothing is lost.
+        await self._broadcast(new_hosts, CommandKind.SHADOW_CHECK, {})
+        self._reshard_tails.clear()
+        await self._broadcast(old_hosts, CommandKind.SWITCH_OUT, {})
+        tails = GuildTails.merge(self._reshard_tails.values())
+        self._reshard_tails.clear()
+        count = new_table.shard_count
+        covered: dict[str, list[int]] = {h: [] for h in new_hosts}
+        for shard_id, record in new_table.shards.items():
+            if record.host_id in covered:
+                covered[record.host_id].append(shard_id)
+        results = await asyncio.gather(
+            *(
+                self._run_on_host(
+                    h,
+                    Command(next(self._command_ids), CommandKind.GO_LIVE, None,
+                            {"tails": tails.for_shards(set(covered[h]), count)}),
+                    30.0,
+                )
+                for h in new_hosts
+            ),
+            return_exceptions=True,
+        )
+        failures = [r for h, r in zip(new_hosts, results, strict=True)
+                    if isinstance(r, BaseException) and self._is_live_host(h)]
+        if failures:
+            raise failures[0]
+        return new_hosts
 
     async def _broadcast(self, hosts: list[str], kind: CommandKind, arguments: dict[str, typing.Any]) -> None:
         """Run a host-wide command on ``hosts``; a host that died meanwhile is no failure (its shards moved)."""
@@ -1388,15 +1426,13 @@ class Orchestrator:
                     raise TimeoutError(msg)
                 await asyncio.sleep(0.2)
             progress.state = ReshardState.SWITCHING
+            # Every new session has received events for at least the skew bound (ray_shards.cutover, assumption 2).
+            await asyncio.sleep(self._timings.reshard_max_skew)
             old_fleet.desired = 0
-            self._reshard_ids.clear()
             switched_out = True
             # The old set as it is now: hosts that died during the reshard were replaced (and told to record).
             old_hosts = [h.host_id for h in old_table.live_hosts()]
-            await self._broadcast(old_hosts, CommandKind.SWITCH_OUT, {})
-            skip = sorted({i for ids in self._reshard_ids.values() for i in ids})
-            new_hosts = [h.host_id for h in new_table.live_hosts()]
-            await self._broadcast(new_hosts, CommandKind.GO_LIVE, {"skip": skip})
+            new_hosts = await self._switch_reshard(old_hosts, new_table)
             # The new set is live: make it the bot, then end the old sessions.
             self._table, self._fleet = new_table, new_fleet
             self._next_table, self._next_fleet = None, None
@@ -1426,13 +1462,13 @@ class Orchestrator:
             # The old set was told to record (and maybe to mute): it delivers live again, nothing held back.
             live_old = [h.host_id for h in old_table.live_hosts()]
             try:
-                await self._broadcast(live_old, CommandKind.GO_LIVE, {"skip": [], "stop_recording": True})
+                await self._broadcast(live_old, CommandKind.GO_LIVE, {"stop_recording": True})
             except Exception as unmute_error:
                 _LOGGER.error("could not tell every old host to go live again (switched out: %s): %s",
                               switched_out, unmute_error)
         finally:
             progress.finished_at = time.time()
-            self._reshard_ids.clear()
+            self._reshard_tails.clear()
             self._changed()
 
     async def _auto_reshard_policy(self) -> None:

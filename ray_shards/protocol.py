@@ -17,6 +17,7 @@ import dataclasses
 import enum
 import typing
 
+from ray_shards.cutover import Seen
 from ray_shards.models import (
     BotConfig,
     Command,
@@ -38,6 +39,7 @@ __all__ = [
     "DeployStatus",
     "FleetHostSummary",
     "FleetSummary",
+    "GuildTails",
     "HostDirectives",
     "HostHealth",
     "HostSummary",
@@ -49,6 +51,7 @@ __all__ = [
     "ReshardProgress",
     "ReshardState",
     "RollingRestartProgress",
+    "Seen",
     "SessionState",
     "ShardInfo",
     "ShardReport",
@@ -81,6 +84,35 @@ class Registration:
     """Shards the host said it runs whose lease is no longer its own: it must stop them."""
     presence: PresenceState
     presence_version: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GuildTails:
+    """A reshard's switch: per guild, the last events a host of the old set delivered (`ray_shards.cutover`).
+
+    An old-set host hands its tails in (`Orchestrator.deliver_tails`); each new-set host gets back
+    only the tails of the guilds its shards cover (`for_shards`).
+    """
+
+    host_id: str
+    tails: dict[int, tuple[Seen, ...]]
+    """Guild id (0: events without a guild) to its tail, oldest first."""
+
+    @staticmethod
+    def merge(parts: typing.Iterable[GuildTails], host_id: str = "") -> GuildTails:
+        """One tail per guild; where two hosts delivered a guild (its shard moved), the later tail wins."""
+        tails: dict[int, tuple[Seen, ...]] = {}
+        for part in parts:
+            for key, tail in part.tails.items():
+                if tail and (key not in tails or tail[-1].received > tails[key][-1].received):
+                    tails[key] = tail
+        return GuildTails(host_id, tails)
+
+    def for_shards(self, shard_ids: typing.Collection[int], shard_count: int) -> GuildTails:
+        """The tails of the guilds that ``shard_ids`` of ``shard_count`` receive (guild 0, DMs: shard 0)."""
+        return GuildTails(
+            self.host_id, {k: t for k, t in self.tails.items() if (k >> 22) % shard_count in shard_ids}
+        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

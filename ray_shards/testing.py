@@ -27,12 +27,27 @@ class DeliveryRecorder:
     def __init__(self) -> None:
         self._counts: collections.Counter[int] = collections.Counter()
         self._hosts: dict[int, str] = {}
+        self._labels: collections.Counter[str] = collections.Counter()
+        self._label_hosts: collections.Counter[str] = collections.Counter()
 
     def record(self, host_id: str, message_ids: list[int]) -> None:
         """Record deliveries."""
         for message_id in message_ids:
             self._counts[message_id] += 1
             self._hosts[message_id] = host_id
+
+    def record_labels(self, host_id: str, labels: list[str]) -> None:
+        """Record handled guild events by label (``edit <content>``, ``react_add``, ``join <guild>``, ...)."""
+        self._labels.update(labels)
+        self._label_hosts[host_id] += len(labels)
+
+    def labels(self) -> dict[str, int]:
+        """Label to number of times a listener handled it."""
+        return dict(self._labels)
+
+    def label_hosts(self) -> dict[str, int]:
+        """Host id to the number of labelled events its listeners handled."""
+        return dict(self._label_hosts)
 
     def counts(self) -> dict[int, int]:
         """Message id to number of deliveries."""
@@ -55,11 +70,13 @@ def start_recorder(name: str) -> typing.Any:
     )
 
 
-def record_deliveries(recorder_name: str, bot: Bot, *, delay: float = 0.0) -> None:
+def record_deliveries(recorder_name: str, bot: Bot, *, delay: float = 0.0, guild_events: bool = False) -> None:
     """Callback: every MESSAGE_CREATE reaching ``bot`` is recorded in the named recorder.
 
     With ``delay`` the listener first sleeps that long, like a listener doing real work (a database
     write, a REST call waiting out a 429): an event is recorded only once its listener finished.
+    With ``guild_events`` the emulator's scripted events (`ray_shards.emulator.script`) are recorded
+    too, by label: ``edit <content>``, ``react_add``, ``react_remove``, ``join <guild>``, ``leave <guild>``.
     """
     recorder = ray.get_actor(recorder_name, namespace=NAMESPACE)
 
@@ -69,7 +86,37 @@ def record_deliveries(recorder_name: str, bot: Bot, *, delay: float = 0.0) -> No
             await asyncio.sleep(delay)
         await recorder.record.remote(bot.host_id, [int(event.message_id)])
 
+    if not guild_events:
+        return
 
-def recording_callback(recorder_name: str, *, delay: float = 0.0) -> typing.Callable[[Bot], None]:
+    async def label(text: str) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        await recorder.record_labels.remote(bot.host_id, [text])
+
+    @bot.listen(hikari.MessageUpdateEvent)
+    async def on_edit(event: hikari.MessageUpdateEvent) -> None:
+        await label(f"edit {event.message.content}")
+
+    @bot.listen(hikari.ReactionAddEvent)
+    async def on_react_add(event: hikari.ReactionAddEvent) -> None:
+        await label("react_add")
+
+    @bot.listen(hikari.ReactionDeleteEvent)
+    async def on_react_remove(event: hikari.ReactionDeleteEvent) -> None:
+        await label("react_remove")
+
+    @bot.listen(hikari.GuildJoinEvent)
+    async def on_join(event: hikari.GuildJoinEvent) -> None:
+        await label(f"join {event.guild_id}")
+
+    @bot.listen(hikari.GuildLeaveEvent)
+    async def on_leave(event: hikari.GuildLeaveEvent) -> None:
+        await label(f"leave {event.guild_id}")
+
+
+def recording_callback(
+    recorder_name: str, *, delay: float = 0.0, guild_events: bool = False
+) -> typing.Callable[[Bot], None]:
     """A picklable callback recording deliveries into ``recorder_name`` (after ``delay`` s of "work")."""
-    return functools.partial(record_deliveries, recorder_name, delay=delay)
+    return functools.partial(record_deliveries, recorder_name, delay=delay, guild_events=guild_events)

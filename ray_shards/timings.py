@@ -64,6 +64,12 @@ class Timings:
         take the GIL now and then, and each take makes the loop drop it at the next switch interval;
         0.05 s measured 12-25 % more events/s on one host (BENCHMARKS.md, F3). The health check
         (its own thread) then waits at most this long for the GIL: far below `health_timeout`.
+    reshard_buffer_cap
+        Events a host of a reshard's new set may hold before the switch. Over it the reshard fails
+        (the old shards keep running, nothing is lost) instead of holding without bound.
+    reshard_max_skew
+        Seconds by which the two sets of a reshard may receive one event apart (see `ray_shards.cutover`);
+        the Orchestrator also waits this long after the new set is READY before it switches.
     """
 
     sync_interval: float = 0.5
@@ -85,6 +91,8 @@ class Timings:
     max_capabilities: int = 4096
     health_timeout: float = 10.0
     host_switch_interval: float | None = 0.05
+    reshard_buffer_cap: int = 100_000
+    reshard_max_skew: float = 1.0
 
     def __post_init__(self) -> None:
         if self.host_switch_interval is not None and not 0 < self.host_switch_interval <= 1.0:

@@ -110,11 +110,17 @@ async def streaming(
 
     bots: list[StreamingBot] = []
 
-    async def make(shards: int, hosts: int, *, listener_delay: float = 0.0, **emulator: typing.Any) -> StreamingBot:
+    async def make(
+        shards: int, hosts: int, *, listener_delay: float = 0.0, guild_events: bool = False,
+        timings: typing.Any = None, **emulator: typing.Any,
+    ) -> StreamingBot:
+        from tests.helpers import FAST
+
         emu = emulator_factory(
             token, shards=shards, max_concurrency=shards, guilds=shards * 2, identify_window_s=1.0, **emulator
         )
-        bot = StreamingBot(emu, token, listener_delay=listener_delay)
+        bot = StreamingBot(emu, token, listener_delay=listener_delay, guild_events=guild_events,
+                           timings=timings or FAST)
         bots.append(bot)
         await bot.start(hosts)
         return bot

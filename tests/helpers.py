@@ -30,10 +30,15 @@ async def wait_for(predicate: typing.Callable[[], bool], timeout: float, what: s
 class StreamingBot:
     """A bot under a steady event stream whose listeners record every delivery."""
 
-    def __init__(self, emu: typing.Any, token: str, *, listener_delay: float = 0.0) -> None:
+    def __init__(
+        self, emu: typing.Any, token: str, *, listener_delay: float = 0.0, guild_events: bool = False,
+        timings: Timings = FAST,
+    ) -> None:
         self.emu = emu
         self.token = token
         self.listener_delay = listener_delay
+        self.guild_events = guild_events
+        self.timings = timings
         self.recorder_name = f"recorder-{uuid.uuid4().hex[:8]}"
         self.recorder = start_recorder(self.recorder_name)
         self.deployment: BotDeployment | None = None
@@ -44,9 +49,9 @@ class StreamingBot:
             self.token,
             subprocess_count=hosts,
             rest_url=self.emu.rest_url,
-            callback=recording_callback(self.recorder_name, delay=self.listener_delay),
+            callback=recording_callback(self.recorder_name, delay=self.listener_delay, guild_events=self.guild_events),
             intents=hikari.Intents.ALL,
-            timings=FAST,
+            timings=self.timings,
         )
         self.client = Client(self.token, None, refresh_interval=0.1)
         await self.client.start()

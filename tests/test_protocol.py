@@ -25,7 +25,7 @@ from ray_shards.protocol import (
 _TYPED_CALLS = [
     "register_host", "sync", "release", "claim", "request_identify", "identify", "identify_done", "check_lease",
     "command_done", "command", "table", "status", "deploy", "deploy_status", "host_handles",
-    "start_rolling_restart", "control_rolling_restart", "start_reshard", "deliver_identities", "shutdown",
+    "start_rolling_restart", "control_rolling_restart", "start_reshard", "deliver_tails", "shutdown",
 ]
 
 
@@ -84,3 +84,23 @@ def test_bot_status_dict_form() -> None:
     assert data["fleet"] == fleet | {"callback": None}
     assert list(data["fleet"]) == list(fleet)
     json.dumps(data)
+
+
+def test_guild_tails_go_only_to_the_host_whose_shards_cover_the_guild() -> None:
+    import pickle
+
+    from ray_shards.protocol import GuildTails, Seen
+
+    def tail(at: float) -> tuple[Seen, ...]:
+        return (Seen(b"d", False, at),)
+
+    first = GuildTails("h0", {0: tail(1.0), 5 << 22: tail(1.0), 6 << 22: tail(3.0)})
+    moved = GuildTails("h1", {6 << 22: tail(2.0), 7 << 22: tail(2.0)})  # guild 6's shard moved from h0 to h1
+    merged = GuildTails.merge([first, moved])
+    assert merged.tails[6 << 22] == tail(3.0), "the later tail of a guild two hosts delivered wins"
+    assert set(merged.tails) == {0, 5 << 22, 6 << 22, 7 << 22}
+    # 4 new shards: guild 5 -> shard 1, 6 -> 2, 7 -> 3; events without a guild (key 0) -> shard 0.
+    assert set(merged.for_shards({0, 1}, 4).tails) == {0, 5 << 22}
+    assert set(merged.for_shards({2}, 4).tails) == {6 << 22}
+    assert merged.for_shards(set(), 4).tails == {}
+    assert pickle.loads(pickle.dumps(merged)) == merged

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 import typing
 
@@ -10,6 +11,7 @@ import pytest
 import ray
 
 from ray_shards.protocol import ReshardState
+from ray_shards.timings import Timings
 from tests.helpers import StreamingBot, wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -46,6 +48,124 @@ async def test_reshard_8_to_16_under_a_stream_handles_each_event_once(streaming:
     assert len(ended) >= 8, "the old sessions were not closed (ended) at the end"
     identifies = [e for e in emu.control.identify_log() if e["shard_count"] == 16]
     assert sorted(e["shard_id"] for e in identifies) == list(range(16))
+
+
+def _expected_labels(sent: list[dict[str, typing.Any]]) -> collections.Counter[str]:
+    """What the listeners must have recorded for the emulator's scripted events (each exactly once)."""
+    labels: collections.Counter[str] = collections.Counter()
+    for e in sent:
+        if e["action"] == "edit":
+            labels[f"edit {e['content']}"] += 1
+        elif e["action"] in ("join", "leave"):
+            labels[f"{e['action']} {e['guild_id']}"] += 1
+        else:
+            labels[e["action"]] += 1
+    return labels
+
+
+async def _script(emu: typing.Any, running: typing.Callable[[], bool], interval: float) -> None:
+    """Edits of one message (distinct contents), reaction add/remove/add (identical payloads), a join and a leave.
+
+    Identical reaction payloads repeat every 4 * ``interval`` s: over 2 * reshard_max_skew (ray_shards.cutover).
+    """
+    gid = emu.control.guild_ids()[0]
+    joined: int | None = None
+    step = 0
+    while running() or step < 14:
+        if step == 2:
+            joined = (await asyncio.to_thread(emu.control.script, "join"))["guild_id"]
+        elif step == 12 and joined is not None:
+            await asyncio.to_thread(emu.control.script, "leave", joined)
+        else:
+            action = ("edit", "react_add", "edit", "react_remove")[step % 4]
+            await asyncio.to_thread(emu.control.script, action, gid, content=f"edit {step}")
+        step += 1
+        await asyncio.sleep(interval)
+
+
+async def test_reshard_handles_edits_reactions_joins_and_leaves_once(streaming: typing.Any) -> None:
+    timings = Timings(identify_window=1.0, reshard_max_skew=0.25)
+    bot: StreamingBot = await streaming(shards=4, hosts=2, guild_events=True, timings=timings)
+    emu = bot.emu
+    emu.control.start_stream(20)
+    await asyncio.sleep(1.0)
+    finished = asyncio.Event()
+    script = asyncio.create_task(_script(emu, lambda: not finished.is_set(), 0.3))
+    try:
+        state = await bot.client.reshard(8)
+    finally:
+        finished.set()
+    await asyncio.wait_for(script, 60)
+    assert state.state is ReshardState.FINISHED, state
+    await wait_for(lambda: len(bot.shards()) == 8 and bot.all_ready(), 30, "8 READY shards")
+    emu.control.stop_stream()
+    sent = emu.control.script_sent()
+    assert {e["action"] for e in sent} == {"edit", "react_add", "react_remove", "join", "leave"}
+    assert all(e["sessions"] >= 1 for e in sent)
+    expected = _expected_labels(sent)
+
+    def labels() -> dict[str, int]:
+        return typing.cast(dict[str, int], ray.get(bot.recorder.labels.remote()))
+
+    try:
+        await wait_for(lambda: labels() == dict(expected), 30, "each scripted event handled exactly once")
+    except AssertionError:
+        got = collections.Counter(labels())
+        raise AssertionError(f"missing {dict(expected - got)}, extra {dict(got - expected)}; sent {sent}") from None
+    hosts = ray.get(bot.recorder.label_hosts.remote())
+    assert any(h.startswith("s8-") for h in hosts) and any(not h.startswith("s8-") for h in hosts), (
+        f"the scripted events did not straddle the switch: {hosts}"
+    )
+    stream = {int(e["id"]) for e in emu.control.stream_sent()}
+    await wait_for(lambda: stream <= set(ray.get(bot.recorder.counts.remote())), 30, "every streamed event")
+    counts = ray.get(bot.recorder.counts.remote())
+    assert not {m: c for m, c in counts.items() if m in stream and c > 1}, "stream events handled twice"
+    stats = emu.control.stats()
+    assert not stats["split_brain"] and stats["rate_limit_violations"] == 0
+
+
+async def test_reshard_4_to_8_with_slow_listeners_loses_nothing_and_handles_each_event_once(
+    streaming: typing.Any,
+) -> None:
+    bot: StreamingBot = await streaming(shards=4, hosts=2, listener_delay=2.0)
+    emu = bot.emu
+    emu.control.start_stream(20)
+    # At 20 events/s and 2 s per listener about 40 listeners are running when the switch comes.
+    await asyncio.sleep(3.0)
+    state = await bot.client.reshard(8)
+    assert state.state is ReshardState.FINISHED, state
+    await wait_for(lambda: len(bot.shards()) == 8 and bot.all_ready(), 30, "8 READY shards")
+    await asyncio.sleep(3.0)
+    await bot.assert_nothing_lost()
+    counts = ray.get(bot.recorder.counts.remote())
+    sent = {int(e["id"]) for e in emu.control.stream_sent()}
+    twice = {m: c for m, c in counts.items() if m in sent and c > 1}
+    assert not twice, f"{len(twice)} events handled more than once across the switch"
+    assert not emu.control.stats()["split_brain"]
+
+
+async def test_a_reshard_whose_new_set_overflows_fails_and_the_old_set_loses_nothing(streaming: typing.Any) -> None:
+    # A cap of 30 held events per new host at 40 events/s: the new set overflows before the switch.
+    timings = Timings(identify_window=1.0, reshard_buffer_cap=30)
+    bot: StreamingBot = await streaming(shards=2, hosts=1, timings=timings)
+    emu = bot.emu
+    emu.control.start_stream(40)
+    await asyncio.sleep(1.0)
+    state = await bot.client.reshard(4)
+    assert state.state is ReshardState.FAILED, state
+    assert state.error is not None and "reshard_buffer_cap" in state.error and "30 events" in state.error, state
+    await asyncio.sleep(1.0)
+    await wait_for(lambda: len(bot.shards()) == 2 and bot.all_ready(), 30, "the 2 old shards still READY")
+    assert all(info.shard_count == 2 for info in bot.shards().values())
+    await bot.assert_nothing_lost()
+    counts = ray.get(bot.recorder.counts.remote())
+    sent = {int(e["id"]) for e in emu.control.stream_sent()}
+    assert not {m: c for m, c in counts.items() if m in sent and c > 1}, "the failed reshard duplicated events"
+    new_sessions = [s for s in emu.control.sessions() if s["shard_count"] == 4 and s["connected"]]
+    await wait_for(
+        lambda: not [s for s in emu.control.sessions() if s["shard_count"] == 4 and s["connected"]], 30,
+        f"the new set's sessions to go ({len(new_sessions)} connected)",
+    )
 
 
 async def test_reshard_refuses_when_the_daily_budget_is_too_small(streaming: typing.Any) -> None:

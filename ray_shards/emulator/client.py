@@ -127,6 +127,26 @@ class EmulatorControl:
         """Return every event the stream generated."""
         return typing.cast(list[dict[str, typing.Any]], self._call("stream_sent"))
 
+    def script_sent(self) -> list[dict[str, typing.Any]]:
+        """Return every scripted event (``script``)."""
+        return typing.cast(list[dict[str, typing.Any]], self._call("script_sent"))
+
+    def script(
+        self,
+        action: str,
+        guild_id: int | None = None,
+        *,
+        content: str | None = None,
+        message_id: int | None = None,
+        emoji: str = "x",
+    ) -> dict[str, typing.Any]:
+        """Dispatch one scripted guild event: ``edit``, ``react_add``, ``react_remove``, ``join`` or ``leave``."""
+        return typing.cast(
+            dict[str, typing.Any],
+            self._call("script", {k: v for k, v in (("action", action), ("guild_id", guild_id), ("content", content),
+                                                    ("message_id", message_id), ("emoji", emoji)) if v is not None}),
+        )
+
     def sessions(self) -> list[dict[str, typing.Any]]:
         """Return a summary of every live session."""
         return typing.cast(list[dict[str, typing.Any]], self._call("sessions"))

@@ -50,6 +50,7 @@ _READS: dict[str, _Action] = {
     "messages": lambda emu, p: emu.messages(),
     "interaction_responses": lambda emu, p: emu.interaction_responses(),
     "stream_sent": lambda emu, p: emu.stream_sent(),
+    "script_sent": lambda emu, p: emu.script_sent(),
     "sessions": lambda emu, p: emu.sessions(),
     "guilds": lambda emu, p: (
         emu.guild_ids()
@@ -75,6 +76,10 @@ _WRITES: dict[str, _Action] = {
         max_concurrency=_opt_int(p, "max_concurrency"),
         shards=_opt_int(p, "shards"),
         total=_opt_int(p, "total"),
+    ),
+    "script": lambda emu, p: emu.script(
+        str(p["action"]), _opt_int(p, "guild_id"), content=p.get("content"), message_id=_opt_int(p, "message_id"),
+        emoji=str(p.get("emoji") or "x"),
     ),
     "start_stream": lambda emu, p: emu.start_stream(float(p["rate"])),
     "stop_stream": lambda emu, p: emu.stop_stream(),

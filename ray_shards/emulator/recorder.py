@@ -52,6 +52,7 @@ class Recorder:
         "rest_log",
         "resume_log",
         "resumes",
+        "script_sent",
         "send_limit_violations",
         "stream_sent",
         "takeovers",
@@ -66,6 +67,7 @@ class Recorder:
         self.interaction_responses: collections.deque[Entry] = collections.deque(maxlen=max_entries)
         self.closes: collections.deque[Entry] = collections.deque(maxlen=max_entries)
         self.stream_sent: collections.deque[Entry] = collections.deque(maxlen=max_entries * 5)
+        self.script_sent: collections.deque[Entry] = collections.deque(maxlen=max_entries)
         self.identifies = 0
         self.identify_attempts = 0
         self.resumes = 0
@@ -85,6 +87,7 @@ class Recorder:
             self.interaction_responses,
             self.closes,
             self.stream_sent,
+            self.script_sent,
         ):
             log.clear()
         self.identifies = 0

@@ -21,6 +21,7 @@ from ray_shards.emulator.limits import IdentifyLimiter
 from ray_shards.emulator.protocol import dumps
 from ray_shards.emulator.recorder import Entry, Recorder
 from ray_shards.emulator.rest import RestApi
+from ray_shards.emulator.script import ScriptedEvents
 from ray_shards.emulator.sessions import SessionRegistry
 from ray_shards.emulator.stream import EventStream
 from ray_shards.emulator.world import World
@@ -57,6 +58,7 @@ class Emulator:
         "_registry",
         "_rest",
         "_runner",
+        "_script",
         "_shards",
         "_snowflakes",
         "_started_at",
@@ -91,6 +93,10 @@ class Emulator:
         )
         self._stream = EventStream(
             gateway=self._gateway, world=self._world, recorder=self._recorder, snowflakes=self._snowflakes
+        )
+        self._script = ScriptedEvents(
+            gateway=self._gateway, world=self._world, recorder=self._recorder, snowflakes=self._snowflakes,
+            bot_id=bot_id_from_token(config.token) or DEFAULT_BOT_ID,
         )
         self._commands = CommandStore(self._snowflakes)
         self._interactions = InteractionStore()
@@ -259,6 +265,22 @@ class Emulator:
     def stream_sent(self) -> list[Entry]:
         """Return every event the stream generated: ``id``, ``guild_id``, ``time``."""
         return [dict(e) for e in self._recorder.stream_sent]
+
+    def script_sent(self) -> list[Entry]:
+        """Return every scripted event (`script`): ``n``, ``action``, ``event``, ``guild_id``, ``time``, ..."""
+        return self._script.sent()
+
+    def script(
+        self,
+        action: str,
+        guild_id: int | None = None,
+        *,
+        content: str | None = None,
+        message_id: int | None = None,
+        emoji: str = "x",
+    ) -> Entry:
+        """Dispatch one scripted guild event (see `ray_shards.emulator.script`); return what was sent."""
+        return self._script.run(action, guild_id, content=content, message_id=message_id, emoji=emoji)
 
     def sessions(self) -> list[dict[str, typing.Any]]:
         """Return a summary of every live session."""

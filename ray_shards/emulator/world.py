@@ -42,6 +42,23 @@ class World:
         """Return every guild id, in index order."""
         return list(self._guild_ids)
 
+    def join_guild(self) -> int:
+        """The bot joins a new guild (the next index); return its id."""
+        gid = ids.guild_id(self.guild_count)
+        self.guild_count += 1
+        self._guild_ids.append(gid)
+        self._by_shard_count.clear()
+        return gid
+
+    def leave_guild(self, gid: int) -> None:
+        """The bot leaves ``gid``, which must be the world's last guild (the most recently joined)."""
+        if not self._guild_ids or self._guild_ids[-1] != gid:
+            raise ValueError(f"only the last guild ({self._guild_ids[-1] if self._guild_ids else None}) can be left")
+        self.guild_count -= 1
+        self._guild_ids.pop()
+        self._by_shard_count.clear()
+        self._guild_create_cache = {k: v for k, v in self._guild_create_cache.items() if k[0] != gid}
+
     def has_guild(self, gid: int) -> bool:
         """Return whether ``gid`` is a guild of this world."""
         return ids.guild_index(gid, self.guild_count) is not None
