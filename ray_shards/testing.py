@@ -17,6 +17,7 @@ import ray
 
 from ray_shards.bot import Bot
 from ray_shards.connection import NAMESPACE
+from ray_shards.listener_context import EventHold, hold_event
 
 __all__ = ["DeliveryRecorder", "record_deliveries", "recording_callback", "start_recorder"]
 
@@ -70,21 +71,39 @@ def start_recorder(name: str) -> typing.Any:
     )
 
 
-def record_deliveries(recorder_name: str, bot: Bot, *, delay: float = 0.0, guild_events: bool = False) -> None:
+def record_deliveries(
+    recorder_name: str, bot: Bot, *, delay: float = 0.0, guild_events: bool = False, background: bool = False
+) -> None:
     """Callback: every MESSAGE_CREATE reaching ``bot`` is recorded in the named recorder.
 
     With ``delay`` the listener first sleeps that long, like a listener doing real work (a database
     write, a REST call waiting out a 429): an event is recorded only once its listener finished.
+    With ``background`` the MESSAGE_CREATE listener returns at once and hands the work to a task of
+    its own under `ray_shards.hold_event` (the event stays unacknowledged until the task is done).
     With ``guild_events`` the emulator's scripted events (`ray_shards.emulator.script`) are recorded
     too, by label: ``edit <content>``, ``react_add``, ``react_remove``, ``join <guild>``, ``leave <guild>``.
     """
     recorder = ray.get_actor(recorder_name, namespace=NAMESPACE)
 
-    @bot.listen(hikari.MessageCreateEvent)
-    async def on_message(event: hikari.MessageCreateEvent) -> None:
+    async def work(event: hikari.MessageCreateEvent) -> None:
         if delay:
             await asyncio.sleep(delay)
         await recorder.record.remote(bot.host_id, [int(event.message_id)])
+
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def held(event: hikari.MessageCreateEvent, hold: EventHold) -> None:
+        with hold:
+            await work(event)
+
+    @bot.listen(hikari.MessageCreateEvent)
+    async def on_message(event: hikari.MessageCreateEvent) -> None:
+        if not background:
+            await work(event)
+            return
+        task = asyncio.get_running_loop().create_task(held(event, hold_event()))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     if not guild_events:
         return
@@ -116,7 +135,9 @@ def record_deliveries(recorder_name: str, bot: Bot, *, delay: float = 0.0, guild
 
 
 def recording_callback(
-    recorder_name: str, *, delay: float = 0.0, guild_events: bool = False
+    recorder_name: str, *, delay: float = 0.0, guild_events: bool = False, background: bool = False
 ) -> typing.Callable[[Bot], None]:
     """A picklable callback recording deliveries into ``recorder_name`` (after ``delay`` s of "work")."""
-    return functools.partial(record_deliveries, recorder_name, delay=delay, guild_events=guild_events)
+    return functools.partial(
+        record_deliveries, recorder_name, delay=delay, guild_events=guild_events, background=background
+    )

@@ -112,7 +112,7 @@ async def streaming(
 
     async def make(
         shards: int, hosts: int, *, listener_delay: float = 0.0, guild_events: bool = False,
-        timings: typing.Any = None, **emulator: typing.Any,
+        timings: typing.Any = None, background: bool = False, **emulator: typing.Any,
     ) -> StreamingBot:
         from tests.helpers import FAST
 
@@ -120,7 +120,7 @@ async def streaming(
             token, shards=shards, max_concurrency=shards, guilds=shards * 2, identify_window_s=1.0, **emulator
         )
         bot = StreamingBot(emu, token, listener_delay=listener_delay, guild_events=guild_events,
-                           timings=timings or FAST)
+                           timings=timings or FAST, background=background)
         bots.append(bot)
         await bot.start(hosts)
         return bot

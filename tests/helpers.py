@@ -32,12 +32,13 @@ class StreamingBot:
 
     def __init__(
         self, emu: typing.Any, token: str, *, listener_delay: float = 0.0, guild_events: bool = False,
-        timings: Timings = FAST,
+        timings: Timings = FAST, background: bool = False,
     ) -> None:
         self.emu = emu
         self.token = token
         self.listener_delay = listener_delay
         self.guild_events = guild_events
+        self.background = background
         self.timings = timings
         self.recorder_name = f"recorder-{uuid.uuid4().hex[:8]}"
         self.recorder = start_recorder(self.recorder_name)
@@ -49,7 +50,10 @@ class StreamingBot:
             self.token,
             subprocess_count=hosts,
             rest_url=self.emu.rest_url,
-            callback=recording_callback(self.recorder_name, delay=self.listener_delay, guild_events=self.guild_events),
+            callback=recording_callback(
+                self.recorder_name, delay=self.listener_delay, guild_events=self.guild_events,
+                background=self.background,
+            ),
             intents=hikari.Intents.ALL,
             timings=self.timings,
         )
