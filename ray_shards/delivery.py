@@ -208,8 +208,7 @@ class GatedEventManager(event_manager_impl.EventManagerImpl):
         # hold_event() in a listener (or a task it starts) then name this event.
         token = None
         if entry is not None:
-            position = listener_context.EventPosition(shard.id, mark.session_id() or "", entry.event_seq)
-            token = listener_context.enter(position, mark, entry)
+            token = listener_context.enter(shard.id, mark.session_id() or "", mark, entry)
         try:
             super().consume_raw_event(event_name, shard, payload)
         finally:

@@ -19,7 +19,6 @@ so every listener of one event (and every task such a listener starts) sees that
 from __future__ import annotations
 
 import contextvars
-import dataclasses
 import types
 import typing
 
@@ -36,12 +35,10 @@ class EventPosition(typing.NamedTuple):
     seq: int
 
 
-@dataclasses.dataclass(slots=True, frozen=True)
-class _Dispatch:
-    position: EventPosition
-    mark: ListenerWatermark
-    entry: InFlight
-
+# What delivery sets per consumed event: (shard id, session id, the watermark, its entry). A plain tuple:
+# this runs once per event, and a frozen dataclass plus an EventPosition cost about ten times as much
+# (measured ~5 us against ~0.6 us, a few percent of dispatch); the position is built only when asked for.
+_Dispatch: typing.TypeAlias = tuple[int, str, ListenerWatermark, InFlight]
 
 _CURRENT: contextvars.ContextVar[_Dispatch | None] = contextvars.ContextVar("ray_shards_dispatch", default=None)
 
@@ -64,7 +61,10 @@ def event_position() -> EventPosition | None:
     ```
     """
     current = _CURRENT.get()
-    return current.position if current is not None else None
+    if current is None:
+        return None
+    shard_id, session_id, _, entry = current
+    return EventPosition(shard_id, session_id, entry.event_seq)
 
 
 class EventHold:
@@ -129,15 +129,15 @@ def hold_event() -> EventHold:
     current = _CURRENT.get()
     if current is None:
         return EventHold(None, None)
-    return EventHold(current.mark, current.entry)
+    return EventHold(current[2], current[3])
 
 
 _Token: typing.TypeAlias = "contextvars.Token[_Dispatch | None]"
 
 
-def enter(position: EventPosition, mark: ListenerWatermark, entry: InFlight) -> _Token:
+def enter(shard_id: int, session_id: str, mark: ListenerWatermark, entry: InFlight) -> _Token:
     """Make an event current while hikari consumes it (`ray_shards.delivery` only)."""
-    return _CURRENT.set(_Dispatch(position, mark, entry))
+    return _CURRENT.set((shard_id, session_id, mark, entry))
 
 
 def leave(token: _Token) -> None:

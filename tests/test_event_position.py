@@ -28,7 +28,7 @@ def test_a_hold_keeps_the_event_unfinished_until_released_once() -> None:
     mark = ListenerWatermark()
     entry = mark.begin("s", 7, 0.0)
     assert entry is not None
-    token = enter(EventPosition(3, "s", 7), mark, entry)
+    token = enter(3, "s", mark, entry)
     try:
         assert event_position() == EventPosition(3, "s", 7)
         hold = hold_event()
@@ -42,7 +42,7 @@ def test_a_hold_keeps_the_event_unfinished_until_released_once() -> None:
     assert mark.value(0.0) == 7
     later = mark.begin("s", 8, 0.0)
     assert later is not None
-    token = enter(EventPosition(3, "s", 8), mark, later)
+    token = enter(3, "s", mark, later)
     try:
         second = hold_event()
     finally:
