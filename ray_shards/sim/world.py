@@ -1138,15 +1138,16 @@ class World:
             if len(news) > 1:
                 self.fail(f"slot {roll.current_slot} of the rolling restart has {len(news)} replacements: {news}")
         rows: typing.Iterable[int] | None = None
-        if self.p.shards > FULL_CHECK_SHARDS and self.step - self.full_checked_at < FULL_CHECK_EVERY:
-            changed = (
-                table.changed_since(self.checked[1])
-                if self.checked is not None and self.checked[0] == table.instance
-                else None
-            )
-            if changed is not None:
-                rows = set(changed).union(touched)
-        self.checked = (table.instance, table.version)
+        if self.p.shards > FULL_CHECK_SHARDS:
+            if self.step - self.full_checked_at < FULL_CHECK_EVERY:
+                changed = (
+                    table.changed_since(self.checked[1])
+                    if self.checked is not None and self.checked[0] == table.instance
+                    else None
+                )
+                if changed is not None:
+                    rows = set(changed).union(touched)
+            self.checked = (table.instance, table.version)
         if rows is None:
             self.full_checked_at = self.step
             self._check_ownership_index(table)
