@@ -14,6 +14,7 @@ many seeds break an invariant, grouped by the invariant.
 from __future__ import annotations
 
 import argparse
+import ast
 import collections
 import dataclasses
 import pathlib
@@ -26,6 +27,46 @@ import time
 import typing
 
 
+def _defines(node: ast.stmt) -> list[str]:
+    """The names a top-level statement defines (classes, functions, plain assignments)."""
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        return [node.name]
+    if isinstance(node, ast.Assign):
+        return [t.id for t in node.targets if isinstance(t, ast.Name)]
+    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+        return [node.target.id]
+    return []
+
+
+def _missing_names(old: str, current: str, package: pathlib.Path, name: str) -> str:
+    """Top-level definitions of ``current`` that the rest of the package imports from ``name`` and ``old`` lacks.
+
+    The rest of the package is this checkout's, so it may import names the old module did not have yet
+    (``CheckpointSchemaError`` from table.py, say); the simulator never uses them, but the imports must work.
+    They are appended to the old module as this checkout defines them, and named on stderr.
+    """
+    module = f"ray_shards.{name.removesuffix('.py')}"
+    wanted: set[str] = set()
+    for path in package.rglob("*.py"):
+        if path.name == name and path.parent == package:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == module:
+                wanted.update(alias.name for alias in node.names)
+    defined = {n for node in ast.parse(old).body for n in _defines(node)}
+    missing = sorted(wanted - defined)
+    chunks = []
+    for node in ast.parse(current).body:
+        names = _defines(node)
+        if any(n in missing for n in names):
+            segment = ast.get_source_segment(current, node)
+            if segment is not None:
+                chunks.append(segment)
+    if missing:
+        print(f"{name}: the old module lacks {', '.join(missing)}; taken from this checkout", file=sys.stderr)
+    return "".join(f"\n\n# Added by bench.sim_baseline (imported by this checkout's package):\n{c}\n" for c in chunks)
+
+
 def _install(commit: str, into: pathlib.Path) -> None:
     repo = pathlib.Path(__file__).resolve().parent.parent
     package = into / "ray_shards"
@@ -34,7 +75,8 @@ def _install(commit: str, into: pathlib.Path) -> None:
         source = subprocess.run(
             ["git", "-C", str(repo), "show", f"{commit}:ray_shards/{name}"], check=True, capture_output=True, text=True
         ).stdout
-        (package / name).write_text(source)
+        current = (repo / "ray_shards" / name).read_text()
+        (package / name).write_text(source + _missing_names(source, current, package, name))
     # The editable install's finder would still find this checkout: take it out, put the copy first.
     sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
     sys.path.insert(0, str(into))

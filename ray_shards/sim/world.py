@@ -48,6 +48,12 @@ __all__ = ["Params", "SimResult", "Violation", "World", "run_seed"]
 WINDOW = 5.0
 """Discord's identify window per bucket, as the gateway model enforces it."""
 
+FULL_CHECK_SHARDS = 256
+"""Up to this many shards, every row of the table is checked after every Orchestrator event."""
+
+FULL_CHECK_EVERY = 50_000
+"""Above `FULL_CHECK_SHARDS`, every row is checked at least once in this many steps (and rows that changed always)."""
+
 
 class Violation(AssertionError):
     """An invariant broke; the message says which, when and where."""
@@ -67,13 +73,18 @@ class Params:
     p_loss: float
     p_dup: float
     p_delay: float
-    sync_interval: float = 1.0
+    sync_interval: float = 0.5
+    """Seconds between a host's syncs."""
     lease_ttl: float = 6.0
     host_timeout: float = 9.0
     recovery_grace: float = 7.0
     quarantine: float = 1.0
     grant_use_limit: float = 1.0
     rpc_timeout: float = 2.0
+    identify_poll: float = 2.0
+    """The longest a host sleeps before asking for an identify grant again."""
+    events: bool = True
+    """Whether events flow on the sessions (Discord's seq advances every second, hosts observe it)."""
 
     @classmethod
     def draw(cls, rng: random.Random, *, fault_time: float | None = None) -> Params:
@@ -139,7 +150,13 @@ class Gateway:
         self.sessions: dict[str, _Session] = {}
         self.conns: dict[int, _Conn] = {}
         self.open_by_shard: dict[int, set[int]] = {}
+        self.connected = 0
+        """Shards with at least one open connection (kept as connections open and close)."""
+        self.doubled: set[int] = set()
+        """Shards with more than one open connection (kept as connections open and close)."""
         self.last_identify: dict[int, float] = {}
+        self.first_identify_at: float | None = None
+        self.last_identify_at: float | None = None
         self.day_start = 0.0
         self.used = 0
         self.next_id = 0
@@ -164,7 +181,10 @@ class Gateway:
         session.conn = conn.conn_id
         live = self.open_by_shard.setdefault(shard_id, set())
         live.add(conn.conn_id)
+        if len(live) == 1:
+            self.connected += 1
         if len(live) > 1:
+            self.doubled.add(shard_id)
             owners = sorted(self.conns[c].host_id for c in live)
             self.w.fail(f"shard {shard_id} has {len(live)} connected sessions at Discord (hosts {owners})")
         return conn.conn_id
@@ -174,7 +194,13 @@ class Gateway:
         conn = self.conns.pop(conn_id, None)
         if conn is None:
             return
-        self.open_by_shard[conn.shard_id].discard(conn_id)
+        live = self.open_by_shard[conn.shard_id]
+        if conn_id in live:
+            live.discard(conn_id)
+            if not live:
+                self.connected -= 1
+            if len(live) <= 1:
+                self.doubled.discard(conn.shard_id)
         session = self.sessions.get(conn.session_id)
         if session is not None and session.conn == conn_id:
             session.conn = None
@@ -192,6 +218,9 @@ class Gateway:
             self.w.fail(f"IDENTIFY of shard {shard_id} overspends the daily budget of {self.w.p.budget}")
         self.used += 1
         self.identifies += 1
+        if self.first_identify_at is None:
+            self.first_identify_at = self.w.t
+        self.last_identify_at = self.w.t
         self.next_id += 1
         session = _Session(shard_id, f"s{self.next_id}", seq=0)
         self.sessions[session.session_id] = session
@@ -283,7 +312,7 @@ class Host:
         if self.broken:
             return
         self.w.call(self, "register", (self.host_id, self.want), self._registered, self._register_failed)
-        self.w.at(0.5, self._tick)
+        self.w.at(self.w.p.sync_interval, self._tick)
 
     def _registered(self, reply: typing.Any) -> None:
         if reply == "stop":
@@ -300,7 +329,7 @@ class Host:
     def _tick(self) -> None:
         if not self.alive:
             return
-        self.w.at(0.5, self._tick)
+        self.w.at(self.w.p.sync_interval, self._tick)
         if self.renewed_at is not None and self.now() - self.renewed_at > self.w.p.lease_ttl and self.slots:
             # Cut off for longer than the lease: close everything, resumably, before anyone may reassign it.
             for shard_id in sorted(self.slots):
@@ -485,7 +514,7 @@ class Host:
                 ready = self.w.rng.uniform(0.05, 0.5)
                 self.w.at(ready, lambda: self._ready(shard_id, epoch))
                 return
-            self.w.at(min(float(reply), 2.0), lambda: self._ask_identify(shard_id, epoch))
+            self.w.at(min(float(reply), self.w.p.identify_poll), lambda: self._ask_identify(shard_id, epoch))
 
         self.w.call(self, "identify", (self.host_id, shard_id, epoch), answered,
                     lambda: self.w.at(0.5, lambda: self._ask_identify(shard_id, epoch)))
@@ -493,6 +522,7 @@ class Host:
     def _ready(self, shard_id: int, epoch: int) -> None:
         if not self.alive:
             return
+        self.w.ready_at[shard_id] = self.w.t
         self.w.call(self, "identify_done", (self.host_id, shard_id, epoch), lambda _: None, lambda: None)
 
     def observe(self) -> None:
@@ -857,12 +887,20 @@ class Shell:
 class World:
     """One seed's universe: the clock, the event queue, the network, the processes."""
 
-    def __init__(self, seed: int, *, fault_time: float | None = None, fault_steps: int | None = None) -> None:
+    def __init__(
+        self,
+        seed: int,
+        *,
+        fault_time: float | None = None,
+        fault_steps: int | None = None,
+        params: Params | None = None,
+    ) -> None:
+        """``params`` replaces the drawn bot and fault mix (and then no rolling restart is started)."""
         self.seed = seed
         self.fault_steps = fault_steps
         self.faults_ended_at: float | None = None
         self.rng = random.Random(seed)
-        self.p = Params.draw(self.rng, fault_time=fault_time)
+        self.p = Params.draw(self.rng, fault_time=fault_time) if params is None else params
         self.t = 0.0
         self.step = 0
         self._queue: list[tuple[float, int, typing.Callable[[], None]]] = []
@@ -876,6 +914,13 @@ class World:
         self.restarts = 0
         self.deaths = 0
         self.grants: dict[tuple[int, int], str] = {}
+        self.ready_at: dict[int, float] = {}
+        """When each shard's host last saw READY after an IDENTIFY."""
+        self.checked: tuple[int, int] | None = None
+        """(table instance, version) the table's rows were last checked at (see `after_orchestrator`)."""
+        self.full_checked_at = 0
+        self.owners: dict[int, str | None] = {}
+        """Each row's owner at the last check (what `_check_ownership_rows` compares with)."""
         self.table_seq: dict[str, int] = {}
         self.last_incarnation = -1
         # The rolling restart draws from its own generator, so seeds that do not roll run as they always did.
@@ -883,6 +928,11 @@ class World:
         self.roll_at: float | None = (
             self.roll_rng.uniform(2.0, self.p.fault_time + 10.0) if self.roll_rng.random() < 0.4 else None
         )
+        if params is not None:
+            self.roll_at = None
+        self.reliable = params is not None and params.fault_time <= 0 and params.p_loss == 0
+        """No faults ever (explicit `Params` with ``fault_time`` 0 and no loss): every call is answered, so no
+        call schedules its timeout (the Orchestrator never restarts, no host is cut off or dies)."""
         self.p_start_fail = self.roll_rng.choice([0.0, 0.2, 0.5])
         self.host_start_timeout = 8.0
         self.roll_state: OperationState | None = None
@@ -945,7 +995,8 @@ class World:
                 state["done"] = True
                 on_fail()
 
-        self.at(self.p.rpc_timeout, timeout)
+        if not self.reliable:
+            self.at(self.p.rpc_timeout, timeout)
         if host.cut() or (self.faulty() and self.rng.random() < self.p.p_loss):
             return
         copies = 2 if self.faulty() and self.rng.random() < self.p.p_dup else 1
@@ -959,7 +1010,13 @@ class World:
         if shell is None or not shell.alive:
             return
         reply = shell.handle(method, args)
-        self.after_orchestrator(shell)
+        if method == "sync":
+            touched: list[int] = [r.shard_id for r in args[1]]
+        elif method == "register":
+            touched = []
+        else:
+            touched = [args[1]]
+        self.after_orchestrator(shell, touched)
         if host.cut() or (self.faulty() and self.rng.random() < self.p.p_loss):
             return
         # A reply sent before a crash still arrives; nothing is sent after it.
@@ -1058,8 +1115,15 @@ class World:
 
     # -- invariants --------------------------------------------------------------------------------
 
-    def after_orchestrator(self, shell: Shell) -> None:
-        """Invariants on the table after each Orchestrator event."""
+    def after_orchestrator(self, shell: Shell, touched: typing.Iterable[int] = ()) -> None:
+        """Invariants on the table after each Orchestrator event.
+
+        A bot of up to `FULL_CHECK_SHARDS` shards has every row checked after every event. A larger one
+        has checked, after each event, the rows the table logged as changed (`ShardTable.changed_since`:
+        owner, epoch, status) and the rows the event named (``touched``: the shards a sync reported, the
+        shard of a release, identify or lease check, whose sessions the change log does not record), and
+        every row every `FULL_CHECK_EVERY` steps and whenever the change log cannot tell (a new table).
+        """
         if shell.incarnation <= self.last_incarnation and shell.incarnation != self.last_incarnation:
             self.fail(f"incarnation went back to {shell.incarnation}")
         self.last_incarnation = max(self.last_incarnation, shell.incarnation)
@@ -1073,12 +1137,25 @@ class World:
             ]
             if len(news) > 1:
                 self.fail(f"slot {roll.current_slot} of the rolling restart has {len(news)} replacements: {news}")
-        for host_id in {r.host_id for r in table.shards.values()} | set(table.hosts):
-            if host_id is not None and table.owned_by(host_id) != [
-                r.shard_id for r in table.shards.values() if r.host_id == host_id
-            ]:
-                self.fail(f"the table's ownership index of {host_id} is out of step with its records")
-        for record in shell.table.shards.values():
+        rows: typing.Iterable[int] | None = None
+        if self.p.shards > FULL_CHECK_SHARDS:
+            if self.step - self.full_checked_at < FULL_CHECK_EVERY:
+                changed = (
+                    table.changed_since(self.checked[1])
+                    if self.checked is not None and self.checked[0] == table.instance
+                    else None
+                )
+                if changed is not None:
+                    rows = set(changed).union(touched)
+            self.checked = (table.instance, table.version)
+        if rows is None:
+            self.full_checked_at = self.step
+            self._check_ownership_index(table)
+            records: typing.Iterable[typing.Any] = table.shards.values()
+        else:
+            self._check_ownership_rows(table, rows)
+            records = (table.shards[s] for s in sorted(rows) if s in table.shards)
+        for record in records:
             if record.host_id is not None:
                 owner = self.grants.setdefault((record.shard_id, record.epoch), record.host_id)
                 if owner != record.host_id:
@@ -1093,21 +1170,52 @@ class World:
                     self.fail(f"the table's seq of {session.session_id} went back to {session.seq}")
                 self.table_seq[key] = session.seq
 
+    def _check_ownership_index(self, table: ShardTable) -> None:
+        """Every host's ownership index matches the records (one pass over the records)."""
+        by_host: dict[str, list[int]] = {}
+        for r in table.shards.values():
+            if r.host_id is not None:
+                by_host.setdefault(r.host_id, []).append(r.shard_id)
+        self.owners = {r.shard_id: r.host_id for r in table.shards.values()}
+        for host_id in set(by_host) | set(table.hosts):
+            if host_id is not None and table.owned_by(host_id) != by_host.get(host_id, []):
+                self.fail(f"the table's ownership index of {host_id} is out of step with its records")
+
+    def _check_ownership_rows(self, table: ShardTable, rows: typing.Iterable[int]) -> None:
+        """The ownership index lists each of ``rows`` under its owner, and no longer under its previous owner.
+
+        The previous owner is the one the last check saw (``owners``); an index entry under a host that never
+        owned the row shows up at the next full check.
+        """
+        index = table._owned
+        for shard_id in rows:
+            record = table.shards.get(shard_id)
+            owner = record.host_id if record is not None else None
+            if owner is not None and shard_id not in index.get(owner, ()):
+                self.fail(f"the table's ownership index of {owner} is out of step with its records")
+            before = self.owners.get(shard_id)
+            if before is not None and before != owner and shard_id in index.get(before, ()):
+                self.fail(f"the table's ownership index of {before} is out of step with its records")
+            self.owners[shard_id] = owner
+
     def check(self) -> None:
         """Invariants after every step."""
         gw = self.gateway
         gw._roll_day()
         if gw.used > self.p.budget:
             self.fail(f"{gw.used} identifies today, budget {self.p.budget}")
-        for shard_id, conns in gw.open_by_shard.items():
-            if len(conns) > 1:
-                self.fail(f"shard {shard_id} has {len(conns)} open connections")
+        if gw.doubled:
+            # `Gateway` keeps the shards with more than one open connection as connections open and close.
+            shard_id = min(gw.doubled)
+            self.fail(f"shard {shard_id} has {len(gw.open_by_shard[shard_id])} open connections")
 
     def converged(self) -> bool:
         """Every shard runs exactly once, on a live host the table agrees owns it; no host leaks."""
         shell = self.shell
         if shell is None or not shell.alive or shell.recovering():
             return False
+        if self.roll_at is None and self.gateway.connected != self.p.shards:
+            return False  # cheap: some shard has no connection (the loop below would say so too)
         alive = {h for h, host in self.hosts.items() if host.alive}
         table_live = {h.host_id for h in shell.table.live_hosts()}
         if alive != table_live or len(alive) != self.p.hosts:
@@ -1180,6 +1288,47 @@ class World:
             converged_after=math.nan if converged_at is None or self.faults_ended_at is None
             else converged_at - self.faults_ended_at,
             roll=self.roll_state.value if self.roll_state is not None else None,
+        )
+
+    def run_boot(self, *, limit: float | None = None, trace: typing.Callable[[str], None] | None = None) -> SimResult:
+        """A cold start without faults: run until every shard is READY once and the bot has converged.
+
+        Use with explicit `Params` (``fault_time`` 0). Every invariant is checked as in `run`; the bot must
+        converge within ``limit`` seconds (default: twice Discord's floor plus a minute).
+        """
+        p = self.p
+        rounds = -(-p.shards // p.max_concurrency)
+        limit = 2 * rounds * WINDOW + 60.0 if limit is None else limit
+        self.shell = Shell(self, None)
+        if p.events:
+            self.at(0.0, self._gateway_tick)
+        converged_at: float | None = None
+        while self._queue:
+            when, _, action = heapq.heappop(self._queue)
+            self.t = when
+            self.step += 1
+            action()
+            self.check()
+            if trace is not None:
+                trace(self._describe())
+            if self.step % 8 == 0 and len(self.ready_at) == p.shards and self.converged():
+                converged_at = self.t
+                break
+            if self.t > limit:
+                self.fail(f"the boot has not converged after {limit:.0f} s: {len(self.ready_at)} shards READY")
+        if self.shell is not None:
+            self.full_checked_at = self.step - FULL_CHECK_EVERY  # a last check of every row
+            self.after_orchestrator(self.shell)
+        return SimResult(
+            seed=self.seed,
+            steps=self.step,
+            time=self.t,
+            identifies=self.gateway.identifies,
+            resumes=self.gateway.resumes,
+            replay_overflows=self.gateway.overflows,
+            restarts=self.restarts,
+            host_deaths=self.deaths,
+            converged_after=math.nan if converged_at is None else converged_at,
         )
 
     def _describe(self) -> str:
