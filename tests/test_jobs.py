@@ -89,8 +89,14 @@ def test_ray_job_runs_the_bot_and_job_stop_closes_every_shard(
               == {"mybot from the working dir on h0", "mybot from the working dir on h1"},
               60, "a message from mybot on each host", lambda: str(emu.control.messages())[-2000:])
 
-        actors = [a for a in list_actors(address=address, filters=[("state", "=", "ALIVE")]) if str(bot_id) in a.name]
-        assert sorted(a.class_name for a in actors) == ["Orchestrator", "ShardHost", "ShardHost"], actors
+        def alive() -> list[tuple[str, str]]:
+            found = list_actors(address=address, filters=[("state", "=", "ALIVE")])
+            return sorted((a.class_name, a.name) for a in found if str(bot_id) in a.name)
+
+        # A host start that timed out on a loaded machine is killed and replaced; Ray lists the killed actor
+        # ALIVE until its process is gone, so wait (bounded) for the count to settle: a real leak still fails.
+        wait_until(lambda: [c for c, _ in alive()] == ["Orchestrator", "ShardHost", "ShardHost"], 60,
+                   "one Orchestrator and two ShardHosts alive", lambda: str(alive()))
 
         # The token is in no job record: not the entrypoint, runtime_env or metadata.
         info = jobs.get_job_info(submission_id)
