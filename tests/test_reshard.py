@@ -209,3 +209,44 @@ async def test_auto_reshard_follows_discords_recommendation(
                 await asyncio.sleep(0.2)
     finally:
         await deployment.stop()
+
+
+async def test_reshard_4_to_8_when_an_old_host_dies_handles_each_event_in_one_set(streaming: typing.Any) -> None:
+    """An old-set host is killed (SIGKILL, by ray.kill) while the new set identifies, after the old set started
+    recording: its tails die with it, its shards RESUME on the other old host (which notes `since` and records
+    the replay). Nothing is lost and no event is handled by both an old-set host and a new-set host."""
+    bot: StreamingBot = await streaming(shards=4, hosts=2)
+    emu = bot.emu
+    emu.control.start_stream(20)
+    await asyncio.sleep(1.5)
+    assert bot.deployment is not None
+    old_hosts = dict(bot.deployment.hosts)
+    victim_id, victim = next(iter(old_hosts.items()))
+    moved = [i for i, info in bot.shards().items() if info.host_id == victim_id]
+    assert moved
+    identifies_before = len(emu.control.identify_log())
+    states: list[str] = []
+    reshard = asyncio.create_task(bot.client.reshard(8, progress=lambda s: states.append(str(s.state))))
+    await wait_for(lambda: any("identifying" in s.lower() for s in states), 60, "the new set to start identifying")
+    ray.kill(victim, no_restart=True)
+    state = await asyncio.wait_for(reshard, 240)
+    print(f"reshard 4 -> 8 with old host {victim_id} killed (shards {moved}): {states[-3:]}")
+    assert state.state is ReshardState.FINISHED, state
+    await wait_for(lambda: len(bot.shards()) == 8 and bot.all_ready(), 30, "8 READY shards")
+    await asyncio.sleep(2.0)
+    await bot.assert_nothing_lost()
+
+    sent = {int(e["id"]) for e in emu.control.stream_sent()}
+    deliveries = ray.get(bot.recorder.deliveries.remote())
+    both = {m: hosts for m, hosts in deliveries.items()
+            if m in sent and any(h.startswith("s8-") for h in hosts) and any(not h.startswith("s8-") for h in hosts)}
+    assert not both, f"{len(both)} events handled by an old-set and a new-set host: {dict(list(both.items())[:5])}"
+    twice_new = {m: hosts for m, hosts in deliveries.items()
+                 if m in sent and sum(h.startswith("s8-") for h in hosts) > 1}
+    assert not twice_new, f"the new set handled {len(twice_new)} events twice"
+    assert any(h.startswith("s8-") for hosts in deliveries.values() for h in hosts), "the new set delivered nothing"
+    identifies = emu.control.identify_log()[identifies_before:]
+    assert sorted(e["shard_id"] for e in identifies) == list(range(8)), "an IDENTIFY beyond the reshard's own"
+    assert all(e["shard_count"] == 8 for e in identifies)
+    stats = emu.control.stats()
+    assert not stats["split_brain"] and stats["rate_limit_violations"] == 0
