@@ -211,10 +211,17 @@ async def test_auto_reshard_follows_discords_recommendation(
         await deployment.stop()
 
 
-async def test_reshard_4_to_8_when_an_old_host_dies_handles_each_event_in_one_set(streaming: typing.Any) -> None:
+@pytest.mark.parametrize("quiet", [False, True], ids=["stream", "quiet-guilds"])
+async def test_reshard_4_to_8_when_an_old_host_dies_handles_each_event_in_one_set(
+    streaming: typing.Any, quiet: bool
+) -> None:
     """An old-set host is killed (SIGKILL, by ray.kill) while the new set identifies, after the old set started
     recording: its tails die with it, its shards RESUME on the other old host (which notes `since` and records
-    the replay). Nothing is lost and no event is handled by both an old-set host and a new-set host."""
+    the replay). Nothing is lost and no event is handled by both an old-set host and a new-set host.
+
+    ``quiet``: the stream pauses from just before the kill (once some new shards are READY and hold events)
+    until the reshard is over, so the dead host's guilds get no event the adopter could record: no tail at
+    the switch, and only the `since` rule keeps the new set from delivering what the dead host delivered."""
     bot: StreamingBot = await streaming(shards=4, hosts=2)
     emu = bot.emu
     emu.control.start_stream(20)
@@ -228,10 +235,20 @@ async def test_reshard_4_to_8_when_an_old_host_dies_handles_each_event_in_one_se
     states: list[str] = []
     reshard = asyncio.create_task(bot.client.reshard(8, progress=lambda s: states.append(str(s.state))))
     await wait_for(lambda: any("identifying" in s.lower() for s in states), 60, "the new set to start identifying")
+    if quiet:
+        await wait_for(lambda: reshard.done() or _new_ready(bot) >= 1, 60, "a new shard READY")
+        await asyncio.sleep(0.8)  # it holds events
+        emu.control.stop_stream()
+        await asyncio.sleep(0.4)  # the dead host's listeners finish and its watermark is reported
+    killed_in = list(states)
     ray.kill(victim, no_restart=True)
     state = await asyncio.wait_for(reshard, 240)
+    if quiet:
+        emu.control.start_stream(20)
+        await asyncio.sleep(1.5)
     print(f"reshard 4 -> 8 with old host {victim_id} killed (shards {moved}): {states[-3:]}")
     assert state.state is ReshardState.FINISHED, state
+    assert not any("switching" in s for s in killed_in), f"the old host was killed after the switch began: {states}"
     await wait_for(lambda: len(bot.shards()) == 8 and bot.all_ready(), 30, "8 READY shards")
     await asyncio.sleep(2.0)
     await bot.assert_nothing_lost()
@@ -250,3 +267,9 @@ async def test_reshard_4_to_8_when_an_old_host_dies_handles_each_event_in_one_se
     assert all(e["shard_count"] == 8 for e in identifies)
     stats = emu.control.stats()
     assert not stats["split_brain"] and stats["rate_limit_violations"] == 0
+
+
+def _new_ready(bot: StreamingBot) -> int:
+    """Connected sessions of the new set (8 shards), as the emulator sees them."""
+    emu_sessions = bot.emu.control.sessions()
+    return sum(1 for x in emu_sessions if x["shard_count"] == 8 and x["connected"])
