@@ -796,6 +796,9 @@ class Bot(traits.GatewayBotAware):
             self._voice.start()
             await self._event_manager.dispatch(self._event_factory.deserialize_starting_event(), return_tasks=True)
             self._sync_task = asyncio.create_task(self._sync_forever(), name=f"ray_shards sync ({self._host_id})")
+            if registration.record:
+                # This host joins the old set of a reshard: record before the adopts (their `since`).
+                self._event_manager.start_recording()
             for lease in leases:
                 self._adopt(lease)
             await self._wait_started(
@@ -1024,6 +1027,8 @@ class Bot(traits.GatewayBotAware):
         )
         slot = _Slot(lease=lease, shard=shard, previous=old)
         self._slots[lease.shard_id] = slot
+        # Before the slot's task runs, so before its RESUME: replayed events are recorded after `since`.
+        self._event_manager.adopted(lease.shard_id)
         slot.task = asyncio.create_task(self._run_slot(slot), name=f"shard {lease.shard_id}")
 
     async def _run_slot(self, slot: _Slot) -> None:
@@ -1361,6 +1366,20 @@ class Bot(traits.GatewayBotAware):
         if directives.stop:
             self._spawn(self.close(hand_over=False), "close on bot stop")
 
+    async def _wait_after_since(self) -> None:
+        """Before muting for a reshard's switch: wait until ``3 * max_skew`` after the latest failover's ``since``.
+
+        What this host receives after its mute then reaches the new set after ``since + max_skew``, which
+        the cut-over's rule for guilds without a tail needs (`ray_shards.cutover`).
+        """
+        margin = 3 * self._timings.reshard_max_skew
+        while True:
+            latest = max(self._event_manager.recording_since().values(), default=0.0)
+            wait = latest + margin - time.time()
+            if wait <= 0:
+                return
+            await asyncio.sleep(wait)
+
     async def _register_again(self) -> None:
         held = [(slot.lease.shard_id, slot.lease.epoch) for slot in self._slots.values() if not slot.leaving]
         registration = await self._link.register_host(
@@ -1372,6 +1391,8 @@ class Bot(traits.GatewayBotAware):
             shard_count=self._global_shard_count,
         )
         self._presence, self._presence_version = registration.presence, registration.presence_version
+        if registration.record:
+            self._event_manager.start_recording()
         for shard_id in registration.stale:
             slot = self._slots.get(shard_id)
             if slot is not None:
@@ -1438,12 +1459,17 @@ class Bot(traits.GatewayBotAware):
             if command.kind is CommandKind.SHADOW_CHECK:
                 return self._event_manager.overflow_message() if self._event_manager.near_cap else None
             if command.kind is CommandKind.SWITCH_OUT:
-                tails = GuildTails(self._host_id, self._event_manager.mute())
+                await self._wait_after_since()
+                since = self._event_manager.recording_since()
+                tails = GuildTails(self._host_id, self._event_manager.mute(), since)
                 await self._link.deliver_tails(self._host_id, tails, retry_for=10.0)
                 return None
             if command.kind is CommandKind.GO_LIVE:
                 given: GuildTails | None = command.arguments.get("tails")
-                self._event_manager.go_live(given.tails if given is not None else None)
+                if given is not None:
+                    self._event_manager.go_live(given.tails, since=given.since, old_count=given.old_count)
+                else:
+                    self._event_manager.go_live(None)
                 if command.arguments.get("stop_recording"):
                     self._event_manager.stop_recording()
                 return None

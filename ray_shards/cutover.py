@@ -42,6 +42,36 @@ twice or, in the second case, skipped):
    ``unavailable`` key, member chunks answering one session's request) are kept
    out of both tails and buffers (`fan_out`).
 
+An old-set host that dies during the reshard takes its tails with it. Its shards
+RESUME on another old-set host from the dead host's listener-completion watermark
+W, and Discord replays everything after W, so the adopting host delivers and
+records those. Every shard an old-set host adopts while it records is such a
+failover (the Orchestrator does not rebalance the old set during a reshard), and
+the adopting host notes, per shard, the wall time ``since`` at which it started
+recording that shard, before its RESUME is sent. At the switch, for a guild of
+an old shard with a ``since`` (`since_start`):
+
+* The guild has a tail: it aligns as above, except that its last entry may be a
+  replayed event, received by the old set at about ``since`` but by the new set
+  when Discord first sent it, long before. So the candidate taken is the latest
+  one the new set received no later than ``max_skew`` after the tail's last
+  entry (a later event with that digest would have been delivered by the old set
+  after it, and the tail would not end there), decided once the new set has
+  received everything up to then.
+* The guild has no tail: no event of it was replayed (a replayed event is
+  recorded), so the old set delivered only what the dead host delivered and
+  acknowledged, at or before W, received by the old set before it died, hence
+  before ``since``; and nothing after that until it was muted. The held events
+  the new set received before ``since + max_skew`` are consumed for the cache
+  only; the rest (received after the old set was muted) are delivered.
+
+Skew assumption for this rule (on top of assumption 2): the old host muted at
+least ``3 * max_skew`` after the latest ``since`` it hands in (it waits for that
+before muting, so that what it received after the mute reaches the new set after
+``since + max_skew``), and the replay after a RESUME reaches the adopting host
+within ``max_skew`` of ``since``. Not covered: a host that dies during the switch
+itself (between the Orchestrator's SWITCH_OUT and its own mute).
+
 Memory is bounded: `TAIL_LENGTH` entries per guild on the old set, and at most
 ``cap`` held events in total on the new set (`ShadowBuffer.hold` refuses the
 one over the cap; the reshard then fails and the old set keeps delivering).
@@ -69,6 +99,7 @@ __all__ = [
     "fan_out",
     "guild_key",
     "seen",
+    "since_start",
 ]
 
 TAIL_LENGTH = 16
@@ -153,15 +184,28 @@ def _window_matches(tail: typing.Sequence[Seen], held: typing.Sequence[Seen], k:
     return True, unique
 
 
-def align(tail: typing.Sequence[Seen], held: typing.Sequence[Seen], *, max_skew: float, now: float) -> int | None:
+def since_start(held: typing.Sequence[Seen], since: float, *, max_skew: float) -> int:
+    """A guild with no tail whose old shard failed over at ``since``: the held events before it were delivered.
+
+    Returns the index of the first held event received after ``since + max_skew`` (see the module docstring).
+    """
+    return sum(1 for entry in held if entry.received <= since + max_skew)
+
+
+def align(
+    tail: typing.Sequence[Seen], held: typing.Sequence[Seen], *, max_skew: float, now: float,
+    since: float | None = None,
+) -> int | None:
     """Index of the first held event the new set must deliver (see the module docstring); None: wait.
 
     ``tail`` is the old set's tail of one guild (oldest first), ``held`` the new set's held events of
-    that guild in arrival order, ``now`` the wall time.
+    that guild in arrival order, ``now`` the wall time, ``since`` the time the old set's current owner of
+    the guild's old shard adopted it during the reshard (a failover: its tail may hold replayed events).
     """
     if not tail:
-        return 0
+        return 0 if since is None else since_start(held, since, max_skew=max_skew)
     last = tail[-1]
+    replayed = since is not None and last.received >= since
     certain: list[int] = []
     best: int | None = None
     best_skew = 0.0
@@ -174,14 +218,21 @@ def align(tail: typing.Sequence[Seen], held: typing.Sequence[Seen], *, max_skew:
         skew = abs(entry.received - last.received)
         if unique:
             certain.append(k)
+        elif replayed:
+            if entry.received <= last.received + max_skew:
+                best = k  # the latest one (see the module docstring)
         elif skew <= max_skew and (best is None or skew < best_skew):
             best, best_skew = k, skew
     if certain:
         return min(certain, key=lambda k: abs(held[k].received - last.received)) + 1
+    arrived_by = last.received + max_skew
+    arrived = now > arrived_by or (bool(held) and held[-1].received > arrived_by)
+    if replayed:
+        # The latest candidate is known only once all the new set received by arrived_by is here.
+        return (0 if best is None else best + 1) if arrived else None
     if best is not None:
         return best + 1
-    arrived_by = last.received + max_skew
-    if now > arrived_by or (held and held[-1].received > arrived_by):
+    if arrived:
         return 0
     return None
 
@@ -199,11 +250,20 @@ def content_only_align(tail: typing.Sequence[Seen], held: typing.Sequence[Seen])
 class TailRecorder:
     """The old set's side: the last `TAIL_LENGTH` delivered events of each guild."""
 
-    __slots__ = ("_length", "_tails")
+    __slots__ = ("_length", "_since", "_tails")
 
     def __init__(self, length: int = TAIL_LENGTH) -> None:
         self._length = length
         self._tails: dict[int, collections.deque[Seen]] = {}
+        self._since: dict[int, float] = {}
+
+    def adopted(self, shard_id: int, now: float) -> None:
+        """The host starts recording ``shard_id`` (a failover) at ``now``, before its RESUME is sent."""
+        self._since[shard_id] = now
+
+    def since(self) -> dict[int, float]:
+        """Per shard adopted while recording, when its recording started."""
+        return dict(self._since)
 
     def record(self, key: int, entry: Seen) -> None:
         """Remember that the event ``entry`` of guild ``key`` was delivered."""
@@ -219,6 +279,7 @@ class TailRecorder:
     def clear(self) -> None:
         """Forget everything."""
         self._tails.clear()
+        self._since.clear()
 
     def __len__(self) -> int:
         return sum(len(t) for t in self._tails.values())
@@ -232,7 +293,7 @@ class ShadowBuffer(typing.Generic[T]):
     set handled it: fill the cache only).
     """
 
-    __slots__ = ("_cap", "_held", "_live", "_max_skew", "_order", "_pending", "_tails", "overflowed")
+    __slots__ = ("_cap", "_held", "_live", "_max_skew", "_order", "_pending", "_since", "_tails", "overflowed")
 
     def __init__(self, cap: int = DEFAULT_BUFFER_CAP, *, max_skew: float = DEFAULT_MAX_SKEW) -> None:
         self._cap = cap
@@ -241,6 +302,7 @@ class ShadowBuffer(typing.Generic[T]):
         self._held: dict[int, list[tuple[Seen, T]]] = {}
         self._pending: dict[int, tuple[Seen, ...]] = {}
         self._tails: dict[int, tuple[Seen, ...]] = {}
+        self._since: dict[int, float] = {}
         self._live = False
         self.overflowed = False
 
@@ -285,19 +347,30 @@ class ShadowBuffer(typing.Generic[T]):
         self._pending.clear()
         return items
 
-    def go_live(self, tails: typing.Mapping[int, typing.Sequence[Seen]], now: float) -> list[tuple[T, bool]]:
-        """Align every held guild against ``tails``; return what to consume now, in arrival order."""
+    def go_live(
+        self, tails: typing.Mapping[int, typing.Sequence[Seen]], now: float, *,
+        since: typing.Mapping[int, float] | None = None, old_count: int = 0,
+    ) -> list[tuple[T, bool]]:
+        """Align every held guild against ``tails``; return what to consume now, in arrival order.
+
+        ``since``: per old shard (of ``old_count``) that failed over during the reshard, when its new
+        owner started recording it (see the module docstring).
+        """
         if self.overflowed:
             msg = "the shadow buffer overflowed"
             raise OverflowError(msg)
         self._live = True
         self._tails = {k: tuple(v) for k, v in tails.items() if v}
+        if since and old_count > 0:
+            self._since = {k: since[(k >> 22) % old_count] for k in set(self._tails) | {k for k, _, _ in self._order}
+                           if (k >> 22) % old_count in since}
         by_guild: dict[int, list[Seen]] = {}
         for key, entry, _ in self._order:
             by_guild.setdefault(key, []).append(entry)
         starts: dict[int, int | None] = {}
         for key in set(by_guild) | set(self._tails):
-            starts[key] = align(self._tails.get(key, ()), by_guild.get(key, []), max_skew=self._max_skew, now=now)
+            starts[key] = align(self._tails.get(key, ()), by_guild.get(key, []), max_skew=self._max_skew, now=now,
+                                since=self._since.get(key))
         out: list[tuple[T, bool]] = []
         index: dict[int, int] = {}
         for key, entry, item in self._order:
@@ -341,7 +414,8 @@ class ShadowBuffer(typing.Generic[T]):
 
     def _resolve(self, key: int, now: float) -> list[tuple[T, bool]]:
         held = self._held[key]
-        start = align(self._pending[key], [e for e, _ in held], max_skew=self._max_skew, now=now)
+        start = align(self._pending[key], [e for e, _ in held], max_skew=self._max_skew, now=now,
+                      since=self._since.get(key))
         if start is None:
             return []
         del self._pending[key]

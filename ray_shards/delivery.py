@@ -324,8 +324,29 @@ class GatedEventManager(event_manager_impl.EventManagerImpl):
             self._settle()
 
     def start_recording(self) -> None:
-        """Keep each guild's tail of delivered events from now on (this is the old set of a reshard)."""
-        self._tails = cutover.TailRecorder()
+        """Keep each guild's tail of delivered events from now on (this is the old set of a reshard).
+
+        Idempotent: a host told twice (registered with recording on, then the RECORD command) keeps its tails.
+        """
+        if self._tails is None:
+            self._tails = cutover.TailRecorder()
+
+    @property
+    def recording(self) -> bool:
+        """This host records tails (it is in the old set of a reshard, not muted yet)."""
+        return self._tails is not None
+
+    def adopted(self, shard_id: int) -> None:
+        """``shard_id`` starts here (called before its RESUME is sent): while recording, note when (``since``).
+
+        During a reshard every shard an old-set host adopts is a failover (`ray_shards.cutover`).
+        """
+        if self._tails is not None:
+            self._tails.adopted(shard_id, time.time())
+
+    def recording_since(self) -> dict[int, float]:
+        """Per shard adopted while recording, the wall time its recording started."""
+        return self._tails.since() if self._tails is not None else {}
 
     def stop_recording(self) -> None:
         """Forget the tails and stop recording (a reshard was rolled back)."""
@@ -338,8 +359,14 @@ class GatedEventManager(event_manager_impl.EventManagerImpl):
         self._tails = None
         return tails
 
-    def go_live(self, tails: typing.Mapping[int, typing.Sequence[cutover.Seen]] | None = None) -> int:
+    def go_live(
+        self, tails: typing.Mapping[int, typing.Sequence[cutover.Seen]] | None = None, *,
+        since: typing.Mapping[int, float] | None = None, old_count: int = 0,
+    ) -> int:
         """Deliver the held events the old set did not handle (aligned against ``tails``), then deliver live.
+
+        ``since``: per old shard (of ``old_count``) adopted by an old-set host during the reshard (a failover),
+        when that host started recording it (`ray_shards.cutover`).
 
         On a set that was not in shadow mode (an old set whose reshard was rolled back) this just
         delivers live again. Returns the number of held events delivered to listeners.
@@ -356,7 +383,7 @@ class GatedEventManager(event_manager_impl.EventManagerImpl):
         if shadow.overflowed:
             raise ShadowOverflowError(self.overflow_message())
         self._mode = DeliveryMode.LIVE
-        released = shadow.go_live(tails or {}, time.time())
+        released = shadow.go_live(tails or {}, time.time(), since=since, old_count=old_count)
         delivered = sum(1 for _, deliver in released if deliver)
         self._consume_all(released)
         self._settle()

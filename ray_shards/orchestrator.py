@@ -166,6 +166,9 @@ class Orchestrator:
         self._next_fleet: HostFleet | None = None
         self._reshard: ReshardProgress | None = None
         self._reshard_tails: dict[str, GuildTails] = {}
+        # The old set records (from just before RECORD is broadcast until the reshard ends): a host joining
+        # the old set then must record before it adopts anything (Registration.record).
+        self._old_set_records = False
         # The rolling restart's pure core (ray_shards.rolling); the reconcile pass steps it and carries out its effects.
         self._rolling: roll.RollingRestart | None = None
         self._roll_retires: dict[str, asyncio.Task[None]] = {}
@@ -508,9 +511,12 @@ class Orchestrator:
         ]
         if handle is not None:
             self._watch(host_id, handle)
-        if table is self._table and self._next_table is not None:
+        record = table is self._table and self._old_set_records
+        if record:
             # A replacement in the old set during a reshard records what it delivers like the others, so the
-            # switch can skip those events in the new set.
+            # switch can skip those events in the new set. Registration.record has it start recording before
+            # it adopts the leases below (so it notes their `since` before their RESUME); the command covers
+            # a host that re-registers while its shards keep running.
             mailbox = self._mailboxes[host_id]
             mailbox.commands.append(Command(next(self._command_ids), CommandKind.RECORD, None, {}))
         placed = table.place() if time.time() >= self._recovering_until else {}
@@ -520,7 +526,7 @@ class Orchestrator:
         _LOGGER.info("host %s joined on node %s wanting %s shards; granted %s", host_id, node_id, want, len(leases))
         return Registration(
             config=config, leases=leases, stale=stale, presence=self._presence,
-            presence_version=self._presence_version,
+            presence_version=self._presence_version, record=record,
         )
 
     def _watch(self, host_id: str, handle: typing.Any) -> None:
@@ -1003,6 +1009,10 @@ class Orchestrator:
                 fleet.start_slot(slot).add_done_callback(self._log_start_failure)
         for each in self._tables() if not self._stopping else []:
             self._deliver(each.place(), each)
+            if each is self._table and self._old_set_records:
+                # No graceful moves in the old set during a reshard (it is retired at the switch anyway): every
+                # shard an old-set host adopts then is a failover, which the switch accounts for by `since`.
+                continue
             move = each.rebalance_move()
             if move is not None:
                 shard_id, donor = move
@@ -1330,7 +1340,7 @@ class Orchestrator:
         self._check(capability)
         self._reshard_tails[host_id] = tails
 
-    async def _switch_reshard(self, old_hosts: list[str], new_table: ShardTable) -> list[str]:
+    async def _switch_reshard(self, old_hosts: list[str], new_table: ShardTable, old_count: int) -> list[str]:
         """The reshard's switch: mute the old set, collect its tails, and make each new host go live with its own.
 
         Each new host gets only the tails of the guilds its shards cover (``(guild >> 22) % count``), never
@@ -1342,7 +1352,7 @@ class Orchestrator:
         await self._broadcast(new_hosts, CommandKind.SHADOW_CHECK, {})
         self._reshard_tails.clear()
         await self._broadcast(old_hosts, CommandKind.SWITCH_OUT, {})
-        tails = GuildTails.merge(self._reshard_tails.values())
+        tails = GuildTails.merge(self._reshard_tails.values(), old_count=old_count)
         self._reshard_tails.clear()
         count = new_table.shard_count
         covered: dict[str, list[int]] = {h: [] for h in new_hosts}
@@ -1400,6 +1410,7 @@ class Orchestrator:
         new_fleet = self._new_fleet(prefix=f"s{shard_count}-h")
         try:
             old_hosts = [h.host_id for h in old_table.live_hosts()]
+            self._old_set_records = True
             await self._broadcast(old_hosts, CommandKind.RECORD, {})
             self._next_table, self._next_fleet = new_table, new_fleet
             old_fleet.share_token(new_fleet)
@@ -1432,7 +1443,7 @@ class Orchestrator:
             switched_out = True
             # The old set as it is now: hosts that died during the reshard were replaced (and told to record).
             old_hosts = [h.host_id for h in old_table.live_hosts()]
-            new_hosts = await self._switch_reshard(old_hosts, new_table)
+            new_hosts = await self._switch_reshard(old_hosts, new_table, old_table.shard_count)
             # The new set is live: make it the bot, then end the old sessions.
             self._table, self._fleet = new_table, new_fleet
             self._next_table, self._next_fleet = None, None
@@ -1467,6 +1478,7 @@ class Orchestrator:
                 _LOGGER.error("could not tell every old host to go live again (switched out: %s): %s",
                               switched_out, unmute_error)
         finally:
+            self._old_set_records = False
             progress.finished_at = time.time()
             self._reshard_tails.clear()
             self._changed()

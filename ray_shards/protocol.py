@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import typing
 
 from ray_shards.cutover import Seen
@@ -84,34 +85,59 @@ class Registration:
     """Shards the host said it runs whose lease is no longer its own: it must stop them."""
     presence: PresenceState
     presence_version: int
+    record: bool = False
+    """The host joins the old set of a reshard that records: record before adopting (`GuildTails.since`)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class GuildTails:
     """A reshard's switch: per guild, the last events a host of the old set delivered (`ray_shards.cutover`).
 
-    An old-set host hands its tails in (`Orchestrator.deliver_tails`); each new-set host gets back
-    only the tails of the guilds its shards cover (`for_shards`).
+    An old-set host hands its tails in (`Orchestrator.deliver_tails`), with ``since`` for each old shard it
+    adopted during the reshard (a failover); each new-set host gets back only the tails of the guilds its
+    shards cover, and the ``since`` of the old shards those guilds can come from (`for_shards`).
     """
 
     host_id: str
     tails: dict[int, tuple[Seen, ...]]
     """Guild id (0: events without a guild) to its tail, oldest first."""
+    since: dict[int, float] = dataclasses.field(default_factory=dict)
+    """Old shard id to the wall time its current owner started recording it (adopted during the reshard)."""
+    old_count: int = 0
+    """The old set's shard count (guild -> old shard is ``(guild >> 22) % old_count``); 0: not known."""
 
     @staticmethod
-    def merge(parts: typing.Iterable[GuildTails], host_id: str = "") -> GuildTails:
-        """One tail per guild; where two hosts delivered a guild (its shard moved), the later tail wins."""
+    def merge(parts: typing.Iterable[GuildTails], host_id: str = "", old_count: int = 0) -> GuildTails:
+        """One tail per guild; where two hosts delivered a guild (its shard moved), the later tail wins.
+
+        Where two hosts adopted one old shard, the latest ``since`` wins (the last owner's).
+        """
         tails: dict[int, tuple[Seen, ...]] = {}
+        since: dict[int, float] = {}
         for part in parts:
             for key, tail in part.tails.items():
                 if tail and (key not in tails or tail[-1].received > tails[key][-1].received):
                     tails[key] = tail
-        return GuildTails(host_id, tails)
+            for shard_id, when in part.since.items():
+                if shard_id not in since or when > since[shard_id]:
+                    since[shard_id] = when
+        return GuildTails(host_id, tails, since, old_count)
 
     def for_shards(self, shard_ids: typing.Collection[int], shard_count: int) -> GuildTails:
-        """The tails of the guilds that ``shard_ids`` of ``shard_count`` receive (guild 0, DMs: shard 0)."""
+        """The tails of the guilds that ``shard_ids`` of ``shard_count`` receive (guild 0, DMs: shard 0).
+
+        And the ``since`` of every old shard that shares a guild with them: a guild ``g`` is on new shard
+        ``g % shard_count`` and old shard ``g % old_count``, and some ``g`` has both ``n`` and ``o`` exactly
+        when ``n`` and ``o`` agree modulo ``gcd(shard_count, old_count)``.
+        """
+        since: dict[int, float] = {}
+        if self.old_count > 0:
+            step = math.gcd(shard_count, self.old_count)
+            residues = {n % step for n in shard_ids}
+            since = {o: t for o, t in self.since.items() if o % step in residues}
         return GuildTails(
-            self.host_id, {k: t for k, t in self.tails.items() if (k >> 22) % shard_count in shard_ids}
+            self.host_id, {k: t for k, t in self.tails.items() if (k >> 22) % shard_count in shard_ids},
+            since, self.old_count,
         )
 
 

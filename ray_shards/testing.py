@@ -28,6 +28,7 @@ class DeliveryRecorder:
     def __init__(self) -> None:
         self._counts: collections.Counter[int] = collections.Counter()
         self._hosts: dict[int, str] = {}
+        self._deliveries: dict[int, list[str]] = {}
         self._labels: collections.Counter[str] = collections.Counter()
         self._label_hosts: collections.Counter[str] = collections.Counter()
 
@@ -36,6 +37,7 @@ class DeliveryRecorder:
         for message_id in message_ids:
             self._counts[message_id] += 1
             self._hosts[message_id] = host_id
+            self._deliveries.setdefault(message_id, []).append(host_id)
 
     def record_labels(self, host_id: str, labels: list[str]) -> None:
         """Record handled guild events by label (``edit <content>``, ``react_add``, ``join <guild>``, ...)."""
@@ -57,6 +59,10 @@ class DeliveryRecorder:
     def hosts(self) -> dict[int, str]:
         """Message id to the host that last received it."""
         return dict(self._hosts)
+
+    def deliveries(self) -> dict[int, list[str]]:
+        """Message id to the host of each delivery, in the order they were recorded."""
+        return {m: list(h) for m, h in self._deliveries.items()}
 
 
 def start_recorder(name: str) -> typing.Any:

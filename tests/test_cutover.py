@@ -247,3 +247,131 @@ def test_memory_is_bounded_and_measured() -> None:
     per_guild = used / 1000
     print(f"old-set tail memory: {per_guild:.0f} bytes per guild (16 entries)")
     assert per_guild < 4096, per_guild
+
+
+# -- an old-set host that dies during the reshard --------------------------------------------------------
+#
+# Two old shards (guild -> old shard is ``(guild >> 22) % 2``): keys 0 and 2 << 22 are on old shard 0, whose
+# host dies at ``death`` with its tails. Its listener-completion watermark is at ``watermark`` <= ``death``:
+# it delivered (and acknowledged) everything of shard 0 up to the watermark, and maybe more up to its death.
+# Another old-set host adopts shard 0 at ``since`` >= ``death`` (noting ``since`` before its RESUME), and
+# Discord replays everything after the watermark: received there at about ``since`` (within max_skew), then
+# live. That host records what it delivers, with its own receive times, and is muted at ``mute`` (at least
+# ``3 * max_skew`` after ``since``: it waits for that). A failover replay within the old set is allowed (the
+# at-least-once of guarantee 4); what must not happen is an event handled by both sets, or by neither.
+
+OLD_COUNT = 2
+
+
+@st.composite
+def death_scenarios(draw: st.DrawFn) -> tuple[list[Event], float, float, float, float, float, float]:
+    events, start, mute, live = draw(scenarios())
+    end = max((e.t_old for e in events), default=0.0) + 3.0
+    death = draw(st.floats(start - 1.0, end))
+    watermark = death - draw(st.sampled_from([0.0, 0.01, 0.3, 1.5, 4.0]))
+    since = death + draw(st.sampled_from([0.0, 0.02, 0.4, 1.2, 3.0]))
+    mute = max(mute, since + 3 * MAX_SKEW + 0.01)
+    live = max(live, mute)
+    return events, start, mute, live, death, watermark, since
+
+
+def run_switch_with_death(
+    events: list[Event], start: float, mute: float, live: float, death: float, watermark: float, since: float,
+    *, use_since: bool = True,
+) -> tuple[set[int], list[int], list[int]]:
+    """Like `run_switch`, with old shard 0's host dying: the old set's handled events, the new set's deliveries
+    and what it consumed."""
+    old: set[int] = set()
+    received: list[tuple[float, Event]] = []  # by the old set's live hosts (the survivor and the adopter)
+    replay_at = since
+    for e in sorted(events, key=lambda e: e.t_old):
+        if (e.key >> 22) % OLD_COUNT != 0:
+            received.append((e.t_old, e))
+            continue
+        if e.t_old <= death:
+            old.add(e.index)  # delivered by the host that died (its tail died with it)
+        if e.t_old > watermark:
+            # Replayed after the RESUME (in order, within max_skew of since), or received live after it.
+            replay_at = max(e.t_old, replay_at + 0.005)
+            received.append((replay_at, e))
+    tails = TailRecorder()
+    for t, e in sorted(received, key=lambda r: r[0]):
+        if t < mute:
+            old.add(e.index)
+            tails.record(e.key, seen(e.name, e.payload, t))
+    buffer: ShadowBuffer[int] = ShadowBuffer(1_000_000, max_skew=MAX_SKEW)
+    consumed: list[tuple[int, bool]] = []
+    arrivals = sorted((e for e in events if e.t_new >= start), key=lambda e: e.t_new)
+    for e in arrivals:
+        if e.t_new < live:
+            assert buffer.hold(e.key, seen(e.name, e.payload, e.t_new), e.index)
+    consumed += buffer.go_live(tails.snapshot(), live, since={0: since} if use_since else None, old_count=OLD_COUNT)
+    for e in arrivals:
+        if e.t_new >= live:
+            consumed += buffer.offer(e.key, seen(e.name, e.payload, e.t_new), e.index, e.t_new)
+    consumed += buffer.expire(float("inf"))
+    assert not buffer.pending
+    return old, [i for i, deliver in consumed if deliver], [i for i, _ in consumed]
+
+
+def _handled_once_by_one_set(events: list[Event], old: set[int], new: list[int]) -> bool:
+    return len(new) == len(set(new)) and all((e.index in old) + new.count(e.index) == 1 for e in events)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(death_scenarios())
+def test_events_of_an_old_host_that_dies_are_handled_by_exactly_one_set(
+    scenario: tuple[list[Event], float, float, float, float, float, float],
+) -> None:
+    events, start, mute, live, death, watermark, since = scenario
+    old, new, consumed = run_switch_with_death(events, start, mute, live, death, watermark, since)
+    for e in events:
+        handled = (e.index in old) + new.count(e.index)
+        assert handled == 1, (
+            f"event {e.index} handled by {handled} sets ({e}); old {sorted(old)}, new {new}; death {death}, "
+            f"watermark {watermark}, since {since}, mute {mute}"
+        )
+    assert len(new) == len(set(new)), "the new set delivered an event twice"
+    assert sorted(consumed) == sorted(e.index for e in events if e.t_new >= start)
+    _check_order(events, consumed)
+
+
+def test_without_since_the_events_of_a_dead_host_are_handled_twice() -> None:
+    from hypothesis import find
+
+    def broken(scenario: tuple[list[Event], float, float, float, float, float, float]) -> bool:
+        events, *times = scenario
+        old, new, _ = run_switch_with_death(events, *times, use_since=False)
+        return not _handled_once_by_one_set(events, old, new)
+
+    events, *times = find(death_scenarios(), broken, settings=settings(max_examples=2000, deadline=None))
+    old, new, _ = run_switch_with_death(events, *times)
+    assert _handled_once_by_one_set(events, old, new), "the since rule fixes the counterexample"
+
+
+def _event(index: int, key: int, name: str, payload: dict[str, typing.Any], t: float) -> Event:
+    return Event(index, key, name, dict(payload, guild_id=str(key)) if key else dict(payload), t, t + 0.3)
+
+
+def test_a_guild_only_the_dead_host_delivered_is_not_delivered_again() -> None:
+    # Guild 2 << 22 (old shard 0): two edits at 1 and 2, acknowledged (watermark 2.5), host dead at 3,
+    # shard adopted at 4. Nothing to replay: the adopter never records the guild, so it has no tail.
+    key = 2 << 22
+    events = [_event(0, key, *_CONTENT[2], 1.0), _event(1, key, *_CONTENT[3], 2.0), _event(2, key, *_CONTENT[0], 20.0)]
+    timing = {"start": 0.0, "mute": 10.0, "live": 10.5, "death": 3.0, "watermark": 2.5, "since": 4.0}
+    old, new, _ = run_switch_with_death(events, **timing, use_since=False)
+    assert old == {0, 1} and new == [0, 1, 2], "without since: the dead host's deliveries run again"
+    old, new, consumed = run_switch_with_death(events, **timing)
+    assert old == {0, 1} and new == [2] and consumed == [0, 1, 2]
+
+
+def test_a_tail_that_ends_with_a_replayed_event_aligns_by_since() -> None:
+    # The watermark (1.5) is before the second edit: it is replayed at about since (4) and recorded then, far
+    # (more than max_skew) from when the new set received it (2.3). The time rule alone finds no candidate.
+    key = 2 << 22
+    events = [_event(0, key, *_CONTENT[2], 1.0), _event(1, key, *_CONTENT[3], 2.0), _event(2, key, *_CONTENT[0], 20.0)]
+    timing = {"start": 0.0, "mute": 10.0, "live": 10.5, "death": 3.0, "watermark": 1.5, "since": 4.0}
+    old, new, _ = run_switch_with_death(events, **timing, use_since=False)
+    assert new == [0, 1, 2]
+    old, new, _ = run_switch_with_death(events, **timing)
+    assert old == {0, 1} and new == [2]

@@ -170,3 +170,53 @@ async def test_a_shadow_set_near_its_cap_is_too_close_to_switch(token: str) -> N
 
 def test_an_unavailable_guild_is_not_a_guild_event() -> None:
     assert not cutover.fan_out("GUILD_CREATE", {"id": "1", "unavailable": False})
+
+
+@pytest.mark.parametrize("acknowledged", [2, 1, 0])
+async def test_an_old_host_that_dies_takes_its_tails_but_not_exactly_once(token: str, acknowledged: int) -> None:
+    """Old host A delivers two edits and dies (its tails with it); B adopts the shard (noting ``since`` before
+    its RESUME) and Discord replays what came after A's watermark (``acknowledged`` of the two). B is muted, the
+    new set goes live with B's tails and ``since``: each event is handled by one set only."""
+    world = World(1, 2)
+    gid = world.guild_ids()[0]
+    handled: list[tuple[str, str]] = []
+    events = _events(world, gid)
+    dead = _Set(token, "old", handled, shadow=False)
+    new = _Set(token, "new", handled, shadow=True)
+    for who in (dead, new):
+        who.feed("GUILD_CREATE", world.guild_create(gid, BOT_ID, presences=False, large_threshold=250))
+    dead.manager.start_recording()
+    for _, name, payload in events[:2]:
+        dead.feed(name, payload)
+        new.feed(name, payload)
+        await asyncio.sleep(GAP)
+    await asyncio.sleep(2 * MAX_SKEW)  # detection and re-lease of the dead host's shard
+    adopter = _Set(token, "old", handled, shadow=False)
+    adopter.manager.start_recording()
+    adopter.manager.adopted(0)  # before the RESUME
+    since = adopter.manager.recording_since()
+    assert list(since) == [0]
+    adopter.feed("GUILD_CREATE", world.guild_create(gid, BOT_ID, presences=False, large_threshold=250))
+    for _, name, payload in events[acknowledged:2]:  # the replay
+        adopter.feed(name, payload)
+    await asyncio.sleep(3 * MAX_SKEW + GAP)  # the adopter mutes no earlier than 3 * max_skew after since
+    tails = adopter.manager.mute()
+    for _, name, payload in events[2:4]:  # after the switch: the new set's
+        new.feed(name, payload)
+    assert set(tails) == ({gid} if acknowledged < 2 else set())
+    new.manager.go_live(tails, since=since, old_count=1)
+    await asyncio.sleep(0.1)
+    handled_by = [(who, label) for who, label in handled if not label.startswith("available")]
+    expected = [label for label, _, _ in events]
+    assert [label for who, label in handled_by if who == "new"] == expected[2:4], handled
+    assert [label for who, label in handled_by if who == "old"] == expected[:2] + expected[acknowledged:2]
+
+    # Without since, the guild's events the dead host delivered run again in the new set.
+    handled.clear()
+    again = _Set(token, "new", handled, shadow=True)
+    again.feed("GUILD_CREATE", world.guild_create(gid, BOT_ID, presences=False, large_threshold=250))
+    for _, name, payload in events[:2]:
+        again.feed(name, payload)
+    again.manager.go_live(tails)
+    await asyncio.sleep(0.1)
+    assert [label for _, label in handled if not label.startswith("available")] == expected[:2]

@@ -104,3 +104,24 @@ def test_guild_tails_go_only_to_the_host_whose_shards_cover_the_guild() -> None:
     assert set(merged.for_shards({2}, 4).tails) == {6 << 22}
     assert merged.for_shards(set(), 4).tails == {}
     assert pickle.loads(pickle.dumps(merged)) == merged
+
+
+def test_guild_tails_carry_since_per_old_shard_to_the_new_hosts_whose_guilds_they_can_hold() -> None:
+    import pickle
+
+    from ray_shards.protocol import GuildTails
+
+    # Old shard 1 failed over twice during the reshard (h0 then h1 adopted it): the last owner's since wins.
+    first = GuildTails("h0", {}, {1: 10.0, 3: 12.0})
+    second = GuildTails("h1", {}, {1: 11.0})
+    merged = GuildTails.merge([first, second], old_count=4)
+    assert merged.since == {1: 11.0, 3: 12.0} and merged.old_count == 4
+    # 4 -> 8: a guild on new shard n is on old shard n % 4.
+    assert merged.for_shards({1}, 8).since == {1: 11.0}
+    assert merged.for_shards({5, 3}, 8).since == {1: 11.0, 3: 12.0}
+    assert merged.for_shards({0, 2}, 8).since == {}
+    # 4 -> 6 (gcd 2): new shard 1 holds guilds of old shards 1 and 3.
+    assert merged.for_shards({1}, 6).since == {1: 11.0, 3: 12.0}
+    assert merged.for_shards({1}, 6).old_count == 4
+    assert pickle.loads(pickle.dumps(merged)) == merged
+    assert GuildTails("h", {}).for_shards({0}, 8).since == {}, "no old count known: no since"

@@ -209,3 +209,67 @@ async def test_auto_reshard_follows_discords_recommendation(
                 await asyncio.sleep(0.2)
     finally:
         await deployment.stop()
+
+
+@pytest.mark.parametrize("quiet", [False, True], ids=["stream", "quiet-guilds"])
+async def test_reshard_4_to_8_when_an_old_host_dies_handles_each_event_in_one_set(
+    streaming: typing.Any, quiet: bool
+) -> None:
+    """An old-set host is killed (SIGKILL, by ray.kill) while the new set identifies, after the old set started
+    recording: its tails die with it, its shards RESUME on the other old host (which notes `since` and records
+    the replay). Nothing is lost and no event is handled by both an old-set host and a new-set host.
+
+    ``quiet``: the stream pauses from just before the kill (once some new shards are READY and hold events)
+    until the reshard is over, so the dead host's guilds get no event the adopter could record: no tail at
+    the switch, and only the `since` rule keeps the new set from delivering what the dead host delivered."""
+    bot: StreamingBot = await streaming(shards=4, hosts=2)
+    emu = bot.emu
+    emu.control.start_stream(20)
+    await asyncio.sleep(1.5)
+    assert bot.deployment is not None
+    old_hosts = dict(bot.deployment.hosts)
+    victim_id, victim = next(iter(old_hosts.items()))
+    moved = [i for i, info in bot.shards().items() if info.host_id == victim_id]
+    assert moved
+    identifies_before = len(emu.control.identify_log())
+    states: list[str] = []
+    reshard = asyncio.create_task(bot.client.reshard(8, progress=lambda s: states.append(str(s.state))))
+    await wait_for(lambda: any("identifying" in s.lower() for s in states), 60, "the new set to start identifying")
+    if quiet:
+        await wait_for(lambda: reshard.done() or _new_ready(bot) >= 1, 60, "a new shard READY")
+        await asyncio.sleep(0.8)  # it holds events
+        emu.control.stop_stream()
+        await asyncio.sleep(0.4)  # the dead host's listeners finish and its watermark is reported
+    killed_in = list(states)
+    ray.kill(victim, no_restart=True)
+    state = await asyncio.wait_for(reshard, 240)
+    if quiet:
+        emu.control.start_stream(20)
+        await asyncio.sleep(1.5)
+    print(f"reshard 4 -> 8 with old host {victim_id} killed (shards {moved}): {states[-3:]}")
+    assert state.state is ReshardState.FINISHED, state
+    assert not any("switching" in s for s in killed_in), f"the old host was killed after the switch began: {states}"
+    await wait_for(lambda: len(bot.shards()) == 8 and bot.all_ready(), 30, "8 READY shards")
+    await asyncio.sleep(2.0)
+    await bot.assert_nothing_lost()
+
+    sent = {int(e["id"]) for e in emu.control.stream_sent()}
+    deliveries = ray.get(bot.recorder.deliveries.remote())
+    both = {m: hosts for m, hosts in deliveries.items()
+            if m in sent and any(h.startswith("s8-") for h in hosts) and any(not h.startswith("s8-") for h in hosts)}
+    assert not both, f"{len(both)} events handled by an old-set and a new-set host: {dict(list(both.items())[:5])}"
+    twice_new = {m: hosts for m, hosts in deliveries.items()
+                 if m in sent and sum(h.startswith("s8-") for h in hosts) > 1}
+    assert not twice_new, f"the new set handled {len(twice_new)} events twice"
+    assert any(h.startswith("s8-") for hosts in deliveries.values() for h in hosts), "the new set delivered nothing"
+    identifies = emu.control.identify_log()[identifies_before:]
+    assert sorted(e["shard_id"] for e in identifies) == list(range(8)), "an IDENTIFY beyond the reshard's own"
+    assert all(e["shard_count"] == 8 for e in identifies)
+    stats = emu.control.stats()
+    assert not stats["split_brain"] and stats["rate_limit_violations"] == 0
+
+
+def _new_ready(bot: StreamingBot) -> int:
+    """Connected sessions of the new set (8 shards), as the emulator sees them."""
+    emu_sessions = bot.emu.control.sessions()
+    return sum(1 for x in emu_sessions if x["shard_count"] == 8 and x["connected"])
