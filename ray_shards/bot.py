@@ -62,6 +62,7 @@ from ray_shards.models import (
     CommandKind,
     HostDirectives,
     Lease,
+    ReportBatch,
     SessionState,
     ShardInfo,
     ShardReport,
@@ -349,6 +350,9 @@ class Bot(traits.GatewayBotAware):
         self._ended: dict[int, int] = {}
         self._remote: dict[int, RemoteShard] = {}
         self._remote_table = TableView(full_every=30.0)
+        # Sessions the Orchestrator holds from this host (sent in full in an answered sync): a sync sends only
+        # the seq of those (ReportBatch). Forgotten whenever a sync fails or the Orchestrator asks for them.
+        self._sent_sessions: dict[int, SessionState] = {}
         self._direct = DirectCommands(
             self._link, self.shard_info, self._refresh_remote_table, command_key(self._link.token),
             self._timings.command_timeout,
@@ -1301,13 +1305,19 @@ class Bot(traits.GatewayBotAware):
             try:
                 report_seq += 1
                 sent_at = time.monotonic()
-                directives = await self._link.sync(
-                    self._host_id,
-                    self._reports(),
-                    timeout=self._timings.sync_interval,
-                    report_seq=report_seq,
-                    retry_for=min(5.0, self._lease_cutoff()),
-                )
+                batch = ReportBatch.of(self._reports(), known=self._sent_sessions)
+                try:
+                    directives = await self._link.sync(
+                        self._host_id,
+                        batch,
+                        timeout=self._timings.sync_interval,
+                        report_seq=report_seq,
+                        retry_for=min(5.0, self._lease_cutoff()),
+                    )
+                except BaseException:
+                    self._sent_sessions.clear()
+                    raise
+                self._note_sent_sessions(batch, directives)
                 # The lease is renewed as of when this sync was *sent*: the Orchestrator saw it no earlier.
                 last_ok = sent_at
                 self._apply(directives)
@@ -1337,6 +1347,16 @@ class Bot(traits.GatewayBotAware):
                 _LOGGER.exception("host %s: sync failed; retrying", self._host_id)
                 await asyncio.sleep(self._timings.sync_interval)
 
+    def _note_sent_sessions(self, batch: ReportBatch, directives: HostDirectives) -> None:
+        """After an answered sync: the Orchestrator holds the sessions the batch carried in full."""
+        if directives.resend_sessions:
+            self._sent_sessions.clear()
+            return
+        self._sent_sessions.update(batch.sessions)
+        if len(self._sent_sessions) > len(batch.shard_ids):
+            reported = set(batch.shard_ids)
+            self._sent_sessions = {k: v for k, v in self._sent_sessions.items() if k in reported}
+
     def _apply(self, directives: HostDirectives) -> None:
         # Revokes first. A revoke of a shard that the same answer also adopts stops only a run below the
         # adopt's epoch: the revoke is for the older lease, and the adopt may already run here (resent).
@@ -1356,6 +1376,7 @@ class Bot(traits.GatewayBotAware):
             self._spawn(self.close(hand_over=False), "close on bot stop")
 
     async def _register_again(self) -> None:
+        self._sent_sessions.clear()
         held = [(slot.lease.shard_id, slot.lease.epoch) for slot in self._slots.values() if not slot.leaving]
         registration = await self._link.register_host(
             self._host_id,

@@ -32,6 +32,7 @@ if typing.TYPE_CHECKING:
         Lease,
         PingInfo,
         Registration,
+        ReportBatch,
         ReshardProgress,
         RollingRestartProgress,
         SessionState,
@@ -263,7 +264,7 @@ class OrchestratorLink:
     async def sync(
         self,
         host_id: str,
-        reports: list[ShardReport],
+        reports: list[ShardReport] | ReportBatch,
         *,
         timeout: float | None = None,
         report_seq: int | None = None,

@@ -43,7 +43,13 @@ class Timings:
         On a hand-over (rebalance, rolling restart, reshard, stop), how long a host waits for the
         listeners of the events it already took before it hands the session on.
     checkpoint_interval
-        Most time between two checkpoints of changing session state.
+        Most time between a change of a lease, an owner, a status or a session (id or resume URL) and the
+        checkpoint that holds it.
+    checkpoint_batch_interval
+        Most time between a seq advance (or a counter change) and the checkpoint that holds it. Seqs may
+        lag in the checkpoint: a restarted Orchestrator hands a shard whose host died meanwhile on at the
+        older seq, and its RESUME is replayed the events since (at-least-once, never a seq Discord has not
+        sent). Keep it well inside Discord's replay window.
     command_timeout
         How long a client command waits for the owning host.
     auto_reshard_interval
@@ -78,6 +84,7 @@ class Timings:
     max_listener_lag: float = 60.0
     drain_timeout: float = 10.0
     checkpoint_interval: float = 1.0
+    checkpoint_batch_interval: float = 10.0
     command_timeout: float = 15.0
     auto_reshard_interval: float = 600.0
     host_start_timeout: float = 120.0
