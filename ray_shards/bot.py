@@ -290,6 +290,7 @@ class Bot(traits.GatewayBotAware):
         "_remote",
         "_remote_table",
         "_rest",
+        "_sent_sessions",
         "_slots",
         "_sync_task",
         "_tasks",

@@ -19,6 +19,7 @@ __all__ = [
     "Lease",
     "ReportBatch",
     "SessionState",
+    "ShardColumns",
     "ShardInfo",
     "ShardReport",
     "ShardStatus",
@@ -218,3 +219,46 @@ class ShardInfo:
             ShardStatus.READY,
             ShardStatus.RECONNECTING,
         )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ShardColumns:
+    """Rows of the shard table as plain lists: entry ``i`` of every list is one row.
+
+    What a full `Orchestrator.table_since` read sends: pickling and unpickling one `ShardInfo`
+    dataclass per shard cost the Orchestrator ~20 µs a row (0.3 s per full read at 16k
+    shards); plain lists cost ~1 µs. `infos` builds the `ShardInfo` rows on the reader's side.
+    """
+
+    shard_count: int
+    shard_ids: list[int]
+    statuses: list[str]
+    """`ShardStatus` values."""
+    host_ids: list[str | None]
+    node_ids: list[str | None]
+    epochs: list[int]
+    latencies: list[float]
+    seqs: list[int | None]
+    guilds: list[int]
+    events: list[int]
+    last_seen: list[float]
+    identifies: list[int]
+    resumes: list[int]
+    errors: dict[int, str] = dataclasses.field(default_factory=dict)
+
+    def infos(self) -> list[ShardInfo]:
+        """The rows as `ShardInfo`."""
+        errors = self.errors
+        count = self.shard_count
+        return [
+            ShardInfo(
+                shard_id=shard_id, shard_count=count, status=ShardStatus(status), host_id=host_id, node_id=node_id,
+                epoch=epoch, latency=latency, seq=seq, guilds=guilds, events=events, last_seen=last_seen,
+                identifies=identifies, resumes=resumes, error=errors.get(shard_id),
+            )
+            for shard_id, status, host_id, node_id, epoch, latency, seq, guilds, events, last_seen, identifies, resumes
+            in zip(
+                self.shard_ids, self.statuses, self.host_ids, self.node_ids, self.epochs, self.latencies, self.seqs,
+                self.guilds, self.events, self.last_seen, self.identifies, self.resumes, strict=True,
+            )
+        ]

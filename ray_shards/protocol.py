@@ -25,6 +25,7 @@ from ray_shards.models import (
     Lease,
     ReportBatch,
     SessionState,
+    ShardColumns,
     ShardInfo,
     ShardReport,
     ShardStatus,
@@ -52,6 +53,7 @@ __all__ = [
     "ReshardState",
     "RollingRestartProgress",
     "SessionState",
+    "ShardColumns",
     "ShardInfo",
     "ShardReport",
     "ShardStatus",
@@ -353,3 +355,9 @@ class TableDelta:
     version: int
     full: bool
     rows: list[ShardInfo]
+    columns: ShardColumns | None = None
+    """More rows, as plain lists (the Orchestrator sends a full read this way: it is far cheaper to pickle)."""
+
+    def infos(self) -> list[ShardInfo]:
+        """Every row the answer carries."""
+        return self.rows if self.columns is None else self.rows + self.columns.infos()

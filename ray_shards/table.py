@@ -23,7 +23,7 @@ import math
 import secrets
 import typing
 
-from ray_shards.models import Lease, ReportBatch, SessionState, ShardInfo, ShardReport, ShardStatus
+from ray_shards.models import Lease, ReportBatch, SessionState, ShardColumns, ShardInfo, ShardReport, ShardStatus
 
 __all__ = ["SCHEMA", "CheckpointSchemaError", "HostRecord", "ShardRecord", "ShardTable"]
 
@@ -672,6 +672,28 @@ class ShardTable:
                 )
             )
         return rows
+
+    def columns(self) -> ShardColumns:
+        """The whole table as clients see it (`infos`), as plain lists: cheap to send."""
+        records = list(self.shards.values())
+        hosts = self.hosts
+        nodes = {h: (hosts[h].node_id if h in hosts else None) for h in self._owned}
+        return ShardColumns(
+            shard_count=self.shard_count,
+            shard_ids=[r.shard_id for r in records],
+            statuses=[r.status.value for r in records],
+            host_ids=[r.host_id for r in records],
+            node_ids=[None if r.host_id is None else nodes.get(r.host_id) for r in records],
+            epochs=[r.epoch for r in records],
+            latencies=[r.latency for r in records],
+            seqs=[r.session.seq if r.session else None for r in records],
+            guilds=[r.guilds for r in records],
+            events=[r.events for r in records],
+            last_seen=[r.last_seen for r in records],
+            identifies=[r.identifies for r in records],
+            resumes=[r.resumes for r in records],
+            errors={r.shard_id: r.error for r in records if r.error is not None},
+        )
 
     # -- checkpoint ------------------------------------------------------------------------------
 

@@ -53,13 +53,14 @@ class TableView:
 
     def apply(self, delta: TableDelta) -> list[ShardInfo]:
         """Take in one answer of `table_since`; return the rows it carried."""
+        rows = delta.infos()
         if delta.full:
-            self.rows = {row.shard_id: row for row in delta.rows}
+            self.rows = {row.shard_id: row for row in rows}
             self._full_at = time.monotonic()
         else:
-            self.rows.update((row.shard_id, row) for row in delta.rows)
+            self.rows.update((row.shard_id, row) for row in rows)
         self._table_id, self._version = delta.table_id, delta.version
-        return delta.rows
+        return rows
 
     async def read(self, link: OrchestratorLink, *, full: bool = False, wait: float = 0.0) -> list[ShardInfo]:
         """Read what changed (everything with ``full``, or when a full read is due), parking up to ``wait`` s.

@@ -263,3 +263,9 @@ def test_a_seq_never_goes_back_within_a_session() -> None:
                            known={0: session})
     table.apply_reports("a", older, now=2.0)
     assert table.shards[0].session == session
+
+
+def test_full_reads_as_columns_give_the_same_rows() -> None:
+    table = _table()
+    table.mark_failed(7, "4014: disallowed intents")
+    assert table.columns().infos() == table.infos()
