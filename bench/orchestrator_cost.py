@@ -54,6 +54,17 @@ from bench import _common
 from ray_shards.launch import start_orchestrator
 from ray_shards.models import Lease, SessionState, ShardReport, ShardStatus
 from ray_shards.table_view import TableView
+from ray_shards.timings import Timings
+
+try:
+    from ray_shards.models import ReportBatch
+except ImportError:  # ray_shards before compact reports (to measure a baseline with this same script)
+    ReportBatch = None  # type: ignore[assignment,misc]
+
+# The simulated hosts are standalone callers (no actor handle), which the Orchestrator drops after
+# standalone_lease_ttl (10 s) of silence; host actors get host_timeout (30 s) and a health check. Use the
+# latter, so that a phase measuring one kind of call cannot get the hosts dropped.
+BENCH_TIMINGS = Timings(standalone_lease_ttl=30.0)
 
 PER_HOST = 128
 B = 10**6  # daily identify budget of the emulator
@@ -72,12 +83,22 @@ class SimHost:
         self.seq = 123_456
         self.report_seq = time.time_ns() // 1000
         self.view = TableView(full_every=FULL_EVERY)
+        self.sent: dict[int, SessionState] = {}  # as Bot._sent_sessions
+        self._batch: ReportBatch | None = None
 
     def advance(self, events: int) -> None:
         self.seq += events
 
     def reports(self) -> typing.Any:
-        """The host's full state, as `Bot._reports` sends it: every shard READY with its session."""
+        """The host's full state, as `Bot._sync_forever` sends it: a `ReportBatch` of every shard READY with its
+        session (in full only when the Orchestrator does not have it yet)."""
+        if ReportBatch is None:
+            return self.shard_reports()
+        self._batch = ReportBatch.of(self.shard_reports(), known=self.sent)
+        return self._batch
+
+    def shard_reports(self) -> list[ShardReport]:
+        """The host's shards as `Bot._reports` builds them."""
         return [
             ShardReport(
                 shard_id=lease.shard_id,
@@ -95,11 +116,19 @@ class SimHost:
         ]
 
     def answered(self, directives: typing.Any) -> None:
-        """A sync was answered (the bot then applies the directives)."""
+        """A sync was answered: the Orchestrator holds the sessions it carried (`Bot._note_sent_sessions`)."""
+        if getattr(directives, "resend_sessions", False):
+            self.sent.clear()
+        elif self._batch is not None:
+            self.sent.update(self._batch.sessions)
 
     async def sync(self, link: typing.Any, timeout: float) -> typing.Any:
         self.report_seq += 1
-        directives = await link.sync(self.host_id, self.reports(), timeout=timeout, report_seq=self.report_seq)
+        try:
+            directives = await link.sync(self.host_id, self.reports(), timeout=timeout, report_seq=self.report_seq)
+        except BaseException:
+            self.sent.clear()
+            raise
         self.answered(directives)
         return directives
 
@@ -151,7 +180,7 @@ async def _boot_host(link: typing.Any, host: SimHost, parallel: int) -> None:
 
 async def _measure(emu_url: str, token: str, shards: int, args: argparse.Namespace) -> dict[str, typing.Any]:
     before = {p.pid for p in _common.own_ray_processes("ray::Orchestrator")}
-    link = await start_orchestrator(token, None, rest_url=emu_url, shard_count=shards)
+    link = await start_orchestrator(token, None, rest_url=emu_url, shard_count=shards, timings=BENCH_TIMINGS)
     procs = [p for p in _common.own_ray_processes("ray::Orchestrator") if p.pid not in before]
     assert len(procs) == 1, procs
     cpu = _Cpu(procs[0])
@@ -218,6 +247,8 @@ async def _measure(emu_url: str, token: str, shards: int, args: argparse.Namespa
                 done += 1
             return done
 
+        for h in hosts:
+            h.view._full_at = time.monotonic()  # no full read is due during the delta phase
         delta_cpu, delta_calls = await _cpu_of(cpu, idle_rate, lambda: reads(False))
         await sync_all()
         full_cpu, full_calls = await _cpu_of(cpu, idle_rate, lambda: reads(True))
@@ -328,6 +359,7 @@ def _pure(shards: int) -> dict[str, typing.Any]:
     for host_id, sim in sims.items():
         table.apply_reports(host_id, sim.reports(), now)
     some = next(iter(sims.values()))
+    some.sent = {r.shard_id: r.session for r in some.shard_reports() if r.session is not None}
     some_reports = some.reports()
     wire = pickle.dumps(some_reports, protocol=5)
     infos = table.infos()
@@ -425,7 +457,8 @@ async def _profile_in(emu_url: str, token: str, shards: int, args: argparse.Name
     from ray_shards.orchestrator import Orchestrator, OrchestratorOptions
 
     bot_id = bot_id_from_token(token)
-    orchestrator = Orchestrator(bot_id, OrchestratorOptions(rest_url=emu_url, shard_count=shards))
+    orchestrator = Orchestrator(bot_id, OrchestratorOptions(rest_url=emu_url, shard_count=shards,
+                                                            timings=BENCH_TIMINGS))
     capability = await orchestrator.initialise(token)
 
     class _Local:
