@@ -7,7 +7,8 @@ the public actor API, no real shards) follow what `ray_shards.bot.Bot` does (`Bo
 
 * boot: register (``want`` 128), then for every leased shard ``request_identify`` (sleeping locally for
   the answer's wait) and ``identify_done`` at "READY", then report it READY (``boot``);
-* steady: a ``sync`` long poll (``timeout`` = ``Timings.sync_interval``, 0.5 s) with the host's full state
+* steady: a ``sync`` long poll (``timeout`` = ``Timings.steady_sync_interval``, 2 s, as a host whose shards are
+  all READY parks; ``sync_interval``, 0.5 s, before that existed) with the host's full state
   and an increasing ``report_seq``, the seq of every session advancing by ``--events-per-sync``; after a
   sync, when more than 2 s passed since the last read, a table delta read (``TableView.read``:
   ``table_since`` with the version held, not parked) and a full read every 30 s (``full_every=30``;
@@ -22,12 +23,12 @@ and RPC handling are included), after subtracting its idle rate measured just be
 * ``idle_cpu_percent``: background work (reconcile loop every 0.2 s, checkpoints);
 * ``steady``: the real cadence above for ``--steady-seconds``, for S <= ``--steady-max``: the actor's CPU
   utilisation (% of one core) and how late syncs come back (``sync_lateness_ms``: return time minus the
-  0.5 s park; queueing in the actor).
+  park; queueing in the actor).
 
 Also timed in this process (CPU time, pure logic, no Ray): the ShardTable work behind each path
 (``pure_logic``). From both, ``model`` estimates the CPU of one Orchestrator (fraction of a core) at S shards
 at the same cadence:
-  U(S) = (S/128) * 2/s   * sync(128)          every host syncs every 0.5 s (actor-measured)
+  U(S) = (S/128) / park * sync(128)          every host syncs once per park (actor-measured)
        + (S/128) * 0.5/s * delta              a delta read every 2 s per host (actor-measured)
        + (S/128) / 30 s  * full_table(S)      a full read every 30 s per host (actor, a + b*S)
        + idle(S)                              reconcile + checkpoints (actor-measured, c*S^k)
@@ -68,7 +69,10 @@ BENCH_TIMINGS = Timings(standalone_lease_ttl=30.0)
 
 PER_HOST = 128
 B = 10**6  # daily identify budget of the emulator
-SYNC_INTERVAL = 0.5  # Timings.sync_interval, the bot's sync long poll
+# The bot's sync long poll parks for Timings.sync_interval (0.5 s), or Timings.steady_sync_interval once every
+# shard of the host is READY and none changed since the last sync (the simulated hosts' steady state). Older
+# ray_shards had no steady interval: 0.5 s.
+SYNC_INTERVAL = float(getattr(Timings(), "steady_sync_interval", Timings().sync_interval))
 TABLE_EVERY = 2.0  # Bot._sync_forever: a table delta read after a sync when 2 s have passed
 FULL_EVERY = 30.0  # Bot: TableView(full_every=30.0)
 

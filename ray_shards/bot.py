@@ -1302,21 +1302,28 @@ class Bot(traits.GatewayBotAware):
         # report_seq must grow for the whole life of a host id, also across a restart of this Bot (the table
         # ignores a report_seq it has seen): start from the wall clock in microseconds, then count.
         report_seq = time.time_ns() // 1000
+        last_state: tuple[list[int], list[str]] | None = None
+        ready = ShardStatus.READY.value
         while True:
             try:
                 report_seq += 1
                 sent_at = time.monotonic()
                 batch = ReportBatch.of(self._reports(), known=self._sent_sessions)
+                # Park longer once every shard is READY and none changed since the last sync (Timings).
+                state = (batch.shard_ids, batch.statuses)
+                steady = state == last_state and all(s == ready for s in batch.statuses)
+                last_state = state
                 try:
                     directives = await self._link.sync(
                         self._host_id,
                         batch,
-                        timeout=self._timings.sync_interval,
+                        timeout=self._timings.steady_sync_interval if steady else self._timings.sync_interval,
                         report_seq=report_seq,
                         retry_for=min(5.0, self._lease_cutoff()),
                     )
                 except BaseException:
                     self._sent_sessions.clear()
+                    last_state = None
                     raise
                 self._note_sent_sessions(batch, directives)
                 # The lease is renewed as of when this sync was *sent*: the Orchestrator saw it no earlier.

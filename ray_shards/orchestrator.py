@@ -989,7 +989,9 @@ class Orchestrator:
         scheduler.expire(mono)
         self._expire_capabilities(mono)
         self._refresh_budget_if_stale(mono)
-        self._metrics.observe(now, table, scheduler, fenced=self._fenced, sync_interval=self._timings.sync_interval)
+        self._metrics.observe(
+            now, table, scheduler, fenced=self._fenced, sync_interval=self._timings.longest_sync_interval
+        )
         self._wake_table_followers()
         if now < self._recovering_until:
             return
@@ -1007,7 +1009,7 @@ class Orchestrator:
             # Silence is measured on the monotonic clock: a wall-clock step must not fence a healthy host.
             silent = mono - self._last_sync_mono.setdefault(host.host_id, mono)
             if host.host_id not in self._handles:
-                if host.has_handle and silent > self._timings.sync_interval * 2:
+                if host.has_handle and silent > self._timings.longest_sync_interval * 2:
                     await self._find_handle(host.host_id)
                 elif not host.has_handle and silent > self._timings.standalone_lease_ttl:
                     # A standalone Bot cannot be killed: it stops its own shards (resumably) at half this TTL,

@@ -14,8 +14,17 @@ class Timings:
     Attributes
     ----------
     sync_interval
-        Longest time between two syncs of a host with the Orchestrator (a sync is a
-        long poll that returns at once when there is work for the host).
+        Longest time between two syncs of a host with the Orchestrator while any of its
+        shards is not READY or changed state since its last sync (a sync is a long poll
+        that returns at once when there is work for the host).
+    steady_sync_interval
+        The same once every shard of the host is READY and none changed since its last
+        sync: a steady host reports its seqs and renews its leases this often. Work for the
+        host (adopts, revokes, commands, stop) still wakes its sync at once. Each sync
+        costs the Orchestrator about a millisecond of Ray call handling, so at 16k shards
+        (128 hosts) 0.5 s alone would be a quarter of a core (BENCHMARKS.md, F2). The price:
+        a change on a steady host (a shard reconnecting) reaches the table up to this much
+        later, and a failover RESUMEs up to this much further back (events replayed).
     host_timeout
         A host actor that has not synced for this long is presumed hung and is killed
         (fenced) so its shards can move.
@@ -73,6 +82,7 @@ class Timings:
     """
 
     sync_interval: float = 0.5
+    steady_sync_interval: float = 2.0
     host_timeout: float = 30.0
     standalone_lease_ttl: float = 10.0
     death_quarantine: float = 0.3
@@ -92,6 +102,11 @@ class Timings:
     max_capabilities: int = 4096
     health_timeout: float = 10.0
     host_switch_interval: float | None = 0.05
+
+    @property
+    def longest_sync_interval(self) -> float:
+        """The longest a live host waits between two syncs."""
+        return max(self.sync_interval, self.steady_sync_interval)
 
     def __post_init__(self) -> None:
         if self.host_switch_interval is not None and not 0 < self.host_switch_interval <= 1.0:
