@@ -1319,6 +1319,7 @@ class Bot(traits.GatewayBotAware):
                         batch,
                         timeout=self._timings.steady_sync_interval if steady else self._timings.sync_interval,
                         report_seq=report_seq,
+                        table_version=self._remote_table.position,
                         retry_for=min(5.0, self._lease_cutoff()),
                     )
                 except BaseException:
@@ -1329,7 +1330,13 @@ class Bot(traits.GatewayBotAware):
                 # The lease is renewed as of when this sync was *sent*: the Orchestrator saw it no earlier.
                 last_ok = sent_at
                 self._apply(directives)
-                if time.monotonic() - last_table > 2.0:
+                if directives.table is not None:
+                    self._take_table_rows(self._remote_table.apply(directives.table))
+                # The answer carries the table's changes; a read of our own only for the full table every 30 s
+                # (seqs and latencies), or before the first one.
+                if time.monotonic() - last_table > 2.0 and (
+                    self._remote_table.position is None or self._remote_table.full_due()
+                ):
                     last_table = time.monotonic()
                     await self._refresh_remote_table(full=False)
             except asyncio.CancelledError:
@@ -1404,7 +1411,10 @@ class Bot(traits.GatewayBotAware):
 
     async def _refresh_remote_table(self, *, full: bool = True) -> None:
         # Only the rows that changed since the last read (and every row now and then): see ray_shards.table_view.
-        for row in await self._remote_table.read(self._link, full=full):
+        self._take_table_rows(await self._remote_table.read(self._link, full=full))
+
+    def _take_table_rows(self, rows: list[ShardInfo]) -> None:
+        for row in rows:
             if row.shard_id not in self._remote:
                 self._remote[row.shard_id] = RemoteShard(self, row.shard_id, row.shard_count)
 

@@ -11,6 +11,9 @@ import dataclasses
 import enum
 import typing
 
+if typing.TYPE_CHECKING:
+    from ray_shards.protocol import TableDelta
+
 __all__ = [
     "BotConfig",
     "Command",
@@ -174,6 +177,9 @@ class HostDirectives:
     resend_sessions: bool = False
     """The Orchestrator lacks the session of a shard reported by seq only (it restarted, or the host
     registered again): the next `ReportBatch` must carry every session in full."""
+    table: TableDelta | None = None
+    """The table rows changed since the ``table_version`` the sync named (None: none changed, or not asked).
+    Saves every host a `table_since` call per sync; a table change does not wake a parked sync."""
 
     def __bool__(self) -> bool:
         return bool(self.adopt or self.revoke or self.commands or self.stop)

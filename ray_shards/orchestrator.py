@@ -629,12 +629,16 @@ class Orchestrator:
         *,
         timeout: float | None = None,
         report_seq: int | None = None,
+        table_version: tuple[int, int] | None = None,
     ) -> HostDirectives:
         """A host's heartbeat and long poll: take its reports, answer with its work.
 
         ``reports`` is the host's full actual state (every shard it runs; hosts send a compact
         `ReportBatch`) and ``report_seq`` increases with every sync, so a late or repeated call is
         recognised and ignored.
+        With ``table_version`` (the ``(table id, version)`` the host's view holds) the answer also
+        carries the table rows changed since (`HostDirectives.table`), so a host follows the table
+        without calls of its own but for a full read now and then.
         Returns at once when there is work (new leases, revocations, commands, stop),
         else after ``timeout`` (default ``sync_interval``). Adopts are repeated on every
         answer until the host reports the shard: a lost reply loses no lease.
@@ -682,6 +686,7 @@ class Orchestrator:
             presence_version=self._presence_version,
             stop=mailbox.stop,
             resend_sessions=host.resend_sessions,
+            table=self._delta_for(table_version),
         )
         host.resend_sessions = False
         mailbox.commands.clear()
@@ -928,6 +933,19 @@ class Orchestrator:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(self._table_bumped.wait()), remaining)
             _, table, _ = self._check(capability)
+        changed = table.changed_since(version) if table.instance == table_id else None
+        if changed is None:
+            return TableDelta(table.instance, table.version, True, [], self._full_columns(table))
+        return TableDelta(table.instance, table.version, False, table.infos(only=changed))
+
+    def _delta_for(self, position: tuple[int, int] | None) -> TableDelta | None:
+        """What a follower at ``position`` lacks of the current table (None: nothing, or nothing asked)."""
+        table = self._table
+        if position is None or table is None:
+            return None
+        table_id, version = position
+        if table.instance == table_id and table.version == version:
+            return None
         changed = table.changed_since(version) if table.instance == table_id else None
         if changed is None:
             return TableDelta(table.instance, table.version, True, [], self._full_columns(table))

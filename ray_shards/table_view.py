@@ -47,6 +47,15 @@ class TableView:
         self._rng = rng or random.Random()
 
     @property
+    def position(self) -> tuple[int, int] | None:
+        """``(table id, version)`` held, for a delta carried by a sync answer; None before the first read."""
+        return None if self._version == _WHOLE_TABLE else (self._table_id, self._version)
+
+    def full_due(self) -> bool:
+        """Whether the next `read` would read the whole table (``full_every`` passed)."""
+        return time.monotonic() - self._full_at > self._full_every
+
+    @property
     def version(self) -> int:
         """The table version held (-1 before the first read)."""
         return self._version
