@@ -585,6 +585,10 @@ class ShardTable:
                 stale.append(shard_id)
                 continue
             reported[shard_id] = epoch
+            session = sessions.get(shard_id)
+            if session is not None:
+                # Whatever the row's state: the host now counts this session as sent (the two must agree).
+                host.sessions[shard_id] = session
             if record.epoch < epoch and not record.stopped:
                 # Restored from an older checkpoint: this lease is newer than anything the table knows.
                 self._set_owner(record, host_id)
@@ -598,9 +602,7 @@ class ShardTable:
             if record.status is not status or record.error != error or record.guilds != guilds:
                 self._touch(shard_id)
             record.status = status
-            session = sessions.get(shard_id)
             if session is not None:
-                host.sessions[shard_id] = session
                 self._take_session(record, session)
             elif seq >= 0 and not self._take_seq(record, host.sessions.get(shard_id), seq):
                 host.resend_sessions = True
