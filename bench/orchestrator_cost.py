@@ -229,8 +229,11 @@ async def _measure(emu_url: str, token: str, shards: int, args: argparse.Namespa
                 await asyncio.gather(*(h.sync(link, 0.0) for h in hosts))
             return count
 
-        for h in hosts:  # every host holds the table, as a bot does after its first read
-            await h.view.read(link, full=True)
+        # Every host holds the table, as a bot does after its first read (one read, applied to every view:
+        # 128 full reads in a row by old code at 16k took longer than the hosts may stay silent).
+        first = await link.table_since(0, -1, 0.0)
+        for h in hosts:
+            h.view.apply(first)
         await sync_all()
         await asyncio.sleep(1.0)
         # Idle: reconcile every 0.2 s and checkpoints. Standalone hosts are dropped after 10 s without a sync.
