@@ -105,9 +105,15 @@ class TableChunks:
             self.table_instance, self.generations = table.instance, dict(generations)
             table.mark_checkpointed()
 
-    def plan(self, table: ShardTable, generation: int, *, batched: bool) -> tuple[list[ChunkWrite], list[int], bool]:
+    def plan(
+        self, table: ShardTable, generation: int, *, batched: bool, rows: bool = True
+    ) -> tuple[list[ChunkWrite], list[int], bool]:
         """The chunks to write under ``generation``, every chunk's generation for the head, and whether the
-        table is written whole (then other stored chunks are stale: `prune_chunks`)."""
+        table is written whole (then other stored chunks are stale: `prune_chunks`).
+
+        Without ``rows`` the chunks' rows are left empty for the caller to fill (``table.chunk_json``), a
+        chunk at a time. A row that changes meanwhile is marked dirty again, so it is written again next time.
+        """
         whole = self.table_instance != table.instance
         if whole:
             table.take_dirty_chunks(batched=True)
@@ -116,7 +122,7 @@ class TableChunks:
         else:
             indexes = table.take_dirty_chunks(batched=batched)
             known = self.generations
-        chunks = [ChunkWrite(i, generation, table.chunk_json(i), known.get(i)) for i in indexes]
+        chunks = [ChunkWrite(i, generation, table.chunk_json(i) if rows else [], known.get(i)) for i in indexes]
         generations = {**known, **dict.fromkeys(indexes, generation)}
         self._pending = (table.instance, generations)
         return chunks, [generations[i] for i in range(table.chunk_count)], whole
