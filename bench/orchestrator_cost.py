@@ -192,7 +192,8 @@ async def _boot_host(link: typing.Any, host: SimHost, parallel: int) -> None:
 
 async def _measure(emu_url: str, token: str, shards: int, args: argparse.Namespace) -> dict[str, typing.Any]:
     before = {p.pid for p in _common.own_ray_processes("ray::Orchestrator")}
-    link = await start_orchestrator(token, None, rest_url=emu_url, shard_count=shards, timings=BENCH_TIMINGS)
+    timings = Timings(standalone_lease_ttl=args.host_ttl)
+    link = await start_orchestrator(token, None, rest_url=emu_url, shard_count=shards, timings=timings)
     procs = [p for p in _common.own_ray_processes("ray::Orchestrator") if p.pid not in before]
     assert len(procs) == 1, procs
     cpu = _Cpu(procs[0])
@@ -587,6 +588,9 @@ def cli() -> None:
                         help="how far every session's seq advances between two syncs (default 3)")
     parser.add_argument("--max-concurrency", type=int, default=0,
                         help="the emulator's max_concurrency (default 0: = shards, so the boot is not rate-limited)")
+    parser.add_argument("--host-ttl", type=float, default=BENCH_TIMINGS.standalone_lease_ttl,
+                        help="seconds of silence after which a simulated host is dropped (default 30; the 32k "
+                             "boot on a loaded 2-core machine needed more)")
     parser.add_argument("--identify-parallel", type=int, default=32, help="identifies in flight per simulated host")
     parser.add_argument("--no-pure", dest="pure", action="store_false", help="skip the in-process ShardTable timings")
     parser.add_argument("--no-profile", dest="profile", action="store_false",
