@@ -17,6 +17,7 @@ import dataclasses
 import itertools
 import logging
 import math
+import pickle
 import time
 import typing
 
@@ -45,7 +46,6 @@ from ray_shards.models import (
     Lease,
     ReportBatch,
     SessionState,
-    ShardColumns,
     ShardInfo,
     ShardReport,
     ShardStatus,
@@ -161,7 +161,7 @@ class Orchestrator:
         # Per table object, the (version, hosts_version) its last placement pass saw: nothing placement or
         # rebalancing decide on changed since, so the pass is skipped.
         self._reconciled: dict[int, tuple[int, int]] = {}
-        self._columns_cache: tuple[tuple[int, int, int], ShardColumns] | None = None
+        self._columns_cache: tuple[tuple[int, int, int], bytes] | None = None
         self._recovering_until = 0.0
         self._stopping = False
         self._started_at = time.time()
@@ -935,7 +935,7 @@ class Orchestrator:
             _, table, _ = self._check(capability)
         changed = table.changed_since(version) if table.instance == table_id else None
         if changed is None:
-            return TableDelta(table.instance, table.version, True, [], self._full_columns(table))
+            return TableDelta(table.instance, table.version, True, [], packed=self._full_columns(table))
         return TableDelta(table.instance, table.version, False, table.infos(only=changed))
 
     def _delta_for(self, position: tuple[int, int] | None) -> TableDelta | None:
@@ -948,15 +948,16 @@ class Orchestrator:
             return None
         changed = table.changed_since(version) if table.instance == table_id else None
         if changed is None:
-            return TableDelta(table.instance, table.version, True, [], self._full_columns(table))
+            return TableDelta(table.instance, table.version, True, [], packed=self._full_columns(table))
         return TableDelta(table.instance, table.version, False, table.infos(only=changed))
 
-    def _full_columns(self, table: ShardTable) -> ShardColumns:
-        """The whole table for a full read, built at most once a second per table version: every host reads it
-        every 30 s, and seqs and latencies a second old are as fresh as a full read promises."""
+    def _full_columns(self, table: ShardTable) -> bytes:
+        """The whole table for a full read (pickled `ShardColumns`), built at most once a second per table
+        version: every host reads it every 30 s, and seqs and latencies a second old are as fresh as a full
+        read promises. Every read in that second sends the same bytes."""
         key = (table.instance, table.version, int(time.monotonic()))
         if self._columns_cache is None or self._columns_cache[0] != key:
-            self._columns_cache = (key, table.columns())
+            self._columns_cache = (key, pickle.dumps(table.columns(), protocol=5))
         return self._columns_cache[1]
 
     async def status(self, capability: str) -> BotStatus:
