@@ -1,28 +1,40 @@
-"""Orchestrator cost: what one Orchestrator actor spends per host sync (lease renewal + seq reports).
+"""Orchestrator cost: what one Orchestrator actor spends on S shards at the hosts' real cadence.
 
 For each shard count S (default 1024, 4096, 16384) a fresh Orchestrator actor is started with
 `ray_shards.launch.start_orchestrator` against the emulator, and S/128 simulated hosts (plain callers of
-the public actor API, no real shards) register, take 128 leases each and report them READY. Measured
-as CPU time of the Orchestrator's own process (psutil; all its threads, so Ray's (de)serialisation and
-RPC handling are included), after subtracting its idle rate measured just before:
+the public actor API, no real shards) follow what `ray_shards.bot.Bot` does (`Bot._sync_forever`,
+`Bot._refresh_remote_table`, `Bot.before_identify`, `Bot._on_shard_ready`):
 
-* ``sync_cpu_ms``: one ``sync`` call with 128 reports (timeout 0); ``sync_cpu_empty_ms``: with none;
-  ``per_report_us`` = their difference / 128; ``per_round_ms``: every host syncing once (S/128 calls);
-* ``table_cpu_ms``: one ``table`` call (every host fetches the whole table every 2 s);
-* ``idle_cpu_percent``: background work (reconcile loop every 0.2 s, checkpoint of the table every 1 s);
-* ``steady``: the real cadence (every host long-polls ``sync`` with a 0.5 s timeout and fetches the table
-  every 2 s) for ``--steady-seconds``, for S <= ``--steady-max``: the actor's CPU utilisation and how late
-  syncs come back (queueing in the actor).
+* boot: register (``want`` 128), then for every leased shard ``request_identify`` (sleeping locally for
+  the answer's wait) and ``identify_done`` at "READY", then report it READY (``boot``);
+* steady: a ``sync`` long poll (``timeout`` = ``Timings.steady_sync_interval``, 2 s, as a host whose shards are
+  all READY parks; ``sync_interval``, 0.5 s, before that existed) with the host's full state
+  and an increasing ``report_seq``, the seq of every session advancing by ``--events-per-sync``; after a
+  sync, when more than 2 s passed since the last read, a table delta read (``TableView.read``:
+  ``table_since`` with the version held, not parked) and a full read every 30 s (``full_every=30``;
+  spread over the hosts as in a long-running bot).
+
+Measured as CPU time of the Orchestrator's own process (psutil; all its threads, so Ray's (de)serialisation
+and RPC handling are included), after subtracting its idle rate measured just before:
+
+* ``sync_cpu_ms``: one ``sync`` with the host's 128 reports as the bot sends them (timeout 0);
+  ``sync_cpu_empty_ms``: with none; ``per_report_us`` = their difference / 128;
+* ``delta_cpu_ms``: one ``table_since`` delta read with nothing changed; ``full_table_cpu_ms``: one full read;
+* ``idle_cpu_percent``: background work (reconcile loop every 0.2 s, checkpoints);
+* ``steady``: the real cadence above for ``--steady-seconds``, for S <= ``--steady-max``: the actor's CPU
+  utilisation (% of one core) and how late syncs come back (``sync_lateness_ms``: return time minus the
+  park; queueing in the actor).
 
 Also timed in this process (CPU time, pure logic, no Ray): the ShardTable work behind each path
-(``pure_logic``). From both, ``model`` gives the CPU of one Orchestrator (fraction of a core) at S shards:
-  U(S) = (S/128) * 2/s * sync(128)            every host syncs every 0.5 s (actor-measured, constant)
-       + (S/128) * 0.5/s * table(S)           every host fetches the whole table every 2 s (actor, a + b*S)
-       + 5/s * (place + rebalance_move)(S)    the reconcile loop every 0.2 s (pure, c*S^k fitted)
-       + 1/s * checkpoint JSON(S)             a checkpoint per second while anything changed (pure, c*S^k)
-and the shard count where U reaches 50 % and 100 % of a core, now and with the proposed fixes.
-Unless ``--no-profile``, it also runs the same Orchestrator class in-process (no Ray RPC, no pickling) at the largest S:
-its pure-Python cost per sync and per table call, and the cProfile hot spots.
+(``pure_logic``). From both, ``model`` estimates the CPU of one Orchestrator (fraction of a core) at S shards
+at the same cadence:
+  U(S) = (S/128) / park * sync(128)          every host syncs once per park (actor-measured)
+       + (S/128) * 0.5/s * delta              a delta read every 2 s per host (actor-measured)
+       + (S/128) / 30 s  * full_table(S)      a full read every 30 s per host (actor, a + b*S)
+       + idle(S)                              reconcile + checkpoints (actor-measured, c*S^k)
+Unless ``--no-profile``, it also runs the same Orchestrator class in-process (no Ray RPC, no pickling) at
+``--profile-shards``: its pure-Python cost per sync and the cProfile hot spots of syncs at that cadence,
+with the reconcile loop and checkpoints running.
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ import cProfile
 import io
 import math
 import pstats
+import random
 import time
 import typing
 
@@ -40,28 +53,96 @@ import ray
 
 from bench import _common
 from ray_shards.launch import start_orchestrator
-from ray_shards.models import SessionState, ShardReport, ShardStatus
+from ray_shards.models import Lease, SessionState, ShardReport, ShardStatus
+from ray_shards.table_view import TableView
+from ray_shards.timings import Timings
+
+try:
+    from ray_shards.models import ReportBatch
+except ImportError:  # ray_shards before compact reports (to measure a baseline with this same script)
+    ReportBatch = None  # type: ignore[assignment,misc]
+
+# The simulated hosts are standalone callers (no actor handle), which the Orchestrator drops after
+# standalone_lease_ttl (10 s) of silence; host actors get host_timeout (30 s) and a health check. Use the
+# latter, so that a phase measuring one kind of call cannot get the hosts dropped.
+BENCH_TIMINGS = Timings(standalone_lease_ttl=30.0)
+# Hosts get the table's changes in their sync answers (HostDirectives.table) and read only the full table
+# themselves; before that, a delta read of their own every 2 s.
+DELTA_IN_SYNC = hasattr(TableView, "full_due")
 
 PER_HOST = 128
-B = 10**6  # daily identify budget of the emulator (never spent: no shard connects)
+B = 10**6  # daily identify budget of the emulator
+# The bot's sync long poll parks for Timings.sync_interval (0.5 s), or Timings.steady_sync_interval once every
+# shard of the host is READY and none changed since the last sync (the simulated hosts' steady state). Older
+# ray_shards had no steady interval: 0.5 s.
+SYNC_INTERVAL = float(getattr(Timings(), "steady_sync_interval", Timings().sync_interval))
+TABLE_EVERY = 2.0  # Bot._sync_forever: a table delta read after a sync when 2 s have passed
+FULL_EVERY = 30.0  # Bot: TableView(full_every=30.0)
 
 
-def _reports(leases: list[typing.Any], bot_id: int) -> list[ShardReport]:
-    return [
-        ShardReport(
-            shard_id=lease.shard_id,
-            epoch=lease.epoch,
-            status=ShardStatus.READY,
-            session=SessionState(
-                session_id=f"{lease.shard_id:032x}", seq=123_456, resume_gateway_url="ws://127.0.0.1:1/gateway-resume",
-                user_id=bot_id,
-            ),
-            latency=0.042,
-            guilds=1000,
-            events=123_456,
-        )
-        for lease in leases
-    ]
+class SimHost:
+    """One simulated host: its leases and the reports it sends, the way `ray_shards.bot.Bot` builds them."""
+
+    def __init__(self, host_id: str, leases: list[Lease], bot_id: int) -> None:
+        self.host_id = host_id
+        self.leases = leases
+        self.bot_id = bot_id
+        self.seq = 123_456
+        self.report_seq = time.time_ns() // 1000
+        self.view = TableView(full_every=FULL_EVERY)
+        self.sent: dict[int, SessionState] = {}  # as Bot._sent_sessions
+        self._batch: ReportBatch | None = None
+
+    def advance(self, events: int) -> None:
+        self.seq += events
+
+    def reports(self) -> typing.Any:
+        """The host's full state, as `Bot._sync_forever` sends it: a `ReportBatch` of every shard READY with its
+        session (in full only when the Orchestrator does not have it yet)."""
+        if ReportBatch is None:
+            return self.shard_reports()
+        self._batch = ReportBatch.of(self.shard_reports(), known=self.sent)
+        return self._batch
+
+    def shard_reports(self) -> list[ShardReport]:
+        """The host's shards as `Bot._reports` builds them."""
+        return [
+            ShardReport(
+                shard_id=lease.shard_id,
+                epoch=lease.epoch,
+                status=ShardStatus.READY,
+                session=SessionState(
+                    session_id=f"{lease.shard_id:032x}", seq=self.seq,
+                    resume_gateway_url="wss://gateway-us-east1-b.discord.gg", user_id=self.bot_id,
+                ),
+                latency=0.042,
+                guilds=1000,
+                events=self.seq,
+            )
+            for lease in self.leases
+        ]
+
+    def answered(self, directives: typing.Any) -> None:
+        """A sync was answered: the Orchestrator holds the sessions it carried (`Bot._note_sent_sessions`)."""
+        if getattr(directives, "resend_sessions", False):
+            self.sent.clear()
+        elif self._batch is not None:
+            self.sent.update(self._batch.sessions)
+        if getattr(directives, "table", None) is not None:
+            self.view.apply(directives.table)
+
+    async def sync(self, link: typing.Any, timeout: float) -> typing.Any:
+        self.report_seq += 1
+        extra = {"table_version": self.view.position} if DELTA_IN_SYNC else {}
+        try:
+            directives = await link.sync(
+                self.host_id, self.reports(), timeout=timeout, report_seq=self.report_seq, **extra
+            )
+        except BaseException:
+            self.sent.clear()
+            raise
+        self.answered(directives)
+        return directives
 
 
 class _Cpu:
@@ -87,36 +168,76 @@ async def _cpu_of(cpu: _Cpu, idle_rate: float, work: typing.Callable[[], typing.
 
 async def _one_size(shards: int, args: argparse.Namespace) -> dict[str, typing.Any]:
     token = _common.new_token()
-    with _common.emulator(token, shards=shards, max_concurrency=16, session_total=B, session_remaining=B) as emu:
+    with _common.emulator(token, shards=shards, max_concurrency=args.max_concurrency or shards, session_total=B,
+                          session_remaining=B) as emu:
         return await _measure(emu.rest_url, token, shards, args)
+
+
+async def _boot_host(link: typing.Any, host: SimHost, parallel: int) -> None:
+    """Identify every leased shard as `Bot.before_identify` / `Bot._on_shard_ready` do, then report READY."""
+    gate = asyncio.Semaphore(parallel)
+
+    async def one(lease: Lease) -> None:
+        async with gate:
+            while True:
+                answer = await link.request_identify(host.host_id, lease.shard_id, lease.epoch)
+                if answer.granted:
+                    break
+                await asyncio.sleep(min(max(answer.wait, 0.05), 5.0))
+            await link.identify_done(lease.shard_id, None, host_id=host.host_id, epoch=lease.epoch)
+
+    await asyncio.gather(*(one(lease) for lease in host.leases))
+    await host.sync(link, 0.0)
 
 
 async def _measure(emu_url: str, token: str, shards: int, args: argparse.Namespace) -> dict[str, typing.Any]:
     before = {p.pid for p in _common.own_ray_processes("ray::Orchestrator")}
-    link = await start_orchestrator(token, None, rest_url=emu_url, shard_count=shards)
+    timings = Timings(standalone_lease_ttl=args.host_ttl)
+    link = await start_orchestrator(token, None, rest_url=emu_url, shard_count=shards, timings=timings)
     procs = [p for p in _common.own_ray_processes("ray::Orchestrator") if p.pid not in before]
     assert len(procs) == 1, procs
     cpu = _Cpu(procs[0])
-    hosts = math.ceil(shards / PER_HOST)
-    reports: dict[str, list[ShardReport]] = {}
-    registering = time.monotonic()
-    for i in range(hosts):
+    count = math.ceil(shards / PER_HOST)
+    hosts: list[SimHost] = []
+    registering, boot_cpu = time.monotonic(), cpu()
+    keepalive = asyncio.Event()
+
+    async def keep_registered_alive() -> None:
+        # Hosts that registered sync while the others register (they would be dropped after 10 s otherwise).
+        while not keepalive.is_set():
+            await asyncio.gather(*(h.sync(link, 0.0) for h in list(hosts)))
+            await asyncio.sleep(SYNC_INTERVAL)
+
+    alive = asyncio.ensure_future(keep_registered_alive())
+    for i in range(count):
         host_id = f"sim{i}"
         leases = (await link.register_host(host_id, node_id=None, want=PER_HOST)).leases
-        reports[host_id] = _reports(leases, link.bot_id)
-        await link.sync(host_id, reports[host_id], timeout=0.0)  # keep it alive while others register
-    register_s = time.monotonic() - registering
-    assert sum(len(r) for r in reports.values()) == shards
+        host = SimHost(host_id, leases, link.bot_id)
+        await _boot_host(link, host, args.identify_parallel)
+        hosts.append(host)
+    keepalive.set()
+    await alive
+    boot = {"seconds": round(time.monotonic() - registering, 2), "actor_cpu_s": round(cpu() - boot_cpu, 2)}
+    assert sum(len(h.leases) for h in hosts) == shards
     try:
 
         async def sync_all(empty: bool = False) -> int:
-            await asyncio.gather(*(link.sync(h, [] if empty else r, timeout=0.0) for h, r in reports.items()))
-            return hosts
+            if empty:
+                await asyncio.gather(*(link.sync(h.host_id, [], timeout=0.0) for h in hosts))
+            else:
+                for h in hosts:
+                    h.advance(args.events_per_sync)
+                await asyncio.gather(*(h.sync(link, 0.0) for h in hosts))
+            return count
 
+        # Every host holds the table, as a bot does after its first read (one read, applied to every view:
+        # 128 full reads in a row by old code at 16k took longer than the hosts may stay silent).
+        first = await link.table_since(0, -1, 0.0)
+        for h in hosts:
+            h.view.apply(first)
         await sync_all()
         await asyncio.sleep(1.0)
-        # Idle: reconcile every 0.2 s and (table dirty) a checkpoint every 1 s. Standalone hosts are dropped
-        # after 10 s without a sync, so keep this short.
+        # Idle: reconcile every 0.2 s and checkpoints. Standalone hosts are dropped after 10 s without a sync.
         idle_start, idle_t = cpu(), time.monotonic()
         await asyncio.sleep(args.idle_seconds)
         idle_rate = (cpu() - idle_start) / (time.monotonic() - idle_t)
@@ -125,7 +246,7 @@ async def _measure(emu_url: str, token: str, shards: int, args: argparse.Namespa
         async def sync_rounds(empty: bool = False) -> int:
             done = 0
             deadline = time.monotonic() + args.seconds
-            while time.monotonic() < deadline or done < 3 * hosts:
+            while time.monotonic() < deadline or done < 3 * count:
                 done += await sync_all(empty)
             return done
 
@@ -133,17 +254,21 @@ async def _measure(emu_url: str, token: str, shards: int, args: argparse.Namespa
         empty_cpu, empties = await _cpu_of(cpu, idle_rate, lambda: sync_rounds(True))
         await sync_all()
 
-        async def tables() -> int:
-            # Shorter than the 10 s after which silent standalone hosts are dropped.
+        async def reads(full: bool) -> int:
             done = 0
             deadline = time.monotonic() + min(args.seconds, 5.0)
             while time.monotonic() < deadline or done < 6:
-                await link.table()
+                host = hosts[done % count]
+                await host.view.read(link, full=full)
                 done += 1
             return done
 
-        table_cpu, table_calls = await _cpu_of(cpu, idle_rate, tables)
-        steady = await _steady(link, cpu, reports, args) if shards <= args.steady_max else None
+        for h in hosts:
+            h.view._full_at = time.monotonic()  # no full read is due during the delta phase
+        delta_cpu, delta_calls = await _cpu_of(cpu, idle_rate, lambda: reads(False))
+        await sync_all()
+        full_cpu, full_calls = await _cpu_of(cpu, idle_rate, lambda: reads(True))
+        steady = await _steady(link, cpu, hosts, args) if shards <= args.steady_max else None
     finally:
         await link.shutdown(retry_for=3.0)
         ray.kill(link.handle, no_restart=True)
@@ -151,58 +276,69 @@ async def _measure(emu_url: str, token: str, shards: int, args: argparse.Namespa
     per_empty = empty_cpu / empties
     return {
         "shards": shards,
-        "hosts": hosts,
-        "register_all_hosts_s": round(register_s, 2),
+        "hosts": count,
+        "boot": boot,
         "sync_calls": syncs,
         "sync_cpu_ms": round(per_sync * 1e3, 3),
         "sync_cpu_empty_ms": round(per_empty * 1e3, 3),
         "per_report_us": round((per_sync - per_empty) / PER_HOST * 1e6, 2),
-        "per_round_ms": round(per_sync * hosts * 1e3, 2),
-        "table_calls": table_calls,
-        "table_cpu_ms": round(max(table_cpu, 0.0) / table_calls * 1e3, 2),
+        "per_round_ms": round(per_sync * count * 1e3, 2),
+        "delta_cpu_ms": round(delta_cpu / delta_calls * 1e3, 3),
+        "full_table_cpu_ms": round(full_cpu / full_calls * 1e3, 2),
         "idle_cpu_percent": round(idle_rate * 100, 2),
         "steady": steady,
     }
 
 
-async def _steady(link: typing.Any, cpu: _Cpu, reports: dict[str, list[ShardReport]],
-                  args: argparse.Namespace) -> dict[str, typing.Any]:
-    """Every simulated host long-polls sync (0.5 s) and fetches the table every 2 s, as real hosts do."""
+async def _steady(link: typing.Any, cpu: _Cpu, hosts: list[SimHost], args: argparse.Namespace) -> dict[str, typing.Any]:
+    """Every simulated host runs `Bot._sync_forever`'s loop: sync long poll, delta read every 2 s, full every 30 s."""
     late: list[float] = []
+    calls = {"sync": 0, "delta": 0, "full": 0}
     stop = asyncio.Event()
+    rng = random.Random(7)
+    for host in hosts:
+        # A long-running bot's full reads are spread over the 30 s, not all due at once.
+        host.view._full_at = time.monotonic() - rng.uniform(0, FULL_EVERY)
 
-    async def host_loop(host_id: str, host_reports: list[ShardReport], offset: float) -> None:
+    async def host_loop(host: SimHost, offset: float) -> None:
         await asyncio.sleep(offset)
-        last_table = time.monotonic()
+        last_table = time.monotonic() - rng.uniform(0, TABLE_EVERY)
         while not stop.is_set():
             started = time.monotonic()
-            await link.sync(host_id, host_reports, timeout=0.5)
-            late.append(time.monotonic() - started - 0.5)
-            if time.monotonic() - last_table > 2.0:
+            host.advance(args.events_per_sync)
+            directives = await host.sync(link, SYNC_INTERVAL)
+            calls["sync"] += 1
+            if not directives:
+                late.append(time.monotonic() - started - SYNC_INTERVAL)
+            full = time.monotonic() - host.view._full_at > FULL_EVERY
+            if time.monotonic() - last_table > TABLE_EVERY and (full or not DELTA_IN_SYNC):
                 last_table = time.monotonic()
-                await link.table()
+                await host.view.read(link)
+                calls["full" if full else "delta"] += 1
 
-    tasks = [
-        asyncio.ensure_future(host_loop(h, r, i * 0.5 / len(reports))) for i, (h, r) in enumerate(reports.items())
-    ]
-    await asyncio.sleep(1.0)
+    tasks = [asyncio.ensure_future(host_loop(h, i * SYNC_INTERVAL / len(hosts))) for i, h in enumerate(hosts)]
+    await asyncio.sleep(2.0)
     late.clear()
+    calls.update(dict.fromkeys(calls, 0))
     import psutil
 
     driver = _Cpu(psutil.Process())
+    load_before = _common.loadavg()[0]
     before, driver_before, started = cpu(), driver(), time.monotonic()
     await asyncio.sleep(args.steady_seconds)
     used = cpu() - before
     elapsed = time.monotonic() - started
     driver_used = driver() - driver_before
+    counted = dict(calls)
     stop.set()
     await asyncio.gather(*tasks)
     return {
         "seconds": round(elapsed, 1),
         "cpu_percent": round(used / elapsed * 100, 1),
         "load_generator_cpu_percent": round(driver_used / elapsed * 100, 1),
+        "calls_per_s": {k: round(v / elapsed, 1) for k, v in counted.items()},
         "sync_lateness_ms": _common.summary(late, 1000, 1),
-        "load1": round(_common.loadavg()[0], 2),
+        "load1_before_after": [round(load_before, 2), round(_common.loadavg()[0], 2)],
     }
 
 
@@ -235,16 +371,18 @@ def _pure(shards: int) -> dict[str, typing.Any]:
     started = time.process_time()
     placed = table.place()
     boot_place = time.process_time() - started
-    reports = {h: _reports(leases, 1) for h, leases in placed.items()}
-    for host_id, host_reports in reports.items():
-        table.apply_reports(host_id, host_reports, now)
-    some_host, some_reports = next(iter(reports.items()))
+    sims = {h: SimHost(h, leases, 1) for h, leases in placed.items()}
+    for host_id, sim in sims.items():
+        table.apply_reports(host_id, sim.reports(), now)
+    some = next(iter(sims.values()))
+    some.sent = {r.shard_id: r.session for r in some.shard_reports() if r.session is not None}
+    some_reports = some.reports()
     wire = pickle.dumps(some_reports, protocol=5)
     infos = table.infos()
     return {
         "shards": shards,
         "boot_place_all_ms": round(boot_place * 1e3, 2),
-        "apply_reports_128_us": round(_timed(lambda: table.apply_reports(some_host, some_reports, now)) * 1e6, 1),
+        "apply_reports_128_us": round(_timed(lambda: table.apply_reports(some.host_id, some_reports, now)) * 1e6, 1),
         "unpickle_reports_128_us": round(_timed(lambda: pickle.loads(wire)) * 1e6, 1),
         "reconcile_place_ms": round(_timed(table.place) * 1e3, 3),
         "reconcile_rebalance_ms": round(_timed(table.rebalance_move) * 1e3, 3),
@@ -276,103 +414,132 @@ def _linear_fit(points: list[tuple[float, float]]) -> tuple[float, float]:
     return mean_y - b * mean_x, b
 
 
-def _model(actor: list[dict[str, typing.Any]], pure: list[dict[str, typing.Any]]) -> dict[str, typing.Any]:
-    """CPU of one Orchestrator (fraction of a core) at S shards, 128 per host, from the measured parts."""
+def _model(actor: list[dict[str, typing.Any]]) -> dict[str, typing.Any]:
+    """CPU of one Orchestrator (fraction of a core) at S shards, 128 per host, from the actor-measured parts."""
     sync_s = sorted(r["sync_cpu_ms"] for r in actor)[len(actor) // 2] / 1e3
-    table = _linear_fit([(r["shards"], r["table_cpu_ms"] / 1e3) for r in actor])  # O(S) by construction
-    reconcile = _power_fit([(r["shards"], (r["reconcile_place_ms"] + r["reconcile_rebalance_ms"]) / 1e3) for r in pure])
-    checkpoint = _power_fit([(r["shards"], r["checkpoint_json_ms"] / 1e3) for r in pure])
-    s0 = min(r["shards"] for r in pure)
+    delta_s = sorted(r["delta_cpu_ms"] for r in actor)[len(actor) // 2] / 1e3
+    full = _linear_fit([(r["shards"], r["full_table_cpu_ms"] / 1e3) for r in actor])
+    idle = _power_fit([(r["shards"], max(r["idle_cpu_percent"], 0.01) / 100) for r in actor])
 
-    def reconcile_at(s: float) -> float:
-        return float(reconcile[0] * s ** reconcile[1])
-
-    def parts(s: float, *, fixed: bool = False) -> dict[str, float]:
+    def parts(s: float) -> dict[str, float]:
         hosts = s / PER_HOST
         result = {
-            "sync": hosts * 2.0 * sync_s,
-            "table_fetches": 0.0 if fixed else hosts * 0.5 * max(table[0] + table[1] * s, 0.0),
-            # Fixed: O(S) from the smallest measured size instead of the measured growth.
-            "reconcile": 5.0 * (reconcile_at(s0) * s / s0 if fixed else reconcile_at(s)),
-            "checkpoint": 1.0 * checkpoint[0] * s ** checkpoint[1],
+            "sync": hosts / SYNC_INTERVAL * sync_s,
+            "delta_reads": 0.0 if DELTA_IN_SYNC else hosts / TABLE_EVERY * delta_s,  # else carried by syncs
+            "full_reads": hosts / FULL_EVERY * max(full[0] + full[1] * s, 0.0),
+            "idle_reconcile_checkpoint": idle[0] * s ** idle[1],
         }
         result["total"] = sum(result.values())
         return result
 
-    def solve(level: float, *, fixed: bool = False) -> int:
+    def solve(level: float) -> int:
         low, high = 128, 256
-        while parts(high, fixed=fixed)["total"] < level and high < 100_000_000:
+        while parts(high)["total"] < level and high < 100_000_000:
             low, high = high, high * 2
         while high - low > 64:
             mid = (low + high) // 2
-            low, high = (mid, high) if parts(mid, fixed=fixed)["total"] < level else (low, mid)
+            low, high = (mid, high) if parts(mid)["total"] < level else (low, mid)
         return high
 
     return {
         "sync_cpu_ms_per_call_128_reports": round(sync_s * 1e3, 3),
-        "fits_c_times_S_pow_k": {
-            "table_call_s_linear_a_plus_b_S": [round(table[0], 6), round(table[1], 12)],
-            "reconcile_pass_s": [round(reconcile[0], 12), round(reconcile[1], 2)],
-            "checkpoint_json_s": [round(checkpoint[0], 12), round(checkpoint[1], 2)],
+        "delta_cpu_ms_per_call": round(delta_s * 1e3, 3),
+        "fits": {
+            "full_table_s_linear_a_plus_b_S": [round(full[0], 6), round(full[1], 12)],
+            "idle_fraction_c_times_S_pow_k": [round(idle[0], 12), round(idle[1], 2)],
         },
         "cpu_percent_at": {
-            str(s): {k: round(v * 100, 1) for k, v in parts(s).items()} for s in (1024, 4096, 8192, 16384)
+            str(s): {k: round(v * 100, 1) for k, v in parts(s).items()} for s in (1024, 4096, 16384, 32768)
         },
         "saturates_50_percent_at_shards": solve(0.5),
         "saturates_100_percent_at_shards": solve(1.0),
-        "if_fixed": {
-            "assumes": "hosts fetch table deltas (no full-table fetches) and reconcile is O(S), sync cost unchanged",
-            "saturates_100_percent_at_shards": solve(1.0, fixed=True),
-        },
     }
 
 
-async def _profile(shards: int) -> dict[str, typing.Any]:
+async def _profile(shards: int, args: argparse.Namespace) -> dict[str, typing.Any]:
     token = _common.new_token()
-    with _common.emulator(token, shards=shards, max_concurrency=16, session_total=B, session_remaining=B) as emu:
-        return await _profile_in(emu.rest_url, token, shards)
+    with _common.emulator(token, shards=shards, max_concurrency=args.max_concurrency or shards, session_total=B,
+                          session_remaining=B) as emu:
+        return await _profile_in(emu.rest_url, token, shards, args)
 
 
-async def _profile_in(emu_url: str, token: str, shards: int) -> dict[str, typing.Any]:
-    """cProfile an in-process Orchestrator (same code, no Ray RPC) through syncs and table fetches."""
+async def _profile_in(emu_url: str, token: str, shards: int, args: argparse.Namespace) -> dict[str, typing.Any]:
+    """cProfile an in-process Orchestrator (same code, no Ray RPC) through a few seconds of the hosts' cadence.
+
+    Every host syncs every 0.5 s (back to back here, timeout 0, spread over the 0.5 s) with advancing seqs,
+    and reads a table delta every 2 s; the reconcile loop and its checkpoints run as in the actor.
+    """
     from ray_shards.auth import bot_id_from_token
     from ray_shards.orchestrator import Orchestrator, OrchestratorOptions
 
     bot_id = bot_id_from_token(token)
-    orchestrator = Orchestrator(bot_id, OrchestratorOptions(rest_url=emu_url, shard_count=shards))
+    orchestrator = Orchestrator(bot_id, OrchestratorOptions(rest_url=emu_url, shard_count=shards,
+                                                            timings=BENCH_TIMINGS))
     capability = await orchestrator.initialise(token)
-    reports = {}
+
+    class _Local:
+        """The link's calls, straight into the in-process Orchestrator."""
+
+        bot_id = 0
+
+        async def sync(self, host_id: str, reports: typing.Any, **kwargs: typing.Any) -> typing.Any:
+            return await orchestrator.sync(capability, host_id, reports, **kwargs)
+
+        async def table_since(self, table_id: int, version: int, wait: float, **_: typing.Any) -> typing.Any:
+            return await orchestrator.table_since(capability, table_id, version, wait)
+
+    local = _Local()
+    hosts = []
     for i in range(math.ceil(shards / PER_HOST)):
         leases = (await orchestrator.register_host(capability, f"sim{i}", node_id=None, want=PER_HOST)).leases
-        reports[f"sim{i}"] = _reports(leases, bot_id)
-        await orchestrator.sync(capability, f"sim{i}", reports[f"sim{i}"], timeout=0.0)
-    started = time.perf_counter()
+        hosts.append(SimHost(f"sim{i}", leases, bot_id))
+        await hosts[-1].sync(local, 0.0)
+    for host in hosts:
+        await host.view.read(local, full=True)  # type: ignore[arg-type]
+    started = time.process_time()
     for _ in range(10):
-        for host_id, host_reports in reports.items():
-            await orchestrator.sync(capability, host_id, host_reports, timeout=0.0)
-    sync_us = (time.perf_counter() - started) / (10 * len(reports)) * 1e6
-    started = time.perf_counter()
-    for _ in range(10):
-        await orchestrator.table(capability)
-    table_ms = (time.perf_counter() - started) / 10 * 1e3
+        for host in hosts:
+            host.advance(args.events_per_sync)
+            await host.sync(local, 0.0)
+    sync_us = (time.process_time() - started) / (10 * len(hosts)) * 1e6
+
+    async def cadence(seconds: float) -> int:
+        done, begin = 0, time.monotonic()
+        while time.monotonic() - begin < seconds:
+            round_start = time.monotonic()
+            for i, host in enumerate(hosts):
+                host.advance(args.events_per_sync)
+                await host.sync(local, 0.0)
+                if (done // len(hosts) + i) % 4 == 0:
+                    await host.view.read(local)  # type: ignore[arg-type]
+                done += 1
+            await asyncio.sleep(max(0.0, SYNC_INTERVAL - (time.monotonic() - round_start)))
+        return done
+
     profiler = cProfile.Profile()
+    cpu_before, wall_before = time.process_time(), time.monotonic()
     profiler.enable()
-    for _ in range(10):
-        for host_id, host_reports in reports.items():
-            await orchestrator.sync(capability, host_id, host_reports, timeout=0.0)
-        await orchestrator.table(capability)
+    syncs = await cadence(args.profile_seconds)
     profiler.disable()
+    cpu_used, wall = time.process_time() - cpu_before, time.monotonic() - wall_before
     await orchestrator.shutdown(capability, timeout=0.1)
     task = getattr(orchestrator, "_reconcile_task", None)
     if task is not None:
         task.cancel()
     out = io.StringIO()
-    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(10)
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(15)
+    cum = io.StringIO()
+    pstats.Stats(profiler, stream=cum).sort_stats("cumulative").print_stats("ray_shards", 15)
     return {
         "shards": shards,
         "sync_128_reports_us": round(sync_us, 1),
-        "table_ms": round(table_ms, 2),
-        "top_tottime": [" ".join(line.split()) for line in out.getvalue().splitlines() if line.strip()][-11:],
+        "cadence_seconds": round(wall, 1),
+        "cadence_syncs": syncs,
+        "cadence_cpu_percent_in_process_with_profiler": round(cpu_used / wall * 100, 1),
+        "top_tottime": [" ".join(line.split()) for line in out.getvalue().splitlines() if line.strip()][-16:],
+        "top_cumulative_ray_shards": [
+            " ".join(line.split()) for line in cum.getvalue().splitlines() if "ray_shards" in line
+        ][-15:],
     }
 
 
@@ -382,21 +549,26 @@ async def main(args: argparse.Namespace) -> dict[str, typing.Any]:
     results = []
     profile = None
     pure = []
-    for shards in args.shard_counts:
-        pure.append(_pure(shards))
-        _common.LOGGER.info("%s", pure[-1])
-    with _common.local_ray():
+    if args.pure:
         for shards in args.shard_counts:
-            result = await _one_size(shards, args)
-            _common.LOGGER.info("%s", result)
-            results.append(result)
+            pure.append(_pure(shards))
+            _common.LOGGER.info("%s", pure[-1])
+    with _common.local_ray():
         if args.profile:
-            profile = await _profile(args.profile_shards)
-    model = _model(results, pure) if len(results) >= 2 else None
+            profile = await _profile(args.profile_shards, args)
+            _common.LOGGER.info("%s", profile)
+        if not args.profile_only:
+            for shards in args.shard_counts:
+                result = await _one_size(shards, args)
+                _common.LOGGER.info("%s", result)
+                results.append(result)
+    model = _model(results) if len(results) >= 2 else None
     return {
         "load": await sampler.stop(),
         "settings": {"shard_counts": args.shard_counts, "shards_per_host": PER_HOST, "seconds": args.seconds,
-                     "steady_seconds": args.steady_seconds, "steady_max": args.steady_max},
+                     "steady_seconds": args.steady_seconds, "steady_max": args.steady_max,
+                     "events_per_sync": args.events_per_sync,
+                     "max_concurrency": args.max_concurrency or "= shards"},
         "actor": results,
         "pure_logic": pure,
         "model": model,
@@ -410,11 +582,22 @@ def cli() -> None:
     parser.add_argument("--shard-counts", type=lambda s: [int(x) for x in s.split(",")], default=[1024, 4096, 16384])
     parser.add_argument("--seconds", type=float, default=4.0, help="seconds per hammering phase (default 4)")
     parser.add_argument("--idle-seconds", type=float, default=3.0)
-    parser.add_argument("--steady-seconds", type=float, default=10.0)
-    parser.add_argument("--steady-max", type=int, default=4096, help="largest S with a steady-cadence run")
+    parser.add_argument("--steady-seconds", type=float, default=20.0)
+    parser.add_argument("--steady-max", type=int, default=32768, help="largest S with a steady-cadence run")
+    parser.add_argument("--events-per-sync", type=int, default=3,
+                        help="how far every session's seq advances between two syncs (default 3)")
+    parser.add_argument("--max-concurrency", type=int, default=0,
+                        help="the emulator's max_concurrency (default 0: = shards, so the boot is not rate-limited)")
+    parser.add_argument("--host-ttl", type=float, default=BENCH_TIMINGS.standalone_lease_ttl,
+                        help="seconds of silence after which a simulated host is dropped (default 30; the 32k "
+                             "boot on a loaded 2-core machine needed more)")
+    parser.add_argument("--identify-parallel", type=int, default=32, help="identifies in flight per simulated host")
+    parser.add_argument("--no-pure", dest="pure", action="store_false", help="skip the in-process ShardTable timings")
     parser.add_argument("--no-profile", dest="profile", action="store_false",
                         help="skip the in-process cProfile run")
-    parser.add_argument("--profile-shards", type=int, default=4096, help="S of the in-process cProfile run")
+    parser.add_argument("--profile-only", action="store_true", help="only the in-process cProfile run")
+    parser.add_argument("--profile-shards", type=int, default=16384, help="S of the in-process cProfile run")
+    parser.add_argument("--profile-seconds", type=float, default=6.0)
     _common.run("orchestrator_cost", parser, main)
 
 

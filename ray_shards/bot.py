@@ -62,6 +62,7 @@ from ray_shards.models import (
     CommandKind,
     HostDirectives,
     Lease,
+    ReportBatch,
     SessionState,
     ShardInfo,
     ShardReport,
@@ -290,6 +291,7 @@ class Bot(traits.GatewayBotAware):
         "_remote",
         "_remote_table",
         "_rest",
+        "_sent_sessions",
         "_slots",
         "_sync_task",
         "_tasks",
@@ -350,6 +352,9 @@ class Bot(traits.GatewayBotAware):
         self._ended: dict[int, int] = {}
         self._remote: dict[int, RemoteShard] = {}
         self._remote_table = TableView(full_every=30.0)
+        # Sessions the Orchestrator holds from this host (sent in full in an answered sync): a sync sends only
+        # the seq of those (ReportBatch). Forgotten whenever a sync fails or the Orchestrator asks for them.
+        self._sent_sessions: dict[int, SessionState] = {}
         self._direct = DirectCommands(
             self._link, self.shard_info, self._refresh_remote_table, command_key(self._link.token),
             self._timings.command_timeout,
@@ -1308,21 +1313,41 @@ class Bot(traits.GatewayBotAware):
         # report_seq must grow for the whole life of a host id, also across a restart of this Bot (the table
         # ignores a report_seq it has seen): start from the wall clock in microseconds, then count.
         report_seq = time.time_ns() // 1000
+        last_state: tuple[list[int], list[str]] | None = None
+        ready = ShardStatus.READY.value
         while True:
             try:
                 report_seq += 1
                 sent_at = time.monotonic()
-                directives = await self._link.sync(
-                    self._host_id,
-                    self._reports(),
-                    timeout=self._timings.sync_interval,
-                    report_seq=report_seq,
-                    retry_for=min(5.0, self._lease_cutoff()),
-                )
+                batch = ReportBatch.of(self._reports(), known=self._sent_sessions)
+                # Park longer once every shard is READY and none changed since the last sync (Timings).
+                state = (batch.shard_ids, batch.statuses)
+                steady = state == last_state and all(s == ready for s in batch.statuses)
+                last_state = state
+                try:
+                    directives = await self._link.sync(
+                        self._host_id,
+                        batch,
+                        timeout=self._timings.steady_sync_interval if steady else self._timings.sync_interval,
+                        report_seq=report_seq,
+                        table_version=self._remote_table.position,
+                        retry_for=min(5.0, self._lease_cutoff()),
+                    )
+                except BaseException:
+                    self._sent_sessions.clear()
+                    last_state = None
+                    raise
+                self._note_sent_sessions(batch, directives)
                 # The lease is renewed as of when this sync was *sent*: the Orchestrator saw it no earlier.
                 last_ok = sent_at
                 self._apply(directives)
-                if time.monotonic() - last_table > 2.0:
+                if directives.table is not None:
+                    self._take_table_rows(self._remote_table.apply(directives.table))
+                # The answer carries the table's changes; a read of our own only for the full table every 30 s
+                # (seqs and latencies), or before the first one.
+                if time.monotonic() - last_table > 2.0 and (
+                    self._remote_table.position is None or self._remote_table.full_due()
+                ):
                     last_table = time.monotonic()
                     await self._refresh_remote_table(full=False)
             except asyncio.CancelledError:
@@ -1347,6 +1372,16 @@ class Bot(traits.GatewayBotAware):
             except Exception:
                 _LOGGER.exception("host %s: sync failed; retrying", self._host_id)
                 await asyncio.sleep(self._timings.sync_interval)
+
+    def _note_sent_sessions(self, batch: ReportBatch, directives: HostDirectives) -> None:
+        """After an answered sync: the Orchestrator holds the sessions the batch carried in full."""
+        if directives.resend_sessions:
+            self._sent_sessions.clear()
+            return
+        self._sent_sessions.update(batch.sessions)
+        if len(self._sent_sessions) > len(batch.shard_ids):
+            reported = set(batch.shard_ids)
+            self._sent_sessions = {k: v for k, v in self._sent_sessions.items() if k in reported}
 
     def _apply(self, directives: HostDirectives) -> None:
         # Revokes first. A revoke of a shard that the same answer also adopts stops only a run below the
@@ -1381,6 +1416,7 @@ class Bot(traits.GatewayBotAware):
             await asyncio.sleep(wait)
 
     async def _register_again(self) -> None:
+        self._sent_sessions.clear()
         held = [(slot.lease.shard_id, slot.lease.epoch) for slot in self._slots.values() if not slot.leaving]
         registration = await self._link.register_host(
             self._host_id,
@@ -1402,7 +1438,10 @@ class Bot(traits.GatewayBotAware):
 
     async def _refresh_remote_table(self, *, full: bool = True) -> None:
         # Only the rows that changed since the last read (and every row now and then): see ray_shards.table_view.
-        for row in await self._remote_table.read(self._link, full=full):
+        self._take_table_rows(await self._remote_table.read(self._link, full=full))
+
+    def _take_table_rows(self, rows: list[ShardInfo]) -> None:
+        for row in rows:
             if row.shard_id not in self._remote:
                 self._remote[row.shard_id] = RemoteShard(self, row.shard_id, row.shard_count)
 

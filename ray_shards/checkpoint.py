@@ -3,6 +3,15 @@
 A checkpoint holds the bot's config, the shard table with leases and sessions,
 the presence and the salted token hash: never the token. It lets a restarted
 Orchestrator carry on where the old one stopped.
+
+Layout (version 3): a small *head* under ``checkpoint/<bot id>`` (config, hosts, presence,
+everything but the table's rows) and the rows in chunks of `ray_shards.table.CHECKPOINT_CHUNK`
+shards under ``checkpoint/<bot id>/chunk/<index>/<generation>``. A changed row rewrites only
+its chunk, under a new generation (the checkpoint's sequence number); the head, written
+after its chunks, names the generation of every chunk. So a crash between two writes
+leaves the previous head naming chunks that are all still there: a checkpoint is always
+read as one consistent snapshot. Superseded chunks are deleted after the head that replaces
+them is written (and, after a crash, by `prune_chunks` at the next restore).
 """
 
 from __future__ import annotations
@@ -11,32 +20,181 @@ import json
 import logging
 import typing
 
-__all__ = ["CHECKPOINT_SCHEMA", "delete_checkpoint", "load_checkpoint", "save_checkpoint"]
+if typing.TYPE_CHECKING:
+    from ray_shards.table import ShardTable
+
+__all__ = [
+    "CHECKPOINT_SCHEMA",
+    "ChunkWrite",
+    "KeyValue",
+    "TableChunks",
+    "delete_checkpoint",
+    "load_checkpoint",
+    "prune_chunks",
+    "save_checkpoint",
+]
 
 _LOGGER = logging.getLogger("ray_shards.checkpoint")
 _KV_NAMESPACE = "ray_shards"
-CHECKPOINT_SCHEMA = 2
-"""Version of the checkpoint's top-level layout (1: before it was versioned)."""
+CHECKPOINT_SCHEMA = 3
+"""Version of the checkpoint's top-level layout (1: before it was versioned; 2: the table inline; 3: chunks)."""
+_READABLE = (2, 3)
+
+
+class KeyValue(typing.Protocol):
+    """The store a checkpoint lives in (Ray's GCS internal KV; a dict in tests)."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+    def put(self, key: bytes, value: bytes) -> None: ...
+    def delete(self, key: bytes) -> None: ...
+    def keys(self, prefix: bytes) -> list[bytes]: ...
+
+
+class _RayKV:
+    """Ray's GCS internal key-value store, namespace ``ray_shards``."""
+
+    def get(self, key: bytes) -> bytes | None:
+        from ray.experimental import internal_kv
+
+        return typing.cast(bytes | None, internal_kv._internal_kv_get(key, namespace=_KV_NAMESPACE))
+
+    def put(self, key: bytes, value: bytes) -> None:
+        from ray.experimental import internal_kv
+
+        internal_kv._internal_kv_put(key, value, overwrite=True, namespace=_KV_NAMESPACE)
+
+    def delete(self, key: bytes) -> None:
+        from ray.experimental import internal_kv
+
+        internal_kv._internal_kv_del(key, namespace=_KV_NAMESPACE)
+
+    def keys(self, prefix: bytes) -> list[bytes]:
+        from ray.experimental import internal_kv
+
+        return list(internal_kv._internal_kv_list(prefix, namespace=_KV_NAMESPACE))
+
+
+class ChunkWrite(typing.NamedTuple):
+    """Rows of one table chunk to write under a generation, replacing the chunk's ``previous`` generation."""
+
+    chunk: int
+    generation: int
+    rows: list[dict[str, typing.Any]]
+    previous: int | None
+
+
+class TableChunks:
+    """Which table chunks the stored checkpoint holds, and which to write next.
+
+    ``plan`` takes the chunks whose rows changed from the table (all of them for a table the
+    stored checkpoint does not hold: the first write, a reshard's table, one restored from an
+    inline checkpoint) and names the generation of every chunk for the head; ``written`` or
+    ``failed`` says how the write went. One write at a time (the Orchestrator's lock).
+    """
+
+    __slots__ = ("_pending", "generations", "table_instance")
+
+    def __init__(self) -> None:
+        self.table_instance: int | None = None
+        self.generations: dict[int, int] = {}
+        self._pending: tuple[int | None, dict[int, int]] = (None, {})
+
+    def adopt(self, table: ShardTable, generations: typing.Mapping[int, int]) -> None:
+        """The table was just restored from a checkpoint whose head named ``generations``."""
+        if generations:
+            self.table_instance, self.generations = table.instance, dict(generations)
+            table.mark_checkpointed()
+
+    def plan(
+        self, table: ShardTable, generation: int, *, batched: bool, rows: bool = True
+    ) -> tuple[list[ChunkWrite], list[int], bool]:
+        """The chunks to write under ``generation``, every chunk's generation for the head, and whether the
+        table is written whole (then other stored chunks are stale: `prune_chunks`).
+
+        Without ``rows`` the chunks' rows are left empty for the caller to fill (``table.chunk_json``), a
+        chunk at a time. A row that changes meanwhile is marked dirty again, so it is written again next time.
+        """
+        whole = self.table_instance != table.instance
+        if whole:
+            table.take_dirty_chunks(batched=True)
+            indexes = list(range(table.chunk_count))
+            known: dict[int, int] = {}
+        else:
+            indexes = table.take_dirty_chunks(batched=batched)
+            known = self.generations
+        chunks = [ChunkWrite(i, generation, table.chunk_json(i) if rows else [], known.get(i)) for i in indexes]
+        generations = {**known, **dict.fromkeys(indexes, generation)}
+        self._pending = (table.instance, generations)
+        return chunks, [generations[i] for i in range(table.chunk_count)], whole
+
+    def written(self) -> None:
+        """The last plan is stored (its head too)."""
+        self.table_instance, self.generations = self._pending
+
+    def failed(self, table: ShardTable) -> None:
+        """The last plan's write failed part way: which chunks the stored head names is unknown, so the next
+        write is whole."""
+        self.table_instance = None
+        self.generations = {}
+        table.mark_chunks_dirty()
+
+    @property
+    def pending_generations(self) -> dict[int, int]:
+        return self._pending[1]
 
 
 def _key(bot_id: int) -> bytes:
     return f"checkpoint/{bot_id}".encode()
 
 
-def save_checkpoint(bot_id: int, data: dict[str, typing.Any]) -> int:
-    """Write the checkpoint of bot ``bot_id`` (overwriting the previous one); return its size in bytes."""
-    from ray.experimental import internal_kv
+def _chunk_prefix(bot_id: int) -> bytes:
+    return f"checkpoint/{bot_id}/chunk/".encode()
 
+
+def _chunk_key(bot_id: int, index: int, generation: int) -> bytes:
+    return f"checkpoint/{bot_id}/chunk/{index}/{generation}".encode()
+
+
+def save_checkpoint(
+    bot_id: int,
+    data: dict[str, typing.Any],
+    chunks: typing.Sequence[ChunkWrite] = (),
+    *,
+    kv: KeyValue | None = None,
+) -> int:
+    """Write ``chunks``, then the head ``data`` (which must name every chunk's generation), then drop the
+    generations the chunks replace. Returns the bytes written.
+
+    A crash part way leaves the previous head, whose chunks are all still stored.
+    """
+    kv = kv or _RayKV()
+    size = 0
+    for chunk in chunks:
+        raw = json.dumps(chunk.rows).encode()
+        kv.put(_chunk_key(bot_id, chunk.chunk, chunk.generation), raw)
+        size += len(raw)
     raw = json.dumps(data).encode()
-    internal_kv._internal_kv_put(_key(bot_id), raw, overwrite=True, namespace=_KV_NAMESPACE)
-    return len(raw)
+    kv.put(_key(bot_id), raw)
+    size += len(raw)
+    for chunk in chunks:
+        if chunk.previous is not None and chunk.previous != chunk.generation:
+            kv.delete(_chunk_key(bot_id, chunk.chunk, chunk.previous))
+    return size
 
 
-def load_checkpoint(bot_id: int) -> dict[str, typing.Any] | None:
-    """Read the checkpoint of bot ``bot_id``, or None when there is none (or it is unreadable)."""
-    from ray.experimental import internal_kv
+def load_checkpoint(bot_id: int, *, kv: KeyValue | None = None) -> dict[str, typing.Any] | None:
+    """Read the checkpoint of bot ``bot_id``, or None when there is none (or it is unreadable).
 
-    raw = internal_kv._internal_kv_get(_key(bot_id), namespace=_KV_NAMESPACE)
+    The table's rows are put back under ``data["table"]["shards"]`` from the chunks the head names,
+    so `ray_shards.table.ShardTable.from_json` reads it as one table.
+
+    Raises
+    ------
+    CheckpointSchemaError
+        For a layout version this ray_shards cannot read, or a head naming a chunk that is not stored.
+    """
+    kv = kv or _RayKV()
+    raw = kv.get(_key(bot_id))
     if not raw:
         return None
     try:
@@ -49,18 +207,51 @@ def load_checkpoint(bot_id: int) -> dict[str, typing.Any] | None:
     from ray_shards.table import CheckpointSchemaError
 
     schema = data.get("schema", 1)
-    if schema != CHECKPOINT_SCHEMA:
+    if schema not in _READABLE:
         msg = (
-            f"the checkpoint of bot {bot_id} has layout version {schema} but this ray_shards reads version "
-            f"{CHECKPOINT_SCHEMA}: run the ray_shards version that wrote it, or delete the checkpoint to start "
-            f"the bot afresh (`ray-shards stop`, or internal_kv key checkpoint/{bot_id} in namespace ray_shards)"
+            f"the checkpoint of bot {bot_id} has layout version {schema} but this ray_shards reads versions "
+            f"{', '.join(map(str, _READABLE))}: run the ray_shards version that wrote it, or delete the checkpoint "
+            f"to start the bot afresh (`ray-shards stop`, or internal_kv key checkpoint/{bot_id} and the keys "
+            f"under checkpoint/{bot_id}/chunk/ in namespace ray_shards)"
         )
         raise CheckpointSchemaError(msg)
+    table = data.get("table")
+    if isinstance(table, dict) and "chunks" in table and "shards" not in table:
+        rows: list[typing.Any] = []
+        for index, generation in enumerate(table["chunks"]):
+            chunk = kv.get(_chunk_key(bot_id, index, int(generation)))
+            if not chunk:
+                msg = (
+                    f"the checkpoint of bot {bot_id} (sequence {data.get('seq')}) names table chunk {index} "
+                    f"generation {generation}, which is not stored: delete the checkpoint to start the bot afresh"
+                )
+                raise CheckpointSchemaError(msg)
+            rows.extend(json.loads(chunk))
+        table["shards"] = rows
     return data
 
 
-def delete_checkpoint(bot_id: int) -> None:
-    """Remove the checkpoint of bot ``bot_id`` (the bot was shut down on purpose)."""
-    from ray.experimental import internal_kv
+def chunk_generations(data: dict[str, typing.Any]) -> dict[int, int]:
+    """The chunk generations a head read by `load_checkpoint` names (empty for an inline table)."""
+    table = data.get("table") or {}
+    return {index: int(generation) for index, generation in enumerate(table.get("chunks") or [])}
 
-    internal_kv._internal_kv_del(_key(bot_id), namespace=_KV_NAMESPACE)
+
+def prune_chunks(bot_id: int, keep: typing.Mapping[int, int], *, kv: KeyValue | None = None) -> int:
+    """Delete stored chunks other than ``keep`` (index -> generation), left by a crash; return how many."""
+    kv = kv or _RayKV()
+    wanted = {_chunk_key(bot_id, index, generation) for index, generation in keep.items()}
+    dropped = 0
+    for key in kv.keys(_chunk_prefix(bot_id)):
+        if key not in wanted:
+            kv.delete(key)
+            dropped += 1
+    return dropped
+
+
+def delete_checkpoint(bot_id: int, *, kv: KeyValue | None = None) -> None:
+    """Remove the checkpoint of bot ``bot_id`` (the bot was shut down on purpose), chunks first."""
+    kv = kv or _RayKV()
+    for key in kv.keys(_chunk_prefix(bot_id)):
+        kv.delete(key)
+    kv.delete(_key(bot_id))

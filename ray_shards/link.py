@@ -33,6 +33,7 @@ if typing.TYPE_CHECKING:
         Lease,
         PingInfo,
         Registration,
+        ReportBatch,
         ReshardProgress,
         RollingRestartProgress,
         SessionState,
@@ -264,15 +265,17 @@ class OrchestratorLink:
     async def sync(
         self,
         host_id: str,
-        reports: list[ShardReport],
+        reports: list[ShardReport] | ReportBatch,
         *,
         timeout: float | None = None,
         report_seq: int | None = None,
+        table_version: tuple[int, int] | None = None,
         retry_for: float = 30.0,
     ) -> HostDirectives:
         """`Orchestrator.sync`."""
         result: HostDirectives = await self.call(
-            "sync", host_id, reports, timeout=timeout, report_seq=report_seq, retry_for=retry_for
+            "sync", host_id, reports, timeout=timeout, report_seq=report_seq, table_version=table_version,
+            retry_for=retry_for,
         )
         return result
 

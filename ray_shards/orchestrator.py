@@ -18,6 +18,7 @@ import functools
 import itertools
 import logging
 import math
+import pickle
 import time
 import typing
 
@@ -45,6 +46,7 @@ from ray_shards.models import (
     CommandKind,
     HostDirectives,
     Lease,
+    ReportBatch,
     SessionState,
     ShardInfo,
     ShardReport,
@@ -156,6 +158,13 @@ class Orchestrator:
         self._table_seen: tuple[int, int] | None = None
         self._dirty = False
         self._last_checkpoint = 0.0
+        # The table chunks the stored checkpoint holds: which table object, and each chunk's generation.
+        self._chunks = checkpoint.TableChunks()
+        self._last_batch = time.monotonic()
+        # Per table object, the (version, hosts_version) its last placement pass saw: nothing placement or
+        # rebalancing decide on changed since, so the pass is skipped.
+        self._reconciled: dict[int, tuple[int, int]] = {}
+        self._columns_cache: tuple[tuple[int, int, int], bytes] | None = None
         self._recovering_until = 0.0
         self._stopping = False
         self._started_at = time.time()
@@ -198,6 +207,8 @@ class Orchestrator:
             self._config = BotConfig(**data["config"])
             self._token_hash = TokenHash.from_json(data["token_hash"])
             self._table = ShardTable.from_json(data["table"], now)
+            # Its rows are stored as they are now: only the head (a new incarnation) must be written.
+            self._chunks.adopt(self._table, checkpoint.chunk_generations(data))
         except CheckpointSchemaError as exc:
             self._error = str(exc)
             _LOGGER.error("cannot restore bot %s: %s", self._bot_id, exc)
@@ -240,8 +251,14 @@ class Orchestrator:
         # The restored table has a new incarnation: write it before any lease of that incarnation is granted, or
         # a second crash would restore the old incarnation again and hand out the same epochs twice.
         try:
-            checkpoint.save_checkpoint(self._bot_id, self._checkpoint_data())
+            head, chunks, _ = self._checkpoint_payload(batched=True)
+            checkpoint.save_checkpoint(self._bot_id, head, chunks)
+            self._chunks.written()
+            # Chunks a crash left behind (written, but never named by a head that got stored).
+            checkpoint.prune_chunks(self._bot_id, self._chunks.generations)
         except Exception:
+            self._dirty = True
+            self._chunks.failed(self._table)
             _LOGGER.exception("could not write the restored checkpoint")
         _LOGGER.warning(
             "orchestrator of bot %s restarted from its checkpoint: %s shards, %s hosts to hear back from",
@@ -618,15 +635,20 @@ class Orchestrator:
         self,
         capability: str,
         host_id: str,
-        reports: list[ShardReport],
+        reports: list[ShardReport] | ReportBatch,
         *,
         timeout: float | None = None,
         report_seq: int | None = None,
+        table_version: tuple[int, int] | None = None,
     ) -> HostDirectives:
         """A host's heartbeat and long poll: take its reports, answer with its work.
 
-        ``reports`` is the host's full actual state (every shard it runs) and ``report_seq``
-        increases with every sync, so a late or repeated call is recognised and ignored.
+        ``reports`` is the host's full actual state (every shard it runs; hosts send a compact
+        `ReportBatch`) and ``report_seq`` increases with every sync, so a late or repeated call is
+        recognised and ignored.
+        With ``table_version`` (the ``(table id, version)`` the host's view holds) the answer also
+        carries the table rows changed since (`HostDirectives.table`), so a host follows the table
+        without calls of its own but for a full read now and then.
         Returns at once when there is work (new leases, revocations, commands, stop),
         else after ``timeout`` (default ``sync_interval``). Adopts are repeated on every
         answer until the host reports the shard: a lost reply loses no lease.
@@ -642,13 +664,19 @@ class Orchestrator:
             raise HostNotRegisteredError(msg)
         self._last_sync_mono[host_id] = time.monotonic()
         recovering = time.time() < self._recovering_until
+        hosts_before, adopts_before = table.hosts_version, len(host.pending_adopt)
         # While recovering, a host that has not re-registered yet may not report everything: no diff then.
         stale = table.apply_reports(
             host_id, reports, time.time(), report_seq=None if recovering else report_seq
         )
         if stale:
             _LOGGER.info("host %s runs shard(s) %s without a current lease; revoking", host_id, stale)
-        self._changed()
+        # Costs what the host reported: the table marks the checkpoint chunks whose rows changed, and the head
+        # (hosts, pending adopts) is rewritten only when those changed.
+        if table.hosts_version != hosts_before or len(host.pending_adopt) != adopts_before:
+            self._dirty = True
+        self._table_changed.set()
+        self._wake_table_followers()
         mailbox = self._mailboxes.setdefault(host_id, _Mailbox())
         if not (host.pending_adopt or host.pending_revoke or mailbox.commands or mailbox.stop):
             mailbox.wake.clear()
@@ -667,7 +695,10 @@ class Orchestrator:
             commands=mailbox.commands[:],
             presence_version=self._presence_version,
             stop=mailbox.stop,
+            resend_sessions=host.resend_sessions,
+            table=self._delta_for(table_version),
         )
+        host.resend_sessions = False
         mailbox.commands.clear()
         host.last_sync = time.time()
         self._last_sync_mono[host_id] = time.monotonic()
@@ -736,7 +767,7 @@ class Orchestrator:
         outcome = scheduler.request(shard_id, now, holder=(host_id, epoch))
         if isinstance(outcome, IdentifyGrant):
             table.shards[shard_id].identifies += 1
-            self._dirty = True
+            table.note_counters(shard_id)
             self._metrics.identify_waited(now - self._identify_asked.pop(key, now))
             return IdentifyAnswer(granted=True, wait=0.0, presence=self._presence)
         self._identify_asked.setdefault(key, now)
@@ -784,7 +815,7 @@ class Orchestrator:
         table = self._table_of(host_id)
         if table.holds(host_id, shard_id, epoch):
             table.shards[shard_id].resumes += 1
-            self._dirty = True
+            table.note_counters(shard_id)
             return True
         return False
 
@@ -914,8 +945,30 @@ class Orchestrator:
             _, table, _ = self._check(capability)
         changed = table.changed_since(version) if table.instance == table_id else None
         if changed is None:
-            return TableDelta(table.instance, table.version, True, table.infos())
+            return TableDelta(table.instance, table.version, True, [], packed=self._full_columns(table))
         return TableDelta(table.instance, table.version, False, table.infos(only=changed))
+
+    def _delta_for(self, position: tuple[int, int] | None) -> TableDelta | None:
+        """What a follower at ``position`` lacks of the current table (None: nothing, or nothing asked)."""
+        table = self._table
+        if position is None or table is None:
+            return None
+        table_id, version = position
+        if table.instance == table_id and table.version == version:
+            return None
+        changed = table.changed_since(version) if table.instance == table_id else None
+        if changed is None:
+            return TableDelta(table.instance, table.version, True, [], packed=self._full_columns(table))
+        return TableDelta(table.instance, table.version, False, table.infos(only=changed))
+
+    def _full_columns(self, table: ShardTable) -> bytes:
+        """The whole table for a full read (pickled `ShardColumns`), built at most once a second per table
+        version: every host reads it every 30 s, and seqs and latencies a second old are as fresh as a full
+        read promises. Every read in that second sends the same bytes."""
+        key = (table.instance, table.version, int(time.monotonic()))
+        if self._columns_cache is None or self._columns_cache[0] != key:
+            self._columns_cache = (key, pickle.dumps(table.columns(), protocol=5))
+        return self._columns_cache[1]
 
     async def status(self, capability: str) -> BotStatus:
         """Bot-wide state: config, hosts, identify queue progress and presence."""
@@ -965,7 +1018,9 @@ class Orchestrator:
         scheduler.expire(mono)
         self._expire_capabilities(mono)
         self._refresh_budget_if_stale(mono)
-        self._metrics.observe(now, table, scheduler, fenced=self._fenced, sync_interval=self._timings.sync_interval)
+        self._metrics.observe(
+            now, table, scheduler, fenced=self._fenced, sync_interval=self._timings.longest_sync_interval
+        )
         self._wake_table_followers()
         if now < self._recovering_until:
             return
@@ -983,7 +1038,7 @@ class Orchestrator:
             # Silence is measured on the monotonic clock: a wall-clock step must not fence a healthy host.
             silent = mono - self._last_sync_mono.setdefault(host.host_id, mono)
             if host.host_id not in self._handles:
-                if host.has_handle and silent > self._timings.sync_interval * 2:
+                if host.has_handle and silent > self._timings.longest_sync_interval * 2:
                     await self._find_handle(host.host_id)
                 elif not host.has_handle and silent > self._timings.standalone_lease_ttl:
                     # A standalone Bot cannot be killed: it stops its own shards (resumably) at half this TTL,
@@ -1007,7 +1062,10 @@ class Orchestrator:
                     continue  # the rolling restart owns the slot it replaces: it starts (or not) its host
                 _LOGGER.warning("host slot %s has no live host; starting a replacement", slot)
                 fleet.start_slot(slot).add_done_callback(self._log_start_failure)
-        for each in self._tables() if not self._stopping else []:
+        tables = self._tables()
+        for each in tables if not self._stopping else []:
+            if self._reconciled.get(each.instance) == (each.version, each.hosts_version):
+                continue  # nothing placement or rebalancing read has changed since the last pass
             self._deliver(each.place(), each)
             if each is self._table and self._old_set_records:
                 # No graceful moves in the old set during a reshard (it is retired at the switch anyway): every
@@ -1019,10 +1077,19 @@ class Orchestrator:
                 each.revoke(donor, shard_id)
                 self._mailboxes.setdefault(donor, _Mailbox()).wake.set()
                 _LOGGER.info("rebalancing: shard %s moves off host %s", shard_id, donor)
+            self._reconciled[each.instance] = (each.version, each.hosts_version)
+        if len(self._reconciled) > len(tables):
+            live = {t.instance for t in tables}
+            self._reconciled = {k: v for k, v in self._reconciled.items() if k in live}
         if self._options.auto_reshard:
             await self._auto_reshard_policy()
-        if self._dirty and now - self._last_checkpoint > self._timings.checkpoint_interval:
-            await self._checkpoint()
+        soon, later = table.checkpoint_due()
+        batch_due = later and mono - self._last_batch >= self._timings.checkpoint_batch_interval
+        if batch_due or (
+            (self._dirty or soon or self._chunks.table_instance != table.instance)
+            and now - self._last_checkpoint > self._timings.checkpoint_interval
+        ):
+            await self._checkpoint(batched=batch_due)
 
     def _start_unregistered_hosts(self) -> None:
         """Fleet hosts restored from the checkpoint that never registered: make sure they were started."""
@@ -1545,15 +1612,44 @@ class Orchestrator:
         with contextlib.suppress(Exception):
             ray.kill(self._handles[host_id], no_restart=True)
 
-    def _checkpoint_data(self) -> dict[str, typing.Any]:
+    def _checkpoint_payload(
+        self, *, batched: bool, rows: bool = True
+    ) -> tuple[dict[str, typing.Any], list[checkpoint.ChunkWrite], bool]:
+        """The head and the table chunks to write next, and whether the table is written whole.
+
+        The chunks count as clean from here on: report the outcome with ``self._chunks.written()``
+        or ``self._chunks.failed(table)`` (the next write is then whole).
+
+        Only chunks whose rows changed are rewritten; with ``batched`` also those where only seqs and
+        counters moved. A table the stored checkpoint does not hold (new, restored from an inline
+        checkpoint, a reshard's) is written whole.
+        """
         assert self._config is not None and self._table is not None and self._token_hash is not None
         self._checkpoint_seq += 1
+        chunks, generations, whole = self._chunks.plan(
+            self._table, self._checkpoint_seq, batched=batched, rows=rows
+        )
+        head = self._checkpoint_data(self._checkpoint_seq)
+        head["table"]["chunks"] = generations
+        return head, chunks, whole
+
+    def _save(
+        self, head: dict[str, typing.Any], chunks: list[checkpoint.ChunkWrite], keep: dict[int, int] | None
+    ) -> int:
+        size = checkpoint.save_checkpoint(self._bot_id, head, chunks)
+        if keep is not None:
+            # A new table (first write, a reshard's, a restore from an inline checkpoint): drop any other chunks.
+            checkpoint.prune_chunks(self._bot_id, keep)
+        return size
+
+    def _checkpoint_data(self, seq: int) -> dict[str, typing.Any]:
+        assert self._config is not None and self._table is not None and self._token_hash is not None
         return {
             "schema": CHECKPOINT_SCHEMA,
-            "seq": self._checkpoint_seq,
+            "seq": seq,
             "config": dataclasses.asdict(self._config),
             "token_hash": self._token_hash.to_json(),
-            "table": self._table.to_json(),
+            "table": self._table.to_json(rows=False),
             "presence": dataclasses.asdict(self._presence),
             "presence_version": self._presence_version,
             "remaining": self._scheduler.remaining if self._scheduler else 0,
@@ -1567,7 +1663,7 @@ class Orchestrator:
         self._dirty = True
         await self._checkpoint()
 
-    async def _checkpoint(self) -> None:
+    async def _checkpoint(self, *, batched: bool = False) -> None:
         if self._config is None or self._table is None or self._token_hash is None or self._stopping:
             return
         # One writer at a time, each with a higher sequence number: two writes in flight (from two awaiting
@@ -1575,12 +1671,24 @@ class Orchestrator:
         async with self._checkpoint_lock:
             if self._stopping:
                 return
-            data = self._checkpoint_data()
+            table = self._table
+            head, chunks, whole = self._checkpoint_payload(batched=batched, rows=False)
+            # Rows a chunk at a time, letting syncs run in between (a batch rewrites every chunk: 16k rows took
+            # ~0.1 s in one go). Each chunk is one moment of its rows; a row changing meanwhile is dirty again.
+            for i, chunk in enumerate(chunks):
+                chunks[i] = chunk._replace(rows=table.chunk_json(chunk.chunk))
+                if i + 1 < len(chunks):
+                    await asyncio.sleep(0)
             self._dirty = False
             self._last_checkpoint = time.time()
+            if batched:
+                self._last_batch = time.monotonic()
             try:
-                size = await asyncio.to_thread(checkpoint.save_checkpoint, self._bot_id, data)
+                keep = dict(self._chunks.pending_generations) if whole else None
+                size = await asyncio.to_thread(self._save, head, chunks, keep)
+                self._chunks.written()
                 self._metrics.checkpoint_saved(size, self._last_checkpoint)
             except Exception:
                 self._dirty = True
+                self._chunks.failed(table)
                 _LOGGER.exception("checkpoint failed; will retry")

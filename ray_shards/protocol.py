@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import pickle
 import typing
 
 from ray_shards.cutover import Seen
@@ -25,7 +26,9 @@ from ray_shards.models import (
     CommandKind,
     HostDirectives,
     Lease,
+    ReportBatch,
     SessionState,
+    ShardColumns,
     ShardInfo,
     ShardReport,
     ShardStatus,
@@ -49,11 +52,13 @@ __all__ = [
     "OperationState",
     "PingInfo",
     "Registration",
+    "ReportBatch",
     "ReshardProgress",
     "ReshardState",
     "RollingRestartProgress",
     "Seen",
     "SessionState",
+    "ShardColumns",
     "ShardInfo",
     "ShardReport",
     "ShardStatus",
@@ -409,3 +414,17 @@ class TableDelta:
     version: int
     full: bool
     rows: list[ShardInfo]
+    columns: ShardColumns | None = None
+    """More rows, as plain lists (the Orchestrator sends a full read this way: it is far cheaper to pickle)."""
+    packed: bytes | None = None
+    """More rows: a pickled `ShardColumns`. The Orchestrator pickles a full table once a second (per table
+    version) and every full read in that second sends the same bytes, so a full read costs it a copy."""
+
+    def infos(self) -> list[ShardInfo]:
+        """Every row the answer carries."""
+        rows = self.rows if self.columns is None else self.rows + self.columns.infos()
+        if self.packed is not None:
+            # Written by the Orchestrator this caller authenticated to (never by a client).
+            columns: ShardColumns = pickle.loads(self.packed)
+            rows = rows + columns.infos()
+        return rows

@@ -23,7 +23,7 @@ import math
 import secrets
 import typing
 
-from ray_shards.models import Lease, SessionState, ShardInfo, ShardReport, ShardStatus
+from ray_shards.models import Lease, ReportBatch, SessionState, ShardColumns, ShardInfo, ShardReport, ShardStatus
 
 __all__ = ["SCHEMA", "CheckpointSchemaError", "HostRecord", "ShardRecord", "ShardTable"]
 
@@ -31,6 +31,11 @@ SCHEMA = 1
 """Version of the checkpoint format `ShardTable.to_json` writes."""
 
 _EPOCH_BITS = 32
+
+CHECKPOINT_CHUNK = 512
+"""Rows per checkpoint chunk (`ShardTable.chunk_json`): a change rewrites its chunk, not the table."""
+
+_STATUS = {s.value: s for s in ShardStatus}
 
 
 class CheckpointSchemaError(ValueError):
@@ -85,6 +90,11 @@ class HostRecord:
     """For a pending revoke, the highest epoch it stops (an entry added without one stops any epoch)."""
     draining: bool = False
     """Being retired: gets no new shard, and hands over the ones it has (see `ShardTable.drain`)."""
+    sessions: dict[int, SessionState] = dataclasses.field(default_factory=dict)
+    """The last session reported in full by this host per shard (a `ReportBatch` then sends only its seq).
+    Not checkpointed: after a restart the host is asked to send them again."""
+    resend_sessions: bool = False
+    """A seq-only report came for a shard whose session this record does not hold: ask for every session."""
 
 
 _PLAIN_FIELDS = tuple(f.name for f in dataclasses.fields(ShardRecord) if f.name not in ("session", "status", "latency"))
@@ -114,7 +124,20 @@ class ShardTable:
         `from_json` sets the checkpoint's plus one).
     """
 
-    __slots__ = ("_changes", "_owned", "hosts", "incarnation", "instance", "shard_count", "shards", "version")
+    __slots__ = (
+        "_changes",
+        "_ckpt_later",
+        "_ckpt_now",
+        "_owned",
+        "_unassigned",
+        "hosts",
+        "hosts_version",
+        "incarnation",
+        "instance",
+        "shard_count",
+        "shards",
+        "version",
+    )
 
     def __init__(self, shard_count: int, *, incarnation: int = 0) -> None:
         if shard_count < 1:
@@ -138,6 +161,16 @@ class ShardTable:
         # Not part of any decision (only readers compare it), so it need not be injected.
         self.instance = secrets.randbits(53)
         self._changes: collections.deque[tuple[int, int]] = collections.deque(maxlen=max(1024, 4 * shard_count))
+        # Shards without an owner (kept by _set_owner): placement costs what is unassigned, not the table.
+        self._unassigned: set[int] = set(self.shards)
+        # Counts changes of the hosts' records that placement and rebalancing read (want, liveness, draining,
+        # pending revokes): with `version`, a reconcile pass can tell that nothing it decides on has changed.
+        self.hosts_version = 0
+        # Checkpoint chunks (CHECKPOINT_CHUNK rows each) to rewrite: soon (an owner, epoch, status, error or
+        # session changed) or batched (only seq, latency, counters moved: a restart then RESUMEs from an older
+        # seq, and Discord replays the events after it).
+        self._ckpt_now: set[int] = set(range(self.chunk_count))
+        self._ckpt_later: set[int] = set()
 
     # -- hosts -----------------------------------------------------------------------------------
 
@@ -173,6 +206,7 @@ class ShardTable:
             host.last_sync = now
         if not placeable:
             host.draining = True
+        self.hosts_version += 1
         return host
 
     def owned_by(self, host_id: str) -> list[int]:
@@ -195,6 +229,8 @@ class ShardTable:
             host.pending_adopt.clear()
             host.pending_revoke.clear()
             host.revoke_epochs.clear()
+            host.sessions.clear()
+        self.hosts_version += 1
         orphans = self.owned_by(host_id)
         for shard_id in orphans:
             self._unassign(self.shards[shard_id])
@@ -211,6 +247,7 @@ class ShardTable:
             return []
         host.draining = True
         host.want = 0
+        self.hosts_version += 1
         owned = self.owned_by(host_id)
         for shard_id in owned:
             self.revoke(host_id, shard_id)
@@ -232,6 +269,7 @@ class ShardTable:
         host = self.hosts.get(host_id)
         if host is not None and not host.alive and not self.owned_by(host_id):
             del self.hosts[host_id]
+            self.hosts_version += 1
 
     # -- leases ----------------------------------------------------------------------------------
 
@@ -257,6 +295,11 @@ class ShardTable:
     def _touch(self, shard_id: int) -> None:
         self.version += 1
         self._changes.append((self.version, shard_id))
+        self._ckpt_now.add(shard_id // CHECKPOINT_CHUNK)
+
+    def note_counters(self, shard_id: int) -> None:
+        """A row's counters (identifies, resumes) changed: its checkpoint chunk is rewritten with the next batch."""
+        self._ckpt_later.add(shard_id // CHECKPOINT_CHUNK)
 
     def changed_since(self, version: int) -> list[int] | None:
         """Shard ids whose row changed after ``version``; None when that is too old to tell (read everything).
@@ -292,6 +335,9 @@ class ShardTable:
         record.host_id = host_id
         if host_id is not None:
             self._owned.setdefault(host_id, set()).add(record.shard_id)
+            self._unassigned.discard(record.shard_id)
+        else:
+            self._unassigned.add(record.shard_id)
 
     def _unassign(self, record: ShardRecord) -> None:
         self._set_owner(record, None)
@@ -299,11 +345,9 @@ class ShardTable:
             record.status = ShardStatus.STOPPED if record.stopped else ShardStatus.UNASSIGNED
 
     def _assignable(self) -> list[ShardRecord]:
-        return [
-            r
-            for r in self.shards.values()
-            if r.host_id is None and r.status is not ShardStatus.FAILED and not r.stopped
-        ]
+        # Costs what is unassigned (the index), in shard id order as before.
+        records = (self.shards[i] for i in sorted(self._unassigned))
+        return [r for r in records if r.host_id is None and r.status is not ShardStatus.FAILED and not r.stopped]
 
     def _loads(self) -> dict[str, int]:
         """Shards owned per live host."""
@@ -317,6 +361,7 @@ class ShardTable:
         host = self.hosts[host_id]
         leases = [self._grant(record, host) for record in self._assignable()[: max(0, count)]]
         host.want = max(host.want, len(self.owned_by(host_id)))
+        self.hosts_version += 1
         return leases
 
     def place(self) -> dict[str, list[Lease]]:
@@ -403,6 +448,7 @@ class ShardTable:
             if record.host_id is None and epoch >= record.epoch and not record.stopped:
                 self._take_session(record, session)
             return False
+        self.hosts_version += 1
         self._set_owner(record, None)
         self._take_session(record, session)
         if stopped:
@@ -429,11 +475,11 @@ class ShardTable:
             return False
         if shard_id not in host.pending_revoke:
             host.pending_revoke.append(shard_id)
+            self.hosts_version += 1
         host.revoke_epochs[shard_id] = max(host.revoke_epochs.get(shard_id, 0), record.epoch)
         return True
 
-    @staticmethod
-    def _take_session(record: ShardRecord, session: SessionState | None) -> None:
+    def _take_session(self, record: ShardRecord, session: SessionState | None) -> None:
         # Within one session the seq only goes forward: a report lagging behind what the table already has
         # (a host's short history, a late message) must not make the next owner RESUME from further back.
         if session is None:
@@ -441,7 +487,27 @@ class ShardTable:
         old = record.session
         if old is not None and old.session_id == session.session_id and session.seq < old.seq:
             return
+        if old is None or (old.session_id, old.resume_gateway_url, old.user_id) != (
+            session.session_id, session.resume_gateway_url, session.user_id
+        ):
+            # A new session (or where to resume it) must reach the checkpoint soon; a seq advance can wait.
+            self._ckpt_now.add(record.shard_id // CHECKPOINT_CHUNK)
+        elif old.seq != session.seq:
+            self._ckpt_later.add(record.shard_id // CHECKPOINT_CHUNK)
         record.session = session
+
+    def _take_seq(self, record: ShardRecord, known: SessionState | None, seq: int) -> bool:
+        """A seq-only report: ``seq`` of ``known``, the session the host last reported in full. False: unknown."""
+        if known is None:
+            return False
+        old = record.session
+        if old is not None and old.session_id == known.session_id:
+            if seq > old.seq:
+                record.session = SessionState(old.session_id, seq, old.resume_gateway_url, old.user_id)
+                self._ckpt_later.add(record.shard_id // CHECKPOINT_CHUNK)
+            return True
+        self._take_session(record, dataclasses.replace(known, seq=seq))
+        return True
 
     def directives_for(self, host_id: str) -> tuple[list[Lease], list[int]]:
         """What ``host_id`` must adopt and revoke, as copies; reading consumes nothing.
@@ -466,7 +532,7 @@ class ShardTable:
     def apply_reports(
         self,
         host_id: str,
-        reports: typing.Iterable[ShardReport],
+        reports: typing.Iterable[ShardReport] | ReportBatch,
         now: float,
         *,
         report_seq: int | None = None,
@@ -488,11 +554,32 @@ class ShardTable:
         report at an epoch *above* the table's for an unstopped shard means the table
         was restored from a checkpoint older than that lease: the lease was granted
         after every lease the table knows of, so the table takes it as current.
+
+        ``reports`` may be a `ReportBatch` (what hosts send): a shard it reports by seq only gets
+        that seq on the session the host last reported in full; when the table does not hold
+        that session (restored, or the host registered again), the seq is skipped and the host
+        is asked to send every session again (``HostRecord.resend_sessions``). Costs what the
+        host reports.
         """
         host = self.hosts.get(host_id)
-        reports = list(reports)
+        if isinstance(reports, ReportBatch):
+            batch = reports
+            rows = zip(
+                batch.shard_ids, batch.epochs, batch.statuses, batch.seqs, batch.latencies, batch.guilds,
+                batch.events, strict=True,
+            )
+            sessions, errors = batch.sessions, batch.errors
+        else:
+            listed = list(reports)
+            rows = zip(
+                [r.shard_id for r in listed], [r.epoch for r in listed], [r.status.value for r in listed],
+                [-2] * len(listed), [r.latency for r in listed], [r.guilds for r in listed],
+                [r.events for r in listed], strict=True,
+            )
+            sessions = {r.shard_id: r.session for r in listed if r.session is not None}
+            errors = {r.shard_id: r.error for r in listed if r.error is not None}
         if host is None or not host.alive:
-            return [r.shard_id for r in reports]
+            return [row[0] for row in rows]
         if report_seq is not None:
             if host.report_seq is not None and report_seq <= host.report_seq:
                 return []
@@ -500,29 +587,42 @@ class ShardTable:
         host.last_sync = now
         stale: list[int] = []
         reported: dict[int, int] = {}
-        for report in reports:
-            record = self.shards.get(report.shard_id)
+        revokes_before = len(host.pending_revoke)
+        chunk = CHECKPOINT_CHUNK
+        later = self._ckpt_later
+        for shard_id, epoch, status_value, seq, latency, guilds, events in rows:
+            record = self.shards.get(shard_id)
             if record is None:
-                stale.append(report.shard_id)
+                stale.append(shard_id)
                 continue
-            reported[report.shard_id] = report.epoch
-            if record.epoch < report.epoch and not record.stopped:
+            reported[shard_id] = epoch
+            session = sessions.get(shard_id)
+            if session is not None:
+                # Whatever the row's state: the host now counts this session as sent (the two must agree).
+                host.sessions[shard_id] = session
+            if record.epoch < epoch and not record.stopped:
                 # Restored from an older checkpoint: this lease is newer than anything the table knows.
                 self._set_owner(record, host_id)
-                record.epoch = report.epoch
+                record.epoch = epoch
                 record.ever_assigned = True
-            if record.host_id != host_id or record.epoch != report.epoch:
-                stale.append(report.shard_id)
+            if record.host_id != host_id or record.epoch != epoch:
+                stale.append(shard_id)
                 continue
-            if (record.status, record.error, record.guilds) != (report.status, report.error, report.guilds):
-                self._touch(report.shard_id)
-            record.status = report.status
-            self._take_session(record, report.session)
-            record.latency = report.latency
-            record.guilds = report.guilds
-            record.events = report.events
-            record.error = report.error
+            status = _STATUS[status_value]
+            error = errors.get(shard_id)
+            if record.status is not status or record.error != error or record.guilds != guilds:
+                self._touch(shard_id)
+            record.status = status
+            if session is not None:
+                self._take_session(record, session)
+            elif seq >= 0 and not self._take_seq(record, host.sessions.get(shard_id), seq):
+                host.resend_sessions = True
+            record.latency = latency
+            record.guilds = guilds
+            record.events = events
+            record.error = error
             record.last_seen = now
+            later.add(shard_id // chunk)
         self._prune_adopts(host)
         stale_set = set(stale)
         host.pending_adopt[:] = [
@@ -538,10 +638,13 @@ class ShardTable:
         kept = set(keep)
         host.revoke_epochs = {s: e for s, e in host.revoke_epochs.items() if s in kept}
         host.pending_revoke[:] = keep
+        if len(keep) != revokes_before:
+            self.hosts_version += 1
         for shard_id in stale:
             if shard_id not in kept:
                 kept.add(shard_id)
                 host.pending_revoke.append(shard_id)
+                self.hosts_version += 1
             if shard_id in reported:
                 host.revoke_epochs[shard_id] = max(host.revoke_epochs.get(shard_id, 0), reported[shard_id])
         if report_seq is not None:
@@ -583,24 +686,92 @@ class ShardTable:
             )
         return rows
 
+    def columns(self) -> ShardColumns:
+        """The whole table as clients see it (`infos`), as plain lists: cheap to send."""
+        records = list(self.shards.values())
+        hosts = self.hosts
+        nodes = {h: (hosts[h].node_id if h in hosts else None) for h in self._owned}
+        return ShardColumns(
+            shard_count=self.shard_count,
+            shard_ids=[r.shard_id for r in records],
+            statuses=[r.status.value for r in records],
+            host_ids=[r.host_id for r in records],
+            node_ids=[None if r.host_id is None else nodes.get(r.host_id) for r in records],
+            epochs=[r.epoch for r in records],
+            latencies=[r.latency for r in records],
+            seqs=[r.session.seq if r.session else None for r in records],
+            guilds=[r.guilds for r in records],
+            events=[r.events for r in records],
+            last_seen=[r.last_seen for r in records],
+            identifies=[r.identifies for r in records],
+            resumes=[r.resumes for r in records],
+            errors={r.shard_id: r.error for r in records if r.error is not None},
+        )
+
     # -- checkpoint ------------------------------------------------------------------------------
 
-    def to_json(self) -> dict[str, typing.Any]:
-        """Serialise the table (no secrets in it) for a checkpoint, with its schema version."""
+    @property
+    def chunk_count(self) -> int:
+        """Number of checkpoint chunks (`CHECKPOINT_CHUNK` rows each, by shard id)."""
+        return -(-self.shard_count // CHECKPOINT_CHUNK)
+
+    def checkpoint_due(self) -> tuple[bool, bool]:
+        """Whether some chunk must be rewritten soon (owner, epoch, status, session...), and whether one waits
+        for the next batch (only seq, latency or counters moved)."""
+        return bool(self._ckpt_now), bool(self._ckpt_later)
+
+    def take_dirty_chunks(self, *, batched: bool) -> list[int]:
+        """The chunks to rewrite now (with ``batched``, also those with batched changes only); they count as clean.
+
+        Give them back with `mark_chunks_dirty` if writing them fails.
+        """
+        chunks = set(self._ckpt_now)
+        self._ckpt_now.clear()
+        if batched:
+            chunks |= self._ckpt_later
+            self._ckpt_later.clear()
+        else:
+            self._ckpt_later -= chunks
+        return sorted(chunks)
+
+    def mark_chunks_dirty(self, chunks: typing.Iterable[int] | None = None) -> None:
+        """Rewrite ``chunks`` (all of them when None) with the next checkpoint."""
+        self._ckpt_now.update(range(self.chunk_count) if chunks is None else chunks)
+
+    def mark_checkpointed(self) -> None:
+        """Every chunk is in the checkpoint as the table is now (just restored from it)."""
+        self._ckpt_now.clear()
+        self._ckpt_later.clear()
+
+    @staticmethod
+    def _row_json(r: ShardRecord) -> dict[str, typing.Any]:
         return {
+            **{name: getattr(r, name) for name in _PLAIN_FIELDS},
+            "status": r.status.value,
+            "latency": None if math.isnan(r.latency) else r.latency,
+            "session": _session_json(r.session),
+        }
+
+    def chunk_json(self, index: int) -> list[dict[str, typing.Any]]:
+        """The rows of checkpoint chunk ``index`` (shards ``index * CHECKPOINT_CHUNK`` up to the next chunk)."""
+        first = index * CHECKPOINT_CHUNK
+        shards = self.shards
+        return [self._row_json(shards[i]) for i in range(first, min(first + CHECKPOINT_CHUNK, self.shard_count))]
+
+    def to_json(self, *, rows: bool = True) -> dict[str, typing.Any]:
+        """Serialise the table (no secrets in it) for a checkpoint, with its schema version.
+
+        Without ``rows`` the ``shards`` list is left out: a chunked checkpoint stores the rows
+        apart (`chunk_json`) and puts them back under ``shards`` before `from_json`.
+        """
+        data: dict[str, typing.Any] = {
             "schema": SCHEMA,
             "incarnation": self.incarnation,
             "shard_count": self.shard_count,
-            "shards": [
-                {
-                    **{name: getattr(r, name) for name in _PLAIN_FIELDS},
-                    "status": r.status.value,
-                    "latency": None if math.isnan(r.latency) else r.latency,
-                    "session": _session_json(r.session),
-                }
-                for r in self.shards.values()
-            ],
-            "hosts": [
+        }
+        if rows:
+            data["shards"] = [self._row_json(r) for r in self.shards.values()]
+        data["hosts"] = [
                 {
                     "host_id": h.host_id,
                     "node_id": h.node_id,
@@ -618,8 +789,8 @@ class ShardTable:
                 }
                 for h in self.hosts.values()
                 if h.alive
-            ],
-        }
+            ]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, typing.Any], now: float) -> ShardTable:
@@ -670,6 +841,7 @@ class ShardTable:
             table.shards[record.shard_id] = record
             if record.host_id is not None:
                 table._owned.setdefault(record.host_id, set()).add(record.shard_id)
+                table._unassigned.discard(record.shard_id)
         for raw in data["hosts"]:
             table.hosts[raw["host_id"]] = HostRecord(
                 host_id=raw["host_id"],

@@ -47,19 +47,29 @@ class TableView:
         self._rng = rng or random.Random()
 
     @property
+    def position(self) -> tuple[int, int] | None:
+        """``(table id, version)`` held, for a delta carried by a sync answer; None before the first read."""
+        return None if self._version == _WHOLE_TABLE else (self._table_id, self._version)
+
+    def full_due(self) -> bool:
+        """Whether the next `read` would read the whole table (``full_every`` passed)."""
+        return time.monotonic() - self._full_at > self._full_every
+
+    @property
     def version(self) -> int:
         """The table version held (-1 before the first read)."""
         return self._version
 
     def apply(self, delta: TableDelta) -> list[ShardInfo]:
         """Take in one answer of `table_since`; return the rows it carried."""
+        rows = delta.infos()
         if delta.full:
-            self.rows = {row.shard_id: row for row in delta.rows}
+            self.rows = {row.shard_id: row for row in rows}
             self._full_at = time.monotonic()
         else:
-            self.rows.update((row.shard_id, row) for row in delta.rows)
+            self.rows.update((row.shard_id, row) for row in rows)
         self._table_id, self._version = delta.table_id, delta.version
-        return delta.rows
+        return rows
 
     async def read(self, link: OrchestratorLink, *, full: bool = False, wait: float = 0.0) -> list[ShardInfo]:
         """Read what changed (everything with ``full``, or when a full read is due), parking up to ``wait`` s.

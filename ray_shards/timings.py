@@ -14,8 +14,17 @@ class Timings:
     Attributes
     ----------
     sync_interval
-        Longest time between two syncs of a host with the Orchestrator (a sync is a
-        long poll that returns at once when there is work for the host).
+        Longest time between two syncs of a host with the Orchestrator while any of its
+        shards is not READY or changed state since its last sync (a sync is a long poll
+        that returns at once when there is work for the host).
+    steady_sync_interval
+        The same once every shard of the host is READY and none changed since its last
+        sync: a steady host reports its seqs and renews its leases this often. Work for the
+        host (adopts, revokes, commands, stop) still wakes its sync at once. Each sync
+        costs the Orchestrator about a millisecond of Ray call handling, so at 16k shards
+        (128 hosts) 0.5 s alone would be a quarter of a core (BENCHMARKS.md, F2). The price:
+        a change on a steady host (a shard reconnecting) reaches the table up to this much
+        later, and a failover RESUMEs up to this much further back (events replayed).
     host_timeout
         A host actor that has not synced for this long is presumed hung and is killed
         (fenced) so its shards can move.
@@ -43,7 +52,13 @@ class Timings:
         On a hand-over (rebalance, rolling restart, reshard, stop), how long a host waits for the
         listeners of the events it already took before it hands the session on.
     checkpoint_interval
-        Most time between two checkpoints of changing session state.
+        Most time between a change of a lease, an owner, a status or a session (id or resume URL) and the
+        checkpoint that holds it.
+    checkpoint_batch_interval
+        Most time between a seq advance (or a counter change) and the checkpoint that holds it. Seqs may
+        lag in the checkpoint: a restarted Orchestrator hands a shard whose host died meanwhile on at the
+        older seq, and its RESUME is replayed the events since (at-least-once, never a seq Discord has not
+        sent). Keep it well inside Discord's replay window.
     command_timeout
         How long a client command waits for the owning host.
     auto_reshard_interval
@@ -73,6 +88,7 @@ class Timings:
     """
 
     sync_interval: float = 0.5
+    steady_sync_interval: float = 2.0
     host_timeout: float = 30.0
     standalone_lease_ttl: float = 10.0
     death_quarantine: float = 0.3
@@ -84,6 +100,7 @@ class Timings:
     max_listener_lag: float = 60.0
     drain_timeout: float = 10.0
     checkpoint_interval: float = 1.0
+    checkpoint_batch_interval: float = 10.0
     command_timeout: float = 15.0
     auto_reshard_interval: float = 600.0
     host_start_timeout: float = 120.0
@@ -93,6 +110,11 @@ class Timings:
     host_switch_interval: float | None = 0.05
     reshard_buffer_cap: int = 100_000
     reshard_max_skew: float = 1.0
+
+    @property
+    def longest_sync_interval(self) -> float:
+        """The longest a live host waits between two syncs."""
+        return max(self.sync_interval, self.steady_sync_interval)
 
     def __post_init__(self) -> None:
         if self.host_switch_interval is not None and not 0 < self.host_switch_interval <= 1.0:

@@ -30,7 +30,7 @@ async def test_a_follower_parks_until_a_row_changes_and_gets_only_that_row(
                 assert time.monotonic() < deadline, "shards never READY"
                 await asyncio.sleep(0.2)
             full: TableDelta = await client._link.call("table_since", 0, -1, 0.0)
-            assert full.full and len(full.rows) == 4
+            assert full.full and len(full.infos()) == 4  # a full read carries its rows as columns
 
             # Nothing changes: the call parks for the wait asked, and carries no row.
             started = time.monotonic()
@@ -40,7 +40,7 @@ async def test_a_follower_parks_until_a_row_changes_and_gets_only_that_row(
 
             # A host dies: a parked follower wakes with the rows of its shards, not the whole table.
             victim_id, victim = next(iter(deployment.hosts.items()))
-            moved = {r.shard_id for r in full.rows if r.host_id == victim_id}
+            moved = {r.shard_id for r in full.infos() if r.host_id == victim_id}
             poll = asyncio.ensure_future(client._link.call("table_since", full.table_id, full.version, 20.0))
             await asyncio.sleep(0.3)
             started = time.monotonic()
