@@ -17,6 +17,29 @@ from ray_shards.timings import Timings
 FAST = Timings(identify_window=1.0)
 
 
+class _OpenHooks:
+    """Shard hooks that let a lone `ManagedShard` IDENTIFY and RESUME without an Orchestrator."""
+
+    async def before_identify(self, shard_id: int) -> dict[str, typing.Any] | None:
+        return None
+
+    async def before_resume(self, shard_id: int) -> None:
+        return None
+
+
+def lone_shard(emu: typing.Any, token: str, app: hikari.GatewayBot, manager: typing.Any) -> typing.Any:
+    """One real `sessions.ManagedShard` (shard 0 of 1) on the emulator, dispatching into ``manager`` (no Ray)."""
+    from hikari.impl import config as config_impl
+
+    from ray_shards import sessions
+
+    return sessions.ManagedShard(
+        hooks=_OpenHooks(), event_manager=manager, event_factory=app.event_factory,
+        http_settings=config_impl.HTTPSettings(), proxy_settings=config_impl.ProxySettings(),
+        intents=hikari.Intents.ALL_UNPRIVILEGED, shard_id=0, shard_count=1, token=token, url=emu.gateway_url,
+    )
+
+
 async def wait_for(predicate: typing.Callable[[], bool], timeout: float, what: str) -> float:
     """Wait for ``predicate``; return how long it took."""
     started = time.monotonic()

@@ -13,6 +13,7 @@ import pytest
 
 from ray_shards.listener_context import EventHold, EventPosition, enter, event_position, hold_event, leave
 from ray_shards.watermark import ListenerWatermark
+from tests.helpers import lone_shard
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -58,7 +59,6 @@ async def test_listeners_see_their_events_position_and_a_held_task_holds_the_wat
     emulator_factory: typing.Any, token: str
 ) -> None:
     import hikari
-    from hikari.impl import config as config_impl
 
     from ray_shards import sessions
     from ray_shards.delivery import GatedEventManager
@@ -83,18 +83,7 @@ async def test_listeners_see_their_events_position_and_a_held_task_holds_the_wat
 
     manager.subscribe(hikari.MessageCreateEvent, on_message)
 
-    class _Open:
-        async def before_identify(self, shard_id: int) -> dict[str, typing.Any] | None:
-            return None
-
-        async def before_resume(self, shard_id: int) -> None:
-            return None
-
-    shard = sessions.ManagedShard(
-        hooks=_Open(), event_manager=manager, event_factory=app.event_factory,
-        http_settings=config_impl.HTTPSettings(), proxy_settings=config_impl.ProxySettings(),
-        intents=hikari.Intents.ALL_UNPRIVILEGED, shard_id=0, shard_count=1, token=token, url=emu.gateway_url,
-    )
+    shard = lone_shard(emu, token, app, manager)
     await shard.start()
     try:
         emu.control.start_stream(50)

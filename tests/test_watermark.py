@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ray_shards.watermark import ListenerWatermark
+from tests.helpers import lone_shard
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -101,7 +102,6 @@ async def test_gated_event_manager_counts_real_listener_tasks(emulator_factory: 
     also when it raises.
     """
     import hikari
-    from hikari.impl import config as config_impl
 
     from ray_shards import sessions
     from ray_shards.delivery import GatedEventManager
@@ -128,18 +128,7 @@ async def test_gated_event_manager_counts_real_listener_tasks(emulator_factory: 
     manager.subscribe(hikari.MessageCreateEvent, failing)
     manager.subscribe(hikari.ExceptionEvent, on_failure)
 
-    class _Open:
-        async def before_identify(self, shard_id: int) -> dict[str, typing.Any] | None:
-            return None
-
-        async def before_resume(self, shard_id: int) -> None:
-            return None
-
-    shard = sessions.ManagedShard(
-        hooks=_Open(), event_manager=manager, event_factory=app.event_factory,
-        http_settings=config_impl.HTTPSettings(), proxy_settings=config_impl.ProxySettings(),
-        intents=hikari.Intents.ALL_UNPRIVILEGED, shard_id=0, shard_count=1, token=token, url=emu.gateway_url,
-    )
+    shard = lone_shard(emu, token, app, manager)
     await shard.start()
     try:
         emu.control.start_stream(50)
