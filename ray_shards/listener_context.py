@@ -11,9 +11,9 @@ The watermark waits for a listener's own coroutine, not for tasks it starts. A l
 hands the event to a background task calls `hold_event()` first and releases the hold when the
 task is done; until then the event counts as unfinished (up to `Timings.max_listener_lag`).
 
-Both read a context variable that `ray_shards.delivery` sets while hikari consumes the event:
-hikari builds each listener's task right then, and a task copies the context it is created in,
-so every listener of one event (and every task such a listener starts) sees that event.
+Both read a context variable that `ray_shards.delivery` sets at the start of each listener's own
+task: a task copies the context it is created in, so every task such a listener starts sees
+that event too, and nothing has to be undone when the listener ends.
 """
 
 from __future__ import annotations
@@ -35,12 +35,9 @@ class EventPosition(typing.NamedTuple):
     seq: int
 
 
-# What delivery sets per consumed event: (shard id, session id, the watermark, its entry). A plain tuple:
-# this runs once per event, and a frozen dataclass plus an EventPosition cost about ten times as much
-# (measured ~5 us against ~0.6 us, a few percent of dispatch); the position is built only when asked for.
-_Dispatch: typing.TypeAlias = tuple[int, str, ListenerWatermark, InFlight]
-
-_CURRENT: contextvars.ContextVar[_Dispatch | None] = contextvars.ContextVar("ray_shards_dispatch", default=None)
+# What delivery sets per listener: the event's watermark entry, which knows its seq, session and watermark
+# (one object, no tuple: this runs once per listener; the position is built only when asked for).
+_CURRENT: contextvars.ContextVar[InFlight | None] = contextvars.ContextVar("ray_shards_dispatch", default=None)
 
 
 def event_position() -> EventPosition | None:
@@ -60,11 +57,10 @@ def event_position() -> EventPosition | None:
         ...
     ```
     """
-    current = _CURRENT.get()
-    if current is None:
+    entry = _CURRENT.get()
+    if entry is None or entry.owner is None:
         return None
-    shard_id, session_id, _, entry = current
-    return EventPosition(shard_id, session_id, entry.event_seq)
+    return EventPosition(entry.owner.shard_id, entry.session_id, entry.event_seq)
 
 
 class EventHold:
@@ -75,10 +71,11 @@ class EventHold:
 
     __slots__ = ("_entry", "_mark")
 
-    def __init__(self, mark: ListenerWatermark | None, entry: InFlight | None) -> None:
-        self._mark, self._entry = mark, entry
-        if mark is not None:
-            mark.hold(entry)
+    def __init__(self, entry: InFlight | None) -> None:
+        self._entry = entry
+        self._mark: ListenerWatermark | None = entry.owner if entry is not None else None
+        if self._mark is not None:
+            self._mark.hold(entry)
 
     @property
     def held(self) -> bool:
@@ -126,20 +123,12 @@ def hold_event() -> EventHold:
             await db.insert(event.message_id, event.content)
     ```
     """
-    current = _CURRENT.get()
-    if current is None:
-        return EventHold(None, None)
-    return EventHold(current[2], current[3])
+    return EventHold(_CURRENT.get())
 
 
-_Token: typing.TypeAlias = "contextvars.Token[_Dispatch | None]"
+def bind(entry: InFlight) -> None:
+    """Make ``entry``'s event current for the rest of this task (`ray_shards.delivery` only).
 
-
-def enter(shard_id: int, session_id: str, mark: ListenerWatermark, entry: InFlight) -> _Token:
-    """Make an event current while hikari consumes it (`ray_shards.delivery` only)."""
-    return _CURRENT.set((shard_id, session_id, mark, entry))
-
-
-def leave(token: _Token) -> None:
-    """Undo `enter`."""
-    _CURRENT.reset(token)
+    Called first thing in a listener's own task, whose context is a copy: nothing to undo.
+    """
+    _CURRENT.set(entry)

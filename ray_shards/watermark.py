@@ -30,6 +30,10 @@ class InFlight:
     """The consume itself counts as one; each listener group it dispatched adds one."""
     event_seq: int = -1
     """The event's own seq (`ray_shards.event_position`); differs from ``seq`` only for such a replay."""
+    session_id: str = ""
+    """The session the event came in on (`ray_shards.event_position`)."""
+    owner: ListenerWatermark | None = None
+    """The watermark this entry holds back (`ray_shards.hold_event` finishes it there)."""
 
 
 class ListenerWatermark:
@@ -44,9 +48,11 @@ class ListenerWatermark:
         it the watermark moves on and `forced` counts how often.
     """
 
-    __slots__ = ("_consumed", "_forced", "_max_lag", "_pending", "_session_id")
+    __slots__ = ("_consumed", "_forced", "_max_lag", "_pending", "_session_id", "shard_id")
 
-    def __init__(self, *, max_lag: float = 60.0) -> None:
+    def __init__(self, *, max_lag: float = 60.0, shard_id: int = -1) -> None:
+        self.shard_id = shard_id
+        """The shard this watermark is of (`ray_shards.event_position`)."""
         self._max_lag = max_lag
         self._pending: collections.deque[InFlight] = collections.deque()
         self._consumed: int | None = None
@@ -66,7 +72,22 @@ class ListenerWatermark:
     def begin(self, session_id: str | None, seq: int | None, now: float) -> InFlight | None:
         """An event with ``seq`` of ``session_id`` is being consumed; finish the returned entry when done.
 
-        Returns None for an event that carries no seq (nothing to hold back for it).
+        Returns None for an event that carries no seq (nothing to hold back for it). The entry
+        counts the consume itself as one outstanding holder.
+        """
+        held = self.consume(session_id, seq)
+        if held is None or seq is None:
+            return None
+        entry = self.open(held, seq, now)
+        entry.outstanding = 1
+        return entry
+
+    def consume(self, session_id: str | None, seq: int | None) -> int | None:
+        """An event with ``seq`` of ``session_id`` is consumed; return the seq its listeners would hold.
+
+        Allocates nothing: this runs once per event, and most events in a large bot have no listener.
+        Only when one runs is an entry `open`ed for the event (consumes are synchronous, so nothing
+        can read the watermark in between). None for an event that carries no seq.
         """
         if seq is None:
             return None
@@ -76,13 +97,20 @@ class ListenerWatermark:
             self._session_id = session_id
             self._pending.clear()
             self._consumed = None
-        event_seq = seq
-        if self._consumed is not None and seq <= self._consumed:
+        consumed = self._consumed
+        if consumed is not None and seq <= consumed:
             # A replayed event below what was consumed: it cannot move the watermark back.
-            seq = self._consumed
-        entry = InFlight(seq=seq, started=now, event_seq=event_seq)
-        self._pending.append(entry)
+            return consumed
         self._consumed = seq
+        return seq
+
+    def open(self, held: int, event_seq: int, now: float) -> InFlight:
+        """Hold the watermark at ``held`` (what `consume` returned for the event now being consumed).
+
+        The entry starts with nothing outstanding: `hold` it once per listener group.
+        """
+        entry = InFlight(held, now, 0, event_seq, self._session_id or "", self)
+        self._pending.append(entry)
         return entry
 
     def hold(self, entry: InFlight | None) -> None:

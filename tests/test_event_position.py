@@ -6,12 +6,13 @@ Pure part against `ListenerWatermark`; then real hikari dispatch over a real soc
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 import typing
 
 import pytest
 
-from ray_shards.listener_context import EventHold, EventPosition, enter, event_position, hold_event, leave
+from ray_shards.listener_context import EventHold, EventPosition, bind, event_position, hold_event
 from ray_shards.watermark import ListenerWatermark
 from tests.helpers import lone_shard
 
@@ -26,15 +27,17 @@ def test_outside_a_listener_there_is_no_position_and_a_hold_holds_nothing() -> N
 
 
 def test_a_hold_keeps_the_event_unfinished_until_released_once() -> None:
-    mark = ListenerWatermark()
+    mark = ListenerWatermark(shard_id=3)
     entry = mark.begin("s", 7, 0.0)
     assert entry is not None
-    token = enter(3, "s", mark, entry)
-    try:
-        assert event_position() == EventPosition(3, "s", 7)
-        hold = hold_event()
-    finally:
-        leave(token)
+
+    def in_listener(entry: typing.Any) -> EventHold:
+        # As in a listener's task: bound in a copied context, so nothing leaks out of it.
+        bind(entry)
+        assert event_position() == EventPosition(3, "s", 7 if entry.event_seq == 7 else 8)
+        return hold_event()
+
+    hold = contextvars.copy_context().run(in_listener, entry)
     assert event_position() is None
     mark.finish(entry)  # the consume (and every listener) is done ...
     assert mark.value(0.0) == 6, "... but the hold keeps seq 7 unacknowledged"
@@ -43,11 +46,7 @@ def test_a_hold_keeps_the_event_unfinished_until_released_once() -> None:
     assert mark.value(0.0) == 7
     later = mark.begin("s", 8, 0.0)
     assert later is not None
-    token = enter(3, "s", mark, later)
-    try:
-        second = hold_event()
-    finally:
-        leave(token)
+    second = contextvars.copy_context().run(in_listener, later)
     mark.finish(later)
     hold.release()  # the first hold again: it must not release the second one
     assert mark.value(0.0) == 7 and second.held
