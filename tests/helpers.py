@@ -40,6 +40,26 @@ def lone_shard(emu: typing.Any, token: str, app: hikari.GatewayBot, manager: typ
     )
 
 
+async def stream_briefly(emu: typing.Any, handled: typing.Callable[[], int], *, rate: float = 50,
+                         seconds: float = 0.4, timeout: float = 10) -> int:
+    """Stream MESSAGE_CREATEs for ``seconds``; wait (bounded) until ``handled()`` reaches what was sent; return that."""
+    emu.control.start_stream(rate)
+    await asyncio.sleep(seconds)
+    sent: int = emu.control.stop_stream()
+    deadline = time.monotonic() + timeout
+    while handled() < sent and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return sent
+
+
+async def wait_for_watermark(mark: typing.Any, seq: int, timeout: float = 10) -> typing.Any:
+    """Wait (bounded) until the listener watermark ``mark`` reaches ``seq``; return its value then."""
+    deadline = time.monotonic() + timeout
+    while mark.value(time.monotonic()) != seq and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return mark.value(time.monotonic())
+
+
 async def wait_for(predicate: typing.Callable[[], bool], timeout: float, what: str) -> float:
     """Wait for ``predicate``; return how long it took."""
     started = time.monotonic()

@@ -14,7 +14,7 @@ import pytest
 
 from ray_shards.listener_context import EventHold, EventPosition, bind, event_position, hold_event
 from ray_shards.watermark import ListenerWatermark
-from tests.helpers import lone_shard
+from tests.helpers import lone_shard, stream_briefly, wait_for_watermark
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -85,13 +85,7 @@ async def test_listeners_see_their_events_position_and_a_held_task_holds_the_wat
     shard = lone_shard(emu, token, app, manager)
     await shard.start()
     try:
-        emu.control.start_stream(50)
-        await asyncio.sleep(0.4)
-        sent = emu.control.stop_stream()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 10
-        while len(in_tasks) < sent and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        sent = await stream_briefly(emu, lambda: len(in_tasks))
         assert sent >= 5 and len(positions) == sent and len(in_tasks) == sent
         session_id, seq = sessions.position(shard)
         assert session_id is not None and seq is not None
@@ -103,9 +97,7 @@ async def test_listeners_see_their_events_position_and_a_held_task_holds_the_wat
         value = mark.value(time.monotonic())
         assert value is not None and value < seqs[0], "every listener returned, but the holds keep the events open"
         release.set()
-        while mark.value(time.monotonic()) != seq and loop.time() < deadline:
-            await asyncio.sleep(0.02)
-        assert mark.value(time.monotonic()) == seq
+        assert await wait_for_watermark(mark, seq) == seq
     finally:
         release.set()
         await shard.close()

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ray_shards.watermark import ListenerWatermark
-from tests.helpers import lone_shard
+from tests.helpers import lone_shard, stream_briefly, wait_for_watermark
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -131,12 +131,7 @@ async def test_gated_event_manager_counts_real_listener_tasks(emulator_factory: 
     shard = lone_shard(emu, token, app, manager)
     await shard.start()
     try:
-        emu.control.start_stream(50)
-        await asyncio.sleep(0.4)
-        sent = emu.control.stop_stream()
-        deadline = asyncio.get_running_loop().time() + 10
-        while len(seen) < sent and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
+        sent = await stream_briefly(emu, lambda: len(seen))
         assert sent >= 5 and len(seen) == sent
         mark = manager.watermark(0)
         _, seq = sessions.position(shard)
@@ -145,11 +140,25 @@ async def test_gated_event_manager_counts_real_listener_tasks(emulator_factory: 
         assert value is not None and value < seq - sent + 1, (value, seq, sent)
         assert mark.in_flight == sent
         release.set()
-        while mark.value(time.monotonic()) != seq and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.02)
-        assert mark.value(time.monotonic()) == seq and mark.in_flight == 0
+        assert await wait_for_watermark(mark, seq) == seq and mark.in_flight == 0
         # hikari's own failure handling is kept: one ExceptionEvent per failed call, naming the user's listener.
         assert len(failures) == sent and all(f is failing for f in failures)
     finally:
         release.set()
         await shard.close()
+
+
+def test_an_event_nobody_listens_to_allocates_nothing_and_moves_the_watermark() -> None:
+    # consume() is the per-event path: only an event whose listener runs opens an entry holding the mark.
+    mark = ListenerWatermark()
+    assert mark.consume("s", 1) == 1
+    held = mark.consume("s", 2)
+    assert held == 2
+    entry = mark.open(held, 2, 0.0)
+    entry.outstanding += 1
+    assert mark.consume("s", 3) == 3  # no listener: nothing opened
+    assert mark.value(0.0) == 1, "the listener of seq 2 still runs"
+    assert mark.consume("s", 2) == 3, "a replay below what was consumed holds at what was consumed"
+    mark.finish(entry)
+    assert mark.value(0.0) == 3
+    assert mark.in_flight == 0
