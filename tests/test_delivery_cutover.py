@@ -145,6 +145,28 @@ async def test_each_edit_reaction_join_and_leave_is_handled_once_across_the_swit
     assert new.guilds() == set(world.guild_ids()[:2]), "the new set's cache: joined then left"
 
 
+async def test_a_cache_only_consume_wakes_no_waiter_and_keeps_the_listeners(token: str) -> None:
+    # The shadow set's availability GUILD_CREATE fills the cache only: hikari is shown no listeners and no
+    # waiters for that one synchronous consume. A wait_for must stay pending, and the listeners must be back.
+    world = World(2, 3)
+    first, second = world.guild_ids()[:2]
+    handled: list[tuple[str, str]] = []
+    new = _Set(token, "new", handled, shadow=True)
+    waiter = asyncio.ensure_future(new.manager.wait_for(hikari.GuildAvailableEvent, timeout=5))
+    await asyncio.sleep(0)
+    new.feed("GUILD_CREATE", world.guild_create(first, BOT_ID, presences=False, large_threshold=250))
+    await asyncio.sleep(0.05)
+    assert new.guilds() == {first}, "the cache was not filled"
+    assert not waiter.done(), "a waiter saw a cache-only event"
+    assert handled == []
+    new.manager.go_live({})
+    new.feed("GUILD_CREATE", world.guild_create(second, BOT_ID, presences=False, large_threshold=250))
+    event = await asyncio.wait_for(waiter, 5)
+    assert event.guild_id == second
+    await asyncio.sleep(0.05)
+    assert handled == [("new", f"available {second}")], "the listeners did not come back after the quiet consume"
+
+
 async def test_a_shadow_set_over_its_cap_refuses_to_go_live(token: str) -> None:
     world = World(1, 2)
     handled: list[tuple[str, str]] = []
