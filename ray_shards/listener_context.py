@@ -37,7 +37,8 @@ class EventPosition(typing.NamedTuple):
 
 # What delivery sets per listener: the event's watermark entry, which knows its seq, session and watermark
 # (one object, no tuple: this runs once per listener; the position is built only when asked for).
-_CURRENT: contextvars.ContextVar[InFlight | None] = contextvars.ContextVar("ray_shards_dispatch", default=None)
+# Read by event_position()/hold_event(); set by ray_shards.delivery (internal: not in __all__).
+CURRENT: contextvars.ContextVar[InFlight | None] = contextvars.ContextVar("ray_shards_dispatch", default=None)
 
 
 def event_position() -> EventPosition | None:
@@ -57,7 +58,7 @@ def event_position() -> EventPosition | None:
         ...
     ```
     """
-    entry = _CURRENT.get()
+    entry = CURRENT.get()
     if entry is None or entry.owner is None:
         return None
     return EventPosition(entry.owner.shard_id, entry.session_id, entry.event_seq)
@@ -123,12 +124,13 @@ def hold_event() -> EventHold:
             await db.insert(event.message_id, event.content)
     ```
     """
-    return EventHold(_CURRENT.get())
+    return EventHold(CURRENT.get())
 
 
 def bind(entry: InFlight) -> None:
-    """Make ``entry``'s event current for the rest of this task (`ray_shards.delivery` only).
+    """Make ``entry``'s event current for the rest of this task.
 
-    Called first thing in a listener's own task, whose context is a copy: nothing to undo.
+    `ray_shards.delivery` sets `CURRENT` itself (first thing in a listener's own task, whose context is a
+    copy: nothing to undo); this is the same for tests.
     """
-    _CURRENT.set(entry)
+    CURRENT.set(entry)

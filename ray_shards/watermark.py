@@ -123,7 +123,10 @@ class ListenerWatermark:
         if entry is None:
             return
         entry.outstanding -= 1
-        self._trim()
+        # _trim inlined: this runs once per listener of every event.
+        pending = self._pending
+        while pending and pending[0].outstanding <= 0:
+            pending.popleft()
 
     def _trim(self) -> None:
         while self._pending and self._pending[0].outstanding <= 0:
