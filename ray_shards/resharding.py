@@ -316,6 +316,7 @@ class Reshard:
                     return self._fail(effects, view, now, failure)
                 self.phase, self._stage = ReshardPhase.IDENTIFYING, _Stage.NONE
                 p.state = ReshardState.IDENTIFYING
+                self._sent, self._deadline = {}, math.inf  # the READY deadline begins once every host started
                 hosts = max(1, min(view.old_desired, p.target))
                 self._starts = dict.fromkeys(range(hosts))
                 effects.append(Checkpoint())
