@@ -25,6 +25,7 @@ import typing
 import hikari
 
 from ray_shards import checkpoint
+from ray_shards import resharding as rs
 from ray_shards import rolling as roll
 from ray_shards.auth import TokenHash, bot_id_from_token, new_capability, validate_token
 from ray_shards.checkpoint import CHECKPOINT_SCHEMA
@@ -142,7 +143,6 @@ class Orchestrator:
         self._deploy_error_type: str | None = None
         self._deploy_failure: BaseException = RuntimeError("the deployment failed")
         self._budget_task: asyncio.Task[None] | None = None
-        self._unmute_old_hosts = False
         self._ensured: set[str] = set()
         self._shutdown_task: asyncio.Task[int] | None = None
         # (host, shard, epoch) -> when it first asked for an identify grant (for the queue-wait metric).
@@ -173,15 +173,17 @@ class Orchestrator:
         self._host_tables: dict[str, ShardTable] = {}
         self._next_table: ShardTable | None = None
         self._next_fleet: HostFleet | None = None
+        # The last reshard's progress (what status shows), and the pure core (ray_shards.resharding) of the one in
+        # flight: the reconcile pass steps it and carries out its effects, like the rolling restart's.
         self._reshard: ReshardProgress | None = None
-        self._reshard_tails: dict[str, GuildTails] = {}
-        # The old set records (from just before RECORD is broadcast until the reshard ends): a host joining
-        # the old set then must record before it adopts anything (Registration.record).
-        self._old_set_records = False
+        self._resharding: rs.Reshard | None = None
+        # After the reshard's commit: the old set's table and fleet, until its hosts are retired.
+        self._old_set: tuple[ShardTable, HostFleet] | None = None
+        # Set when an asynchronous result (a host command's, a start's) is in: the reconcile pass runs at once.
+        self._reconcile_wake = asyncio.Event()
         # The rolling restart's pure core (ray_shards.rolling); the reconcile pass steps it and carries out its effects.
         self._rolling: roll.RollingRestart | None = None
         self._roll_retires: dict[str, asyncio.Task[None]] = {}
-        self._reshard_task: asyncio.Task[None] | None = None
         self._last_policy_check = time.monotonic()
         self._metrics = OrchestratorMetrics(bot_id)
         self._restore()
@@ -247,7 +249,7 @@ class Orchestrator:
         if reshard:
             self._reshard = ReshardProgress.from_json(reshard, now=now)
             if self._reshard.state.active:
-                self._roll_back_reshard_after_restart()
+                self._resume_reshard_after_restart()
         # The restored table has a new incarnation: write it before any lease of that incarnation is granted, or
         # a second crash would restore the old incarnation again and hand out the same epochs twice.
         try:
@@ -268,21 +270,27 @@ class Orchestrator:
         )
         self._ensure_reconcile()
 
-    def _roll_back_reshard_after_restart(self) -> None:
-        """A reshard was in flight when the Orchestrator died: its new set is abandoned.
+    def _resume_reshard_after_restart(self) -> None:
+        """A reshard was in flight when the Orchestrator died: carry it on, or roll it back (`Reshard.restore`).
 
-        The new set's hosts were never checkpointed and were killed as strays (they held their
-        events, none was delivered, so nothing is lost by it); the switch to them is checkpointed
-        the moment it happens, so a checkpoint that still shows the reshard in flight predates it.
-        The old hosts may have been told to record or to mute: they go live again (reconcile).
+        Before the commit point (the checkpoint written once the new set went live, state ``closing``)
+        its new set is abandoned: the new set's hosts were never checkpointed and were killed as strays
+        (they held their events, none was delivered, so nothing is lost by it), and the old hosts, which
+        may have been told to record or to mute, go live again. At ``closing`` the checkpoint already
+        holds the new set as the bot: the old hosts were killed as strays, and the reshard finishes.
+        The reconcile pass steps it once the recovery grace is over (every host has reported by then).
         """
         assert self._reshard is not None
-        _LOGGER.warning("reshard to %s shards rolled back after an orchestrator restart; the old shards kept "
-                        "running", self._reshard.target)
-        self._reshard.state = ReshardState.ROLLED_BACK
-        self._reshard.error = "the orchestrator restarted during the reshard; start it again"
-        self._reshard.finished_at = time.time()
-        self._unmute_old_hosts = True
+        self._resharding = rs.Reshard.restore(self._reshard, **self._reshard_options())
+        if self._resharding.phase is rs.ReshardPhase.CLOSING:
+            _LOGGER.warning("reshard to %s shards carries on after an orchestrator restart: the new shards are live",
+                            self._reshard.target)
+        else:
+            _LOGGER.warning("reshard to %s shards rolled back after an orchestrator restart; the old shards keep "
+                            "running", self._reshard.target)
+
+    def _reshard_options(self) -> dict[str, float]:
+        return {"identify_window": self._timings.identify_window, "max_skew": self._timings.reshard_max_skew}
 
     def _new_fleet(self, prefix: str = "h") -> HostFleet:
         assert self._config is not None
@@ -464,12 +472,11 @@ class Orchestrator:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(BotStoppedError("the bot is shutting down"))
-        if self._reshard_task is not None:
-            self._reshard_task.cancel()
         for table_ in self._tables():
             for shard in table_.shards.values():
                 shard.stopped = True
-        killed = sum(fleet.kill_all() for fleet in self._fleets())
+        fleets = self._fleets() + ([self._old_set[1]] if self._old_set is not None else [])
+        killed = sum(fleet.kill_all() for fleet in fleets)
         _LOGGER.info("killed %s host actor(s)", killed)
         await asyncio.to_thread(checkpoint.delete_checkpoint, self._bot_id)
         _LOGGER.info("bot %s shut down (%s hosts stopped)", self._bot_id, len(hosts))
@@ -528,7 +535,7 @@ class Orchestrator:
         ]
         if handle is not None:
             self._watch(host_id, handle)
-        record = table is self._table and self._old_set_records
+        record = table is self._table and self._old_set_records()
         if record:
             # A replacement in the old set during a reshard records what it delivers like the others, so the
             # switch can skip those events in the new set. Registration.record has it start recording before
@@ -1007,7 +1014,10 @@ class Orchestrator:
                 raise
             except Exception:
                 _LOGGER.exception("reconcile pass failed; trying again")
-            await asyncio.sleep(0.2)
+            # Every 0.2 s, or at once when a result a long operation waits for is in.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reconcile_wake.wait(), 0.2)
+            self._reconcile_wake.clear()
 
     async def _reconcile_once(self) -> None:
         table, scheduler = self._table, self._scheduler
@@ -1027,13 +1037,7 @@ class Orchestrator:
         if not self._stopping:
             self._start_unregistered_hosts()
             await self._step_roll()
-        if self._unmute_old_hosts:
-            self._unmute_old_hosts = False
-            hosts = [h.host_id for h in table.live_hosts()]
-            task = asyncio.get_running_loop().create_task(
-                self._broadcast(hosts, CommandKind.GO_LIVE, {"stop_recording": True})
-            )
-            task.add_done_callback(self._log_background_failure)
+            await self._step_reshard()
         for host in [h for t in self._tables() for h in t.live_hosts()]:
             # Silence is measured on the monotonic clock: a wall-clock step must not fence a healthy host.
             silent = mono - self._last_sync_mono.setdefault(host.host_id, mono)
@@ -1067,7 +1071,7 @@ class Orchestrator:
             if self._reconciled.get(each.instance) == (each.version, each.hosts_version):
                 continue  # nothing placement or rebalancing read has changed since the last pass
             self._deliver(each.place(), each)
-            if each is self._table and self._old_set_records:
+            if each is self._table and self._old_set_records():
                 # No graceful moves in the old set during a reshard (it is retired at the switch anyway): every
                 # shard an old-set host adopts then is a failover, which the switch accounts for by `since`.
                 continue
@@ -1391,13 +1395,27 @@ class Orchestrator:
         if self._fleet is None or not self._fleet.desired:
             msg = "only a bot launched by ray_shards (run_subprocesses / BotDeployment) can be resharded"
             raise RuntimeError(msg)
-        if self._next_table is not None or self._rolling_busy():
+        if self._next_table is not None or self._resharding_busy() or self._rolling_busy():
             msg = "a reshard or rolling restart is already in progress"
             raise RuntimeError(msg)
-        self._reshard = ReshardProgress(source=table.shard_count, target=shard_count, started_at=time.time())
+        # Target state: the reconcile pass steps the core (its first effect checkpoints it) and carries out the rest.
+        self._resharding = rs.Reshard.begin(table.shard_count, shard_count, started_at=time.time(),
+                                            **self._reshard_options())
+        self._reshard = self._resharding.progress
         self._dirty = True
-        self._reshard_task = asyncio.get_running_loop().create_task(self._do_reshard(shard_count))
+        self._reconcile_wake.set()
         return self._reshard.snapshot()
+
+    def _resharding_busy(self) -> bool:
+        return self._resharding is not None and self._resharding.active
+
+    def _old_set_records(self) -> bool:
+        """Whether the old set records (from just before RECORD is sent until the reshard ends, but for its close).
+
+        A host joining the old set then must record before it adopts anything (Registration.record), and the
+        old table is not rebalanced.
+        """
+        return self._resharding is not None and self._resharding.old_set_records
 
     def _rolling_busy(self) -> bool:
         return self._rolling is not None and self._rolling.active
@@ -1405,150 +1423,136 @@ class Orchestrator:
     async def deliver_tails(self, capability: str, host_id: str, tails: GuildTails) -> None:
         """An old-set host hands in, per guild, the last events it delivered (resharding switch)."""
         self._check(capability)
-        self._reshard_tails[host_id] = tails
+        if self._resharding is not None:
+            self._resharding.tails_delivered(host_id, tails)
 
-    async def _switch_reshard(self, old_hosts: list[str], new_table: ShardTable, old_count: int) -> list[str]:
-        """The reshard's switch: mute the old set, collect its tails, and make each new host go live with its own.
+    def _reshard_view(self) -> rs.ReshardView:
+        """The two sets as the reshard's core reads them (fenced hosts count as gone)."""
+        table, fleet, new_table = self._table, self._fleet, self._next_table
+        assert table is not None and fleet is not None
+        new_shards: dict[str, tuple[int, ...]] = {}
+        new_ready = 0
+        if new_table is not None:
+            new_shards = {h.host_id: tuple(new_table.owned_by(h.host_id)) for h in new_table.live_hosts()
+                          if h.host_id not in self._fenced}
+            new_ready = sum(1 for r in new_table.shards.values() if r.status is ShardStatus.READY)
+        return rs.ReshardView(
+            old_hosts=tuple(h.host_id for h in table.live_hosts() if h.host_id not in self._fenced),
+            new_shards=new_shards, new_ready=new_ready, old_desired=fleet.desired,
+        )
 
-        Each new host gets only the tails of the guilds its shards cover (``(guild >> 22) % count``), never
-        one global list. Returns the new set's hosts.
-        """
-        new_hosts = [h.host_id for h in new_table.live_hosts()]
-        # Every new host must still hold all it received (assumption of ray_shards.cutover), checked before the
-        # old set is muted, so that a failure leaves the old set delivering and nothing is lost.
-        await self._broadcast(new_hosts, CommandKind.SHADOW_CHECK, {})
-        self._reshard_tails.clear()
-        await self._broadcast(old_hosts, CommandKind.SWITCH_OUT, {})
-        tails = GuildTails.merge(self._reshard_tails.values(), old_count=old_count)
-        self._reshard_tails.clear()
-        count = new_table.shard_count
-        covered: dict[str, list[int]] = {h: [] for h in new_hosts}
-        for shard_id, record in new_table.shards.items():
-            if record.host_id in covered:
-                covered[record.host_id].append(shard_id)
-        results = await asyncio.gather(
-            *(
-                self._run_on_host(
-                    h,
-                    Command(next(self._command_ids), CommandKind.GO_LIVE, None,
-                            {"tails": tails.for_shards(set(covered[h]), count)}),
-                    30.0,
+    async def _step_reshard(self) -> None:
+        """One reconcile step of the reshard: ask the core what to do, and do it, in order."""
+        core = self._resharding
+        if core is None or not core.active or self._table is None or self._fleet is None:
+            return
+        effects = core.step(self._reshard_view(), time.monotonic())
+        for effect in effects:
+            if isinstance(effect, rs.Checkpoint):
+                await self._checkpoint_now()
+            elif isinstance(effect, rs.HostCommand):
+                arguments: dict[str, typing.Any] = {}
+                if effect.tails is not None:
+                    arguments["tails"] = effect.tails
+                if effect.stop_recording:
+                    arguments["stop_recording"] = True
+                command = Command(next(self._command_ids), effect.kind, None, arguments)
+                # The core gives up at its own command_timeout (with the message a timeout here would give):
+                # this one only keeps the call bounded.
+                task = asyncio.get_running_loop().create_task(
+                    self._run_on_host(effect.host_id, command, core.command_timeout + 5.0)
                 )
-                for h in new_hosts
-            ),
-            return_exceptions=True,
-        )
-        failures = [r for h, r in zip(new_hosts, results, strict=True)
-                    if isinstance(r, BaseException) and self._is_live_host(h)]
-        if failures:
-            raise failures[0]
-        return new_hosts
+                task.add_done_callback(functools.partial(self._reshard_command_done, core, effect.token))
+            elif isinstance(effect, rs.StartNewSet):
+                self._start_new_set(core, effect)
+            elif isinstance(effect, rs.PauseOldFleet):
+                # The old set is about to be retired: a host of it that dies now is not replaced.
+                self._fleet.desired = 0
+            elif isinstance(effect, rs.ResumeOldFleet):
+                self._fleet.desired = self._fleet.desired or len(self._fleet.wants)
+            elif isinstance(effect, rs.KillNewSet):
+                # Only the new set's hosts go: the fleets' name prefixes keep this from touching the live hosts.
+                if self._next_fleet is not None:
+                    self._next_fleet.kill_all()
+                self._next_table, self._next_fleet = None, None
+            elif isinstance(effect, rs.Commit):
+                self._commit_reshard(effect.shard_count)
+            elif isinstance(effect, rs.RetireOldSet):
+                if self._old_set is None:
+                    # Restarted after the commit point: the old hosts were killed as strays.
+                    core.old_set_retired()
+                else:
+                    task = asyncio.get_running_loop().create_task(self._retire_old_set(core, *self._old_set))
+                    task.add_done_callback(self._log_background_failure)
+            elif isinstance(effect, rs.Ended):
+                core.progress.finished_at = time.time()
+                if effect.state is ReshardState.FINISHED:
+                    _LOGGER.info("reshard to %s shards finished", core.progress.target)
+                else:
+                    _LOGGER.error("reshard to %s shards %s; the old shards keep running: %s", core.progress.target,
+                                  effect.state.value, effect.error)
+                if effect.detail is not None:
+                    _LOGGER.error("reshard rollback: %s", effect.detail)
+        if effects:
+            self._changed()
 
-    async def _broadcast(self, hosts: list[str], kind: CommandKind, arguments: dict[str, typing.Any]) -> None:
-        """Run a host-wide command on ``hosts``; a host that died meanwhile is no failure (its shards moved)."""
-        results = await asyncio.gather(
-            *(
-                self._run_on_host(h, Command(next(self._command_ids), kind, None, arguments), 30.0)
-                for h in hosts
-            ),
-            return_exceptions=True,
-        )
-        failures = [
-            r
-            for h, r in zip(hosts, results, strict=True)
-            if isinstance(r, BaseException) and self._is_live_host(h)
-        ]
-        if failures:
-            raise failures[0]
+    def _start_new_set(self, core: rs.Reshard, effect: rs.StartNewSet) -> None:
+        """The new set's table and fleet (shadow mode: its hosts hold every event), and its hosts' starts."""
+        old_fleet = self._fleet
+        assert old_fleet is not None
+        count = effect.shard_count
+        new_table, new_fleet = ShardTable(count), self._new_fleet(prefix=f"s{count}-h")
+        self._next_table, self._next_fleet = new_table, new_fleet
+        old_fleet.share_token(new_fleet)
+        new_fleet.use_resource = old_fleet.use_resource
+        new_fleet.configure(desired=effect.hosts, shard_count=count, callback=old_fleet.callback)
+        new_fleet.shard_count = count
+        new_fleet.shadow = True
+        for slot in range(effect.hosts):
+            new_fleet.start_slot(slot).add_done_callback(functools.partial(self._reshard_start_done, core, slot))
 
-    def _is_live_host(self, host_id: str) -> bool:
-        return any(
-            host_id in table.hosts and table.hosts[host_id].alive and host_id not in self._fenced
-            for table in self._tables()
-        )
+    def _commit_reshard(self, shard_count: int) -> None:
+        """The new set is live: make it the bot (the checkpoint right after is the commit point)."""
+        assert self._config is not None and self._table is not None and self._fleet is not None
+        new_table, new_fleet = self._next_table, self._next_fleet
+        assert new_table is not None and new_fleet is not None
+        self._old_set = (self._table, self._fleet)
+        self._table, self._fleet = new_table, new_fleet
+        self._next_table, self._next_fleet = None, None
+        new_fleet.shadow = False
+        self._config = dataclasses.replace(self._config, shard_count=shard_count)
+        for host in new_table.live_hosts():
+            self._host_tables.pop(host.host_id, None)
 
-    async def _do_reshard(self, shard_count: int) -> None:
-        old_table, old_fleet = self._table, self._fleet
-        assert old_table is not None and old_fleet is not None and self._config is not None
-        progress = self._reshard
-        assert progress is not None
-        switched_out = False
-        new_table = ShardTable(shard_count)
-        new_fleet = self._new_fleet(prefix=f"s{shard_count}-h")
+    async def _retire_old_set(self, core: rs.Reshard, old_table: ShardTable, old_fleet: HostFleet) -> None:
+        """Close the old sessions (after draining their listeners) and kill the old hosts, one at a time."""
         try:
-            old_hosts = [h.host_id for h in old_table.live_hosts()]
-            self._old_set_records = True
-            await self._broadcast(old_hosts, CommandKind.RECORD, {})
-            self._next_table, self._next_fleet = new_table, new_fleet
-            old_fleet.share_token(new_fleet)
-            new_fleet.use_resource = old_fleet.use_resource
-            new_fleet.configure(
-                desired=min(old_fleet.desired, shard_count), shard_count=shard_count, callback=old_fleet.callback
-            )
-            new_fleet.shard_count = shard_count
-            new_fleet.shadow = True
-            progress.state = ReshardState.IDENTIFYING
-            await self._checkpoint_now()
-            starts = [new_fleet.start_slot(slot) for slot in range(new_fleet.desired)]
-            errors = [r for r in await asyncio.gather(*starts, return_exceptions=True) if isinstance(r, BaseException)]
-            if errors:
-                raise errors[0]
-            deadline = time.monotonic() + 60.0 + shard_count * (self._timings.identify_window + 1.0)
-            while True:
-                ready = sum(1 for r in new_table.shards.values() if r.status is ShardStatus.READY)
-                progress.ready = ready
-                if ready == shard_count:
-                    break
-                if time.monotonic() > deadline:
-                    msg = f"only {ready}/{shard_count} new shards became READY"
-                    raise TimeoutError(msg)
-                await asyncio.sleep(0.2)
-            progress.state = ReshardState.SWITCHING
-            # Every new session has received events for at least the skew bound (ray_shards.cutover, assumption 2).
-            await asyncio.sleep(self._timings.reshard_max_skew)
-            old_fleet.desired = 0
-            switched_out = True
-            # The old set as it is now: hosts that died during the reshard were replaced (and told to record).
-            old_hosts = [h.host_id for h in old_table.live_hosts()]
-            new_hosts = await self._switch_reshard(old_hosts, new_table, old_table.shard_count)
-            # The new set is live: make it the bot, then end the old sessions.
-            self._table, self._fleet = new_table, new_fleet
-            self._next_table, self._next_fleet = None, None
-            new_fleet.shadow = False
-            self._config = dataclasses.replace(self._config, shard_count=shard_count)
-            for host_id in new_hosts:
-                self._host_tables.pop(host_id, None)
-            progress.state = ReshardState.CLOSING
-            # The commit point: from this checkpoint on, a restarted Orchestrator runs the new set.
-            await self._checkpoint_now()
             for host in list(old_fleet.hosts):
                 self._host_tables[host] = old_table
                 await old_fleet.retire(host, hand_over=False)
-            progress.state = ReshardState.FINISHED
-            self._dirty = True
-            await self._checkpoint()
-        except Exception as exc:
-            progress.state = ReshardState.FAILED
-            progress.error = f"{type(exc).__name__}: {exc}"
-            _LOGGER.error("reshard to %s shards failed; the old shards keep running: %s", shard_count,
-                          progress.error)
-            # Only the new set's hosts go: the fleets' name prefixes keep this from touching the live hosts.
-            if self._next_fleet is not None:
-                self._next_fleet.kill_all()
-            self._next_table, self._next_fleet = None, None
-            old_fleet.desired = old_fleet.desired or len(old_fleet.wants)
-            # The old set was told to record (and maybe to mute): it delivers live again, nothing held back.
-            live_old = [h.host_id for h in old_table.live_hosts()]
-            try:
-                await self._broadcast(live_old, CommandKind.GO_LIVE, {"stop_recording": True})
-            except Exception as unmute_error:
-                _LOGGER.error("could not tell every old host to go live again (switched out: %s): %s",
-                              switched_out, unmute_error)
         finally:
-            self._old_set_records = False
-            progress.finished_at = time.time()
-            self._reshard_tails.clear()
-            self._changed()
+            self._old_set = None
+            core.old_set_retired()
+            self._reconcile_wake.set()
+
+    def _reshard_command_done(self, core: rs.Reshard, token: int, task: asyncio.Task[None]) -> None:
+        """A host command of the reshard ended: its outcome is an event for the core."""
+        if task.cancelled():
+            core.command_done(token, "CancelledError: the command was cancelled")
+        else:
+            exc = task.exception()
+            core.command_done(token, None if exc is None else f"{type(exc).__name__}: {exc}")
+        self._reconcile_wake.set()
+
+    def _reshard_start_done(self, core: rs.Reshard, slot: int, task: asyncio.Task[None]) -> None:
+        """A host start of the reshard's new set ended: its outcome is an event for the core."""
+        if task.cancelled():
+            core.start_done(slot, "CancelledError: the host start was cancelled")
+        else:
+            exc = task.exception()
+            failure = None if exc is None else _unwrap_ray_error(exc)
+            core.start_done(slot, None if failure is None else f"{type(failure).__name__}: {failure}")
+        self._reconcile_wake.set()
 
     async def _auto_reshard_policy(self) -> None:
         """Start a reshard when Discord recommends more shards, or a shard outgrows ``guild_threshold``."""
@@ -1560,6 +1564,7 @@ class Orchestrator:
             return
         if (
             self._next_table is not None
+            or self._resharding_busy()
             or self._rolling_busy()
             or (self._reshard is not None and self._reshard.state is ReshardState.FAILED)
         ):
