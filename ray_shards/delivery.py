@@ -44,6 +44,9 @@ _LOGGER = logging.getLogger("ray_shards.delivery")
 _HIKARI_LOGGER = logging.getLogger("hikari.event_manager")
 """Listener failures are logged where hikari logs them, so users' logging setup sees them unchanged."""
 
+_HIKARI_CONSUME = event_manager_impl.EventManagerImpl.consume_raw_event
+"""hikari's own consume, called directly on the common path (no ``super()`` object per event)."""
+
 _Held: typing.TypeAlias = "tuple[str, shard_api.GatewayShard, typing.Any, InFlight | None]"
 
 
@@ -170,8 +173,12 @@ class GatedEventManager(event_manager_impl.EventManagerImpl):
             return super()._invoke_callback(callback, event)
         entry = self._current_entry
         if entry is None:
-            # The event's first listener: only now does it need an entry holding the watermark back.
-            entry = self._current_entry = mark.open(self._current_held, self._current_seq, time.monotonic())
+            # The event's first listener: only now does it need an entry holding the watermark back
+            # (ListenerWatermark.open, inlined: once per event).
+            entry = self._current_entry = InFlight(
+                self._current_held, time.monotonic(), 0, self._current_seq, mark._session_id or "", mark
+            )
+            mark._pending.append(entry)
         entry.outstanding += 1
         return self._invoke_counted(callback, event, entry)
 
@@ -241,13 +248,18 @@ class GatedEventManager(event_manager_impl.EventManagerImpl):
             mark = self._watermarks.get(shard_id)
             if mark is None:
                 mark = self.watermark(shard_id)
-            held = mark.consume(session_id, seq)
+            consumed = mark._consumed
+            held: int | None
+            if seq is not None and consumed is not None and seq > consumed and session_id == mark._session_id:
+                mark._consumed = held = seq  # ListenerWatermark.consume's common case, inlined
+            else:
+                held = mark.consume(session_id, seq)
             if held is None or seq is None:
-                super().consume_raw_event(event_name, shard, payload)
+                _HIKARI_CONSUME(self, event_name, shard, payload)
                 return
             self._current_mark, self._current_held, self._current_seq = mark, held, seq
             try:
-                super().consume_raw_event(event_name, shard, payload)
+                _HIKARI_CONSUME(self, event_name, shard, payload)
             finally:
                 self._current_mark = self._current_entry = None
             return
