@@ -1513,12 +1513,7 @@ class Bot(traits.GatewayBotAware):
                     self._event_manager.stop_recording()
                 return None
             if command.kind is CommandKind.PRESENCE and command.shard_id is None:
-                presence: PresenceState = command.arguments["presence"]
-                self._presence, self._presence_version = presence, command.arguments["version"]
-                kwargs = presence.to_hikari_kwargs()
-                await asyncio.gather(
-                    *(s.shard.update_presence(**kwargs) for s in self._slots.values() if s.shard.is_connected)
-                )
+                await self.apply_presence(command.arguments["presence"], command.arguments["version"])
                 return None
             slot = self._slots.get(command.shard_id) if command.shard_id is not None else None
             if slot is None:
@@ -1534,6 +1529,38 @@ class Bot(traits.GatewayBotAware):
             _LOGGER.warning("host %s: command %s failed: %s", self._host_id, command.kind.value, error)
             return error
         return None
+
+    async def apply_presence(self, presence: PresenceState, version: int) -> bool:
+        """Take the bot-wide presence ``version`` from the Orchestrator and send it on every connected shard.
+
+        Versions only move forward here: a push or mailbox command older than the presence
+        this host already holds (two updates overtaking each other on their way) is ignored,
+        so the shards never fall back to an older presence. The same version again is sent
+        again (a retry after a lost answer is harmless). All shards send at once: each has its
+        own connection and rate limit, so one slow send does not hold back the others.
+
+        Returns
+        -------
+        bool
+            False when ``version`` was older than this host's and nothing was sent.
+
+        Raises
+        ------
+        RuntimeError
+            When sending failed on a shard (the others were still sent; the message names it).
+        """
+        if version < self._presence_version:
+            return False
+        self._presence, self._presence_version = presence, version
+        kwargs = presence.to_hikari_kwargs()
+        slots = [s for s in self._slots.values() if s.shard.is_connected]
+        results = await asyncio.gather(*(s.shard.update_presence(**kwargs) for s in slots), return_exceptions=True)
+        failed = [(s.lease.shard_id, r) for s, r in zip(slots, results, strict=True) if isinstance(r, BaseException)]
+        if failed:
+            shard_id, exc = failed[0]
+            msg = f"presence not sent on {len(failed)} shard(s), e.g. shard {shard_id}: {type(exc).__name__}: {exc}"
+            raise RuntimeError(msg)
+        return True
 
     async def _reconnect(self, slot: _Slot) -> None:
         """Restart one shard in place: close its connection resumably, then RESUME it."""

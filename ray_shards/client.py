@@ -392,10 +392,10 @@ class Client:
                 if command.kind in SHARD_COMMANDS and command.shard_id in self._own:
                     await run_shard_command(self._own[command.shard_id][1], command)
                 elif command.kind is CommandKind.PRESENCE and command.shard_id is None:
-                    presence = command.arguments["presence"]
-                    for _, shard in self._own.values():
-                        if shard.is_connected:
-                            await shard.update_presence(**presence.to_hikari_kwargs())
+                    kwargs = command.arguments["presence"].to_hikari_kwargs()
+                    # Every shard at once: each has its own connection and rate limit.
+                    connected = [shard for _, shard in self._own.values() if shard.is_connected]
+                    await asyncio.gather(*(shard.update_presence(**kwargs) for shard in connected))
                 else:
                     error = f"{command.kind.value} on shard {command.shard_id} is not run by a client"
             except Exception as exc:

@@ -24,6 +24,7 @@ from ray_shards.auth import command_key, redact
 from ray_shards.bot import Bot
 from ray_shards.errors import ShardFailedError, StaleLeaseError
 from ray_shards.models import CommandKind
+from ray_shards.presence import PresenceState
 from ray_shards.protocol import HostHealth
 from ray_shards.settings import HostSetup
 from ray_shards.timings import Timings
@@ -226,6 +227,28 @@ class ShardHost:
             msg = "this command was not sent with the bot's token"
             raise PermissionError(msg)
         await bot.run_direct_command(kind, shard_id, epoch, arguments)
+
+    async def apply_presence(self, key: str, presence: PresenceState, version: int) -> bool:
+        """Send the bot-wide presence ``version`` on every shard here, pushed by the Orchestrator.
+
+        One hop from the Orchestrator, which keeps the presence as versioned state; this host
+        ignores a version older than the one it holds (`Bot.apply_presence`).
+
+        Raises
+        ------
+        PermissionError
+            When ``key`` is not the bot token's command key.
+        StaleLeaseError
+            When this host has not started its bot (the Orchestrator falls back to its mailbox).
+        """
+        bot, expected = self._bot, self._command_key
+        if bot is None or expected is None:
+            msg = f"host {self._host_id} has not started its bot"
+            raise StaleLeaseError(msg)
+        if not hmac.compare_digest(key, expected):
+            msg = "this presence was not sent with the bot's token"
+            raise PermissionError(msg)
+        return await bot.apply_presence(presence, version)
 
     async def wait_closed(self) -> None:
         """Return when the host's bot has closed (the Orchestrator watches hosts with it)."""

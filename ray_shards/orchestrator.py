@@ -27,7 +27,7 @@ import hikari
 from ray_shards import checkpoint
 from ray_shards import resharding as rs
 from ray_shards import rolling as roll
-from ray_shards.auth import TokenHash, bot_id_from_token, new_capability, validate_token
+from ray_shards.auth import TokenHash, bot_id_from_token, command_key, new_capability, validate_token
 from ray_shards.checkpoint import CHECKPOINT_SCHEMA
 from ray_shards.errors import (
     BotStoppedError,
@@ -37,6 +37,7 @@ from ray_shards.errors import (
     LeaseLostError,
     NotInitialisedError,
     ShardUnavailableError,
+    StaleLeaseError,
 )
 from ray_shards.fleet import HostFleet
 from ray_shards.gateway_info import fetch_gateway_bot, validate_rest_url
@@ -128,6 +129,9 @@ class Orchestrator:
         self._timings = options.timings
         self._config: BotConfig | None = None
         self._token_hash: TokenHash | None = None
+        # The key hosts check on a pushed presence (auth.command_key); known once a token holder authenticated,
+        # and never checkpointed (a restarted Orchestrator learns it again from the first authenticate).
+        self._command_key: str | None = None
         self._table: ShardTable | None = None
         self._scheduler: IdentifyScheduler | None = None
         self._presence = PresenceState()
@@ -370,6 +374,7 @@ class Orchestrator:
             large_threshold=self._options.large_threshold,
         )
         self._token_hash = await asyncio.to_thread(TokenHash.of, token)
+        self._command_key = command_key(token)
         self._table = ShardTable(shard_count)
         self._fleet = self._new_fleet()
         self._fleet.remember_token(token)
@@ -404,6 +409,7 @@ class Orchestrator:
             raise PermissionError(msg)
         for fleet in self._fleets():
             fleet.remember_token(token.strip())
+        self._command_key = command_key(token.strip())
         self._ensure_reconcile()
         return self._new_capability()
 
@@ -899,6 +905,13 @@ class Orchestrator:
     ) -> int:
         """Store a new presence (kept across restarts) and apply it to every running shard.
 
+        The new presence and its version are in memory before any host hears of it, so a host
+        that registers or a shard that identifies meanwhile already gets it. Each host is sent
+        it in one hop, all at once: pushed to its actor handle (`ShardHost.apply_presence`),
+        or through its mailbox when there is no handle (a Client's own shards) or the push
+        failed. The checkpoint is written while the pushes travel, and the call returns once
+        both are done: a presence this call reported is remembered across restarts.
+
         Returns the number of hosts that applied it.
         """
         _, table, _ = self._check(capability)
@@ -906,25 +919,52 @@ class Orchestrator:
                                         status=status)
         self._presence_version += 1
         self._dirty = True
-        await self._checkpoint()
+        presence, version = self._presence, self._presence_version
         hosts = [h.host_id for h in table.live_hosts() if table.owned_by(h.host_id)]
-        arguments = {"presence": self._presence, "version": self._presence_version}
-        results = await asyncio.gather(
-            *(
-                self._run_on_host(
-                    host_id,
-                    Command(next(self._command_ids), CommandKind.PRESENCE, None, arguments),
-                    self._timings.command_timeout,
-                )
-                for host_id in hosts
-            ),
-            return_exceptions=True,
-        )
+        loop = asyncio.get_running_loop()
+        pushes = [loop.create_task(self._push_presence(host_id, presence, version)) for host_id in hosts]
+        # Let the pushes leave before the checkpoint's own work (serialising the head, the GCS write) runs.
+        await asyncio.sleep(0)
+        await self._checkpoint()
+        results = await asyncio.gather(*pushes, return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
         for failure in failures:
             _LOGGER.warning("presence not applied on one host (it will get it when its shards restart): %s",
                             failure)
         return len(hosts) - len(failures)
+
+    async def _push_presence(self, host_id: str, presence: PresenceState, version: int) -> None:
+        """Apply ``presence`` on one host: straight to its actor, else (or if that fails) via its mailbox."""
+        import ray.exceptions
+
+        deadline = time.monotonic() + self._timings.command_timeout
+        handle, key = self._handles.get(host_id), self._command_key
+        if handle is not None and key is not None:
+            try:
+                await asyncio.wait_for(
+                    handle.apply_presence.remote(key, presence, version), self._timings.command_timeout
+                )
+                return
+            except ray.exceptions.ActorDiedError:
+                # The host is gone: its shards move, and identify or resume with the stored presence.
+                raise
+            except Exception as exc:
+                error = _unwrap_ray_error(exc)
+                if not isinstance(
+                    error, (StaleLeaseError, ray.exceptions.ActorUnavailableError, TimeoutError, AttributeError)
+                ):
+                    # The host refused the key, or a shard failed to send: the mailbox would not do better.
+                    raise error from None
+                # Not started yet, unreachable for a moment, or a host without the method (an older version):
+                # the mailbox reaches it on its next sync (a push that landed after all is just sent again).
+                _LOGGER.info("presence push to host %s failed (%s: %s); sending it through the mailbox",
+                             host_id, type(error).__name__, error)
+        arguments = {"presence": presence, "version": version}
+        await self._run_on_host(
+            host_id,
+            Command(next(self._command_ids), CommandKind.PRESENCE, None, arguments),
+            max(1.0, deadline - time.monotonic()),
+        )
 
     # -- views -----------------------------------------------------------------------------------
 

@@ -12,7 +12,9 @@ import pytest
 import ray
 
 from ray_shards import BotDeployment, Client, ShardStatus, examples
+from ray_shards.auth import command_key
 from ray_shards.launch import split_shards
+from ray_shards.presence import PresenceState
 from ray_shards.timings import Timings
 
 pytestmark = pytest.mark.timeout(240)
@@ -100,6 +102,22 @@ async def test_presence_voice_and_member_requests_reach_the_right_shards(
             for shard_id in range(4):
                 sent = emu.control.received(shard_id, op=3)
                 assert sent and sent[-1]["d"]["status"] == "idle", f"shard {shard_id} got no presence"
+
+            # The Orchestrator pushed it to each host's actor as versioned state: a host refuses a push
+            # without the token's key, ignores an older version (two pushes overtaking each other) and
+            # takes the current one again (a retry).
+            status = await client.status()
+            assert status.presence_version >= 1
+            handle = next(iter(deployment.hosts.values()))
+            before = len(emu.control.received(op=3))
+            with pytest.raises(PermissionError, match="token"):
+                await handle.apply_presence.remote("0" * 64, status.presence, status.presence_version)
+            older = PresenceState(status="dnd")
+            assert await handle.apply_presence.remote(command_key(token), older, status.presence_version - 1) is False
+            assert len(emu.control.received(op=3)) == before
+            assert await handle.apply_presence.remote(command_key(token), status.presence, status.presence_version)
+            await _wait(lambda: len(emu.control.received(op=3)) > before, 10, "the current presence sent again")
+            assert all(p["d"]["status"] == "idle" for p in emu.control.received(op=3)[before:])
 
             # Every guild's request goes out on the connection of the shard that owns it.
             for guild_id in emu.control.guild_ids()[:4]:
