@@ -42,7 +42,9 @@ async def _instructions(root: str, side: str, count: int) -> int:
     process = await asyncio.create_subprocess_exec(
         "valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
         sys.executable, "-O", _LOOP, side, str(count),
-        env={**os.environ, "PYTHONPATH": root}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        # A fixed hash seed: dict and set layouts (so the instruction count) are the same from run to run.
+        env={**os.environ, "PYTHONPATH": root, "PYTHONHASHSEED": "0"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     _, err = await process.communicate()
     found = re.search(r"I\s+refs:\s+([\d,]+)", err.decode())
