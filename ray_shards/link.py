@@ -133,8 +133,9 @@ class OrchestratorLink:
                     )
                     raise OrchestratorNotFoundError(msg) from None
                 await asyncio.sleep(0.2)
-        # The actor may exist a moment before its launcher has given it the bot.
-        deadline = time.monotonic() + max(wait, 30.0)
+        # The actor may exist a moment before its launcher has given it the bot. That launcher first hashes the
+        # token and asks Discord for /gateway/bot: on a loaded 2-core machine that took over 30 s once.
+        deadline = time.monotonic() + max(wait, 60.0)
         while True:
             try:
                 await self.authenticate()

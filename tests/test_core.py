@@ -83,7 +83,8 @@ async def test_sixteen_shard_boot_respects_rate_limit_near_floor(ray_cluster: ty
         assert span <= 1.2 * floor + 3.0, f"identify schedule took {span:.1f} s, floor {floor} s"
         # Whole boot including Ray actor start-up on a 2-core machine; reported, loosely bounded.
         print(f"16-shard boot: identify span {span:.2f} s (floor {floor} s), total {boot:.2f} s")
-        assert boot <= 1.2 * floor + 30.0
+        # 75 s was seen at load 6 (another benchmark under valgrind): the bound only catches a boot that hangs.
+        assert boot <= 1.2 * floor + 90.0
     finally:
         await deployment.stop()
 
