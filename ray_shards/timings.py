@@ -82,8 +82,9 @@ class Timings:
     host_memory_trim_interval
         Seconds between two ``malloc_trim(0)`` calls in every `ShardHost` process (glibc only; None: never).
         A host's boot (GUILD_CREATE payloads, zlib buffers) and Ray's own threads free far more than they
-        keep, and glibc holds freed pages in its arenas for good; returning them lowered a host's USS by
-        about 25 KiB per shard (BENCHMARKS.md, F4). The call runs in a worker thread, off the shard loop.
+        keep, and glibc holds freed pages in its arenas for good: right after a trim a host's USS was about
+        25 KiB per shard lower, 6-8 KiB per shard a few seconds later (BENCHMARKS.md, F4). The call runs in
+        a worker thread, off the shard loop.
     reshard_buffer_cap
         Events a host of a reshard's new set may hold before the switch. Over it the reshard fails
         (the old shards keep running, nothing is lost) instead of holding without bound.
