@@ -34,7 +34,7 @@ class Probe:
 
 
 class AttributionProbe:
-    """Memory of two per-shard structures of a ShardHost, rebuilt in a bare Ray worker and measured by USS."""
+    """Memory of ray_shards' per-shard Ray metrics series, rebuilt in a bare Ray worker and measured by USS."""
 
     def metrics(self, shards: int) -> dict[str, int]:
         """USS growth from ray_shards' per-shard Ray metrics series (6 metrics tagged bot/shard/host per shard)."""
@@ -51,28 +51,5 @@ class AttributionProbe:
                 metrics.count(name, shard_id)
         import time
 
-        time.sleep(2.0)  # let the metrics recorder settle
+        time.sleep(12.0)  # past one of Ray's metrics exports (every 10 s), which fills the SDK's per-series storage
         return {"uss_growth": _uss()["uss"] - before, "shards": shards}
-
-    def history(self, shards: int, depth: int = 64) -> dict[str, int]:
-        """Python heap (tracemalloc) of ``depth`` (time, SessionState) snapshots per shard, as `Bot` keeps them."""
-        import collections
-        import time
-        import tracemalloc
-
-        from ray_shards.models import SessionState
-
-        tracemalloc.start()
-        before = tracemalloc.get_traced_memory()[0]
-        url = "ws://127.0.0.1:1/gateway-resume"
-        keep = []
-        for shard_id in range(shards):
-            session_id = f"{shard_id:032x}"
-            history: collections.deque[tuple[float, SessionState]] = collections.deque(maxlen=depth)
-            for seq in range(depth):
-                history.append((time.time(), SessionState(session_id=session_id, seq=100_000 + seq,
-                                                          resume_gateway_url=url, user_id=1 << 60)))
-            keep.append(history)
-        used = tracemalloc.get_traced_memory()[0] - before
-        tracemalloc.stop()
-        return {"bytes": used, "shards": shards}

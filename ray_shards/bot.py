@@ -174,6 +174,48 @@ def _destroy_loop(loop: asyncio.AbstractEventLoop) -> None:
         loop.close()
 
 
+class _Flag:
+    """A one-way `asyncio.Event` (set, never cleared) that allocates nothing until someone waits.
+
+    A slot has two; an `asyncio.Event` builds its waiter deque (~600 bytes) up front, for every shard a host runs.
+    """
+
+    __slots__ = ("_is_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._is_set = False
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        """Whether `set` was called."""
+        return self._is_set
+
+    def set(self) -> None:
+        """Set the flag and wake every waiter (idempotent)."""
+        if self._is_set:
+            return
+        self._is_set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Return once the flag is set (at once if it is)."""
+        if self._is_set:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            # A cancelled wait leaves no waiter behind.
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+
 @dataclasses.dataclass(slots=True)
 class _Slot:
     """One local shard and what its host knows of it."""
@@ -183,14 +225,14 @@ class _Slot:
     task: asyncio.Task[None] | None = None
     status: ShardStatus = ShardStatus.STARTING
     error: str | None = None
-    started: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    started: _Flag = dataclasses.field(default_factory=_Flag)
     leaving: bool = False
     identify_sent_at: float | None = None
     reported: SessionState | None = None
     """The session last reported to the Orchestrator: reports never go back from it."""
     previous: _Slot | None = None
     """The slot this one replaces (same shard, lower epoch): it must be gone before this one connects."""
-    left: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    left: _Flag = dataclasses.field(default_factory=_Flag)
     handed: SessionState | None = None
     """The session this slot handed over when it left."""
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import hmac
 import logging
 import os
@@ -32,6 +35,31 @@ from ray_shards.timings import Timings
 __all__ = ["HostCallbackError", "ShardHost"]
 
 _LOGGER = logging.getLogger("ray_shards.host")
+
+
+@functools.cache
+def _libc_trim() -> typing.Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
+    if trim is not None:
+        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return typing.cast(typing.Callable[[int], int] | None, trim)
+
+
+def malloc_trim() -> bool:
+    """Give the pages glibc holds free in every malloc arena back to the OS; False where there is no glibc.
+
+    ctypes releases the GIL for the call, so it runs in a worker thread without holding up the shard loop.
+    """
+    trim = _libc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 class HostCallbackError(RuntimeError):
@@ -66,6 +94,7 @@ class ShardHost:
         self._started_at = time.time()
         self._last_tick = time.monotonic()
         self._ticker: asyncio.Task[None] | None = None
+        self._trimmer: asyncio.Task[None] | None = None
         self._start_task: asyncio.Task[dict[str, typing.Any]] | None = None
         self._command_key: str | None = None
         logging.basicConfig(
@@ -158,7 +187,23 @@ class ShardHost:
             self._bot = None
             raise
         asyncio.get_running_loop().create_task(self._watch_bot(bot))
+        trim_every = self._timings.host_memory_trim_interval
+        if trim_every is not None and self._trimmer is None:
+            self._trimmer = asyncio.get_running_loop().create_task(self._trim_forever(trim_every))
         return self.describe()
+
+    async def _trim_forever(self, interval: float) -> None:
+        # Right after the boot (its GUILD_CREATE payloads and zlib buffers are freed by now), then every
+        # `interval`: glibc keeps freed pages in its arenas (Ray's threads each have one), so a host's USS
+        # would otherwise stay at its high-water mark (Timings.host_memory_trim_interval).
+        while not self._closed.is_set():
+            try:
+                if not await asyncio.to_thread(malloc_trim):
+                    return
+            except Exception:  # never let memory housekeeping take a host down
+                _LOGGER.debug("malloc_trim failed", exc_info=True)
+                return
+            await asyncio.sleep(interval)
 
     async def _watch_bot(self, bot: Bot) -> None:
         while bot.is_alive:

@@ -79,6 +79,12 @@ class Timings:
         take the GIL now and then, and each take makes the loop drop it at the next switch interval;
         0.05 s measured 12-25 % more events/s on one host (BENCHMARKS.md, F3). The health check
         (its own thread) then waits at most this long for the GIL: far below `health_timeout`.
+    host_memory_trim_interval
+        Seconds between two ``malloc_trim(0)`` calls in every `ShardHost` process (glibc only; None: never).
+        A host's boot (GUILD_CREATE payloads, zlib buffers) and Ray's own threads free far more than they
+        keep, and glibc holds freed pages in its arenas for good: right after a trim a host's USS was about
+        25 KiB per shard lower, 6-8 KiB per shard a few seconds later (BENCHMARKS.md, F4). The call runs in
+        a worker thread, off the shard loop.
     reshard_buffer_cap
         Events a host of a reshard's new set may hold before the switch. Over it the reshard fails
         (the old shards keep running, nothing is lost) instead of holding without bound.
@@ -108,6 +114,7 @@ class Timings:
     max_capabilities: int = 4096
     health_timeout: float = 10.0
     host_switch_interval: float | None = 0.05
+    host_memory_trim_interval: float | None = 30.0
     reshard_buffer_cap: int = 100_000
     reshard_max_skew: float = 1.0
 
@@ -119,4 +126,7 @@ class Timings:
     def __post_init__(self) -> None:
         if self.host_switch_interval is not None and not 0 < self.host_switch_interval <= 1.0:
             msg = f"host_switch_interval must be in (0, 1] seconds or None, not {self.host_switch_interval!r}"
+            raise ValueError(msg)
+        if self.host_memory_trim_interval is not None and not self.host_memory_trim_interval > 0:
+            msg = f"host_memory_trim_interval must be positive seconds or None, not {self.host_memory_trim_interval!r}"
             raise ValueError(msg)

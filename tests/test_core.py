@@ -211,3 +211,24 @@ def test_no_leftover_actors(ray_cluster: typing.Any) -> None:
         if a["namespace"] == "ray_shards" and a["name"].startswith(("orchestrator-", "host-"))
     ]
     assert not left, left
+
+
+def test_slot_flag_is_a_one_way_event_that_survives_cancelled_waits() -> None:
+    from ray_shards.bot import _Flag
+
+    async def run() -> None:
+        flag = _Flag()
+        assert not flag.is_set() and flag._waiters is None  # nothing allocated until someone waits
+        cancelled = asyncio.ensure_future(flag.wait())
+        waiting = asyncio.ensure_future(flag.wait())
+        await asyncio.sleep(0)
+        cancelled.cancel()  # as Bot._wait_started cancels the waits it no longer needs
+        await asyncio.sleep(0)
+        assert flag._waiters is not None and len(flag._waiters) == 1
+        flag.set()
+        flag.set()  # idempotent, as slot.started.set() is called on several paths
+        await asyncio.wait_for(waiting, 1.0)
+        assert flag.is_set() and flag._waiters is None
+        await asyncio.wait_for(flag.wait(), 1.0)  # a wait after set returns at once
+
+    asyncio.run(run())
