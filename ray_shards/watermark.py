@@ -54,8 +54,7 @@ class ListenerWatermark:
         self.shard_id = shard_id
         """The shard this watermark is of (`ray_shards.event_position`)."""
         self._max_lag = max_lag
-        # Created by the first `open` (a listener ran): an empty deque costs ~600 bytes, per shard of a host.
-        self._pending: collections.deque[InFlight] | None = None
+        self._pending: collections.deque[InFlight] = collections.deque()
         self._consumed: int | None = None
         self._session_id: str | None = None
         self._forced = 0
@@ -68,7 +67,7 @@ class ListenerWatermark:
     @property
     def in_flight(self) -> int:
         """Events whose listeners have not all finished."""
-        return sum(1 for entry in self._pending or () if entry.outstanding > 0)
+        return sum(1 for entry in self._pending if entry.outstanding > 0)
 
     def begin(self, session_id: str | None, seq: int | None, now: float) -> InFlight | None:
         """An event with ``seq`` of ``session_id`` is being consumed; finish the returned entry when done.
@@ -96,7 +95,7 @@ class ListenerWatermark:
             # A new session (IDENTIFY after op 9): its seqs start again; what ran for the old one no longer
             # decides the new session's RESUME point.
             self._session_id = session_id
-            self._pending = None
+            self._pending.clear()
             self._consumed = None
         consumed = self._consumed
         if consumed is not None and seq <= consumed:
@@ -111,10 +110,7 @@ class ListenerWatermark:
         The entry starts with nothing outstanding: `hold` it once per listener group.
         """
         entry = InFlight(held, now, 0, event_seq, self._session_id or "", self)
-        pending = self._pending
-        if pending is None:
-            pending = self._pending = collections.deque()
-        pending.append(entry)
+        self._pending.append(entry)
         return entry
 
     def hold(self, entry: InFlight | None) -> None:
@@ -133,19 +129,17 @@ class ListenerWatermark:
             pending.popleft()
 
     def _trim(self) -> None:
-        pending = self._pending
-        while pending and pending[0].outstanding <= 0:
-            pending.popleft()
+        while self._pending and self._pending[0].outstanding <= 0:
+            self._pending.popleft()
 
     def value(self, now: float) -> int | None:
         """The highest seq whose listeners, and every earlier event's, have finished (None: nothing consumed)."""
-        pending = self._pending
-        while pending and now - pending[0].started > self._max_lag:
-            pending[0].outstanding = 0
+        while self._pending and now - self._pending[0].started > self._max_lag:
+            self._pending[0].outstanding = 0
             self._forced += 1
             self._trim()
-        if pending:
-            return pending[0].seq - 1
+        if self._pending:
+            return self._pending[0].seq - 1
         return self._consumed
 
     def session_id(self) -> str | None:
