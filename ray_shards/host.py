@@ -270,14 +270,7 @@ class ShardHost:
         StaleLeaseError
             When this host does not run the shard under ``epoch`` (the sender refreshes and retries once).
         """
-        bot, expected = self._bot, self._command_key
-        if bot is None or expected is None:
-            msg = f"host {self._host_id} has not started its bot"
-            raise StaleLeaseError(msg)
-        if not hmac.compare_digest(key, expected):
-            msg = "this command was not sent with the bot's token"
-            raise PermissionError(msg)
-        await bot.run_direct_command(kind, shard_id, epoch, arguments)
+        await self._keyed_bot(key, "command").run_direct_command(kind, shard_id, epoch, arguments)
 
     async def apply_presence(self, key: str, presence: PresenceState, version: int) -> bool:
         """Send the bot-wide presence ``version`` on every shard here, pushed by the Orchestrator.
@@ -292,14 +285,18 @@ class ShardHost:
         StaleLeaseError
             When this host has not started its bot (the Orchestrator falls back to its mailbox).
         """
+        return await self._keyed_bot(key, "presence").apply_presence(presence, version)
+
+    def _keyed_bot(self, key: str, what: str) -> Bot:
+        """This host's bot, for a caller that sent the token's command key (direct commands, presence pushes)."""
         bot, expected = self._bot, self._command_key
         if bot is None or expected is None:
             msg = f"host {self._host_id} has not started its bot"
             raise StaleLeaseError(msg)
         if not hmac.compare_digest(key, expected):
-            msg = "this presence was not sent with the bot's token"
+            msg = f"this {what} was not sent with the bot's token"
             raise PermissionError(msg)
-        return await bot.apply_presence(presence, version)
+        return bot
 
     async def wait_closed(self) -> None:
         """Return when the host's bot has closed (the Orchestrator watches hosts with it)."""

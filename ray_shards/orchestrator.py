@@ -79,6 +79,20 @@ __all__ = ["Orchestrator", "OrchestratorOptions"]
 
 _LOGGER = logging.getLogger("ray_shards.orchestrator")
 
+def _task_failure(task: asyncio.Task[typing.Any], what: str, *, unwrap: bool) -> str | None:
+    """``"Type: message"`` of how ``task`` failed (None: it succeeded), as the reshard core records failures.
+
+    ``unwrap``: show the host's own error rather than Ray's wrapper around it (a host start).
+    """
+    if task.cancelled():
+        return f"CancelledError: {what} was cancelled"
+    exc = task.exception()
+    if exc is None:
+        return None
+    failure = _unwrap_ray_error(exc) if unwrap else exc
+    return f"{type(failure).__name__}: {failure}"
+
+
 def _unwrap_ray_error(exc: BaseException) -> BaseException:
     """The error a remote call raised, without Ray's RayTaskError wrapping (which repeats the remote traceback)."""
     import ray.exceptions
@@ -1577,21 +1591,12 @@ class Orchestrator:
 
     def _reshard_command_done(self, core: rs.Reshard, token: int, task: asyncio.Task[None]) -> None:
         """A host command of the reshard ended: its outcome is an event for the core."""
-        if task.cancelled():
-            core.command_done(token, "CancelledError: the command was cancelled")
-        else:
-            exc = task.exception()
-            core.command_done(token, None if exc is None else f"{type(exc).__name__}: {exc}")
+        core.command_done(token, _task_failure(task, "the command", unwrap=False))
         self._reconcile_wake.set()
 
     def _reshard_start_done(self, core: rs.Reshard, slot: int, task: asyncio.Task[None]) -> None:
         """A host start of the reshard's new set ended: its outcome is an event for the core."""
-        if task.cancelled():
-            core.start_done(slot, "CancelledError: the host start was cancelled")
-        else:
-            exc = task.exception()
-            failure = None if exc is None else _unwrap_ray_error(exc)
-            core.start_done(slot, None if failure is None else f"{type(failure).__name__}: {failure}")
+        core.start_done(slot, _task_failure(task, "the host start", unwrap=True))
         self._reconcile_wake.set()
 
     async def _auto_reshard_policy(self) -> None:
