@@ -55,6 +55,7 @@ class Recorder:
         "script_sent",
         "send_limit_violations",
         "stream_sent",
+        "streamed",
         "takeovers",
     )
 
@@ -67,6 +68,9 @@ class Recorder:
         self.interaction_responses: collections.deque[Entry] = collections.deque(maxlen=max_entries)
         self.closes: collections.deque[Entry] = collections.deque(maxlen=max_entries)
         self.stream_sent: collections.deque[Entry] = collections.deque(maxlen=max_entries * 5)
+        # The stream's events since the last reset. Not len(stream_sent): that log stops growing at its cap
+        # (1 M), and a benchmark that streamed more then read "0 sent" for every later burst.
+        self.streamed = 0
         self.script_sent: collections.deque[Entry] = collections.deque(maxlen=max_entries)
         self.identifies = 0
         self.identify_attempts = 0
@@ -97,6 +101,7 @@ class Recorder:
         self.budget_exhausted = 0
         self.send_limit_violations = 0
         self.takeovers = 0
+        self.streamed = 0
 
     def counters(self) -> dict[str, int]:
         """Return the counters as a dict."""

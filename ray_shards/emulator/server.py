@@ -411,4 +411,4 @@ class Emulator:
     def stop_stream(self) -> int:
         """Stop the stream; return how many events it generated since the logs were reset."""
         self._stream.stop()
-        return len(self._recorder.stream_sent)
+        return self._recorder.streamed

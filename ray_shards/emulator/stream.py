@@ -135,6 +135,7 @@ class EventStream:
         )
         self._gateway.dispatch_to_guild(gid, "MESSAGE_CREATE", dumps(message))
         self._recorder.stream_sent.append({"id": message_id, "guild_id": gid, "time": time.time()})
+        self._recorder.streamed += 1
         return message_id
 
     async def _run(self) -> None:

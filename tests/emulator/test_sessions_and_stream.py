@@ -125,3 +125,23 @@ async def test_stream_reaches_every_shard_count(emu_factory: EmulatorFactory, hk
     assert len(every) == sent
     assert seen["whole"] == every
     assert seen["half0"] | seen["half1"] == every and not seen["half0"] & seen["half1"]
+
+
+async def test_the_stream_count_keeps_growing_past_the_stream_log_cap(emu: Emulator, hk: typing.Any) -> None:
+    # The log of stream events is capped (1 M entries); the count stop_stream returns is not. With the count
+    # read from the log's length, a benchmark that had streamed more than the cap read 0 sent per burst.
+    import collections
+
+    emu._recorder.stream_sent = collections.deque(maxlen=10)
+    async with hk.raw_client(emu.gateway_url) as client:
+        await client.identify()
+        await client.recv_until(lambda p: p.get("t") == "READY")
+        emu.start_stream(400)
+        await asyncio.sleep(0.3)
+        first = emu.stop_stream()
+        emu.start_stream(400)
+        await asyncio.sleep(0.3)
+        second = emu.stop_stream()
+    assert first > 10, first
+    assert second - first > 10, (first, second)
+    assert len(emu.stream_sent()) == 10
