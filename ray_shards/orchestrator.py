@@ -11,7 +11,6 @@ never blocks on a host and hosts ride out its restarts.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import functools
@@ -24,10 +23,11 @@ import typing
 
 import hikari
 
-from ray_shards import checkpoint
+from ray_shards import checkpoint, control, liveness
 from ray_shards import resharding as rs
 from ray_shards import rolling as roll
-from ray_shards.auth import TokenHash, bot_id_from_token, command_key, new_capability, validate_token
+from ray_shards.auth import TokenHash, bot_id_from_token, command_key, validate_token
+from ray_shards.capabilities import Capabilities
 from ray_shards.checkpoint import CHECKPOINT_SCHEMA
 from ray_shards.errors import (
     BotStoppedError,
@@ -41,7 +41,7 @@ from ray_shards.errors import (
 )
 from ray_shards.fleet import HostFleet
 from ray_shards.gateway_info import fetch_gateway_bot, validate_rest_url
-from ray_shards.identify import IdentifyGrant, IdentifyScheduler
+from ray_shards.identify import IdentifyScheduler
 from ray_shards.models import (
     BotConfig,
     Command,
@@ -150,8 +150,9 @@ class Orchestrator:
         self._scheduler: IdentifyScheduler | None = None
         self._presence = PresenceState()
         self._presence_version = 0
-        # capability -> last use (monotonic); bounded and idle-expiring so it cannot grow without end.
-        self._capabilities: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._capabilities = Capabilities(
+            limit=options.timings.max_capabilities, idle_ttl=options.timings.capability_idle_ttl
+        )
         self._error: str | None = None
         self._checkpoint_lock = asyncio.Lock()
         self._checkpoint_seq = 0
@@ -250,7 +251,8 @@ class Orchestrator:
         # When the daily budget resets was not checkpointed (a monotonic time means nothing to another
         # process): ask Discord again as soon as a token is known.
         self._scheduler.set_budget(self._scheduler.remaining, 0.0, time.monotonic())
-        self._recovering_until = now + self._timings.recovery_grace
+        # Monotonic: a wall-clock step must not cut the grace short (or stretch it).
+        self._recovering_until = time.monotonic() + self._timings.recovery_grace
         self._fleet = self._new_fleet(str((data.get("fleet") or {}).get("prefix", "h")))
         self._fleet.restore(data.get("fleet") or {})
         # Hosts started just before the crash whose names never reached a checkpoint would leak: kill them.
@@ -343,6 +345,10 @@ class Orchestrator:
             grant_timeout=self._timings.grant_timeout,
         )
 
+    def _recovering(self) -> bool:
+        """Within the recovery grace after a restart: every host reports before anything is placed."""
+        return time.monotonic() < self._recovering_until
+
     def _ensure_reconcile(self) -> None:
         if self._reconcile_task is None or self._reconcile_task.done():
             with contextlib.suppress(RuntimeError):
@@ -428,30 +434,16 @@ class Orchestrator:
         return self._new_capability()
 
     def _new_capability(self) -> str:
-        capability = new_capability()
-        self._capabilities[capability] = time.monotonic()
-        # Every Client start and CLI call authenticates once: keep the set bounded, oldest use first out.
-        while len(self._capabilities) > self._timings.max_capabilities:
-            self._capabilities.popitem(last=False)
-        return capability
+        return self._capabilities.issue(time.monotonic())
 
     def revoke(self, capability: str) -> bool:
         """Forget ``capability`` (a Client or CLI call that is done with it). Returns whether it was known."""
-        return self._capabilities.pop(capability, None) is not None
-
-    def _expire_capabilities(self, now: float) -> None:
-        while self._capabilities:
-            capability, used = next(iter(self._capabilities.items()))
-            if now - used <= self._timings.capability_idle_ttl:
-                break
-            del self._capabilities[capability]
+        return self._capabilities.revoke(capability)
 
     def _check(self, capability: str) -> tuple[BotConfig, ShardTable, IdentifyScheduler]:
-        if not isinstance(capability, str) or capability not in self._capabilities:
+        if not self._capabilities.use(capability, time.monotonic()):
             msg = "unknown capability (the orchestrator restarted or the caller never authenticated)"
             raise CapabilityExpiredError(msg)
-        self._capabilities[capability] = time.monotonic()
-        self._capabilities.move_to_end(capability)
         assert self._config is not None and self._table is not None and self._scheduler is not None
         return self._config, self._table, self._scheduler
 
@@ -541,18 +533,12 @@ class Orchestrator:
         fleet_host = next((f.hosts[host_id] for f in self._fleets() if host_id in f.hosts), None)
         if fleet_host is not None:
             want = 0 if fleet_host.retiring else fleet_host.want
-        table.register_host(
-            host_id, node_id=node_id, want=want, has_handle=handle is not None, now=now, placeable=placeable
+        # Placement waits for the recovery grace: see control.host_joined.
+        joined = control.host_joined(
+            table, host_id, node_id=node_id, want=want, has_handle=handle is not None, now=now, held=held or (),
+            placeable=placeable, place=not self._recovering(),
         )
         self._mailboxes.setdefault(host_id, _Mailbox())
-        # A held lease newer than the table's (restored from a checkpoint older than it) is not stale: the
-        # host's first full report makes it current (ShardTable.apply_reports). Only older ones must stop.
-        stale = [
-            shard_id
-            for shard_id, epoch in (held or [])
-            if shard_id not in table.shards
-            or (not table.holds(host_id, shard_id, epoch) and epoch <= table.shards[shard_id].epoch)
-        ]
         if handle is not None:
             self._watch(host_id, handle)
         record = table is self._table and self._old_set_records()
@@ -563,13 +549,12 @@ class Orchestrator:
             # a host that re-registers while its shards keep running.
             mailbox = self._mailboxes[host_id]
             mailbox.commands.append(Command(next(self._command_ids), CommandKind.RECORD, None, {}))
-        placed = table.place() if time.time() >= self._recovering_until else {}
-        leases = placed.pop(host_id, [])
-        self._deliver(placed, table)
+        self._deliver(joined.placed)
         self._changed()
-        _LOGGER.info("host %s joined on node %s wanting %s shards; granted %s", host_id, node_id, want, len(leases))
+        _LOGGER.info("host %s joined on node %s wanting %s shards; granted %s", host_id, node_id, want,
+                     len(joined.leases))
         return Registration(
-            config=config, leases=leases, stale=stale, presence=self._presence,
+            config=config, leases=joined.leases, stale=joined.stale, presence=self._presence,
             presence_version=self._presence_version, record=record,
         )
 
@@ -612,7 +597,10 @@ class Orchestrator:
         host = table.hosts.get(host_id)
         if host is None or not host.alive:
             return
-        orphans = table.host_lost(host_id)
+        # While recovering, nothing is placed (control.host_lost): the reconcile pass places afterwards.
+        assert self._scheduler is not None
+        lost = control.host_lost(table, self._scheduler, host_id, place=not self._recovering())
+        orphans = lost.orphans
         for fleet in self._fleets():
             fleet.host_gone(host_id)
         self._handles.pop(host_id, None)
@@ -621,24 +609,18 @@ class Orchestrator:
         if mailbox is not None:
             for command in mailbox.commands:
                 self._finish_command(command.command_id, f"host {host_id} {reason} before running the command")
-        if self._scheduler is not None:
-            for shard_id in orphans:
-                self._scheduler.cancel(shard_id)
         for key in [k for k in self._identify_asked if k[0] == host_id]:
             del self._identify_asked[key]
         level = logging.INFO if reason == "closed" or not orphans else logging.WARNING
         _LOGGER.log(level, "host %s %s; %s shard(s) to move: %s", host_id, reason, len(orphans), orphans)
-        self._deliver(table.place(), table)
-        table.forget_host(host_id)
+        self._deliver(lost.placed)
         if host_id not in table.hosts:
             self._host_tables.pop(host_id, None)
         self._changed()
 
-    def _deliver(self, placed: dict[str, list[Lease]], table: ShardTable) -> None:
+    def _deliver(self, placed: dict[str, list[Lease]]) -> None:
+        """Wake the parked syncs of hosts given new leases (the table keeps them as pending adopts)."""
         for host_id, leases in placed.items():
-            host = table.hosts[host_id]
-            known = {(lease.shard_id, lease.epoch) for lease in host.pending_adopt}
-            host.pending_adopt.extend(lease for lease in leases if (lease.shard_id, lease.epoch) not in known)
             mailbox = self._mailboxes.setdefault(host_id, _Mailbox())
             mailbox.wake.set()
             _LOGGER.info("host %s takes over shards %s", host_id, [lease.shard_id for lease in leases])
@@ -690,17 +672,14 @@ class Orchestrator:
             msg = f"host {host_id} is not registered with this orchestrator; register again"
             raise HostNotRegisteredError(msg)
         self._last_sync_mono[host_id] = time.monotonic()
-        recovering = time.time() < self._recovering_until
-        hosts_before, adopts_before = table.hosts_version, len(host.pending_adopt)
-        # While recovering, a host that has not re-registered yet may not report everything: no diff then.
-        stale = table.apply_reports(
-            host_id, reports, time.time(), report_seq=None if recovering else report_seq
+        synced = control.reports_applied(
+            table, host_id, reports, time.time(), report_seq=report_seq, recovering=self._recovering()
         )
-        if stale:
-            _LOGGER.info("host %s runs shard(s) %s without a current lease; revoking", host_id, stale)
+        if synced.stale:
+            _LOGGER.info("host %s runs shard(s) %s without a current lease; revoking", host_id, synced.stale)
         # Costs what the host reported: the table marks the checkpoint chunks whose rows changed, and the head
         # (hosts, pending adopts) is rewritten only when those changed.
-        if table.hosts_version != hosts_before or len(host.pending_adopt) != adopts_before:
+        if synced.hosts_changed:
             self._dirty = True
         self._table_changed.set()
         self._wake_table_followers()
@@ -745,14 +724,15 @@ class Orchestrator:
         """A host gave a shard back; it is handed on (with its session) at once."""
         _, _, scheduler = self._check(capability)
         table = self._table_of(host_id)
-        if not table.release(host_id, shard_id, epoch, session, stopped=stopped or self._stopping):
+        released = control.shard_released(
+            table, scheduler, host_id, shard_id, epoch, session, stopped=stopped or self._stopping, failed=failed,
+            place=not self._stopping and not self._recovering(),
+        )
+        if not released.released:
             return False
-        scheduler.cancel(shard_id)
         if failed is not None:
-            table.mark_failed(shard_id, failed)
             _LOGGER.error("shard %s failed on host %s and will not be retried: %s", shard_id, host_id, failed)
-        elif not self._stopping:
-            self._deliver(table.place(), table)
+        self._deliver(released.placed)
         self._changed()
         return True
 
@@ -785,20 +765,19 @@ class Orchestrator:
         _, _, scheduler = self._check(capability)
         table = self._table_of(host_id)
         key = (host_id, shard_id, epoch)
-        if not table.holds(host_id, shard_id, epoch):
-            scheduler.cancel(shard_id)
+        now = time.monotonic()
+        decision = control.identify_requested(table, scheduler, host_id, shard_id, epoch, now)
+        if decision.lease_lost:
             self._identify_asked.pop(key, None)
             msg = f"host {host_id} no longer holds shard {shard_id} (epoch {epoch})"
             raise LeaseLostError(msg)
-        now = time.monotonic()
-        outcome = scheduler.request(shard_id, now, holder=(host_id, epoch))
-        if isinstance(outcome, IdentifyGrant):
-            table.shards[shard_id].identifies += 1
-            table.note_counters(shard_id)
+        if decision.granted:
             self._metrics.identify_waited(now - self._identify_asked.pop(key, now))
             return IdentifyAnswer(granted=True, wait=0.0, presence=self._presence)
+        if decision.refresh_budget:
+            self._refresh_budget_if_stale(now, force=True)
         self._identify_asked.setdefault(key, now)
-        return IdentifyAnswer(granted=False, wait=outcome, presence=None)
+        return IdentifyAnswer(granted=False, wait=decision.wait, presence=None)
 
     async def identify(self, capability: str, host_id: str, shard_id: int, epoch: int) -> PresenceState:
         """Wait until ``shard_id`` may IDENTIFY by Discord's rate limit; return the presence to identify with.
@@ -839,12 +818,7 @@ class Orchestrator:
     async def check_lease(self, capability: str, host_id: str, shard_id: int, epoch: int) -> bool:
         """Whether ``host_id`` may RESUME ``shard_id`` now (it holds the current lease)."""
         self._check(capability)
-        table = self._table_of(host_id)
-        if table.holds(host_id, shard_id, epoch):
-            table.shards[shard_id].resumes += 1
-            table.note_counters(shard_id)
-            return True
-        return False
+        return control.lease_checked(self._table_of(host_id), host_id, shard_id, epoch)
 
     # -- commands --------------------------------------------------------------------------------
 
@@ -1004,10 +978,7 @@ class Orchestrator:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(self._table_bumped.wait()), remaining)
             _, table, _ = self._check(capability)
-        changed = table.changed_since(version) if table.instance == table_id else None
-        if changed is None:
-            return TableDelta(table.instance, table.version, True, [], packed=self._full_columns(table))
-        return TableDelta(table.instance, table.version, False, table.infos(only=changed))
+        return self._delta(table, table_id, version)
 
     def _delta_for(self, position: tuple[int, int] | None) -> TableDelta | None:
         """What a follower at ``position`` lacks of the current table (None: nothing, or nothing asked)."""
@@ -1017,6 +988,11 @@ class Orchestrator:
         table_id, version = position
         if table.instance == table_id and table.version == version:
             return None
+        return self._delta(table, table_id, version)
+
+    def _delta(self, table: ShardTable, table_id: int, version: int) -> TableDelta:
+        """The rows of ``table`` changed since ``version`` of table ``table_id``, or all of it (another table,
+        or a version older than the table's change log)."""
         changed = table.changed_since(version) if table.instance == table_id else None
         if changed is None:
             return TableDelta(table.instance, table.version, True, [], packed=self._full_columns(table))
@@ -1080,39 +1056,19 @@ class Orchestrator:
         now = time.time()
         mono = time.monotonic()
         scheduler.expire(mono)
-        self._expire_capabilities(mono)
+        self._capabilities.expire(mono)
         self._refresh_budget_if_stale(mono)
         self._metrics.observe(
             now, table, scheduler, fenced=self._fenced, sync_interval=self._timings.longest_sync_interval
         )
         self._wake_table_followers()
-        if now < self._recovering_until:
+        if self._recovering():
             return
         if not self._stopping:
             self._start_unregistered_hosts()
             await self._step_roll()
             await self._step_reshard()
-        for host in [h for t in self._tables() for h in t.live_hosts()]:
-            # Silence is measured on the monotonic clock: a wall-clock step must not fence a healthy host.
-            silent = mono - self._last_sync_mono.setdefault(host.host_id, mono)
-            if host.host_id not in self._handles:
-                if host.has_handle and silent > self._timings.longest_sync_interval * 2:
-                    await self._find_handle(host.host_id)
-                elif not host.has_handle and silent > self._timings.standalone_lease_ttl:
-                    # A standalone Bot cannot be killed: it stops its own shards (resumably) at half this TTL,
-                    # and its shards move only after the same quarantine as a dead actor's.
-                    self._last_sync_mono[host.host_id] = math.inf
-                    task = asyncio.get_running_loop().create_task(
-                        self._gone_after_quarantine(host.host_id, f"stopped syncing for {silent:.1f} s")
-                    )
-                    task.add_done_callback(self._log_background_failure)
-                continue
-            if silent > self._timings.host_timeout and host.host_id not in self._fenced:
-                checking = self._health_checks.get(host.host_id)
-                if checking is None or checking.done():
-                    self._health_checks[host.host_id] = asyncio.get_running_loop().create_task(
-                        self._check_health(host.host_id, silent)
-                    )
+        await self._check_silent_hosts(mono)
         rolled = self._rolling.current_slot if self._rolling is not None else None
         for fleet in self._fleets() if not self._stopping else []:
             for slot in fleet.missing_slots() if fleet.desired else []:
@@ -1124,15 +1080,12 @@ class Orchestrator:
         for each in tables if not self._stopping else []:
             if self._reconciled.get(each.instance) == (each.version, each.hosts_version):
                 continue  # nothing placement or rebalancing read has changed since the last pass
-            self._deliver(each.place(), each)
-            if each is self._table and self._old_set_records():
-                # No graceful moves in the old set during a reshard (it is retired at the switch anyway): every
-                # shard an old-set host adopts then is a failover, which the switch accounts for by `since`.
-                continue
-            move = each.rebalance_move()
-            if move is not None:
-                shard_id, donor = move
-                each.revoke(donor, shard_id)
+            # No graceful moves in the old set during a reshard (it is retired at the switch anyway): every shard
+            # an old-set host adopts then is a failover, which the switch accounts for by `since`.
+            placement = control.placement_pass(each, rebalance=not (each is self._table and self._old_set_records()))
+            self._deliver(placement.placed)
+            if placement.move is not None:
+                shard_id, donor = placement.move
                 self._mailboxes.setdefault(donor, _Mailbox()).wake.set()
                 _LOGGER.info("rebalancing: shard %s moves off host %s", shard_id, donor)
             self._reconciled[each.instance] = (each.version, each.hosts_version)
@@ -1148,6 +1101,35 @@ class Orchestrator:
             and now - self._last_checkpoint > self._timings.checkpoint_interval
         ):
             await self._checkpoint(batched=batch_due)
+
+    async def _check_silent_hosts(self, mono: float) -> None:
+        """Carry out what `liveness.silent_host_actions` decides about hosts that stopped syncing."""
+        silences = []
+        for host in [h for t in self._tables() for h in t.live_hosts()]:
+            # Silence is measured on the monotonic clock: a wall-clock step must not fence a healthy host.
+            checking = self._health_checks.get(host.host_id)
+            silences.append(liveness.HostSilence(
+                host.host_id, silent=mono - self._last_sync_mono.setdefault(host.host_id, mono),
+                watched=host.host_id in self._handles, has_handle=host.has_handle,
+                fenced=host.host_id in self._fenced, checking=checking is not None and not checking.done(),
+            ))
+        actions = liveness.silent_host_actions(
+            silences, host_timeout=self._timings.host_timeout, sync_interval=self._timings.longest_sync_interval,
+            standalone_lease_ttl=self._timings.standalone_lease_ttl,
+        )
+        for action in actions:
+            if isinstance(action, liveness.FindHandle):
+                await self._find_handle(action.host_id)
+            elif isinstance(action, liveness.Quarantine):
+                self._last_sync_mono[action.host_id] = math.inf  # once: the quarantine task takes it from here
+                task = asyncio.get_running_loop().create_task(
+                    self._gone_after_quarantine(action.host_id, action.reason)
+                )
+                task.add_done_callback(self._log_background_failure)
+            else:
+                self._health_checks[action.host_id] = asyncio.get_running_loop().create_task(
+                    self._check_health(action.host_id, action.silent)
+                )
 
     def _start_unregistered_hosts(self) -> None:
         """Fleet hosts restored from the checkpoint that never registered: make sure they were started."""
@@ -1180,18 +1162,22 @@ class Orchestrator:
         try:
             health: HostHealth = await asyncio.wait_for(handle.health.remote(), self._timings.health_timeout)
         except Exception as exc:
-            self._fence(host_id, silent, f"its health check failed ({type(exc).__name__})")
-            return
-        if health.loop_lag > self._timings.host_timeout:
-            self._fence(host_id, silent, f"its shard loop has been stuck for {health.loop_lag:.1f} s")
+            why = liveness.fence_reason(answered=False, failure=type(exc).__name__,
+                                        host_timeout=self._timings.host_timeout)
+        else:
+            why = liveness.fence_reason(answered=True, loop_lag=health.loop_lag,
+                                        host_timeout=self._timings.host_timeout)
+        if why is not None:
+            self._fence(host_id, silent, why)
         else:
             _LOGGER.warning("host %s has not synced for %.1f s but is alive (shard loop lag %.1f s); not fenced",
                             host_id, silent, health.loop_lag)
 
-    def _refresh_budget_if_stale(self, now: float) -> None:
-        """After Discord's ``reset_after``, fetch the new daily identify budget (in the background)."""
+    def _refresh_budget_if_stale(self, now: float, *, force: bool = False) -> None:
+        """After Discord's ``reset_after`` (or at once with ``force``), fetch the new daily identify budget
+        (in the background, one fetch at a time)."""
         scheduler, config = self._scheduler, self._config
-        if scheduler is None or config is None or not scheduler.budget_stale(now):
+        if scheduler is None or config is None or not (force or scheduler.budget_stale(now)):
             return
         if self._budget_task is not None and not self._budget_task.done():
             return

@@ -37,8 +37,8 @@ import math
 import random
 import typing
 
-from ray_shards import rolling
-from ray_shards.identify import IdentifyBudgetExhaustedError, IdentifyGrant, IdentifyScheduler
+from ray_shards import control, rolling
+from ray_shards.identify import IdentifyScheduler
 from ray_shards.models import Lease, SessionState, ShardReport, ShardStatus
 from ray_shards.protocol import OperationState, RollingRestartProgress
 from ray_shards.table import ShardTable
@@ -502,7 +502,7 @@ class Host:
             if reply == "lost":
                 self._drop(shard_id, release=False)
                 return
-            if isinstance(reply, IdentifyGrant):
+            if reply == "granted":
                 if self.now() - asked > self.w.p.grant_use_limit:
                     # Too old to use safely: the scheduler may count it as spent already.
                     self.w.at(0.1, lambda: self._ask_identify(shard_id, epoch))
@@ -676,11 +676,13 @@ class Shell:
                 self.fleet_slot[host_id] = self.free_slot()
             if host_id in self.retiring:
                 want = 0
-            self.table.register_host(host_id, node_id=None, want=want, has_handle=True, now=now)
+            control.host_joined(
+                self.table, host_id, node_id=None, want=want, has_handle=True, now=now, place=not self.recovering()
+            )
             process = self.w.hosts.get(host_id)
             if process is None or not process.alive:
                 self.w.at(0.2, lambda: self.death_notice(host_id))
-            self.place()
+            self.dirty = True
             return "ok"
         if method == "sync":
             host_id, reports, report_seq = args
@@ -689,37 +691,36 @@ class Shell:
                 return "unknown"
             if not record.alive or (record.draining and not self.table.owned_by(host_id)):
                 return "stop"
-            self.table.apply_reports(host_id, reports, now, report_seq=report_seq)
+            control.reports_applied(
+                self.table, host_id, reports, now, report_seq=report_seq, recovering=self.recovering()
+            )
             self.place()
             return self.table.directives_for(host_id)
         if method == "release":
             host_id, shard_id, epoch, session = args
-            if self.table.release(host_id, shard_id, epoch, session):
-                self.scheduler.cancel(shard_id)
-                self.place()
+            control.shard_released(
+                self.table, self.scheduler, host_id, shard_id, epoch, session, place=not self.recovering()
+            )
             self.dirty = True
             return True
         if method == "identify":
             host_id, shard_id, epoch = args
-            if not self.table.holds(host_id, shard_id, epoch):
-                self.scheduler.cancel(shard_id)
+            decision = control.identify_requested(self.table, self.scheduler, host_id, shard_id, epoch, now)
+            if decision.lease_lost:
                 return "lost"
-            try:
-                outcome = self.scheduler.request(shard_id, now, holder=(host_id, epoch))
-            except IdentifyBudgetExhaustedError:
+            if decision.refresh_budget:
                 self.fetch_budget()
-                return 1.0
-            if isinstance(outcome, IdentifyGrant):
-                self.table.shards[shard_id].identifies += 1
+            if decision.granted:
                 self.dirty = True
-            return outcome
+                return "granted"
+            return decision.wait
         if method == "identify_done":
             host_id, shard_id, epoch = args
             self.scheduler.release(shard_id, now, holder=(host_id, epoch))
             return None
         if method == "check_lease":
             host_id, shard_id, epoch = args
-            return self.table.holds(host_id, shard_id, epoch)
+            return control.lease_checked(self.table, host_id, shard_id, epoch)
         msg = f"unknown method {method}"
         raise AssertionError(msg)
 
@@ -740,13 +741,11 @@ class Shell:
         record = self.table.hosts.get(host_id)
         if record is None or not record.alive:
             return
-        for shard_id in self.table.host_lost(host_id):
-            self.scheduler.cancel(shard_id)
+        control.host_lost(self.table, self.scheduler, host_id, place=not self.recovering())
         self.w.kill(host_id)
         self.fleet_slot.pop(host_id, None)
         self.retiring.discard(host_id)
-        self.place()
-        self.table.forget_host(host_id)
+        self.dirty = True
 
     def tick(self) -> None:
         """The reconcile loop: budget, silent hosts, placement, rebalance, fleet size, checkpoint."""
@@ -759,10 +758,8 @@ class Shell:
         for host_id in self.table.silent_hosts(now, self.w.p.host_timeout):
             self.lose(host_id)
         if not self.recovering():
-            self.place()
-            move = self.table.rebalance_move()
-            if move is not None:
-                self.table.revoke(move[1], move[0])
+            control.placement_pass(self.table)
+            self.dirty = True
             self.step_roll()
             self.fleet()
         if self.dirty and self.w.t - self.last_checkpoint >= self.w.checkpoint_every:
