@@ -43,7 +43,7 @@ from typing_extensions import override
 
 from ray_shards import sessions, validation
 from ray_shards.auth import command_key, redact
-from ray_shards.delivery import GatedEventManager
+from ray_shards.delivery import DeliveryMode, GatedEventManager
 from ray_shards.direct_commands import DIRECT_KINDS, DirectCommands
 from ray_shards.errors import (
     BotStoppedError,
@@ -834,6 +834,9 @@ class Bot(traits.GatewayBotAware):
             await self._give_back(leases)
             raise
         self._presence, self._presence_version = registration.presence, registration.presence_version
+        if not registration.shadow and self._event_manager.mode is DeliveryMode.SHADOW:
+            # Started as a replacement in a reshard's new set that went live meanwhile: live from the start.
+            self._event_manager.go_live(None)
         self._failures.clear()
         self._failed.clear()
         self._closed_event = asyncio.Event()
@@ -1471,6 +1474,9 @@ class Bot(traits.GatewayBotAware):
         self._presence, self._presence_version = registration.presence, registration.presence_version
         if registration.record:
             self._event_manager.start_recording()
+        if not registration.shadow and self._event_manager.mode is DeliveryMode.SHADOW:
+            # This host's set went live while it was cut off (its GO_LIVE went to the hosts registered then).
+            self._event_manager.go_live(None)
         for shard_id in registration.stale:
             slot = self._slots.get(shard_id)
             if slot is not None:

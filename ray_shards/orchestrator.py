@@ -555,7 +555,7 @@ class Orchestrator:
                      len(joined.leases))
         return Registration(
             config=config, leases=joined.leases, stale=joined.stale, presence=self._presence,
-            presence_version=self._presence_version, record=record,
+            presence_version=self._presence_version, record=record, shadow=table is self._next_table,
         )
 
     def _watch(self, host_id: str, handle: typing.Any) -> None:

@@ -92,6 +92,10 @@ class Registration:
     presence_version: int
     record: bool = False
     """The host joins the old set of a reshard that records: record before adopting (`GuildTails.since`)."""
+    shadow: bool = False
+    """The host joins a reshard's new set before its switch: a host started in shadow mode keeps holding its
+    events. False for a host started in shadow mode means its set went live while it was starting (it replaces
+    a host that died during the switch): it delivers live from the start."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -205,8 +205,8 @@ class Reshard:
         How long a host may take to run a command of the reshard.
     """
 
-    __slots__ = ("_deadline", "_outcome", "_sent", "_stage", "_starts", "_tails", "_tokens", "command_timeout",
-                 "identify_window", "max_skew", "phase", "progress")
+    __slots__ = ("_deadline", "_gone_live", "_live_tails", "_outcome", "_sent", "_stage", "_starts", "_tails",
+                 "_tokens", "command_timeout", "identify_window", "max_skew", "phase", "progress")
 
     def __init__(
         self,
@@ -227,6 +227,10 @@ class Reshard:
         self._deadline = math.inf
         self._starts: dict[int, str | None] | None = None
         self._tails: dict[str, GuildTails] = {}
+        # The switch's merged tails and the new hosts told to go live with them: a new host that joins after
+        # the GO_LIVE batch left (a replacement of one that died) gets them too, before the commit.
+        self._live_tails: GuildTails | None = None
+        self._gone_live: set[str] = set()
         self._outcome = ReshardState.FAILED
 
     @classmethod
@@ -364,11 +368,18 @@ class Reshard:
                     self._send(effects, _Stage.SWITCH_OUT, CommandKind.SWITCH_OUT, view.old_hosts, now)
                     continue
                 if self._stage is _Stage.SWITCH_OUT:
-                    self._go_live(effects, view, now)
+                    self._go_live(effects, view, now, tuple(view.new_shards))
+                    continue
+                late = tuple(h for h in view.new_shards if h not in self._gone_live)
+                if late:
+                    # A replacement started in shadow mode (its predecessor died during the switch) registered
+                    # after the batch: it holds every event until told to go live, so it must be, before the commit.
+                    self._go_live(effects, view, now, late)
                     continue
                 # Every new host is live: make the new set the bot, then end the old sessions.
                 self.phase, self._stage = ReshardPhase.CLOSING, _Stage.NONE
                 self._tails.clear()
+                self._live_tails, self._gone_live = None, set()
                 p.state = ReshardState.CLOSING
                 effects.append(Commit(p.target))
                 # The commit point: from this checkpoint on, a restarted Orchestrator runs the new set.
@@ -416,14 +427,20 @@ class Reshard:
             self._sent[token] = _Sent(host_id, kind)
             effects.append(HostCommand(host_id, kind, token, stop_recording=stop_recording))
 
-    def _go_live(self, effects: list[Effect], view: ReshardView, now: float) -> None:
-        """GO_LIVE to each new host with only the tails of the guilds its shards cover, never one global list."""
-        tails = GuildTails.merge(self._tails.values(), old_count=self.progress.source)
-        self._tails.clear()
+    def _go_live(self, effects: list[Effect], view: ReshardView, now: float, hosts: tuple[str, ...]) -> None:
+        """GO_LIVE to each of ``hosts`` (new) with only the tails of the guilds its shards cover, never one global
+        list. A host's tails are cut for the shards it owns now; one that owns none yet gets the whole merged
+        set cut for no shard (nothing), and goes live: a shard it adopts later is a failover in a live set."""
+        if self._live_tails is None:
+            self._live_tails = GuildTails.merge(self._tails.values(), old_count=self.progress.source)
+            self._tails.clear()
+        tails = self._live_tails
         self._stage = _Stage.GO_LIVE
         self._sent = {}
         self._deadline = now + self.command_timeout
-        for host_id, shards in view.new_shards.items():
+        for host_id in hosts:
+            shards = view.new_shards[host_id]
+            self._gone_live.add(host_id)
             token = next(self._tokens)
             self._sent[token] = _Sent(host_id, CommandKind.GO_LIVE)
             effects.append(HostCommand(host_id, CommandKind.GO_LIVE, token,
@@ -462,6 +479,7 @@ class Reshard:
         # again, nothing held back.
         self._starts = None
         self._tails.clear()
+        self._live_tails, self._gone_live = None, set()
         effects.append(KillNewSet())
         effects.append(ResumeOldFleet())
         self._send(effects, _Stage.UNMUTE, CommandKind.GO_LIVE, view.old_hosts, now, stop_recording=True)

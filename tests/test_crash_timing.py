@@ -221,3 +221,44 @@ async def test_host_killed_while_a_reshard_identifies(streaming: typing.Any) -> 
     _assert_clean(emu)
     await _no_leak(bot.client.bot_id, 2)
 
+
+
+@pytest.mark.parametrize("which", ["new", "old"])
+async def test_host_killed_while_a_reshard_switches(streaming: typing.Any, which: str) -> None:
+    """A host of the new set, or of the old one, is SIGKILLed once the reshard is switching (settling on the
+    skew bound or sending the switch's commands). Whichever way the reshard ends (finished, or rolled back by
+    the command the dead host never answered), one complete set runs, nothing is lost, no event is handled
+    by both sets, no extra session exists and no host actor leaks."""
+    bot = await streaming(shards=2, hosts=2)
+    emu = bot.emu
+    bot_id = bot.client.bot_id
+    old = set(_host_actors(bot_id))
+    emu.control.start_stream(40)
+    await asyncio.sleep(1.0)
+    killed: list[str] = []
+
+    def kill_when_switching(progress: typing.Any) -> None:
+        # Status is polled every 0.25 s and the switch first settles for reshard_max_skew (1 s): this lands in it.
+        if killed or progress.state is not ReshardState.SWITCHING:
+            return
+        names = sorted(set(_host_actors(bot_id)) - old) if which == "new" else sorted(old)
+        if names:
+            killed.append(names[0])
+            ray.kill(ray.get_actor(host_actor_name(bot_id, names[0]), namespace=NAMESPACE), no_restart=True)
+
+    status = await asyncio.wait_for(bot.client.reshard(4, progress=kill_when_switching), 240)
+    print(f"reshard 2 -> 4 with {which}-set host {killed} killed while switching: {status.state} {status.error}")
+    assert killed, f"the reshard never showed the switching state: {status}"
+    assert status.state in (ReshardState.FINISHED, ReshardState.FAILED), status
+    count = 4 if status.state is ReshardState.FINISHED else 2
+    await wait_for(lambda: len(bot.shards()) == count and bot.all_ready(), 90, f"{count} READY shards")
+    assert all(info.shard_count == count for info in bot.shards().values())
+    await asyncio.sleep(2.0)
+    await bot.assert_nothing_lost()
+    sent = {int(e["id"]) for e in emu.control.stream_sent()}
+    deliveries = ray.get(bot.recorder.deliveries.remote())
+    both = {m: hosts for m, hosts in deliveries.items()
+            if m in sent and any(h.startswith("s4-") for h in hosts) and any(not h.startswith("s4-") for h in hosts)}
+    assert not both, f"{len(both)} events handled by an old-set and a new-set host: {dict(list(both.items())[:5])}"
+    _assert_clean(emu)
+    await _no_leak(bot_id, 2)

@@ -171,6 +171,31 @@ def test_a_go_live_that_fails_rolls_back_and_a_dead_host_is_no_failure() -> None
     assert core.progress.error == "CommandFailedError: boom"
 
 
+def test_a_new_host_that_joins_after_go_live_is_told_to_go_live_before_the_commit() -> None:
+    """s4-h1 died during the switch; its replacement (started in shadow mode, holding every event) registered
+    after the GO_LIVE batch left. Committing then would leave it holding forever: it gets GO_LIVE with the
+    tails of the shards it owns, and the commit waits for it."""
+    core = _core()
+    _answer(core, _to_switching(core))
+    effects = core.step(_view(new=NEW, ready=4), 3.0)
+    core.tails_delivered("h0", GuildTails("h0", {2 << 22: (_seen(2.0),)}, {}))
+    _answer(core, effects)
+    effects = core.step(_view(new=NEW, ready=4), 3.1)
+    go_live = _commands(effects, CommandKind.GO_LIVE)
+    assert [c.host_id for c in go_live] == list(NEW)
+    _answer(core, effects)
+    replaced = {"s4-h0": (0, 1), "s4-h1.2": (2, 3)}  # s4-h1 is gone; its replacement adopted shards 2 and 3
+    effects = core.step(_view(new=replaced, ready=4), 3.2)
+    (late,) = _commands(effects)
+    assert late.host_id == "s4-h1.2" and late.kind is CommandKind.GO_LIVE
+    assert late.tails is not None and set(late.tails.tails) == {2 << 22}
+    assert not any(isinstance(e, rs.Commit) for e in effects)
+    assert core.step(_view(new=replaced, ready=4), 3.3) == []  # waits for its answer
+    _answer(core, effects)
+    effects = core.step(_view(new=replaced, ready=4), 3.4)
+    assert effects == [rs.Commit(4), rs.Checkpoint(), rs.RetireOldSet()]
+
+
 def test_a_command_that_never_answers_times_out_and_late_or_repeated_answers_are_ignored() -> None:
     core = rs.Reshard.begin(2, 4, identify_window=WINDOW, max_skew=SKEW, command_timeout=30.0)
     effects = core.step(_view(), 0.0)
