@@ -145,6 +145,16 @@ class StreamingBot:
         duplicates = sum(c - 1 for m, c in counts.items() if m in sent and c > 1)
         print(f"events sent {len(sent)}, delivered at least once {len(sent)}, replayed twice {duplicates}")
 
+    def handled_by_both_sets(self, new_count: int) -> dict[int, list[str]]:
+        """Streamed events a host of a reshard's new set (``s<new_count>-h…``) and an old-set host both handled."""
+        sent = {int(e["id"]) for e in self.emu.control.stream_sent()}
+        prefix = f"s{new_count}-"
+        deliveries: dict[int, list[str]] = ray.get(self.recorder.deliveries.remote())
+        return {
+            m: hosts for m, hosts in deliveries.items()
+            if m in sent and any(h.startswith(prefix) for h in hosts) and not all(h.startswith(prefix) for h in hosts)
+        }
+
     async def stop(self) -> None:
         if self.client is not None:
             await self.client.close()

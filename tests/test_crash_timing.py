@@ -255,10 +255,7 @@ async def test_host_killed_while_a_reshard_switches(streaming: typing.Any, which
     assert all(info.shard_count == count for info in bot.shards().values())
     await asyncio.sleep(2.0)
     await bot.assert_nothing_lost()
-    sent = {int(e["id"]) for e in emu.control.stream_sent()}
-    deliveries = ray.get(bot.recorder.deliveries.remote())
-    both = {m: hosts for m, hosts in deliveries.items()
-            if m in sent and any(h.startswith("s4-") for h in hosts) and any(not h.startswith("s4-") for h in hosts)}
+    both = bot.handled_by_both_sets(4)
     assert not both, f"{len(both)} events handled by an old-set and a new-set host: {dict(list(both.items())[:5])}"
     _assert_clean(emu)
     await _no_leak(bot_id, 2)

@@ -255,8 +255,7 @@ async def test_reshard_4_to_8_when_an_old_host_dies_handles_each_event_in_one_se
 
     sent = {int(e["id"]) for e in emu.control.stream_sent()}
     deliveries = ray.get(bot.recorder.deliveries.remote())
-    both = {m: hosts for m, hosts in deliveries.items()
-            if m in sent and any(h.startswith("s8-") for h in hosts) and any(not h.startswith("s8-") for h in hosts)}
+    both = bot.handled_by_both_sets(8)
     assert not both, f"{len(both)} events handled by an old-set and a new-set host: {dict(list(both.items())[:5])}"
     twice_new = {m: hosts for m, hosts in deliveries.items()
                  if m in sent and sum(h.startswith("s8-") for h in hosts) > 1}
