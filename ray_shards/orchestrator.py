@@ -1471,14 +1471,16 @@ class Orchestrator:
         table, fleet, new_table = self._table, self._fleet, self._next_table
         assert table is not None and fleet is not None
         new_shards: dict[str, tuple[int, ...]] = {}
-        new_ready = 0
+        new_ready = new_starting = 0
+        if self._next_fleet is not None:
+            new_starting = sum(1 for slot in range(self._next_fleet.desired) if self._next_fleet.is_starting(slot))
         if new_table is not None:
             new_shards = {h.host_id: tuple(new_table.owned_by(h.host_id)) for h in new_table.live_hosts()
                           if h.host_id not in self._fenced}
             new_ready = sum(1 for r in new_table.shards.values() if r.status is ShardStatus.READY)
         return rs.ReshardView(
             old_hosts=tuple(h.host_id for h in table.live_hosts() if h.host_id not in self._fenced),
-            new_shards=new_shards, new_ready=new_ready, old_desired=fleet.desired,
+            new_shards=new_shards, new_ready=new_ready, old_desired=fleet.desired, new_starting=new_starting,
         )
 
     async def _step_reshard(self) -> None:

@@ -21,7 +21,12 @@ and the reshard carries on to its end::
         │              │ start failed / READY deadline  │ a command failed or timed out
         ▼              ▼                                ▼
     ROLLING_BACK: kill only the new fleet; the old fleet replaces hosts again; GO_LIVE
-    (stop_recording) to every old host ──▶ FAILED (``rolled back`` after an Orchestrator restart)
+    (stop_recording) to every old host, again to a live one that did not confirm (up to
+    ``UNMUTE_ATTEMPTS`` batches) ──▶ FAILED (``rolled back`` after an Orchestrator restart)
+
+The commit waits until every new host has gone live: one that joined after GO_LIVE went out (the
+replacement of one that died) gets its GO_LIVE too, and new hosts still starting are waited for (up to
+``command_timeout``, then the reshard rolls back).
 
 Checkpointed ``state`` by phase: RECORDING ``starting``; IDENTIFYING ``identifying``; SETTLING,
 SWITCHING ``switching``; CLOSING ``closing old sessions``; the state stays active while rolling
@@ -57,6 +62,13 @@ __all__ = [
 
 RESTARTED = "the orchestrator restarted during the reshard; start it again"
 """The error of a reshard rolled back because the Orchestrator restarted before its commit point."""
+
+UNMUTE_ATTEMPTS = 3
+"""How many times a rollback tells a live old host to go live again before it gives up on it.
+
+A command leaves with a sync reply and is lost with it: one lost reply must not leave an old host muted
+(or recording) for good.
+"""
 
 
 class ReshardPhase(enum.StrEnum):
@@ -101,6 +113,8 @@ class ReshardView:
     """How many shards of the new set's table are READY."""
     old_desired: int = 0
     """How many hosts the old fleet keeps (the new fleet gets as many, at most one per shard)."""
+    new_starting: int = 0
+    """Hosts of the new set being started (replacements of dead ones) that have not joined its table yet."""
 
 
 # -- what the shell does ------------------------------------------------------------------------------
@@ -205,8 +219,8 @@ class Reshard:
         How long a host may take to run a command of the reshard.
     """
 
-    __slots__ = ("_deadline", "_gone_live", "_live_tails", "_outcome", "_sent", "_stage", "_starts", "_tails",
-                 "_tokens", "command_timeout", "identify_window", "max_skew", "phase", "progress")
+    __slots__ = ("_deadline", "_live", "_merged", "_outcome", "_sent", "_stage", "_starts", "_tails", "_tokens",
+                 "_unmutes", "command_timeout", "identify_window", "max_skew", "phase", "progress")
 
     def __init__(
         self,
@@ -227,11 +241,11 @@ class Reshard:
         self._deadline = math.inf
         self._starts: dict[int, str | None] | None = None
         self._tails: dict[str, GuildTails] = {}
-        # The switch's merged tails and the new hosts told to go live with them: a new host that joins after
-        # the GO_LIVE batch left (a replacement of one that died) gets them too, before the commit.
-        self._live_tails: GuildTails | None = None
-        self._gone_live: set[str] = set()
+        self._merged: GuildTails | None = None
+        self._live: set[str] = set()
+        """New hosts sent GO_LIVE in this switch."""
         self._outcome = ReshardState.FAILED
+        self._unmutes = 0
 
     @classmethod
     def begin(cls, source: int, target: int, *, started_at: float = 0.0, **options: float) -> Reshard:
@@ -251,7 +265,9 @@ class Reshard:
         if progress.state is ReshardState.CLOSING:
             core.phase = ReshardPhase.CLOSING
         elif progress.state.active:
-            if progress.error is None:
+            if progress.error is None or progress.error == RESTARTED:
+                # A second restart in the middle of the first one's rollback is still that rollback: it must not
+                # end ``failed`` (an operator's, or the auto-reshard policy's, cue that retrying is pointless).
                 progress.error = RESTARTED
                 core._outcome = ReshardState.ROLLED_BACK
             core.phase = ReshardPhase.ROLLING_BACK
@@ -270,10 +286,12 @@ class Reshard:
     def old_set_records(self) -> bool:
         """Whether the old set records what it delivers (a host joining it records before it adopts anything).
 
-        From just before RECORD is sent until the reshard ends, but for the commit: the old table is
-        no longer the bot's then. The old table is not rebalanced meanwhile either.
+        From just before RECORD is sent until the switch is done with, or abandoned: not from the commit
+        on (the old table is no longer the bot's), nor while rolling back (no switch will read what it
+        records, and a host joining after the rollback told the old set to stop recording would record
+        for good). The old table is not rebalanced meanwhile either.
         """
-        return self.active and self.phase is not ReshardPhase.CLOSING
+        return self.active and self.phase not in (ReshardPhase.CLOSING, ReshardPhase.ROLLING_BACK)
 
     def command_done(self, token: int, error: str | None) -> None:
         """A host ran (or failed: ``error``) the command of `HostCommand` ``token``; late or repeated: ignored."""
@@ -364,22 +382,29 @@ class Reshard:
                     return self._fail(effects, view, now, failure)
                 if self._stage is _Stage.SHADOW_CHECK:
                     self._tails.clear()
+                    self._merged, self._live = None, set()
                     # The old set as it is now: hosts that died during the reshard were replaced (and told to record).
                     self._send(effects, _Stage.SWITCH_OUT, CommandKind.SWITCH_OUT, view.old_hosts, now)
                     continue
                 if self._stage is _Stage.SWITCH_OUT:
                     self._go_live(effects, view, now, tuple(view.new_shards))
                     continue
-                late = tuple(h for h in view.new_shards if h not in self._gone_live)
+                # A new host that joined after GO_LIVE went out (the replacement of one that died) holds every event
+                # it receives: it goes live too, with its shards' tails, and the commit waits for the new hosts still
+                # starting (a host started in shadow mode that joins after the commit would hold its events for good).
+                late = tuple(h for h in view.new_shards if h not in self._live)
                 if late:
-                    # A replacement started in shadow mode (its predecessor died during the switch) registered
-                    # after the batch: it holds every event until told to go live, so it must be, before the commit.
                     self._go_live(effects, view, now, late)
                     continue
+                if view.new_starting:
+                    if now > self._deadline:
+                        return self._fail(effects, view, now, f"TimeoutError: {view.new_starting} new host(s) did not "
+                                          f"start within {self.command_timeout:.0f} s of the switch")
+                    return effects
                 # Every new host is live: make the new set the bot, then end the old sessions.
                 self.phase, self._stage = ReshardPhase.CLOSING, _Stage.NONE
                 self._tails.clear()
-                self._live_tails, self._gone_live = None, set()
+                self._merged = None
                 p.state = ReshardState.CLOSING
                 effects.append(Commit(p.target))
                 # The commit point: from this checkpoint on, a restarted Orchestrator runs the new set.
@@ -402,6 +427,14 @@ class Reshard:
                     self._rollback_effects(effects, view, now)
                 failure = self._batch_failure(view, now)
                 if failure is None:
+                    return effects
+                if failure and self._unmutes < UNMUTE_ATTEMPTS:
+                    # Ask again the live old hosts that did not confirm (their command, or its answer, was lost).
+                    live = set(view.old_hosts)
+                    again = [s.host_id for s in self._sent.values()
+                             if s.host_id in live and not (s.done and s.error is None)]
+                    self._send(effects, _Stage.UNMUTE, CommandKind.GO_LIVE, again, now, stop_recording=True)
+                    self._unmutes += 1
                     return effects
                 self.phase = ReshardPhase.FAILED
                 p.state = self._outcome
@@ -428,19 +461,17 @@ class Reshard:
             effects.append(HostCommand(host_id, kind, token, stop_recording=stop_recording))
 
     def _go_live(self, effects: list[Effect], view: ReshardView, now: float, hosts: tuple[str, ...]) -> None:
-        """GO_LIVE to each of ``hosts`` (new) with only the tails of the guilds its shards cover, never one global
-        list. A host's tails are cut for the shards it owns now; one that owns none yet gets the whole merged
-        set cut for no shard (nothing), and goes live: a shard it adopts later is a failover in a live set."""
-        if self._live_tails is None:
-            self._live_tails = GuildTails.merge(self._tails.values(), old_count=self.progress.source)
+        """GO_LIVE to each of ``hosts`` with only the tails of the guilds its shards cover, never one global list."""
+        if self._merged is None:
+            self._merged = GuildTails.merge(self._tails.values(), old_count=self.progress.source)
             self._tails.clear()
-        tails = self._live_tails
+        tails = self._merged
         self._stage = _Stage.GO_LIVE
         self._sent = {}
         self._deadline = now + self.command_timeout
         for host_id in hosts:
             shards = view.new_shards[host_id]
-            self._gone_live.add(host_id)
+            self._live.add(host_id)
             token = next(self._tokens)
             self._sent[token] = _Sent(host_id, CommandKind.GO_LIVE)
             effects.append(HostCommand(host_id, CommandKind.GO_LIVE, token,
@@ -479,7 +510,8 @@ class Reshard:
         # again, nothing held back.
         self._starts = None
         self._tails.clear()
-        self._live_tails, self._gone_live = None, set()
+        self._merged, self._live = None, set()
         effects.append(KillNewSet())
         effects.append(ResumeOldFleet())
         self._send(effects, _Stage.UNMUTE, CommandKind.GO_LIVE, view.old_hosts, now, stop_recording=True)
+        self._unmutes = 1

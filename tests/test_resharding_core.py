@@ -288,12 +288,86 @@ def test_a_restart_at_the_commit_point_carries_on() -> None:
     assert core.progress.state is ReshardState.FINISHED and core.progress.error is None
 
 
-def test_unmute_failures_end_the_rollback_with_a_detail() -> None:
+def test_unmute_failures_are_asked_again_then_end_the_rollback_with_a_detail() -> None:
     core = rs.Reshard.restore(ReshardProgress(source=2, target=4, state=ReshardState.IDENTIFYING))
     unmute = _commands(core.step(_view(), 0.0))
     core.command_done(unmute[0].token, "CommandFailedError: nope")
     core.command_done(unmute[1].token, None)
-    effects = core.step(_view(), 0.1)
+    # A command (or its answer) can be lost with a sync reply: the host that did not confirm is asked again.
+    for attempt in range(1, rs.UNMUTE_ATTEMPTS):
+        effects = core.step(_view(), 0.1 * attempt)
+        again = _commands(effects)
+        assert effects == again and [(c.host_id, c.kind, c.stop_recording) for c in again] == [
+            ("h0", CommandKind.GO_LIVE, True)
+        ]
+        core.command_done(again[0].token, "CommandFailedError: nope")
+    effects = core.step(_view(), 1.0)
     assert effects == [rs.Ended(ReshardState.ROLLED_BACK, rs.RESTARTED,
                                 "could not tell every old host to go live again: CommandFailedError: nope"),
                        rs.Checkpoint()]
+
+
+def test_an_unmute_lost_once_is_asked_again_and_the_rollback_ends_cleanly() -> None:
+    # Found by the simulator (seed 206): the sync reply carrying an old host's GO_LIVE was lost; the rollback ended
+    # with a detail and the host recorded (or stayed muted) for good.
+    core = rs.Reshard.restore(ReshardProgress(source=2, target=4, state=ReshardState.SWITCHING))
+    unmute = _commands(core.step(_view(), 0.0))
+    core.command_done(unmute[1].token, None)
+    assert core.step(_view(), 10.0) == []
+    again = _commands(core.step(_view(), 31.0))
+    assert [(c.host_id, c.kind, c.stop_recording) for c in again] == [("h0", CommandKind.GO_LIVE, True)]
+    core.command_done(again[0].token, None)
+    assert core.step(_view(), 32.0) == [rs.Ended(ReshardState.ROLLED_BACK, rs.RESTARTED), rs.Checkpoint()]
+
+
+def test_a_second_restart_during_a_restarts_rollback_still_ends_rolled_back() -> None:
+    # Found by the simulator (seed 22): the second restore saw the first one's error and ended the rollback
+    # "failed", which the auto-reshard policy takes as a reason never to try again.
+    first = rs.Reshard.restore(ReshardProgress(source=2, target=4, state=ReshardState.IDENTIFYING))
+    first.step(_view(), 0.0)
+    second = rs.Reshard.restore(ReshardProgress.from_json(first.progress.to_json(), now=0.0))
+    for command in _commands(second.step(_view(), 0.0)):
+        second.command_done(command.token, None)
+    assert second.step(_view(), 0.1) == [rs.Ended(ReshardState.ROLLED_BACK, rs.RESTARTED), rs.Checkpoint()]
+
+
+def test_a_host_joining_the_old_set_during_a_rollback_does_not_record() -> None:
+    # Found by the simulator (seed 1307): Registration.record after the rollback's GO_LIVE (stop_recording) had gone
+    # out left the joining host recording for good.
+    core = rs.Reshard.restore(ReshardProgress(source=2, target=4, state=ReshardState.IDENTIFYING))
+    assert core.phase is rs.ReshardPhase.ROLLING_BACK and not core.old_set_records
+
+
+def test_a_new_host_that_joins_after_go_live_goes_live_too_and_the_commit_waits_for_starting_ones() -> None:
+    # Found by the simulator (seed 35): s4-h1 died during the switch; its replacement (started in shadow mode) joined
+    # after GO_LIVE went out, and after the commit it held its shards' events for good.
+    core = _core()
+    _answer(core, _to_switching(core))
+    _answer(core, _commands(core.step(_view(new=NEW, ready=4), 2.0)))
+    alone = {"s4-h0": (0, 1, 2, 3)}
+    go_live = core.step(_view(new=alone, ready=4), 3.0)
+    assert [c.host_id for c in _commands(go_live, CommandKind.GO_LIVE)] == ["s4-h0"]
+    _answer(core, go_live)
+    # The replacement of s4-h1 is starting: no commit yet.
+    starting = rs.ReshardView(old_hosts=OLD, new_shards=alone, new_ready=4, old_desired=2, new_starting=1)
+    assert core.step(starting, 4.0) == []
+    # It joined (and took its shards back): it goes live with its own tails, then the commit.
+    joined = {"s4-h0": (0, 1), "s4-h2": (2, 3)}
+    late = core.step(_view(new=joined, ready=4), 5.0)
+    assert late == _commands(late) and [(c.host_id, c.kind) for c in _commands(late)] == [
+        ("s4-h2", CommandKind.GO_LIVE)
+    ]
+    _answer(core, late)
+    assert core.step(_view(new=joined, ready=4), 6.0) == [rs.Commit(4), rs.Checkpoint(), rs.RetireOldSet()]
+
+
+def test_a_new_host_still_starting_at_the_switch_times_out_into_a_rollback() -> None:
+    core = _core()
+    _answer(core, _to_switching(core))
+    _answer(core, _commands(core.step(_view(new=NEW, ready=4), 2.0)))
+    _answer(core, core.step(_view(new=NEW, ready=4), 3.0))
+    starting = rs.ReshardView(old_hosts=OLD, new_shards=NEW, new_ready=4, old_desired=2, new_starting=1)
+    assert core.step(starting, 10.0) == []
+    effects = core.step(starting, 3.0 + core.command_timeout + 1.0)
+    _rolled_back(effects)
+    assert "did not start" in str(core.progress.error)

@@ -8,16 +8,18 @@ went wrong before the fix.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 import typing
 
 import pytest
 
-from ray_shards import rolling
+from ray_shards import resharding, rolling
 from ray_shards.identify import IdentifyBudgetExhaustedError, IdentifyGrant, IdentifyScheduler
 from ray_shards.models import Lease, SessionState, ShardReport, ShardStatus
-from ray_shards.sim import Violation, World, replay_command, run_seed
+from ray_shards.protocol import ReshardProgress, ReshardState
+from ray_shards.sim import SimResult, Violation, World, replay_command, run_seed
 from ray_shards.sim.__main__ import main
 from ray_shards.sim.world import Host, Shell
 from ray_shards.table import ShardTable
@@ -97,6 +99,45 @@ def _failed_roll_keeps_the_old_host_retiring(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(rolling.RollingRestart, "_fail", keep_retiring)
 
 
+def _rollback_tells_the_old_set_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(resharding, "UNMUTE_ATTEMPTS", 1)
+
+
+def _old_set_records_while_rolling_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(resharding.Reshard, "old_set_records", property(
+        lambda self: self.active and self.phase is not resharding.ReshardPhase.CLOSING
+    ))
+
+
+def _second_restore_keeps_the_restart_as_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    restore = resharding.Reshard.restore.__func__  # type: ignore[attr-defined]
+
+    def restore_failed(
+        cls: type[resharding.Reshard], progress: ReshardProgress, **options: float
+    ) -> resharding.Reshard:
+        again = progress.error is not None
+        core: resharding.Reshard = restore(cls, progress, **options)
+        if again:
+            core._outcome = ReshardState.FAILED
+        return core
+
+    monkeypatch.setattr(resharding.Reshard, "restore", classmethod(restore_failed))
+
+
+def _commit_without_late_new_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
+    step = resharding.Reshard.step
+
+    def commit_at_once(self: resharding.Reshard, view: resharding.ReshardView, now: float) -> list[resharding.Effect]:
+        if self.phase is resharding.ReshardPhase.SWITCHING and self._stage is resharding._Stage.GO_LIVE:
+            # As before: the commit followed the GO_LIVE batch, blind to hosts that joined or started since.
+            view = dataclasses.replace(
+                view, new_shards={h: s for h, s in view.new_shards.items() if h in self._live}, new_starting=0
+            )
+        return step(self, view, now)
+
+    monkeypatch.setattr(resharding.Reshard, "step", commit_at_once)
+
+
 REGRESSION_SEEDS: dict[int, tuple[typing.Callable[[pytest.MonkeyPatch], None], str]] = {
     10: (_no_start_full, "a restarted Orchestrator granted an IDENTIFY 4.5 s after the previous one"),
     16215: (_start_full_without_in_flight, "a grant sent just before a crash was used after the restart: 4.9 s apart"),
@@ -111,6 +152,14 @@ REGRESSION_SEEDS: dict[int, tuple[typing.Callable[[pytest.MonkeyPatch], None], s
         "replacement for its slot while the first was still starting"),
     23: (_failed_roll_keeps_the_old_host_retiring, "a failed rolling restart left its old host retiring: the fleet "
          "neither counted nor replaced it, and the bot never had its hosts back"),
+    206: (_rollback_tells_the_old_set_once, "a reshard's rollback lost an old host's GO_LIVE with a sync reply and "
+          "ended: the host recorded for good"),
+    1307: (_old_set_records_while_rolling_back, "a host that joined the old set after the rollback's GO_LIVE was told "
+          "to record, and recorded for good"),
+    22: (_second_restore_keeps_the_restart_as_an_error, "a second Orchestrator restart during a restart's rollback "
+         "ended the reshard 'failed' (which stops the auto-reshard policy) instead of 'rolled back'"),
+    35: (_commit_without_late_new_hosts, "a new host died during the switch; its replacement, started in shadow mode, "
+         "joined after GO_LIVE went out and held its shards' events for good after the commit"),
 }
 """Seeds that find a bug once its fix is undone, and what went wrong then."""
 
@@ -129,16 +178,21 @@ def test_thousands_of_seeds_keep_every_invariant() -> None:
     print(f"{SEEDS} seeds, {steps} steps in {elapsed:.1f} s")
 
 
+WITHOUT_RESHARD = {13539}
+"""Seeds that found their bug before the simulator drove reshards and now draw one: they run without it."""
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("seed", sorted(REGRESSION_SEEDS))
 def test_regression_seeds(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    result = run_seed(seed)
+    reshard = seed not in WITHOUT_RESHARD
+    result = run_seed(seed, reshard=reshard)
     assert not math.isnan(result.converged_after)
     # The seed still finds the bug once its fix is undone (else the model drifted: pick a new seed).
     undo, what = REGRESSION_SEEDS[seed]
     undo(monkeypatch)
     with pytest.raises(Violation):
-        run_seed(seed)
+        run_seed(seed, reshard=reshard)
     assert what
 
 
@@ -152,12 +206,19 @@ def test_seeds_are_deterministic_and_do_fault() -> None:
     assert sum(r.resumes for r in results) > 20
 
 
+@functools.cache
+def _three_hundred_seeds() -> list[tuple[World, SimResult]]:
+    """Seeds 0..299 run once, for the tests of the long operations."""
+    worlds = [World(seed) for seed in range(300)]
+    return [(world, world.run()) for world in worlds]
+
+
 @pytest.mark.timeout(120)
 def test_rolling_restarts_are_simulated_and_end_every_way() -> None:
     # Seeds start a rolling restart at a random time under faults; each must end, cleanly, within the bound
     # (run_seed raises otherwise). Over a few hundred seeds every ending shows up.
-    worlds = [World(seed) for seed in range(300)]
-    endings = [world.run().roll for world in worlds]
+    worlds = [world for world, _ in _three_hundred_seeds()]
+    endings = [result.roll for _, result in _three_hundred_seeds()]
     rolled = [e for e in endings if e is not None]
     assert 0.25 * len(endings) < len(rolled) < 0.6 * len(endings)
     assert {"finished", "failed", "aborted"} <= set(rolled), sorted(set(rolled))
@@ -166,6 +227,31 @@ def test_rolling_restarts_are_simulated_and_end_every_way() -> None:
     assert sum(world.roll_restarts for world in worlds) > 10
     assert sum(1 for world in worlds if world.shell is not None and world.shell.roll is not None
                and "did not start" in str(world.shell.roll.progress.error)) > 5
+
+
+@pytest.mark.timeout(120)
+def test_reshards_are_simulated_and_end_every_way() -> None:
+    # A quarter of the seeds ask for a reshard to another shard count at a random time under faults (refused while
+    # a rolling restart runs, or the budget is short: the client asks again). Each must end within the bound, and
+    # then: no host of the abandoned set runs, the bot's count has every shard connected once, the other count none,
+    # every host delivers live (run_seed raises otherwise). Over a few hundred seeds every ending shows up.
+    runs = _three_hundred_seeds()
+    results = [result for _, result in runs]
+    started = [r for r in results if r.reshards]
+    assert 0.1 * len(results) < len(started) < 0.4 * len(results)
+    endings = [r.reshard for r in started]
+    assert endings.count("finished") > len(started) / 3, endings
+    # Rolled back by its own failure: a new host that never started, a command that failed or timed out.
+    failed = [r.reshard_error or "" for r in started if r.reshard == "failed"]
+    assert sum("did not start" in e for e in failed) >= 2, failed
+    assert sum("did not start" not in e for e in failed) >= 1, failed
+    # Rolled back because the Orchestrator restarted before the commit point.
+    assert sum(r.reshard == "rolled back" and r.reshard_error == resharding.RESTARTED for r in started) >= 2
+    # Restarts at any point, and some at the commit point: the reshard carried on and finished.
+    assert sum(r.reshard_restarts for r in started) > 10
+    carried = [r for r in started if r.reshard_carried_on]
+    assert carried
+    assert all(r.reshard == "finished" for r in carried)
 
 
 @pytest.mark.timeout(60)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import sys
 import time
 
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     trace = print if args.verbose else None
     started = time.perf_counter()
     steps = 0
+    reshards: collections.Counter[str] = collections.Counter()
     for seed in seeds:
         try:
             result = run_seed(seed, fault_steps=args.steps, trace=trace)
@@ -31,10 +33,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"replay: {replay_command(seed, steps=args.steps)}", file=sys.stderr)
             return 1
         steps += result.steps
+        reshards["started"] += result.reshards
+        reshards["restarts mid-reshard"] += result.reshard_restarts
+        reshards["carried on at closing"] += result.reshard_carried_on
+        if result.reshard is not None:
+            reshards[result.reshard] += 1
+            if result.reshard_error and "did not start" in result.reshard_error:
+                reshards["failed: a new host did not start"] += 1
         if args.seed is not None:
             print(result)
     elapsed = time.perf_counter() - started
     print(f"{len(seeds)} seeds, {steps} steps, all invariants held ({elapsed:.1f} s)")
+    print("reshards: " + ", ".join(f"{n} {what}" for what, n in sorted(reshards.items())))
     return 0
 
 

@@ -22,6 +22,11 @@ The model follows the protocol the Orchestrator and hosts must implement:
   grant it asked for less than ``grant_use_limit`` ago, and closes every shard
   (resumably) when its own lease, renewed by each answered sync, is older than
   ``lease_ttl``;
+- a reshard (`ray_shards.resharding.Reshard`, driven as `Orchestrator._step_reshard` does) runs a
+  second table and fleet of another shard count beside the bot's; hosts register with their count,
+  Discord keys sessions by (count, shard id) and shares one bucket window and budget between both;
+  host commands ride on sync replies and are answered with ``command_done``; new-set hosts hold
+  events (shadow) until GO_LIVE, old-set hosts record after RECORD and mute on SWITCH_OUT;
 - the shell declares a host lost on a death notice (after a quarantine) or after
   ``host_timeout`` without a sync (``lease_ttl < host_timeout``), and after a restart
   from its checkpoint it checkpoints the new incarnation at once, starts every
@@ -37,16 +42,19 @@ import math
 import random
 import typing
 
-from ray_shards import control, rolling
+from ray_shards import control, resharding, rolling
 from ray_shards.identify import IdentifyScheduler
-from ray_shards.models import Lease, SessionState, ShardReport, ShardStatus
-from ray_shards.protocol import OperationState, RollingRestartProgress
+from ray_shards.models import CommandKind, Lease, SessionState, ShardReport, ShardStatus
+from ray_shards.protocol import GuildTails, OperationState, ReshardProgress, ReshardState, RollingRestartProgress
 from ray_shards.table import ShardTable
 
 __all__ = ["Params", "SimResult", "Violation", "World", "run_seed"]
 
 WINDOW = 5.0
 """Discord's identify window per bucket, as the gateway model enforces it."""
+
+COMMAND_TIMEOUT = 30.0
+"""The reshard core's ``command_timeout``."""
 
 FULL_CHECK_SHARDS = 256
 """Up to this many shards, every row of the table is checked after every Orchestrator event."""
@@ -119,14 +127,28 @@ class SimResult:
     converged_after: float
     roll: str | None = None
     """How the seed's rolling restart ended (``finished``, ``aborted``, ``failed``), or None without one."""
+    reshard: str | None = None
+    """How the seed's reshard ended (``finished``, ``rolled back``, ``failed``), or None without one."""
+    reshard_error: str | None = None
+    """Why it did not finish (the core's error)."""
+    reshards: int = 0
+    """Reshards the Orchestrator accepted (one a seed, at most)."""
+    reshard_restarts: int = 0
+    """Orchestrator restarts while the reshard was active."""
+    reshard_carried_on: int = 0
+    """Restarts that found the reshard at its commit point (``closing``) and carried it on."""
 
 
 # -- Discord ---------------------------------------------------------------------------------------
 
 
+Shard = tuple[int, int]
+"""A shard at Discord: (shard_count, shard_id). Sessions of different shard counts are different shards."""
+
+
 @dataclasses.dataclass(slots=True)
 class _Session:
-    shard_id: int
+    shard_id: Shard
     session_id: str
     seq: int
     valid: bool = True
@@ -137,7 +159,7 @@ class _Session:
 @dataclasses.dataclass(slots=True)
 class _Conn:
     conn_id: int
-    shard_id: int
+    shard_id: Shard
     session_id: str
     host_id: str
 
@@ -149,10 +171,10 @@ class Gateway:
         self.w = world
         self.sessions: dict[str, _Session] = {}
         self.conns: dict[int, _Conn] = {}
-        self.open_by_shard: dict[int, set[int]] = {}
-        self.connected = 0
-        """Shards with at least one open connection (kept as connections open and close)."""
-        self.doubled: set[int] = set()
+        self.open_by_shard: dict[Shard, set[int]] = {}
+        self.connected: dict[int, int] = {}
+        """Per shard count, shards with at least one open connection (kept as connections open and close)."""
+        self.doubled: set[Shard] = set()
         """Shards with more than one open connection (kept as connections open and close)."""
         self.last_identify: dict[int, float] = {}
         self.first_identify_at: float | None = None
@@ -174,7 +196,7 @@ class Gateway:
         self._roll_day()
         return self.w.p.budget - self.used, self.day_start + self.w.p.day - self.w.t
 
-    def _open(self, shard_id: int, session: _Session, host_id: str) -> int:
+    def _open(self, shard_id: Shard, session: _Session, host_id: str) -> int:
         self.next_id += 1
         conn = _Conn(self.next_id, shard_id, session.session_id, host_id)
         self.conns[conn.conn_id] = conn
@@ -182,7 +204,7 @@ class Gateway:
         live = self.open_by_shard.setdefault(shard_id, set())
         live.add(conn.conn_id)
         if len(live) == 1:
-            self.connected += 1
+            self.connected[shard_id[0]] = self.connected.get(shard_id[0], 0) + 1
         if len(live) > 1:
             self.doubled.add(shard_id)
             owners = sorted(self.conns[c].host_id for c in live)
@@ -198,7 +220,7 @@ class Gateway:
         if conn_id in live:
             live.discard(conn_id)
             if not live:
-                self.connected -= 1
+                self.connected[conn.shard_id[0]] -= 1
             if len(live) <= 1:
                 self.doubled.discard(conn.shard_id)
         session = self.sessions.get(conn.session_id)
@@ -206,10 +228,14 @@ class Gateway:
             session.conn = None
             session.disconnected_at = self.w.t
 
-    def identify(self, shard_id: int, host_id: str) -> tuple[int, _Session]:
-        """An IDENTIFY: checks the bucket window and the budget, opens a new session."""
+    def identify(self, shard_id: Shard, host_id: str) -> tuple[int, _Session]:
+        """An IDENTIFY: checks the bucket window and the budget, opens a new session.
+
+        The bucket is ``shard_id % max_concurrency`` whatever the shard count: the sets of a reshard share
+        the buckets, the window and the daily budget (one bot).
+        """
         self._roll_day()
-        bucket = shard_id % self.w.p.max_concurrency
+        bucket = shard_id[1] % self.w.p.max_concurrency
         last = self.last_identify.get(bucket)
         if last is not None and self.w.t - last < WINDOW:
             self.w.fail(f"two IDENTIFYs in bucket {bucket} {self.w.t - last:.3f} s apart (shard {shard_id})")
@@ -226,7 +252,7 @@ class Gateway:
         self.sessions[session.session_id] = session
         return self._open(shard_id, session, host_id), session
 
-    def resume(self, shard_id: int, session_id: str, seq: int, host_id: str) -> tuple[int, _Session] | None:
+    def resume(self, shard_id: Shard, session_id: str, seq: int, host_id: str) -> tuple[int, _Session] | None:
         """A RESUME: None is op 9 (unknown, invalid or too far behind the replay buffer)."""
         session = self.sessions.get(session_id)
         if session is None or not session.valid or session.shard_id != shard_id:
@@ -267,6 +293,16 @@ class Gateway:
 # -- hosts -----------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Command:
+    """A host-wide command of the reshard, as the mailbox hands it to a host with a sync reply."""
+
+    command_id: int
+    kind: CommandKind
+    tails: GuildTails | None = None
+    stop_recording: bool = False
+
+
 @dataclasses.dataclass(slots=True)
 class _Slot:
     lease: Lease
@@ -280,10 +316,20 @@ class _Slot:
 class Host:
     """A ShardHost as the protocol requires it to behave."""
 
-    def __init__(self, world: World, host_id: str, want: int, *, broken: bool = False) -> None:
+    def __init__(
+        self, world: World, host_id: str, want: int, *, broken: bool = False, count: int = 0, shadow: bool = False
+    ) -> None:
         self.w = world
         self.host_id = host_id
         self.want = want
+        self.count = count or world.p.shards
+        """The shard count of the set this host runs shards of (it registers with it)."""
+        self.shadow = shadow
+        """A reshard's new-set host started in shadow mode: it holds every event until GO_LIVE."""
+        self.recording = False
+        """An old-set host records what it delivers (RECORD, or `Registration.record`) until GO_LIVE stop_recording."""
+        self.muted = False
+        """An old-set host stopped delivering (SWITCH_OUT) until GO_LIVE."""
         self.alive = True
         self.broken = broken
         """Its start fails (the user callback raises, or the cluster has no room): it never registers."""
@@ -311,20 +357,25 @@ class Host:
         """The actor is up: register, then sync forever."""
         if self.broken:
             return
-        self.w.call(self, "register", (self.host_id, self.want), self._registered, self._register_failed)
+        self._register()
         self.w.at(self.w.p.sync_interval, self._tick)
+
+    def _register(self) -> None:
+        self.w.call(self, "register", (self.host_id, self.want, self.count), self._registered, self._register_failed)
 
     def _registered(self, reply: typing.Any) -> None:
         if reply == "stop":
             self.stop()
             return
+        if reply == "record":
+            # Joins the old set of a reshard: records before it adopts anything.
+            self.recording = True
         self.registered = True
         self.renewed_at = self.now()
 
     def _register_failed(self) -> None:
         if self.alive:
-            self.w.at(0.5, lambda: self.w.call(self, "register", (self.host_id, self.want), self._registered,
-                                               self._register_failed))
+            self.w.at(0.5, self._register)
 
     def _tick(self) -> None:
         if not self.alive:
@@ -363,19 +414,57 @@ class Host:
             self.syncing = False
             if reply == "unknown":
                 self.registered = False
-                self.w.call(self, "register", (self.host_id, self.want), self._registered, self._register_failed)
+                self._register()
                 return
             if reply == "stop":
                 self.stop()
                 return
-            adopt, revoke = typing.cast(tuple[list[Lease], list[int]], reply)
+            adopt, revoke, commands = typing.cast(tuple[list[Lease], list[int], list[_Command]], reply)
             self.renewed_at = sent if self.renewed_at is None else max(self.renewed_at, sent)
             self.apply(adopt, revoke)
+            for command in commands:
+                self.run_command(command)
 
         def failed() -> None:
             self.syncing = False
 
         self.w.call(self, "sync", args, done, failed)
+
+    def run_command(self, command: _Command) -> None:
+        """Run a reshard command (as `ShardHost._run_command` does), then report it with ``command_done``."""
+        if command.kind is CommandKind.RECORD:
+            self.recording = True
+        elif command.kind is CommandKind.SHADOW_CHECK:
+            if self.w.faulty() and self.w.reshard_rng.random() < 0.05:
+                self._command_done(command, "the shadow buffer overflowed")
+                return
+        elif command.kind is CommandKind.SWITCH_OUT:
+            self.muted = True
+            tails = GuildTails(self.host_id, {}, old_count=self.count)
+            # deliver_tails is retried (for 10 s) before the command counts as failed.
+            self._call_retrying("tails", (self.host_id, tails), 3, lambda: self._command_done(command, None),
+                                lambda: self._command_done(command, "TimeoutError: deliver_tails"))
+            return
+        elif command.kind is CommandKind.GO_LIVE:
+            self.muted = self.shadow = False
+            if command.stop_recording:
+                self.recording = False
+        self._command_done(command, None)
+
+    def _command_done(self, command: _Command, error: str | None) -> None:
+        self._call_retrying("command_done", (self.host_id, command.command_id, error), 2, lambda: None, lambda: None)
+
+    def _call_retrying(
+        self, method: str, args: tuple[typing.Any, ...], tries: int, done: typing.Callable[[], None],
+        failed: typing.Callable[[], None],
+    ) -> None:
+        def again() -> None:
+            if tries > 1:
+                self.w.at(0.5, lambda: self._call_retrying(method, args, tries - 1, done, failed))
+            else:
+                failed()
+
+        self.w.call(self, method, args, lambda _: done(), again)
 
     def apply(self, adopt: list[Lease], revoke: list[int]) -> None:
         """Revokes before adopts; a revoke of a shard the same reply adopts stops only older runs."""
@@ -477,7 +566,9 @@ class Host:
 
     def _resume(self, slot: _Slot) -> None:
         assert slot.session is not None
-        opened = self.w.gateway.resume(slot.lease.shard_id, slot.session.session_id, slot.session.seq, self.host_id)
+        opened = self.w.gateway.resume(
+            (self.count, slot.lease.shard_id), slot.session.session_id, slot.session.seq, self.host_id
+        )
         if opened is None:
             slot.session = None
             slot.phase = "identify"
@@ -507,7 +598,7 @@ class Host:
                     # Too old to use safely: the scheduler may count it as spent already.
                     self.w.at(0.1, lambda: self._ask_identify(shard_id, epoch))
                     return
-                conn, session = self.w.gateway.identify(shard_id, self.host_id)
+                conn, session = self.w.gateway.identify((self.count, shard_id), self.host_id)
                 current.conn = conn
                 current.phase = "running"
                 current.session = SessionState(session.session_id, session.seq, "wss://resume")
@@ -522,7 +613,8 @@ class Host:
     def _ready(self, shard_id: int, epoch: int) -> None:
         if not self.alive:
             return
-        self.w.ready_at[shard_id] = self.w.t
+        if self.count == self.w.p.shards:
+            self.w.ready_at[shard_id] = self.w.t
         self.w.call(self, "identify_done", (self.host_id, shard_id, epoch), lambda _: None, lambda: None)
 
     def observe(self) -> None:
@@ -579,6 +671,10 @@ class Shell:
             self.fleet_slot: dict[str, int] = {}
             self.retiring: set[str] = set()
             self.roll: rolling.RollingRestart | None = None
+            self.fleet_desired = p.hosts
+            self.fleet_paused = False
+            self.fleet_prefix = "h"
+            self.reshard: resharding.Reshard | None = None
         else:
             self.table = ShardTable.from_json(checkpoint["table"], now)
             self.scheduler = IdentifyScheduler(p.max_concurrency, remaining=int(checkpoint["remaining"]))
@@ -593,7 +689,39 @@ class Shell:
             self.retiring = set(checkpoint["retiring"]) & set(self.fleet_slot)
             roll = checkpoint["roll"]
             self.roll = self._new_roll(RollingRestartProgress.from_json(roll)) if roll is not None else None
+            self.fleet_desired = int(checkpoint["fleet_desired"])
+            self.fleet_paused = bool(checkpoint["fleet_paused"])
+            self.fleet_prefix = str(checkpoint["fleet_prefix"])
+            reshard = checkpoint["reshard"]
+            self.reshard = None
+            if reshard is not None:
+                # Before the commit point the new set is abandoned (rolled back), at it the reshard carries on.
+                self.reshard = resharding.Reshard.restore(
+                    ReshardProgress.from_json(reshard, now=world.wall()), **self._reshard_options()
+                )
+                if self.reshard.phase is resharding.ReshardPhase.CLOSING:
+                    world.reshard_carried_on += 1
+            # kill_strays: actors of the bot outside the checkpointed fleet's set are killed (the new set's hosts,
+            # never checkpointed, before the commit point; the old set's after it). The live fleet's own hosts
+            # started after the checkpoint are adopted below, as before.
+            for stray in sorted(world.hosts.values(), key=lambda h: h.host_id):
+                if stray.alive and stray.count != self.table.shard_count:
+                    world.kill(stray.host_id)
         self.incarnation = self.table.incarnation
+        self.host_tables: dict[str, ShardTable] = {}
+        """The table each registered host works on (the reshard's new table for the new set; the old one after the
+        commit for the old set), as `Orchestrator._table_of` routes calls."""
+        self.next_table: ShardTable | None = None
+        """The reshard's new set: its table, its fleet (host -> slot) and how many hosts it keeps."""
+        self.next_slot: dict[str, int] = {}
+        self.next_desired = 0
+        self.set_starts: dict[str, tuple[int, float, bool]] = {}
+        """New-set hosts not registered yet: slot, when the start gives up, whether the core waits for it."""
+        self.old_set: tuple[ShardTable, list[str]] | None = None
+        """After the commit, until retired: the old set's table and fleet."""
+        self.mailbox: dict[str, list[_Command]] = {}
+        self.pending: dict[int, typing.Callable[[str | None], None]] = {}
+        """Host commands in flight, by command id (what `command_done` resolves)."""
         self.fetching = False
         self.starting: dict[str, float] = {}
         self.roll_starts: dict[str, tuple[int, float]] = {}
@@ -632,6 +760,10 @@ class Shell:
             "retiring": sorted(self.retiring),
             "roll": self.roll.progress.to_json() if self.roll is not None else None,
             "unstarted": sorted(self.roll_starts),
+            "fleet_desired": self.fleet_desired,
+            "fleet_paused": self.fleet_paused,
+            "fleet_prefix": self.fleet_prefix,
+            "reshard": self.reshard.progress.to_json() if self.reshard is not None else None,
             "written_at_wall": self.w.wall(),
         }
         self.dirty = False
@@ -657,7 +789,13 @@ class Shell:
     def place(self) -> None:
         if not self.recovering():
             self.table.place()
+            if self.next_table is not None:
+                self.next_table.place()
         self.dirty = True
+
+    def table_of(self, host_id: str) -> ShardTable:
+        """The table a host works on (`Orchestrator._table_of`)."""
+        return self.host_tables.get(host_id, self.table)
 
     # -- calls from hosts --------------------------------------------------------------------------
 
@@ -665,47 +803,72 @@ class Shell:
         """Run one call; the result is the reply."""
         now = self.now()
         if method == "register":
-            host_id, want = args
-            record = self.table.hosts.get(host_id)
+            host_id, want, count = args
+            if self.next_table is not None and count == self.next_table.shard_count:
+                table = self.next_table
+            elif count != self.table.shard_count:
+                # "this bot runs N shards, not M": the host's start fails and it exits (an abandoned set's host).
+                return "stop"
+            else:
+                table = self.table
+            record = table.hosts.get(host_id)
             if record is not None and not record.alive:
                 return "stop"
+            self.host_tables[host_id] = table
             self.starting.pop(host_id, None)
             self.roll_starts.pop(host_id, None)
-            if host_id not in self.fleet_slot:
+            start = self.set_starts.pop(host_id, None)
+            if start is not None and start[2] and self.reshard is not None:
+                self.reshard.start_done(start[0], None)
+            if table is self.table and host_id not in self.fleet_slot:
                 # Started by an earlier incarnation after its last checkpoint: give it a free slot (or an extra one).
                 self.fleet_slot[host_id] = self.free_slot()
             if host_id in self.retiring:
                 want = 0
-            control.host_joined(
-                self.table, host_id, node_id=None, want=want, has_handle=True, now=now, place=not self.recovering()
-            )
+            control.host_joined(table, host_id, node_id=None, want=want, has_handle=True, now=now, place=False)
             process = self.w.hosts.get(host_id)
             if process is None or not process.alive:
                 self.w.at(0.2, lambda: self.death_notice(host_id))
-            self.dirty = True
-            return "ok"
+            self.place()
+            # A host joining the old set while it records records before it adopts (Registration.record).
+            recording = table is self.table and self.reshard is not None and self.reshard.old_set_records
+            return "record" if recording else "ok"
         if method == "sync":
             host_id, reports, report_seq = args
-            record = self.table.hosts.get(host_id)
+            table = self.table_of(host_id)
+            record = table.hosts.get(host_id)
             if record is None:
                 return "unknown"
-            if not record.alive or (record.draining and not self.table.owned_by(host_id)):
+            if not record.alive or (record.draining and not table.owned_by(host_id)):
                 return "stop"
-            control.reports_applied(
-                self.table, host_id, reports, now, report_seq=report_seq, recovering=self.recovering()
-            )
+            control.reports_applied(table, host_id, reports, now, report_seq=report_seq, recovering=self.recovering())
             self.place()
-            return self.table.directives_for(host_id)
+            adopt, revoke = table.directives_for(host_id)
+            # The commands go out with this reply (and are lost with it).
+            return adopt, revoke, self.mailbox.pop(host_id, [])
+        if method == "tails":
+            host_id, tails = args
+            if self.reshard is not None:
+                self.reshard.tails_delivered(host_id, tails)
+            return None
+        if method == "command_done":
+            _, command_id, error = args
+            finish = self.pending.pop(command_id, None)
+            if finish is not None:
+                finish(error)
+            return None
         if method == "release":
             host_id, shard_id, epoch, session = args
-            control.shard_released(
-                self.table, self.scheduler, host_id, shard_id, epoch, session, place=not self.recovering()
-            )
+            table = self.table_of(host_id)
+            if control.shard_released(table, self.scheduler, host_id, shard_id, epoch, session, place=False).released:
+                self.place()
             self.dirty = True
             return True
         if method == "identify":
             host_id, shard_id, epoch = args
-            decision = control.identify_requested(self.table, self.scheduler, host_id, shard_id, epoch, now)
+            decision = control.identify_requested(
+                self.table_of(host_id), self.scheduler, host_id, shard_id, epoch, now
+            )
             if decision.lease_lost:
                 return "lost"
             if decision.refresh_budget:
@@ -720,7 +883,7 @@ class Shell:
             return None
         if method == "check_lease":
             host_id, shard_id, epoch = args
-            return control.lease_checked(self.table, host_id, shard_id, epoch)
+            return control.lease_checked(self.table_of(host_id), host_id, shard_id, epoch)
         msg = f"unknown method {method}"
         raise AssertionError(msg)
 
@@ -738,14 +901,22 @@ class Shell:
         self.w.at(self.w.p.quarantine, lost)
 
     def lose(self, host_id: str) -> None:
-        record = self.table.hosts.get(host_id)
+        table = self.table_of(host_id)
+        record = table.hosts.get(host_id)
         if record is None or not record.alive:
             return
-        control.host_lost(self.table, self.scheduler, host_id, place=not self.recovering())
+        control.host_lost(table, self.scheduler, host_id, place=False)
         self.w.kill(host_id)
         self.fleet_slot.pop(host_id, None)
+        self.next_slot.pop(host_id, None)
         self.retiring.discard(host_id)
-        self.dirty = True
+        for command in self.mailbox.pop(host_id, []):
+            finish = self.pending.pop(command.command_id, None)
+            if finish is not None:
+                finish(f"host {host_id} died before running the command")
+        self.place()
+        if host_id not in table.hosts:
+            self.host_tables.pop(host_id, None)
 
     def tick(self) -> None:
         """The reconcile loop: budget, silent hosts, placement, rebalance, fleet size, checkpoint."""
@@ -755,12 +926,17 @@ class Shell:
         now = self.now()
         if self.scheduler.budget_stale(now) or self.scheduler.reset_at is None:
             self.fetch_budget()
-        for host_id in self.table.silent_hosts(now, self.w.p.host_timeout):
-            self.lose(host_id)
+        for table in [self.table] if self.next_table is None else [self.table, self.next_table]:
+            for host_id in table.silent_hosts(now, self.w.p.host_timeout):
+                self.lose(host_id)
         if not self.recovering():
-            control.placement_pass(self.table)
+            # No graceful moves in the old set while it records (it is retired at the switch anyway).
+            recording = self.reshard is not None and self.reshard.old_set_records
+            for table in [self.table] if self.next_table is None else [self.table, self.next_table]:
+                control.placement_pass(table, rebalance=not (table is self.table and recording))
             self.dirty = True
             self.step_roll()
+            self.step_reshard()
             self.fleet()
         if self.dirty and self.w.t - self.last_checkpoint >= self.w.checkpoint_every:
             self.checkpoint()
@@ -771,15 +947,21 @@ class Shell:
         # A host the rolling restart replaces counts as gone: its replacement (in `starting`) takes its place.
         live = [h.host_id for h in self.table.live_hosts() if not h.draining and h.host_id not in self.retiring]
         self.starting = {h: at for h, at in self.starting.items() if self.w.t - at < 10.0}
-        missing = self.w.p.hosts - len(live) - len(self.starting)
+        # Paused by a reshard's switch (desired 0): a host of the old set that dies now is not replaced.
+        missing = 0 if self.fleet_paused else self.fleet_desired - len(live) - len(self.starting)
         for _ in range(max(0, missing)):
             self.fleet_next += 1
-            host_id = f"h{self.incarnation}.{self.fleet_next}"
+            host_id = self.fleet_host_id()
             self.starting[host_id] = self.w.t
             self.fleet_slot[host_id] = self.free_slot()
-            self.w.spawn(host_id)
+            self.w.spawn(host_id, count=self.table.shard_count, want=self.want())
             self.dirty = True
-        if len(live) > self.w.p.hosts:
+        if self.next_table is not None:
+            # The new set's fleet replaces its dead hosts too (their starts are not the core's to wait for).
+            for slot in range(self.next_desired):
+                if slot not in self.next_slot.values():
+                    self.start_new_host(slot, report=False)
+        if not self.fleet_paused and len(live) > self.fleet_desired:
             rolled = self.roll.current_slot if self.roll is not None else None
             # Never the replacement the rolling restart is waiting for.
             extras = [h for h in live if rolled is None or self.fleet_slot.get(h) != rolled]
@@ -789,6 +971,16 @@ class Shell:
                 self.table.drain(host.host_id)  # again: a failover may have raced the first drain
         self.dirty = True
 
+
+    def fleet_host_id(self) -> str:
+        """A new name for a host of the bot's fleet (``s<count>-h…`` once a reshard made that fleet the bot's)."""
+        if self.fleet_prefix == "h":
+            return f"h{self.incarnation}.{self.fleet_next}"
+        return f"{self.fleet_prefix}x{self.w.next_name()}"
+
+    def want(self) -> int:
+        """A fleet host's share of the bot's shards."""
+        return -(-self.table.shard_count // max(1, self.fleet_desired))
 
     # -- the rolling restart ------------------------------------------------------------------------
 
@@ -812,7 +1004,7 @@ class Shell:
             record = self.table.hosts.get(host_id)
             live = record is not None and record.alive
             hosts.append(rolling.HostView(
-                host_id, slot, want=-(-self.w.p.shards // self.w.p.hosts), retiring=host_id in self.retiring,
+                host_id, slot, want=self.want(), retiring=host_id in self.retiring,
                 live=live, draining=live and record is not None and record.draining,
                 owns=len(self.table.owned_by(host_id)),
             ))
@@ -826,6 +1018,8 @@ class Shell:
         """A client asks for a rolling restart; False when one is in progress or the shell cannot take it now."""
         if not self.alive or self.recovering() or (self.roll is not None and self.roll.active):
             return False
+        if self.reshard is not None and self.reshard.active:
+            return False  # "a reshard is in progress; roll the hosts once it is done"
         self.roll = self._new_roll(rolling.RollingRestart.begin(self.roll_view()).progress)
         self.checkpoint()
         return True
@@ -850,13 +1044,13 @@ class Shell:
                 self.checkpoint()
             elif isinstance(effect, rolling.StartHost):
                 self.fleet_next += 1
-                host_id = f"h{self.incarnation}.{self.fleet_next}"
+                host_id = self.fleet_host_id()
                 self.fleet_slot[host_id] = effect.slot
                 self.starting[host_id] = self.w.t
                 self.roll_starts[host_id] = (effect.slot, self.w.t + self.w.host_start_timeout)
                 self.checkpoint()  # intent first: the host's name is on record before its actor exists
                 broken = self.w.faulty() and self.w.roll_rng.random() < self.w.p_start_fail
-                self.w.spawn(host_id, broken=broken)
+                self.w.spawn(host_id, broken=broken, count=self.table.shard_count, want=self.want())
             elif isinstance(effect, rolling.SetRetiring):
                 if effect.retiring:
                     self.retiring.add(effect.host_id)
@@ -878,6 +1072,146 @@ class Shell:
         self.dirty = True
 
 
+    # -- the live reshard ---------------------------------------------------------------------------
+
+    def _reshard_options(self) -> dict[str, float]:
+        return {"identify_window": WINDOW, "max_skew": 1.0, "command_timeout": COMMAND_TIMEOUT}
+
+    def reshard_view(self) -> resharding.ReshardView:
+        """The two sets as the reshard's core reads them (`Orchestrator._reshard_view`)."""
+        new_shards: dict[str, tuple[int, ...]] = {}
+        new_ready = 0
+        if self.next_table is not None:
+            new_shards = {h.host_id: tuple(self.next_table.owned_by(h.host_id)) for h in self.next_table.live_hosts()}
+            new_ready = sum(1 for r in self.next_table.shards.values() if r.status is ShardStatus.READY)
+        return resharding.ReshardView(
+            old_hosts=tuple(h.host_id for h in self.table.live_hosts()), new_shards=new_shards, new_ready=new_ready,
+            old_desired=self.fleet_desired,
+            new_starting=sum(1 for h in self.set_starts if h in self.next_slot),
+        )
+
+    def start_reshard(self, target: int) -> bool:
+        """A client asks for a reshard to ``target`` shards; False when the Orchestrator refuses it now."""
+        if not self.alive or self.recovering() or self.scheduler.remaining < target:
+            return False
+        if self.next_table is not None or (self.reshard is not None and self.reshard.active):
+            return False
+        if self.roll is not None and self.roll.active:
+            return False  # "a reshard or rolling restart is already in progress"
+        # Target state only: the next step's first effect checkpoints it.
+        self.reshard = resharding.Reshard.begin(
+            self.table.shard_count, target, started_at=self.w.wall(), **self._reshard_options()
+        )
+        self.dirty = True
+        return True
+
+    def step_reshard(self) -> None:
+        """One reconcile step of the reshard: starts that gave up become events, then the core's effects, in order."""
+        core = self.reshard
+        for host_id, (slot, give_up, report) in sorted(self.set_starts.items()):
+            if self.w.t >= give_up:
+                # HostStartTimeoutError: the fleet kills the actor and forgets it.
+                del self.set_starts[host_id]
+                self.next_slot.pop(host_id, None)
+                self.fleet_slot.pop(host_id, None)
+                self.w.kill(host_id)
+                if report and core is not None:
+                    core.start_done(slot, f"HostStartTimeoutError: host {host_id} did not start in time")
+        if core is None or not core.active:
+            return
+        for effect in core.step(self.reshard_view(), self.now()):
+            if isinstance(effect, resharding.Checkpoint):
+                self.checkpoint()
+            elif isinstance(effect, resharding.HostCommand):
+                self.send_command(core, effect)
+            elif isinstance(effect, resharding.StartNewSet):
+                self.next_table = ShardTable(effect.shard_count)
+                self.next_desired = effect.hosts
+                self.next_slot = {}
+                for slot in range(effect.hosts):
+                    self.start_new_host(slot, report=True)
+            elif isinstance(effect, resharding.PauseOldFleet):
+                self.fleet_paused = True
+            elif isinstance(effect, resharding.ResumeOldFleet):
+                self.fleet_paused = False
+            elif isinstance(effect, resharding.KillNewSet):
+                for host_id in sorted(set(self.next_slot) | set(self.set_starts)):
+                    self.w.kill(host_id)
+                self.next_table, self.next_slot, self.next_desired = None, {}, 0
+                self.set_starts.clear()
+            elif isinstance(effect, resharding.Commit):
+                self.commit(effect.shard_count)
+            elif isinstance(effect, resharding.RetireOldSet):
+                self.retire_old_set(core)
+            elif isinstance(effect, resharding.Ended):
+                self.w.reshard_ended(effect)
+        self.dirty = True
+        self.w.reshard_stepped(core)
+
+    def start_new_host(self, slot: int, *, report: bool) -> None:
+        """Start a host of the new set in shadow mode (``report``: the core waits for its `start_done`)."""
+        assert self.next_table is not None
+        count = self.next_table.shard_count
+        host_id = f"s{count}-h{slot}r{self.w.next_name()}"
+        self.next_slot[host_id] = slot
+        self.set_starts[host_id] = (slot, self.w.t + self.w.host_start_timeout, report)
+        broken = self.w.faulty() and self.w.reshard_rng.random() < self.w.p_start_fail
+        self.w.spawn(host_id, broken=broken, count=count, want=-(-count // max(1, self.next_desired)), shadow=True)
+
+    def send_command(self, core: resharding.Reshard, effect: resharding.HostCommand) -> None:
+        """Put the command in the host's mailbox (it leaves with a sync reply); its outcome goes to the core."""
+        command = _Command(self.w.next_name(), effect.kind, effect.tails, effect.stop_recording)
+        self.mailbox.setdefault(effect.host_id, []).append(command)
+
+        def finish(error: str | None) -> None:
+            if self.alive:
+                core.command_done(effect.token, error)
+
+        def timed_out() -> None:
+            if self.pending.pop(command.command_id, None) is not None:
+                finish(f"ShardUnavailableError: host {effect.host_id} did not run {effect.kind.value} within "
+                       f"{COMMAND_TIMEOUT + 5.0:.0f} s")
+
+        self.pending[command.command_id] = finish
+        # The call is bounded a little beyond the core's own timeout.
+        self.w.at(COMMAND_TIMEOUT + 5.0, timed_out)
+
+    def commit(self, shard_count: int) -> None:
+        """The new set is live: its table and fleet become the bot's (`Orchestrator._commit_reshard`)."""
+        assert self.next_table is not None and self.next_table.shard_count == shard_count
+        self.old_set = (self.table, sorted(self.fleet_slot))
+        self.table = self.next_table
+        self.fleet_slot = dict(self.next_slot)
+        self.fleet_desired = self.next_desired
+        self.fleet_paused = False
+        self.fleet_prefix = f"s{shard_count}-h"
+        self.starting = {h: self.w.t for h in self.set_starts}
+        self.retiring.clear()
+        self.next_table, self.next_slot, self.next_desired = None, {}, 0
+        for host in self.table.live_hosts():
+            self.host_tables.pop(host.host_id, None)
+
+    def retire_old_set(self, core: resharding.Reshard) -> None:
+        """Close the old hosts without hand-over and kill them, one at a time; then tell the core."""
+        if self.old_set is None:
+            core.old_set_retired()  # restarted after the commit point: the old hosts were killed as strays
+            return
+        hosts = list(self.old_set[1])
+
+        def next_one() -> None:
+            if not self.alive:
+                return
+            if not hosts:
+                self.old_set = None
+                core.old_set_retired()
+                return
+            # Each closes its sessions after draining its listeners (up to drain_timeout), then is killed.
+            self.w.kill(hosts.pop(0))
+            self.w.at(self.w.rng.uniform(0.5, 4.0), next_one)
+
+        next_one()
+
+
 # -- the world -------------------------------------------------------------------------------------
 
 
@@ -891,8 +1225,13 @@ class World:
         fault_time: float | None = None,
         fault_steps: int | None = None,
         params: Params | None = None,
+        reshard: bool = True,
     ) -> None:
-        """``params`` replaces the drawn bot and fault mix (and then no rolling restart is started)."""
+        """``params`` replaces the drawn bot and fault mix (and then no rolling restart or reshard is started).
+
+        ``reshard=False`` runs the seed as it ran before the simulator drove reshards (a seed that found a bug
+        then keeps finding it).
+        """
         self.seed = seed
         self.fault_steps = fault_steps
         self.faults_ended_at: float | None = None
@@ -910,7 +1249,7 @@ class World:
         self.wall_offset = 0.0
         self.restarts = 0
         self.deaths = 0
-        self.grants: dict[tuple[int, int], str] = {}
+        self.grants: dict[tuple[int, int, int], str] = {}
         self.ready_at: dict[int, float] = {}
         """When each shard's host last saw READY after an IDENTIFY."""
         self.checked: tuple[int, int] | None = None
@@ -919,7 +1258,7 @@ class World:
         self.owners: dict[int, str | None] = {}
         """Each row's owner at the last check (what `_check_ownership_rows` compares with)."""
         self.table_seq: dict[str, int] = {}
-        self.last_incarnation = -1
+        self.last_incarnation: dict[int, int] = {}
         # The rolling restart draws from its own generator, so seeds that do not roll run as they always did.
         self.roll_rng = random.Random(seed * 1_000_003 + 17)
         self.roll_at: float | None = (
@@ -936,8 +1275,49 @@ class World:
         self.rolls = 0
         self.roll_restarts = 0
         """Orchestrator restarts that hit the rolling restart in the middle of a slot."""
+        # The reshard draws from a generator of its own too: seeds that do not reshard run as they always did.
+        self.reshard_rng = random.Random(seed * 2_000_003 + 29)
+        self.reshard_at: float | None = None
+        self.reshard_target = 0
+        if self.reshard_rng.random() < 0.25 and params is None and reshard:
+            # Mostly while faults run (the convergence bound counts from when they stop).
+            self.reshard_at = self.reshard_rng.uniform(2.0, self.p.fault_time + 5.0)
+            # Discord refuses a reshard the daily budget cannot identify.
+            self.reshard_target = self.reshard_rng.choice(
+                [n for n in range(1, 8) if n != self.p.shards and n <= self.p.budget]
+            )
+        self.reshard_crash: resharding.ReshardPhase | None = None
+        if self.reshard_at is not None and self.reshard_rng.random() < 0.3:
+            self.reshard_crash = self.reshard_rng.choice([
+                resharding.ReshardPhase.IDENTIFYING, resharding.ReshardPhase.SWITCHING,
+                resharding.ReshardPhase.CLOSING, resharding.ReshardPhase.CLOSING, resharding.ReshardPhase.ROLLING_BACK,
+            ])
+        self.reshard_crashes = 0
+        self.reshard_kills = 0
+        # Host deaths aimed at the reshard (a generator of their own, so the draws above stay as they were).
+        self.kill_rng = random.Random(seed * 3_000_017 + 5)
+        self.reshard_kill: tuple[resharding.ReshardPhase, bool] | None = None
+        if self.reshard_at is not None and self.kill_rng.random() < 0.4:
+            phase = self.kill_rng.choice([resharding.ReshardPhase.IDENTIFYING, resharding.ReshardPhase.SWITCHING])
+            self.reshard_kill = (phase, self.kill_rng.random() < 0.6)
+        self.reshard_requested = False
+        self.reshard_state: ReshardState | None = None
+        self.reshard_error: str | None = None
+        self.reshard_ended_at: float | None = None
+        self.reshard_detail: str | None = None
+        """What the rollback could not do (`resharding.Ended.detail`)."""
+        self.reshard_restarts = 0
+        """Orchestrator restarts while the reshard was active."""
+        self.reshard_carried_on = 0
+        """Restarts that restored the reshard at its commit point (``closing``) and carried it on."""
+        self._names = 0
 
     # -- infrastructure ----------------------------------------------------------------------------
+
+    def next_name(self) -> int:
+        """A number never handed out before in this world (host names, command ids)."""
+        self._names += 1
+        return self._names
 
     def fail(self, what: str) -> typing.NoReturn:
         """Raise a `Violation` naming the seed, the step and the time."""
@@ -1019,10 +1399,12 @@ class World:
         # A reply sent before a crash still arrives; nothing is sent after it.
         self.at(self._delay(), lambda: finish(reply))
 
-    def spawn(self, host_id: str, *, broken: bool = False) -> None:
+    def spawn(
+        self, host_id: str, *, broken: bool = False, count: int = 0, want: int = 0, shadow: bool = False
+    ) -> None:
         """Start a ShardHost actor; it is up after a while (if the cluster does not lose it)."""
-        want = -(-self.p.shards // self.p.hosts)
-        host = Host(self, host_id, want, broken=broken)
+        want = want or -(-self.p.shards // self.p.hosts)
+        host = Host(self, host_id, want, broken=broken, count=count, shadow=shadow)
         self.hosts[host_id] = host
         self.at(self.rng.uniform(0.3, 2.0), lambda: host.start() if host.alive else None)
 
@@ -1056,15 +1438,54 @@ class World:
             host = self.hosts[self.rng.choice(live)]
             host.cut_until = self.t + self.rng.choice([1.0, 3.0, 8.0, 15.0])
         elif kind == "restart" and self.shell is not None and self.shell.alive:
-            self.shell.alive = False
-            if self.shell.roll is not None and self.shell.roll.current_slot is not None:
-                self.roll_restarts += 1
-            self.restarts += 1
-            self.at(self.rng.choice([self.rng.uniform(0.05, 0.5), self.rng.uniform(0.5, 5.0)]), self._restart)
+            self._crash(self.rng)
         elif kind == "discord":
             self.gateway.fault()
         elif kind == "clock":
             self.wall_offset += self.rng.choice([-3600.0, -2.0, 2.0, 3600.0])
+
+    def _crash(self, rng: random.Random) -> None:
+        """The Orchestrator dies; Ray starts it again from its last checkpoint after a while."""
+        assert self.shell is not None
+        self.shell.alive = False
+        if self.shell.roll is not None and self.shell.roll.current_slot is not None:
+            self.roll_restarts += 1
+        if self.shell.reshard is not None and self.shell.reshard.active:
+            self.reshard_restarts += 1
+        self.restarts += 1
+        self.at(rng.choice([rng.uniform(0.05, 0.5), rng.uniform(0.5, 5.0)]), self._restart)
+
+    def reshard_stepped(self, core: resharding.Reshard) -> None:
+        """After each step of the reshard: the crash and the host death this seed aims at a phase (once each).
+
+        Random faults rarely land in the short phases (the switch, the commit point, ``closing``): some seeds
+        crash the Orchestrator, or kill a host of the new set (or of the old one), on purpose when the
+        reshard first reaches one, whether the other faults still run or not.
+        """
+        if self.reshard_kill is not None and core.phase is self.reshard_kill[0]:
+            new_set = self.reshard_kill[1]
+            self.reshard_kill = None
+            self.reshard_kills += 1
+
+            def kill() -> None:
+                shell = self.shell
+                if shell is None:
+                    return
+                hosts = sorted(shell.next_slot) if new_set else sorted(h.host_id for h in shell.table.live_hosts())
+                live = [h for h in hosts if h in self.hosts and self.hosts[h].alive]
+                if live:
+                    self.hosts[self.kill_rng.choice(live)].die()
+
+            self.at(self.kill_rng.uniform(0.0, 3.0), kill)
+        if self.reshard_crash is not None and core.phase is self.reshard_crash:
+            self.reshard_crash = None
+            self.reshard_crashes += 1
+
+            def crash() -> None:
+                if self.shell is not None and self.shell.alive:
+                    self._crash(self.reshard_rng)
+
+            self.at(self.reshard_rng.uniform(0.0, 2.0), crash)
 
     def _start_roll(self) -> None:
         """A client starts the rolling restart (retrying while the Orchestrator is down or recovering)."""
@@ -1095,6 +1516,21 @@ class World:
             return
         shell.checkpoint()
 
+    def _start_reshard(self) -> None:
+        """A client asks for the reshard (retrying while the Orchestrator refuses: down, recovering, busy, budget)."""
+        shell = self.shell
+        if shell is None or not shell.start_reshard(self.reshard_target):
+            self.at(1.0, self._start_reshard)
+            return
+        self.reshard_requested = True
+
+    def reshard_ended(self, ended: resharding.Ended) -> None:
+        """The reshard ended (the core said so): a restart's rollback ends ``rolled back``, whatever else happened."""
+        if ended.error == resharding.RESTARTED and ended.state is not ReshardState.ROLLED_BACK:
+            self.fail(f"a reshard rolled back by an Orchestrator restart ended {ended.state.value!r}")
+        self.reshard_state, self.reshard_error, self.reshard_ended_at = ended.state, ended.error, self.t
+        self.reshard_detail = ended.detail
+
     def roll_ended(self, state: OperationState) -> None:
         """The rolling restart ended (the core said so)."""
         self.roll_state = state
@@ -1121,10 +1557,15 @@ class World:
         shard of a release, identify or lease check, whose sessions the change log does not record), and
         every row every `FULL_CHECK_EVERY` steps and whenever the change log cannot tell (a new table).
         """
-        if shell.incarnation <= self.last_incarnation and shell.incarnation != self.last_incarnation:
-            self.fail(f"incarnation went back to {shell.incarnation}")
-        self.last_incarnation = max(self.last_incarnation, shell.incarnation)
         table = shell.table
+        # Per table: a reshard's new table counts its own incarnations.
+        last = self.last_incarnation.get(table.shard_count, -1)
+        if table.incarnation < last:
+            self.fail(f"incarnation of the {table.shard_count}-shard table went back to {table.incarnation}")
+        self.last_incarnation[table.shard_count] = max(last, table.incarnation)
+        if shell.next_table is not None:
+            for record in shell.next_table.shards.values():
+                self._check_grant(shell.next_table, record)
         roll = shell.roll
         if roll is not None and roll.current_slot is not None:
             # Never doubled: the slot in progress has its old host(s) and at most one replacement process.
@@ -1153,12 +1594,7 @@ class World:
             self._check_ownership_rows(table, rows)
             records = (table.shards[s] for s in sorted(rows) if s in table.shards)
         for record in records:
-            if record.host_id is not None:
-                owner = self.grants.setdefault((record.shard_id, record.epoch), record.host_id)
-                if owner != record.host_id:
-                    self.fail(
-                        f"epoch {record.epoch} of shard {record.shard_id} was granted to {owner} and {record.host_id}"
-                    )
+            self._check_grant(table, record)
             session = record.session
             if session is not None:
                 # Within one Orchestrator life; a restart may go back to its checkpoint's seq.
@@ -1166,6 +1602,16 @@ class World:
                 if session.seq < self.table_seq.get(key, -1):
                     self.fail(f"the table's seq of {session.session_id} went back to {session.seq}")
                 self.table_seq[key] = session.seq
+
+    def _check_grant(self, table: ShardTable, record: typing.Any) -> None:
+        """No epoch of a shard (of one shard count) is ever granted to two hosts."""
+        if record.host_id is not None:
+            owner = self.grants.setdefault((table.shard_count, record.shard_id, record.epoch), record.host_id)
+            if owner != record.host_id:
+                self.fail(
+                    f"epoch {record.epoch} of shard {record.shard_id}/{table.shard_count} was granted to {owner} and "
+                    f"{record.host_id}"
+                )
 
     def _check_ownership_index(self, table: ShardTable) -> None:
         """Every host's ownership index matches the records (one pass over the records)."""
@@ -1211,12 +1657,26 @@ class World:
         shell = self.shell
         if shell is None or not shell.alive or shell.recovering():
             return False
-        if self.roll_at is None and self.gateway.connected != self.p.shards:
+        count = shell.table.shard_count
+        if self.roll_at is None and self.gateway.connected.get(count, 0) != count:
             return False  # cheap: some shard has no connection (the loop below would say so too)
+        reshard = shell.reshard
+        if self.reshard_at is not None and (not self.reshard_requested or (reshard is not None and reshard.active)):
+            return False
+        if any(n for c, n in self.gateway.connected.items() if c != count):
+            return False  # the abandoned (or retired) set still has sessions at Discord
         alive = {h for h, host in self.hosts.items() if host.alive}
         table_live = {h.host_id for h in shell.table.live_hosts()}
-        if alive != table_live or len(alive) != self.p.hosts:
+        if self.reshard_ended_at is not None and self.t - self.reshard_ended_at > 30.0:
+            # The reshard ended a while ago: no host of the abandoned set may still run (ray.kill takes effect once
+            # the host is reachable, within a cut of at most 15 s).
+            leaked = sorted(h for h in alive if self.hosts[h].count != count)
+            if leaked:
+                self.fail(f"the reshard ended ({self.reshard_state}) but hosts of the other set still run: {leaked}")
+        if alive != table_live or len(alive) != shell.fleet_desired:
             return False
+        if any(self.hosts[h].shadow or self.hosts[h].muted or self.hosts[h].recording for h in alive):
+            return False  # every host delivers live again (no events held, muted or recorded for ever)
         if self.roll_at is not None:
             # The rolling restart has ended (finished, aborted or failed), cleanly: nothing left half-replaced.
             roll = shell.roll
@@ -1225,8 +1685,8 @@ class World:
             survivors = alive & set(roll.progress.old_hosts)
             if roll.progress.state is OperationState.FINISHED and survivors:
                 self.fail(f"the rolling restart finished but old hosts still run: {sorted(survivors)}")
-        for shard_id in range(self.p.shards):
-            conns = self.gateway.open_by_shard.get(shard_id, set())
+        for shard_id in range(count):
+            conns = self.gateway.open_by_shard.get((count, shard_id), set())
             if len(conns) != 1:
                 return False
             conn = self.gateway.conns[next(iter(conns))]
@@ -1246,6 +1706,17 @@ class World:
         if self.roll_at is not None:
             # Each slot: a start (or its timeout), the join, the hand-overs; plus a pause of up to 10 s.
             bound += max(0.0, self.roll_at - p.fault_time) + p.hosts * (self.host_start_timeout + 40.0) + 10.0
+        if self.reshard_at is not None:
+            # Waiting for a roll or the budget to let it start, the new set's READY deadline, the command batches
+            # (each up to the command timeout), the old set's retirement, and the old set's identifies again.
+            target = self.reshard_target
+            bound += (max(0.0, self.reshard_at - p.fault_time) + p.day + 60.0 + target * (WINDOW + 1.0)
+                      + 4 * (COMMAND_TIMEOUT + 5.0) + self.host_start_timeout + 30.0
+                      + 2 * -(-max(target, p.shards) // p.max_concurrency) * (WINDOW + 0.5))
+            if self.roll_at is not None:
+                bound += p.hosts * (self.host_start_timeout + 40.0) + 10.0
+            if self.reshard_crashes or self.reshard_kills:
+                bound += 5.0 + p.recovery_grace + p.host_timeout + 2 * (COMMAND_TIMEOUT + 5.0)
         return bound
 
     # -- running -----------------------------------------------------------------------------------
@@ -1257,6 +1728,8 @@ class World:
         self.at(self.rng.uniform(0.5, 3.0), self._fault)
         if self.roll_at is not None:
             self.at(self.roll_at, self._start_roll)
+        if self.reshard_at is not None:
+            self.at(self.reshard_at, self._start_reshard)
         converged_at: float | None = None
         while self._queue:
             when, _, action = heapq.heappop(self._queue)
@@ -1285,6 +1758,11 @@ class World:
             converged_after=math.nan if converged_at is None or self.faults_ended_at is None
             else converged_at - self.faults_ended_at,
             roll=self.roll_state.value if self.roll_state is not None else None,
+            reshard=self.reshard_state.value if self.reshard_state is not None else None,
+            reshard_error=self.reshard_error,
+            reshards=int(self.reshard_requested),
+            reshard_restarts=self.reshard_restarts,
+            reshard_carried_on=self.reshard_carried_on,
         )
 
     def run_boot(self, *, limit: float | None = None, trace: typing.Callable[[str], None] | None = None) -> SimResult:
@@ -1336,14 +1814,23 @@ class World:
                 owners.append(f"{r.shard_id}:{r.host_id}@{r.epoch & 0xFFFFFFFF}/{r.epoch >> 32}:{r.status.value[:4]}")
         conns = {s: sorted(self.gateway.conns[c].host_id for c in cs) for s, cs in self.gateway.open_by_shard.items()}
         hosts = {
-            h: ({s: f"{slot.phase}@{slot.lease.epoch & 0xFFFFFFFF}" for s, slot in host.slots.items()}, host.cut())
+            h: ({s: f"{slot.phase}@{slot.lease.epoch & 0xFFFFFFFF}" for s, slot in host.slots.items()}, host.cut(),
+                "".join(flag for flag, on in (("S", host.shadow), ("M", host.muted), ("R", host.recording)) if on))
             for h, host in self.hosts.items()
             if host.alive
         }
         if shell is not None:
             hosts["table"] = ([h.host_id for h in shell.table.live_hosts()], shell.recovering())  # type: ignore[assignment]
         up = "up" if shell is not None and shell.alive else "down"
-        return f"t={self.t:.2f} orchestrator {up}; table {owners}; discord {conns}; hosts {hosts}"
+        reshard = ""
+        if shell is not None and shell.reshard is not None:
+            core = shell.reshard
+            progress = core.progress
+            reshard = f"; reshard {progress.source}->{progress.target} {core.phase.name} {progress.error}"
+            if shell.next_table is not None:
+                new = [h.host_id for h in shell.next_table.live_hosts()]
+                reshard += f" new {new} starting {sorted(shell.set_starts)}"
+        return f"t={self.t:.2f} orchestrator {up}; table {owners}; discord {conns}; hosts {hosts}{reshard}"
 
 
 def run_seed(
@@ -1352,6 +1839,7 @@ def run_seed(
     fault_time: float | None = None,
     fault_steps: int | None = None,
     trace: typing.Callable[[str], None] | None = None,
+    reshard: bool = True,
 ) -> SimResult:
-    """Simulate one seed; raises `Violation` when an invariant breaks."""
-    return World(seed, fault_time=fault_time, fault_steps=fault_steps).run(trace=trace)
+    """Simulate one seed; raises `Violation` when an invariant breaks (``reshard``: see `World`)."""
+    return World(seed, fault_time=fault_time, fault_steps=fault_steps, reshard=reshard).run(trace=trace)
