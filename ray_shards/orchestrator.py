@@ -1415,7 +1415,11 @@ class Orchestrator:
             For a count below 1, the current count, or more identifies than the daily budget has left.
         """
         self._check(capability)
-        return self._begin_reshard(shard_count)
+        progress = self._begin_reshard(shard_count)
+        # Intent first: once this call returns the reshard is on record, so an Orchestrator crash before the
+        # reconcile pass's first step rolls it back (and says so) instead of forgetting it.
+        await self._checkpoint_now()
+        return progress
 
     def _begin_reshard(self, shard_count: int) -> ReshardProgress:
         table, scheduler = self._table, self._scheduler
