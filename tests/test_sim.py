@@ -141,7 +141,7 @@ def _commit_without_late_new_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
 REGRESSION_SEEDS: dict[int, tuple[typing.Callable[[pytest.MonkeyPatch], None], str]] = {
     10: (_no_start_full, "a restarted Orchestrator granted an IDENTIFY 4.5 s after the previous one"),
     16215: (_start_full_without_in_flight, "a grant sent just before a crash was used after the restart: 4.9 s apart"),
-    181: (_reports_not_full_state, "a restored table kept a lease nobody ran and never placed the shard again"),
+    186: (_reports_not_full_state, "a restored table kept a lease nobody ran and never placed the shard again"),
     1: (_no_incarnation, "a restored table granted an epoch already granted to another host"),
     218: (_waiters_never_expire, "a duplicated identify call left its shard first in the queue; the boot stalled"),
     19619: (_hosts_forget_ended_leases, "a host re-ran a lease it had released; its late release moved it: 2 sessions"),
@@ -154,7 +154,7 @@ REGRESSION_SEEDS: dict[int, tuple[typing.Callable[[pytest.MonkeyPatch], None], s
          "neither counted nor replaced it, and the bot never had its hosts back"),
     206: (_rollback_tells_the_old_set_once, "a reshard's rollback lost an old host's GO_LIVE with a sync reply and "
           "ended: the host recorded for good"),
-    1307: (_old_set_records_while_rolling_back, "a host that joined the old set after the rollback's GO_LIVE was told "
+    1509: (_old_set_records_while_rolling_back, "a host that joined the old set after the rollback's GO_LIVE was told "
           "to record, and recorded for good"),
     22: (_second_restore_keeps_the_restart_as_an_error, "a second Orchestrator restart during a restart's rollback "
          "ended the reshard 'failed' (which stops the auto-reshard policy) instead of 'rolled back'"),

@@ -42,7 +42,7 @@ import math
 import random
 import typing
 
-from ray_shards import control, resharding, rolling
+from ray_shards import control, liveness, resharding, rolling
 from ray_shards.identify import IdentifyScheduler
 from ray_shards.models import CommandKind, Lease, SessionState, ShardReport, ShardStatus
 from ray_shards.protocol import GuildTails, OperationState, ReshardProgress, ReshardState, RollingRestartProgress
@@ -723,6 +723,8 @@ class Shell:
         self.pending: dict[int, typing.Callable[[str | None], None]] = {}
         """Host commands in flight, by command id (what `command_done` resolves)."""
         self.fetching = False
+        self.checking: set[str] = set()
+        """Hosts whose health check is in flight (`liveness.CheckHealth`)."""
         self.starting: dict[str, float] = {}
         self.roll_starts: dict[str, tuple[int, float]] = {}
         """Hosts the roll started that have not registered yet: slot, and when the start gives up."""
@@ -918,6 +920,34 @@ class Shell:
         if host_id not in table.hosts:
             self.host_tables.pop(host_id, None)
 
+    def check_silent_hosts(self, now: float) -> None:
+        """What the actor's `_check_silent_hosts` does: a host silent past ``host_timeout`` gets a health check,
+        and is fenced (killed, then lost) only when the check fails. The check answers when the host process is
+        alive and can reach Ray (not cut); a host whose syncs are merely lost answers, and is kept."""
+        tables = [self.table] if self.next_table is None else [self.table, self.next_table]
+        silences = [
+            liveness.HostSilence(h.host_id, silent=now - h.last_sync, watched=True, has_handle=True,
+                                 checking=h.host_id in self.checking)
+            for table in tables for h in table.live_hosts()
+        ]
+        actions = liveness.silent_host_actions(
+            silences, host_timeout=self.w.p.host_timeout, sync_interval=self.w.p.sync_interval,
+            standalone_lease_ttl=math.inf,
+        )
+        for action in actions:
+            assert isinstance(action, liveness.CheckHealth)
+            self.checking.add(action.host_id)
+            self.w.at(0.05, functools.partial(self.health_answered, action.host_id))
+
+    def health_answered(self, host_id: str) -> None:
+        self.checking.discard(host_id)
+        if not self.alive:
+            return
+        process = self.w.hosts.get(host_id)
+        answered = process is not None and process.alive and not process.cut()
+        if liveness.fence_reason(answered=answered, failure="unreachable", host_timeout=self.w.p.host_timeout):
+            self.lose(host_id)
+
     def tick(self) -> None:
         """The reconcile loop: budget, silent hosts, placement, rebalance, fleet size, checkpoint."""
         if not self.alive:
@@ -926,9 +956,7 @@ class Shell:
         now = self.now()
         if self.scheduler.budget_stale(now) or self.scheduler.reset_at is None:
             self.fetch_budget()
-        for table in [self.table] if self.next_table is None else [self.table, self.next_table]:
-            for host_id in table.silent_hosts(now, self.w.p.host_timeout):
-                self.lose(host_id)
+        self.check_silent_hosts(now)
         if not self.recovering():
             # No graceful moves in the old set while it records (it is retired at the switch anyway).
             recording = self.reshard is not None and self.reshard.old_set_records
