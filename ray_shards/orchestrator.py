@@ -29,6 +29,7 @@ from ray_shards import rolling as roll
 from ray_shards.auth import TokenHash, bot_id_from_token, command_key, validate_token
 from ray_shards.capabilities import Capabilities
 from ray_shards.checkpoint import CHECKPOINT_SCHEMA
+from ray_shards.effects import carry_out
 from ray_shards.errors import (
     BotStoppedError,
     CapabilityExpiredError,
@@ -1355,38 +1356,47 @@ class Orchestrator:
         if rolling is None or not rolling.active or fleet is None or table is None:
             return
         self._roll_retires = {h: t for h, t in self._roll_retires.items() if not t.done()}
-        for effect in rolling.step(self._roll_view(), time.monotonic()):
-            if isinstance(effect, roll.Checkpoint):
-                await self._checkpoint_now()
-            elif isinstance(effect, roll.StartHost):
-                _LOGGER.info("rolling restart: starting the replacement of slot %s (%s shards)", effect.slot,
-                             effect.want)
-                fleet.start_slot(effect.slot, effect.want).add_done_callback(
-                    functools.partial(self._roll_start_done, rolling, effect.slot)
-                )
-            elif isinstance(effect, roll.SetRetiring):
-                if effect.host_id in fleet.hosts:
-                    fleet.hosts[effect.host_id].retiring = effect.retiring
-                self._dirty = True
-            elif isinstance(effect, roll.Drain):
-                _LOGGER.info("rolling restart: draining host %s", effect.host_id)
-                table.drain(effect.host_id)
-                self._mailboxes.setdefault(effect.host_id, _Mailbox()).wake.set()
-                self._changed()
-            elif isinstance(effect, roll.Undrain):
-                table.undrain(effect.host_id, effect.want)
-                self._changed()
-            elif isinstance(effect, roll.Retire):
-                _LOGGER.info("rolling restart: retiring host %s", effect.host_id)
-                task = asyncio.get_running_loop().create_task(fleet.retire(effect.host_id))
-                task.add_done_callback(self._log_background_failure)
-                self._roll_retires[effect.host_id] = task
-            elif isinstance(effect, roll.Ended):
-                rolling.progress.finished_at = time.time()
-                if effect.state is OperationState.FAILED:
-                    _LOGGER.error("rolling restart failed (the slot's old host keeps running): %s", effect.error)
-                _LOGGER.info("rolling restart %s: %s/%s hosts replaced", effect.state.value, rolling.progress.done,
-                             rolling.progress.total)
+        effects = rolling.step(self._roll_view(), time.monotonic())
+        run = functools.partial(self._roll_effect, rolling, fleet, table)
+        if await carry_out(effects, run, rolling.effect_failed, what="rolling restart"):
+            # The core fails the roll at its next step: at once, not a reconcile period later.
+            self._reconcile_wake.set()
+
+    async def _roll_effect(
+        self, rolling: roll.RollingRestart, fleet: HostFleet, table: ShardTable, effect: roll.Effect
+    ) -> None:
+        """Carry out one effect of the rolling restart's core (`carry_out` reports a failure to it)."""
+        if isinstance(effect, roll.Checkpoint):
+            await self._checkpoint_now()
+        elif isinstance(effect, roll.StartHost):
+            _LOGGER.info("rolling restart: starting the replacement of slot %s (%s shards)", effect.slot,
+                         effect.want)
+            fleet.start_slot(effect.slot, effect.want).add_done_callback(
+                functools.partial(self._roll_start_done, rolling, effect.slot)
+            )
+        elif isinstance(effect, roll.SetRetiring):
+            if effect.host_id in fleet.hosts:
+                fleet.hosts[effect.host_id].retiring = effect.retiring
+            self._dirty = True
+        elif isinstance(effect, roll.Drain):
+            _LOGGER.info("rolling restart: draining host %s", effect.host_id)
+            table.drain(effect.host_id)
+            self._mailboxes.setdefault(effect.host_id, _Mailbox()).wake.set()
+            self._changed()
+        elif isinstance(effect, roll.Undrain):
+            table.undrain(effect.host_id, effect.want)
+            self._changed()
+        elif isinstance(effect, roll.Retire):
+            _LOGGER.info("rolling restart: retiring host %s", effect.host_id)
+            task = asyncio.get_running_loop().create_task(fleet.retire(effect.host_id))
+            task.add_done_callback(self._log_background_failure)
+            self._roll_retires[effect.host_id] = task
+        elif isinstance(effect, roll.Ended):
+            rolling.progress.finished_at = time.time()
+            if effect.state is OperationState.FAILED:
+                _LOGGER.error("rolling restart failed (the slot's old host keeps running): %s", effect.error)
+            _LOGGER.info("rolling restart %s: %s/%s hosts replaced", effect.state.value, rolling.progress.done,
+                         rolling.progress.total)
 
     @staticmethod
     def _roll_start_done(rolling: roll.RollingRestart, slot: int, task: asyncio.Task[None]) -> None:
@@ -1493,54 +1503,64 @@ class Orchestrator:
         if core is None or not core.active or self._table is None or self._fleet is None:
             return
         effects = core.step(self._reshard_view(), time.monotonic())
-        for effect in effects:
-            if isinstance(effect, rs.Checkpoint):
-                await self._checkpoint_now()
-            elif isinstance(effect, rs.HostCommand):
-                arguments: dict[str, typing.Any] = {}
-                if effect.tails is not None:
-                    arguments["tails"] = effect.tails
-                if effect.stop_recording:
-                    arguments["stop_recording"] = True
-                command = Command(next(self._command_ids), effect.kind, None, arguments)
-                # The core gives up at its own command_timeout (with the message a timeout here would give):
-                # this one only keeps the call bounded.
-                task = asyncio.get_running_loop().create_task(
-                    self._run_on_host(effect.host_id, command, core.command_timeout + 5.0)
-                )
-                task.add_done_callback(functools.partial(self._reshard_command_done, core, effect.token))
-            elif isinstance(effect, rs.StartNewSet):
-                self._start_new_set(core, effect)
-            elif isinstance(effect, rs.PauseOldFleet):
-                # The old set is about to be retired: a host of it that dies now is not replaced.
-                self._fleet.desired = 0
-            elif isinstance(effect, rs.ResumeOldFleet):
-                self._fleet.desired = self._fleet.desired or len(self._fleet.wants)
-            elif isinstance(effect, rs.KillNewSet):
-                # Only the new set's hosts go: the fleets' name prefixes keep this from touching the live hosts.
-                if self._next_fleet is not None:
-                    self._next_fleet.kill_all()
-                self._next_table, self._next_fleet = None, None
-            elif isinstance(effect, rs.Commit):
-                self._commit_reshard(effect.shard_count)
-            elif isinstance(effect, rs.RetireOldSet):
-                if self._old_set is None:
-                    # Restarted after the commit point: the old hosts were killed as strays.
-                    core.old_set_retired()
-                else:
-                    task = asyncio.get_running_loop().create_task(self._retire_old_set(core, *self._old_set))
-                    task.add_done_callback(self._log_background_failure)
-            elif isinstance(effect, rs.Ended):
-                core.progress.finished_at = time.time()
-                if effect.state is ReshardState.FINISHED:
-                    _LOGGER.info("reshard to %s shards finished", core.progress.target)
-                else:
-                    _LOGGER.error("reshard to %s shards %s; the old shards keep running: %s", core.progress.target,
-                                  effect.state.value, effect.error)
-                if effect.detail is not None:
-                    _LOGGER.error("reshard rollback: %s", effect.detail)
+        run = functools.partial(self._reshard_effect, core)
+        if await carry_out(effects, run, core.effect_failed, what="reshard"):
+            # Before the commit point the core rolls back at its next step, after it the close is tried again: at
+            # once, not a reconcile period later.
+            self._reconcile_wake.set()
         if effects:
             self._changed()
+
+    async def _reshard_effect(self, core: rs.Reshard, effect: rs.Effect) -> None:
+        """Carry out one effect of the reshard's core (`carry_out` reports a failure to it)."""
+        assert self._fleet is not None
+        if isinstance(effect, rs.Checkpoint):
+            await self._checkpoint_now()
+        elif isinstance(effect, rs.HostCommand):
+            arguments: dict[str, typing.Any] = {}
+            if effect.tails is not None:
+                arguments["tails"] = effect.tails
+            if effect.stop_recording:
+                arguments["stop_recording"] = True
+            command = Command(next(self._command_ids), effect.kind, None, arguments)
+            # The core gives up at its own command_timeout (with the message a timeout here would give):
+            # this one only keeps the call bounded.
+            task = asyncio.get_running_loop().create_task(
+                self._run_on_host(effect.host_id, command, core.command_timeout + 5.0)
+            )
+            task.add_done_callback(functools.partial(self._reshard_command_done, core, effect.token))
+        elif isinstance(effect, rs.StartNewSet):
+            self._start_new_set(core, effect)
+        elif isinstance(effect, rs.PauseOldFleet):
+            # The old set is about to be retired: a host of it that dies now is not replaced.
+            self._fleet.desired = 0
+        elif isinstance(effect, rs.ResumeOldFleet):
+            self._fleet.desired = self._fleet.desired or len(self._fleet.wants)
+        elif isinstance(effect, rs.KillNewSet):
+            # Only the new set's hosts go: the fleets' name prefixes keep this from touching the live hosts. The set
+            # is forgotten first: were a kill to raise, the fleet's repair must not start its hosts again (a restart
+            # kills whatever is left as strays).
+            new_fleet, self._next_table, self._next_fleet = self._next_fleet, None, None
+            if new_fleet is not None:
+                new_fleet.kill_all()
+        elif isinstance(effect, rs.Commit):
+            self._commit_reshard(effect.shard_count)
+        elif isinstance(effect, rs.RetireOldSet):
+            if self._old_set is None:
+                # Restarted after the commit point: the old hosts were killed as strays.
+                core.old_set_retired()
+            else:
+                task = asyncio.get_running_loop().create_task(self._retire_old_set(core, *self._old_set))
+                task.add_done_callback(self._log_background_failure)
+        elif isinstance(effect, rs.Ended):
+            core.progress.finished_at = time.time()
+            if effect.state is ReshardState.FINISHED:
+                _LOGGER.info("reshard to %s shards finished", core.progress.target)
+            else:
+                _LOGGER.error("reshard to %s shards %s; the old shards keep running: %s", core.progress.target,
+                              effect.state.value, effect.error)
+            if effect.detail is not None:
+                _LOGGER.error("reshard to %s shards: %s", core.progress.target, effect.detail)
 
     def _start_new_set(self, core: rs.Reshard, effect: rs.StartNewSet) -> None:
         """The new set's table and fleet (shadow mode: its hosts hold every event), and its hosts' starts."""

@@ -5,7 +5,10 @@ shard sets, calls `Reshard.step` with its own monotonic clock, and carries out t
 returns, in order. Host commands and host starts are asynchronous: the shell reports each outcome
 back (`Reshard.command_done`, `Reshard.start_done`, `Reshard.tails_delivered`,
 `Reshard.old_set_retired`). A result the core no longer waits for (late, duplicated, or for a
-command it already gave up on) is ignored.
+command it already gave up on) is ignored. An effect the shell could not carry out (it raised) is an
+event as well (`Reshard.effect_failed`): before the commit point the reshard rolls back; while
+rolling back the rest of the rollback is still carried out; after the commit point the close is
+tried again, and given up (the reshard finishes with a ``detail``) after `CLOSE_ATTEMPTS`.
 
 Only `ReshardProgress` is checkpointed (its JSON form is unchanged); the phase, the commands in
 flight and the collected tails live in this process only. Its ``state`` tells a restarted
@@ -69,6 +72,9 @@ UNMUTE_ATTEMPTS = 3
 A command leaves with a sync reply and is lost with it: one lost reply must not leave an old host muted
 (or recording) for good.
 """
+
+CLOSE_ATTEMPTS = 3
+"""How often the close (the commit's checkpoint, then `RetireOldSet`) is tried when one of its effects fails."""
 
 
 class ReshardPhase(enum.StrEnum):
@@ -219,8 +225,9 @@ class Reshard:
         How long a host may take to run a command of the reshard.
     """
 
-    __slots__ = ("_deadline", "_live", "_merged", "_outcome", "_sent", "_stage", "_starts", "_tails", "_tokens",
-                 "_unmutes", "command_timeout", "identify_window", "max_skew", "phase", "progress")
+    __slots__ = ("_close_failures", "_deadline", "_effect_failure", "_live", "_merged", "_outcome",
+                 "_rollback_errors", "_sent", "_stage", "_starts", "_tails", "_tokens", "_unmutes", "command_timeout",
+                 "identify_window", "max_skew", "phase", "progress")
 
     def __init__(
         self,
@@ -246,6 +253,12 @@ class Reshard:
         """New hosts sent GO_LIVE in this switch."""
         self._outcome = ReshardState.FAILED
         self._unmutes = 0
+        # An effect the shell could not carry out before the commit point: the next step rolls back.
+        self._effect_failure: str | None = None
+        # Effects of the rollback that failed (it carries on): the end's detail names them.
+        self._rollback_errors: list[str] = []
+        # Failed effects of the close, and the last one's error once the close is given up.
+        self._close_failures: list[str] = []
 
     @classmethod
     def begin(cls, source: int, target: int, *, started_at: float = 0.0, **options: float) -> Reshard:
@@ -314,6 +327,44 @@ class Reshard:
         if self.phase is ReshardPhase.CLOSING and self._stage is _Stage.RETIRE:
             self._stage = _Stage.RETIRED
 
+    def effect_failed(self, effect: Effect, error: str, remaining: typing.Sequence[Effect]) -> list[Effect]:
+        """The shell could not carry out ``effect`` (it raised ``error``): what to carry out instead of ``remaining``.
+
+        ``remaining`` are the effects of the same step not carried out yet.
+
+        - Before the commit point (the `Commit` itself included: the shell swaps the sets only once
+          it can): the rest of the step is skipped, as it builds on the failed effect, and the next
+          step rolls back with "<effect> failed: <error>" as the reshard's error.
+        - While rolling back (which cannot roll back in turn): the rest is still carried out. A
+          `HostCommand` that failed counts as that host's answer; any other failure is named in the
+          ``detail`` of `Ended`.
+        - After the commit point (the new set is the bot; there is nothing to roll back to): the rest
+          is skipped and the next step tries the close again from its start (the commit's checkpoint,
+          then `RetireOldSet`); after `CLOSE_ATTEMPTS` failures the close is given up and the reshard
+          finishes, with a ``detail`` saying the old set may not be retired.
+        - Once the reshard has ended (its `Ended`, its last checkpoint): the rest is carried out.
+        """
+        described = f"{effect!r} failed: {error}"
+        if not self.active:
+            return list(remaining)
+        if self.phase is ReshardPhase.ROLLING_BACK:
+            if isinstance(effect, HostCommand) and effect.token in self._sent:
+                self.command_done(effect.token, error)
+            else:
+                self._rollback_errors.append(described)
+            return list(remaining)
+        if self.phase is ReshardPhase.CLOSING and not isinstance(effect, Commit):
+            self._close_failures.append(described)
+            # From its start: the checkpoint that records the commit comes before any old host goes.
+            self._stage = _Stage.RETIRED if len(self._close_failures) >= CLOSE_ATTEMPTS else _Stage.NONE
+            return []
+        if isinstance(effect, Commit):
+            # The sets were not swapped: this is still the switch, and what is checkpointed says so.
+            self.phase, self.progress.state = ReshardPhase.SWITCHING, ReshardState.SWITCHING
+        if self._effect_failure is None:
+            self._effect_failure = described
+        return []
+
     # -- the step -----------------------------------------------------------------------------------
 
     def step(self, view: ReshardView, now: float) -> list[Effect]:
@@ -324,6 +375,9 @@ class Reshard:
         """
         effects: list[Effect] = []
         p = self.progress
+        failure, self._effect_failure = self._effect_failure, None
+        if failure is not None and self.active and self.phase not in (ReshardPhase.ROLLING_BACK, ReshardPhase.CLOSING):
+            return self._fail(effects, view, now, failure)
         for _ in range(12):  # each pass either returns or moves to a later phase
             phase = self.phase
             if phase is ReshardPhase.RECORDING:
@@ -413,13 +467,19 @@ class Reshard:
             if phase is ReshardPhase.CLOSING:
                 if self._stage is _Stage.NONE:
                     self._stage = _Stage.RETIRE
+                    if self._close_failures:
+                        # A retry: the commit point may not be on record yet, and must be before any old host goes.
+                        effects.append(Checkpoint())
                     effects.append(RetireOldSet())
                     return effects
                 if self._stage is _Stage.RETIRE:
                     return effects
                 self.phase = ReshardPhase.FINISHED
                 p.state = ReshardState.FINISHED
-                effects.append(Ended(ReshardState.FINISHED, None))
+                given_up = len(self._close_failures) >= CLOSE_ATTEMPTS
+                detail = (f"gave up closing the old set (its hosts may still run): {self._close_failures[-1]}"
+                          if given_up else None)
+                effects.append(Ended(ReshardState.FINISHED, None, detail))
                 effects.append(Checkpoint())
                 return effects
             if phase is ReshardPhase.ROLLING_BACK:
@@ -438,8 +498,9 @@ class Reshard:
                     return effects
                 self.phase = ReshardPhase.FAILED
                 p.state = self._outcome
-                detail = f"could not tell every old host to go live again: {failure}" if failure else None
-                effects.append(Ended(self._outcome, p.error, detail))
+                details = [f"could not tell every old host to go live again: {failure}"] if failure else []
+                details.extend(self._rollback_errors)
+                effects.append(Ended(self._outcome, p.error, "; ".join(details) or None))
                 effects.append(Checkpoint())
                 return effects
             return effects

@@ -3,7 +3,9 @@
 No Ray, no asyncio, no I/O. The shell (the Orchestrator actor, or the simulator's model of it)
 builds a `RollView` of the fleet and the shard table, calls `RollingRestart.step` with its own
 monotonic clock, and carries out the typed effects it returns, in order. Starting a host is
-asynchronous and can fail: the shell reports a failure with `RollingRestart.start_failed`.
+asynchronous and can fail: the shell reports a failure with `RollingRestart.start_failed`. An effect
+the shell could not carry out (it raised) is an event too: `RollingRestart.effect_failed` says which
+of the step's other effects still to carry out, and the next step fails the roll.
 
 What is checkpointed is only `RollingRestartProgress` (its JSON form is unchanged): the slots still to
 replace, the old host ids and the slot in progress (``current``). Everything else is re-derived
@@ -24,7 +26,8 @@ One slot at a time::
                     │ start failed  │ join / drain deadline │
                     ▼               ▼                       ▼
                   FAILED: the old hosts are un-drained and keep running; a replacement that
-                  exists is retired (each slot ends with exactly one host)
+                  exists is retired (each slot ends with exactly one host). An effect that
+                  failed (`effect_failed`) fails the roll the same way, in any phase.
 
 The deadline of a phase runs on the injected monotonic clock and is not checkpointed: a restarted
 Orchestrator starts the phase's timer again (a monotonic time means nothing to another process).
@@ -35,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import typing
 
 from ray_shards.protocol import OperationState, RollingRestartProgress
 
@@ -173,8 +177,8 @@ class RollingRestart:
         start may stay in flight (the fleet's own ``host_start_timeout`` normally fires first).
     """
 
-    __slots__ = ("_deadline", "_drained", "_failure", "_phase_key", "drain_per_shard", "drain_timeout",
-                 "join_timeout", "phase", "progress")
+    __slots__ = ("_deadline", "_drained", "_effect_failure", "_failure", "_phase_key", "drain_per_shard",
+                 "drain_timeout", "join_timeout", "phase", "progress")
 
     def __init__(
         self,
@@ -192,6 +196,8 @@ class RollingRestart:
         self._phase_key: tuple[int, RollPhase] | None = None
         self._deadline = math.inf
         self._failure: tuple[int, str] | None = None
+        # An effect of the last step that the shell could not carry out: the next step fails the roll.
+        self._effect_failure: str | None = None
         self._drained: set[str] = set()
 
     @classmethod
@@ -241,6 +247,25 @@ class RollingRestart:
         """A host start for ``slot`` failed (callback error, no room in the cluster in time)."""
         self._failure = (slot, error)
 
+    def effect_failed(self, effect: Effect, error: str, remaining: typing.Sequence[Effect]) -> list[Effect]:
+        """The shell could not carry out ``effect`` (it raised ``error``): what to carry out instead of ``remaining``.
+
+        ``remaining`` are the effects of the same step not carried out yet. While the roll is active
+        they are skipped, as they build on the one that failed (a start after the old host was marked
+        retiring, a retirement after the checkpoint that records it), and the next step fails the roll
+        the way a failed start does: the slot's old hosts keep running, un-drained, and a replacement
+        that exists is retired (but never the last host of a slot). Once the roll has ended (a step that
+        failed or finished it: un-drain, retire the replacement, log, checkpoint), every effect left is
+        still carried out, as each puts back what it can on its own.
+        """
+        if not self.active:
+            return list(remaining)
+        if isinstance(effect, Retire) and effect.host_id in self.progress.replaced:
+            self.progress.replaced.remove(effect.host_id)
+        if self._effect_failure is None:
+            self._effect_failure = f"{effect!r} failed: {error}"
+        return []
+
     # -- the step -----------------------------------------------------------------------------------
 
     def step(self, view: RollView, now: float) -> list[Effect]:
@@ -252,6 +277,15 @@ class RollingRestart:
         """
         effects: list[Effect] = []
         p = self.progress
+        effect_failure, self._effect_failure = self._effect_failure, None
+        if effect_failure is not None and p.state.active:
+            if p.current is None or not p.pending_slots:
+                return self._end(effects, OperationState.FAILED, effect_failure)
+            slot = p.pending_slots[0]
+            olds = self._olds(view, slot)
+            # With its old hosts gone (died meanwhile) the replacement is all the slot has: it stays.
+            news = [h for h in view.hosts if h.slot == slot and h.host_id not in p.old_hosts] if olds else []
+            return self._fail(effects, olds, news, f"slot {slot}: {effect_failure}")
         # Each pass either returns or finishes one slot, so this ends.
         for _ in range(len(p.pending_slots) + 2):
             if not p.state.active:

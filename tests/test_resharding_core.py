@@ -371,3 +371,106 @@ def test_a_new_host_still_starting_at_the_switch_times_out_into_a_rollback() -> 
     effects = core.step(starting, 3.0 + core.command_timeout + 1.0)
     _rolled_back(effects)
     assert "did not start" in str(core.progress.error)
+
+
+# -- effects the shell could not carry out (issue #11) ------------------------------------------------------------
+
+
+def test_a_command_that_cannot_be_sent_skips_the_rest_and_rolls_back() -> None:
+    core = _core()
+    effects = core.step(_view(), 0.0)
+    record = _commands(effects)
+    # Sending RECORD to h0 raised: RECORD to h1 is skipped, and the reshard rolls back at once.
+    assert core.effect_failed(record[0], "RuntimeError: no loop", (record[1],)) == []
+    effects = core.step(_view(), 0.1)
+    unmute = _rolled_back(effects)
+    assert core.progress.error == f"{record[0]!r} failed: RuntimeError: no loop" and core.progress.state.active
+    for command in unmute:
+        core.command_done(command.token, None)
+    assert core.step(_view(), 0.2) == [rs.Ended(ReshardState.FAILED, core.progress.error), rs.Checkpoint()]
+
+
+def test_a_new_set_that_cannot_be_created_rolls_back() -> None:
+    core = _core()
+    _answer(core, core.step(_view(), 0.0))
+    effects = core.step(_view(), 0.1)
+    assert effects == [rs.Checkpoint(), rs.StartNewSet(4, 2)]
+    core.effect_failed(rs.StartNewSet(4, 2), "ValueError: cannot split", ())
+    _rolled_back(core.step(_view(), 0.2))
+    assert core.progress.error == "StartNewSet(shard_count=4, hosts=2) failed: ValueError: cannot split"
+
+
+def _to_commit(core: rs.Reshard) -> list[rs.Effect]:
+    _answer(core, _to_switching(core))
+    _answer(core, core.step(_view(new=NEW, ready=4), 3.0))
+    _answer(core, core.step(_view(new=NEW, ready=4), 3.1))
+    effects = core.step(_view(new=NEW, ready=4), 3.2)
+    assert effects == [rs.Commit(4), rs.Checkpoint(), rs.RetireOldSet()]
+    return effects
+
+
+def test_a_commit_that_raises_is_no_commit_point_and_rolls_back() -> None:
+    core = _core()
+    effects = _to_commit(core)
+    # The shell did not swap the sets: the commit point's checkpoint and the retirement are skipped.
+    assert core.effect_failed(effects[0], "AssertionError: ", tuple(effects[1:])) == []
+    assert core.progress.state is ReshardState.SWITCHING and core.old_set_records
+    _rolled_back(core.step(_view(new=NEW, ready=4), 3.3))
+    assert core.progress.error == "Commit(shard_count=4) failed: AssertionError: "
+
+
+def test_after_the_commit_point_a_failed_close_is_tried_again_from_its_checkpoint() -> None:
+    core = _core()
+    effects = _to_commit(core)
+    # The commit point's checkpoint raised: no old host may go before it is on record.
+    assert core.effect_failed(effects[1], "RuntimeError: kv", (effects[2],)) == []
+    assert core.progress.state is ReshardState.CLOSING
+    assert core.step(_view(old=tuple(NEW), ready=4), 3.3) == [rs.Checkpoint(), rs.RetireOldSet()]
+    core.old_set_retired()
+    assert core.step(_view(old=tuple(NEW), ready=4), 3.4) == [rs.Ended(ReshardState.FINISHED, None), rs.Checkpoint()]
+
+
+def test_a_close_that_keeps_failing_is_given_up_and_the_reshard_finishes_saying_so() -> None:
+    core = _core()
+    _to_commit(core)
+    for attempt in range(rs.CLOSE_ATTEMPTS):
+        core.effect_failed(rs.RetireOldSet(), f"RuntimeError: attempt {attempt}", ())
+        effects = core.step(_view(old=tuple(NEW), ready=4), 4.0 + attempt)
+        if attempt + 1 < rs.CLOSE_ATTEMPTS:
+            assert effects == [rs.Checkpoint(), rs.RetireOldSet()]
+    assert effects == [rs.Ended(ReshardState.FINISHED, None, "gave up closing the old set (its hosts may still run): "
+                                f"RetireOldSet() failed: RuntimeError: attempt {rs.CLOSE_ATTEMPTS - 1}"),
+                       rs.Checkpoint()]
+    core.old_set_retired()  # late: ignored
+    assert not core.active and core.step(_view(old=tuple(NEW), ready=4), 9.0) == []
+
+
+def test_a_rollback_carries_on_past_its_own_failures_and_names_them() -> None:
+    core = _core()
+    _to_identifying(core)
+    core.start_done(0, "HostStartTimeoutError: no room")
+    effects = core.step(_view(), 0.5)
+    assert effects[0] == rs.KillNewSet()
+    # Killing the new set raised: the old fleet still repairs again and the old hosts are still told to go live.
+    assert core.effect_failed(effects[0], "RuntimeError: gcs", tuple(effects[1:])) == effects[1:]
+    unmute = _commands(effects)
+    # A GO_LIVE that could not be sent is that host's answer.
+    assert core.effect_failed(unmute[0], "RuntimeError: no loop", tuple(effects[3:])) == effects[3:]
+    core.command_done(unmute[1].token, None)
+    # h0 is asked again (as after a lost answer); it goes live this time.
+    again = _commands(core.step(_view(), 0.6))
+    assert [(c.host_id, c.kind, c.stop_recording) for c in again] == [("h0", CommandKind.GO_LIVE, True)]
+    core.command_done(again[0].token, None)
+    assert core.step(_view(), 0.7) == [
+        rs.Ended(ReshardState.FAILED, "HostStartTimeoutError: no room", "KillNewSet() failed: RuntimeError: gcs"),
+        rs.Checkpoint(),
+    ]
+
+
+def test_once_the_reshard_has_ended_its_last_checkpoint_is_still_written() -> None:
+    progress = ReshardProgress(source=2, target=4, state=ReshardState.CLOSING, ready=4)
+    core = rs.Reshard.restore(progress)
+    core.step(_view(old=tuple(NEW)), 0.0)
+    core.old_set_retired()
+    effects = core.step(_view(old=tuple(NEW)), 0.1)
+    assert core.effect_failed(effects[0], "RuntimeError: log", (effects[1],)) == [rs.Checkpoint()]

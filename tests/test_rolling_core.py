@@ -123,3 +123,79 @@ def test_an_old_host_that_died_ends_its_slot_and_a_replacement_that_died_is_star
     # The old host died meanwhile: the slot is done (its start in flight becomes the slot's host).
     effects = core.step(_view(b, starting=frozenset({0})), 2.0)
     assert effects[:2] == [roll.Checkpoint(), roll.Checkpoint()] and core.progress.pending_slots == [1]
+
+
+# -- effects the shell could not carry out (issue #11) ------------------------------------------------------------
+
+
+def test_a_start_that_raises_skips_the_rest_and_fails_the_roll_with_the_old_host_kept() -> None:
+    a, b = _host("h0", 0), _host("h1", 1)
+    core = roll.RollingRestart.begin(_view(a, b))
+    effects = core.step(_view(a, b), 0.0)
+    assert effects == [roll.Checkpoint(), roll.SetRetiring("h0", True), roll.StartHost(0, 2)]
+    # fleet.start_slot raised: nothing was started, so nothing will report the start.
+    assert core.effect_failed(roll.StartHost(0, 2), "RuntimeError: no loop", ()) == []
+    a = dataclasses.replace(a, retiring=True)
+    effects = core.step(_view(a, b), 0.1)
+    error = "slot 0: StartHost(slot=0, want=2) failed: RuntimeError: no loop"
+    assert effects == [roll.SetRetiring("h0", False), roll.Undrain("h0", 2),
+                       roll.Ended(OperationState.FAILED, error), roll.Checkpoint()]
+    assert core.progress.state is OperationState.FAILED and core.progress.error == error
+    assert core.step(_view(a, b), 0.2) == []
+
+
+def test_a_failed_intent_checkpoint_skips_every_effect_that_builds_on_it() -> None:
+    a = _host("h0", 0)
+    core = roll.RollingRestart.begin(_view(a))
+    effects = core.step(_view(a), 0.0)
+    rest = tuple(effects[1:])
+    assert rest == (roll.SetRetiring("h0", True), roll.StartHost(0, 2))
+    assert core.effect_failed(effects[0], "AssertionError: ", rest) == []
+    # The old host was never marked retiring: it is only un-drained (a no-op for the table), and keeps running.
+    assert core.step(_view(a), 0.1) == [roll.Undrain("h0", 2), roll.Ended(OperationState.FAILED, core.progress.error),
+                                        roll.Checkpoint()]
+
+
+def test_a_drain_that_raises_puts_the_slot_back_and_retires_the_replacement() -> None:
+    a = _host("h0", 0, retiring=True)
+    new = _host("h0r2", 0, owns=0)
+    core = roll.RollingRestart(RollingRestartProgress(total=1, pending_slots=[0], current="h0", old_hosts=["h0"]))
+    assert core.step(_view(a, new), 0.0) == [roll.Drain("h0")]
+    assert core.effect_failed(roll.Drain("h0"), "KeyError: 'h0'", ()) == []
+    effects = core.step(_view(a, new), 0.1)
+    assert effects[:3] == [roll.SetRetiring("h0", False), roll.Undrain("h0", 2), roll.Retire("h0r2")]
+    assert core.progress.error == "slot 0: Drain(host_id='h0') failed: KeyError: 'h0'"
+
+
+def test_a_failed_retirement_is_not_counted_as_replaced() -> None:
+    a = _host("h0", 0, retiring=True, draining=True, owns=0)
+    new = _host("h0r2", 0)
+    core = roll.RollingRestart(RollingRestartProgress(total=1, pending_slots=[0], current="h0", old_hosts=["h0"]))
+    assert core.step(_view(a, new), 0.0) == [roll.Checkpoint(), roll.Retire("h0")]
+    assert core.progress.replaced == ["h0"]
+    core.effect_failed(roll.Retire("h0"), "RuntimeError: no loop", ())
+    assert core.progress.replaced == []
+    assert core.step(_view(a, new), 0.1)[-2:] == [roll.Ended(OperationState.FAILED, core.progress.error),
+                                                  roll.Checkpoint()]
+
+
+def test_when_the_old_hosts_died_meanwhile_the_replacement_stays() -> None:
+    a, new = _host("h0", 0, retiring=True), _host("h0r2", 0, owns=0)
+    core = roll.RollingRestart(RollingRestartProgress(total=1, pending_slots=[0], current="h0", old_hosts=["h0"]))
+    core.step(_view(a, new), 0.0)
+    core.effect_failed(roll.Drain("h0"), "KeyError: 'h0'", ())
+    effects = core.step(_view(new), 0.1)  # h0 is gone: retiring h0r2 would leave the slot with no host
+    assert not any(isinstance(e, roll.Retire) for e in effects)
+    assert core.progress.state is OperationState.FAILED
+
+
+def test_once_the_roll_has_ended_the_rest_of_its_end_is_still_carried_out() -> None:
+    a = _host("h0", 0, retiring=True, draining=True)
+    new = _host("h0r2", 0, owns=0)
+    core = roll.RollingRestart(RollingRestartProgress(total=1, pending_slots=[0], current="h0", old_hosts=["h0"]),
+                               drain_timeout=1.0, drain_per_shard=0.0)
+    core.step(_view(a, new), 0.0)
+    effects = core.step(_view(a, new), 5.0)  # the drain's deadline passed: the roll fails
+    assert effects[0] == roll.SetRetiring("h0", False) and not core.active
+    # Un-marking the old host raised: un-draining it, retiring the replacement, the log and the checkpoint still go.
+    assert core.effect_failed(effects[0], "KeyError: 'h0'", tuple(effects[1:])) == effects[1:]
