@@ -12,6 +12,12 @@ after its chunks, names the generation of every chunk. So a crash between two wr
 leaves the previous head naming chunks that are all still there: a checkpoint is always
 read as one consistent snapshot. Superseded chunks are deleted after the head that replaces
 them is written (and, after a crash, by `prune_chunks` at the next restore).
+
+Keys added to the head within a version are optional, and a reader of that version that predates
+them ignores them: ``presence_version``, ``rolling``, ``reshard``, and ``old_fleet`` (the fleet a
+reshard switched away from, from its commit point until its hosts are retired;
+`committed_old_fleet`). A head without ``old_fleet`` restores as before it existed: the old hosts are
+killed as strays.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ __all__ = [
     "ChunkWrite",
     "KeyValue",
     "TableChunks",
+    "committed_old_fleet",
     "delete_checkpoint",
     "load_checkpoint",
     "prune_chunks",
@@ -235,6 +242,20 @@ def chunk_generations(data: dict[str, typing.Any]) -> dict[int, int]:
     """The chunk generations a head read by `load_checkpoint` names (empty for an inline table)."""
     table = data.get("table") or {}
     return {index: int(generation) for index, generation in enumerate(table.get("chunks") or [])}
+
+
+def committed_old_fleet(data: typing.Mapping[str, typing.Any]) -> tuple[dict[str, typing.Any], int] | None:
+    """The old fleet (its ``HostFleet.to_json``) and shard count of a reshard past its commit point, or None.
+
+    Only a reshard at ``closing`` (committed, its old set still to retire) has one; an ``old_fleet``
+    beside any other reshard state (none is written so) is ignored, and its hosts are strays.
+    """
+    from ray_shards.protocol import ReshardState
+
+    fleet, reshard = data.get("old_fleet"), data.get("reshard")
+    if not isinstance(fleet, dict) or not isinstance(reshard, dict) or reshard.get("state") != ReshardState.CLOSING:
+        return None
+    return fleet, int(reshard["from"])
 
 
 def prune_chunks(bot_id: int, keep: typing.Mapping[int, int], *, kv: KeyValue | None = None) -> int:

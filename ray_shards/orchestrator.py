@@ -256,9 +256,14 @@ class Orchestrator:
         self._recovering_until = time.monotonic() + self._timings.recovery_grace
         self._fleet = self._new_fleet(str((data.get("fleet") or {}).get("prefix", "h")))
         self._fleet.restore(data.get("fleet") or {})
+        keep = set(self._fleet.hosts)
+        committed = checkpoint.committed_old_fleet(data)
+        if committed is not None:
+            keep |= self._restore_old_set(*committed)
         # Hosts started just before the crash whose names never reached a checkpoint would leak: kill them.
-        # Hosts of a reshard's shadow fleet are not checkpointed either: the reshard is rolled back (below).
-        self._fleet.kill_strays(keep=set(self._fleet.hosts), any_prefix=True)
+        # Hosts of a reshard's shadow fleet are not checkpointed either: the reshard is rolled back (below). The
+        # old hosts of a reshard past its commit point are kept: the reshard retires them (closing their sessions).
+        self._fleet.kill_strays(keep=keep, any_prefix=True)
         for host in self._table.live_hosts():
             self._mailboxes[host.host_id] = _Mailbox()
         rolling = data.get("rolling")
@@ -291,6 +296,38 @@ class Orchestrator:
         )
         self._ensure_reconcile()
 
+    def _restore_old_set(self, data: dict[str, typing.Any], shard_count: int) -> set[str]:
+        """The old set of a reshard restored at its commit point, for `_retire_old_set`; returns its live hosts.
+
+        Its fleet is found again by name (`HostFleet.restore`) and is never repaired (``desired`` 0) nor
+        one of `_fleets`. Its table was not checkpointed; `_old_table_stand_in` answers its hosts until
+        they are retired.
+        """
+        fleet = self._new_fleet(str(data.get("prefix", "h")))
+        fleet.restore(data)
+        fleet.desired = 0
+        table = self._old_table_stand_in(shard_count, [(h.host_id, h.want) for h in fleet.hosts.values()], time.time())
+        for host_id in fleet.hosts:
+            self._host_tables[host_id] = table
+        self._old_set = (table, fleet)
+        return set(fleet.hosts)
+
+    @staticmethod
+    def _old_table_stand_in(shard_count: int, hosts: typing.Iterable[tuple[str, int]], now: float) -> ShardTable:
+        """A table of ``shard_count`` shards standing in for a committed reshard's old one, with ``hosts`` registered.
+
+        The old hosts sync, and release their shards when retired, until then. Answered by the bot's
+        table they would re-register there and be told that their shards (of the old count) have no
+        lease: they would hand the sessions over (close 3000, resumable) instead of ending them. Here
+        their reports make their leases current (a lease above the table's epoch is taken as current,
+        as after a restore from an older checkpoint), and nothing is ever placed: they are not
+        ``placeable`` and the reconcile pass does not place this table.
+        """
+        table = ShardTable(shard_count)
+        for host_id, want in hosts:
+            table.register_host(host_id, node_id=None, want=want, has_handle=True, now=now, placeable=False)
+        return table
+
     def _resume_reshard_after_restart(self) -> None:
         """A reshard was in flight when the Orchestrator died: carry it on, or roll it back (`Reshard.restore`).
 
@@ -298,7 +335,9 @@ class Orchestrator:
         its new set is abandoned: the new set's hosts were never checkpointed and were killed as strays
         (they held their events, none was delivered, so nothing is lost by it), and the old hosts, which
         may have been told to record or to mute, go live again. At ``closing`` the checkpoint already
-        holds the new set as the bot: the old hosts were killed as strays, and the reshard finishes.
+        holds the new set as the bot, and the old fleet beside it (`_restore_old_set`): the reshard
+        retires the old hosts still alive as it would have (draining their listeners, ending their
+        sessions), and finishes.
         The reconcile pass steps it once the recovery grace is over (every host has reported by then).
         """
         assert self._reshard is not None
@@ -521,7 +560,14 @@ class Orchestrator:
         config, table, _ = self._check(capability)
         if self._stopping:
             raise BotStoppedError("the bot is shutting down")
-        if self._next_table is not None and shard_count == self._next_table.shard_count:
+        old_set = self._old_set
+        if old_set is not None and host_id in old_set[1].hosts:
+            # An old host of a committed reshard (re-registering after an Orchestrator restart) until it is retired:
+            # its leases are the old table's (in the bot's table they would be stale: handed over, not ended), and
+            # that table never places anything again.
+            table, placeable = old_set[0], False
+            config = dataclasses.replace(config, shard_count=table.shard_count)
+        elif self._next_table is not None and shard_count == self._next_table.shard_count:
             table = self._next_table
             config = dataclasses.replace(config, shard_count=table.shard_count)
         elif shard_count is not None and shard_count != table.shard_count:
@@ -1547,7 +1593,8 @@ class Orchestrator:
             self._commit_reshard(effect.shard_count)
         elif isinstance(effect, rs.RetireOldSet):
             if self._old_set is None:
-                # Restarted after the commit point: the old hosts were killed as strays.
+                # Restarted from a checkpoint without the old fleet (written by an older ray_shards): its hosts
+                # were killed as strays.
                 core.old_set_retired()
             else:
                 task = asyncio.get_running_loop().create_task(self._retire_old_set(core, *self._old_set))
@@ -1718,6 +1765,9 @@ class Orchestrator:
             "fleet": self._fleet.to_json() if self._fleet else None,
             "rolling": self._rolling.progress.to_json() if self._rolling is not None else None,
             "reshard": self._reshard.to_json() if self._reshard is not None else None,
+            # From the reshard's commit point until its old hosts are retired: a restart retires them (closing their
+            # sessions) rather than killing them as strays.
+            "old_fleet": self._old_set[1].to_json() if self._old_set is not None else None,
         }
 
     async def _checkpoint_now(self) -> None:

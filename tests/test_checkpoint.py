@@ -10,6 +10,7 @@ import pytest
 from ray_shards import checkpoint
 from ray_shards.checkpoint import CHECKPOINT_SCHEMA, TableChunks
 from ray_shards.models import ReportBatch, SessionState, ShardReport, ShardStatus
+from ray_shards.protocol import ReshardProgress, ReshardState
 from ray_shards.table import CHECKPOINT_CHUNK, CheckpointSchemaError, ShardTable
 
 BOT = 42
@@ -269,3 +270,53 @@ def test_full_reads_as_columns_give_the_same_rows() -> None:
     table = _table()
     table.mark_failed(7, "4014: disallowed intents")
     assert table.columns().infos() == table.infos()
+
+
+# -- the old fleet of a committed reshard (issue #11) -------------------------------------------------------------
+
+
+def _head_with(reshard_state: str | None, old_fleet: dict[str, object] | None) -> dict[str, object]:
+    head: dict[str, object] = {"schema": CHECKPOINT_SCHEMA, "seq": 1, "table": ShardTable(4).to_json()}
+    if reshard_state is not None:
+        head["reshard"] = ReshardProgress(source=2, target=4, state=ReshardState(reshard_state)).to_json()
+    if old_fleet is not None:
+        head["old_fleet"] = old_fleet
+    return head
+
+
+def test_a_committed_reshard_keeps_its_old_fleet_across_a_restart() -> None:
+    kv = _KV()
+    old = {"prefix": "h", "desired": 0, "hosts": [{"host_id": "h0", "slot": 0, "want": 1, "retiring": False}]}
+    kv.data[f"checkpoint/{BOT}".encode()] = json.dumps(_head_with("closing old sessions", old)).encode()
+    data = checkpoint.load_checkpoint(BOT, kv=kv)
+    assert data is not None
+    assert checkpoint.committed_old_fleet(data) == (old, 2)
+
+
+@pytest.mark.parametrize(
+    ("state", "old_fleet"),
+    [
+        ("closing old sessions", None),  # a head written before old_fleet existed: its hosts are strays, as before
+        ("switching", {"prefix": "h", "hosts": []}),  # before the commit point the old set is the bot's own fleet
+        ("finished", {"prefix": "h", "hosts": []}),
+        (None, {"prefix": "h", "hosts": []}),
+    ],
+)
+def test_no_old_fleet_but_at_the_commit_point(state: str | None, old_fleet: dict[str, object] | None) -> None:
+    kv = _KV()
+    kv.data[f"checkpoint/{BOT}".encode()] = json.dumps(_head_with(state, old_fleet)).encode()
+    data = checkpoint.load_checkpoint(BOT, kv=kv)
+    assert data is not None and checkpoint.committed_old_fleet(data) is None
+
+
+def test_the_old_hosts_are_answered_by_a_stand_in_table_that_keeps_their_leases_until_they_close() -> None:
+    """Restored at the commit point, the old hosts sync to a stand-in table: no revoke (no hand-over), no placement."""
+    from ray_shards.orchestrator import Orchestrator
+
+    table = Orchestrator._old_table_stand_in(2, [("h0", 1), ("h1", 1)], now=0.0)
+    epoch = 1 << 32 | 3  # a lease of the old table, granted before the restart
+    session = SessionState("s0", 50, "wss://r", 1)
+    stale = table.apply_reports("h0", [ShardReport(0, epoch, ShardStatus.READY, session)], now=1.0, report_seq=1)
+    assert stale == [] and table.holds("h0", 0, epoch)
+    assert table.place() == {}  # never placed: shard 1 stays with nobody until h1 reports it
+    assert table.release("h0", 0, epoch, None, stopped=True)  # the retired host's close ends it here

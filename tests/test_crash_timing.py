@@ -259,3 +259,74 @@ async def test_host_killed_while_a_reshard_switches(streaming: typing.Any, which
     assert not both, f"{len(both)} events handled by an old-set and a new-set host: {dict(list(both.items())[:5])}"
     _assert_clean(emu)
     await _no_leak(bot_id, 2)
+
+
+class _SlowToCloseInTheOldSet:
+    """Records deliveries; in the old set's hosts a StoppingEvent listener holds their close for ``hold`` s.
+
+    The reshard retires the old hosts one at a time, so this keeps its close (state ``closing old sessions``,
+    past the commit point) going long enough to kill the Orchestrator in the middle of it.
+    """
+
+    def __init__(self, recorder: str, new_count: int, hold: float) -> None:
+        self._record = recording_callback(recorder)
+        self._new_count = new_count
+        self._hold = hold
+
+    def __call__(self, bot: typing.Any) -> None:
+        self._record(bot)
+        if bot.host_id.startswith(f"s{self._new_count}-"):  # the new set's hosts are s<count>-h<slot>
+            return
+        hold = self._hold
+
+        @bot.listen(hikari.StoppingEvent)
+        async def on_stopping(event: hikari.StoppingEvent) -> None:
+            await asyncio.sleep(hold)
+
+
+async def test_orchestrator_killed_after_the_commit_point_of_a_reshard_retires_the_old_hosts(
+    emulator_factory: typing.Any, token: str, ray_cluster: typing.Any
+) -> None:
+    """Issue #11: the restarted Orchestrator closes the old sessions (a normal close), it does not SIGKILL the hosts."""
+    from tests.helpers import StreamingBot
+
+    emu = emulator_factory(token, shards=2, max_concurrency=2, guilds=4, identify_window_s=1.0)
+    bot = StreamingBot(emu, token)
+    try:
+        bot.deployment = await BotDeployment.start(
+            token, subprocess_count=2, rest_url=emu.rest_url, intents=hikari.Intents.ALL, timings=FAST,
+            callback=_SlowToCloseInTheOldSet(bot.recorder_name, 4, hold=4.0),
+        )
+        bot.client = Client(token, None, refresh_interval=0.1)
+        await bot.client.start()
+        bot_id = bot.client.bot_id
+        emu.control.start_stream(40)
+        await asyncio.sleep(1.0)
+        reshard = asyncio.create_task(bot.client.reshard(4))
+        progress = None
+        for _ in range(2400):
+            progress = (await bot.client.status()).reshard
+            if reshard.done() or (progress is not None and progress.state is ReshardState.CLOSING):
+                break
+            await asyncio.sleep(0.05)
+        assert progress is not None and progress.state is ReshardState.CLOSING and not reshard.done(), progress
+        # Past the commit point, with the old sessions still open (each old host's close is held).
+        assert [s for s in emu.control.sessions() if s["shard_count"] == 2 and s["connected"]]
+        _kill_orchestrator(bot_id)
+        status = await asyncio.wait_for(reshard, 120)
+        assert status.state is ReshardState.FINISHED, (status.state, status.error, status)
+        # Ended by a normal close: a SIGKILLed host would leave its sessions resumable at Discord.
+        try:
+            await wait_for(lambda: not [s for s in emu.control.sessions() if s["shard_count"] == 2], 60,
+                           "every old session ended")
+        except AssertionError:
+            print("SESSIONS", emu.control.sessions())
+            print("CLOSES", emu.control.stats()["closes"])
+            raise
+        await wait_for(bot.all_ready, 60, "the new shards READY")
+        assert all(info.shard_count == 4 for info in bot.shards().values())
+        await _no_leak(bot_id, 2)
+        assert all(h.startswith("s4-") for h in _host_actors(bot_id)), _host_actors(bot_id)
+        _assert_clean(emu)
+    finally:
+        await bot.stop()
