@@ -69,7 +69,7 @@ from ray_shards.models import (
     ShardStatus,
 )
 from ray_shards.presence import PresenceState
-from ray_shards.protocol import GuildTails
+from ray_shards.protocol import GuildTails, Registration
 from ray_shards.remote import RemoteShard
 from ray_shards.shard_commands import SHARD_COMMANDS, run_shard_command
 from ray_shards.table_view import TableView
@@ -834,9 +834,7 @@ class Bot(traits.GatewayBotAware):
             await self._give_back(leases)
             raise
         self._presence, self._presence_version = registration.presence, registration.presence_version
-        if not registration.shadow and self._event_manager.mode is DeliveryMode.SHADOW:
-            # Started as a replacement in a reshard's new set that went live meanwhile: live from the start.
-            self._event_manager.go_live(None)
+        self._go_live_if_set_is(registration)
         self._failures.clear()
         self._failed.clear()
         self._closed_event = asyncio.Event()
@@ -1460,6 +1458,12 @@ class Bot(traits.GatewayBotAware):
                 return
             await asyncio.sleep(wait)
 
+    def _go_live_if_set_is(self, registration: Registration) -> None:
+        """A host started in shadow mode whose reshard set went live while it started or was cut off (the switch's
+        GO_LIVE went to the hosts registered then) delivers live from now on."""
+        if not registration.shadow and self._event_manager.mode is DeliveryMode.SHADOW:
+            self._event_manager.go_live(None)
+
     async def _register_again(self) -> None:
         self._sent_sessions.clear()
         held = [(slot.lease.shard_id, slot.lease.epoch) for slot in self._slots.values() if not slot.leaving]
@@ -1474,9 +1478,7 @@ class Bot(traits.GatewayBotAware):
         self._presence, self._presence_version = registration.presence, registration.presence_version
         if registration.record:
             self._event_manager.start_recording()
-        if not registration.shadow and self._event_manager.mode is DeliveryMode.SHADOW:
-            # This host's set went live while it was cut off (its GO_LIVE went to the hosts registered then).
-            self._event_manager.go_live(None)
+        self._go_live_if_set_is(registration)
         for shard_id in registration.stale:
             slot = self._slots.get(shard_id)
             if slot is not None:

@@ -29,7 +29,7 @@ from ray_shards import rolling as roll
 from ray_shards.auth import TokenHash, bot_id_from_token, command_key, validate_token
 from ray_shards.capabilities import Capabilities
 from ray_shards.checkpoint import CHECKPOINT_SCHEMA
-from ray_shards.effects import carry_out
+from ray_shards.effects import carry_out, describe_error
 from ray_shards.errors import (
     BotStoppedError,
     CapabilityExpiredError,
@@ -90,8 +90,7 @@ def _task_failure(task: asyncio.Task[typing.Any], what: str, *, unwrap: bool) ->
     exc = task.exception()
     if exc is None:
         return None
-    failure = _unwrap_ray_error(exc) if unwrap else exc
-    return f"{type(failure).__name__}: {failure}"
+    return describe_error(_unwrap_ray_error(exc) if unwrap else exc)
 
 
 def _unwrap_ray_error(exc: BaseException) -> BaseException:
@@ -1453,7 +1452,7 @@ class Orchestrator:
         exc = task.exception()
         if exc is not None:
             failure = _unwrap_ray_error(exc)
-            rolling.start_failed(slot, f"{type(failure).__name__}: {failure}")
+            rolling.start_failed(slot, describe_error(failure))
 
     # -- live resharding ---------------------------------------------------------------------------
 
