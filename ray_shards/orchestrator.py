@@ -23,7 +23,7 @@ import typing
 
 import hikari
 
-from ray_shards import checkpoint, control, liveness
+from ray_shards import admission, checkpoint, control, liveness
 from ray_shards import resharding as rs
 from ray_shards import rolling as roll
 from ray_shards.auth import TokenHash, bot_id_from_token, command_key, validate_token
@@ -1340,16 +1340,9 @@ class Orchestrator:
         keeps running. Returns the restart's progress; follow it with `status`.
         """
         self._check(capability)
+        admission.check_roll(self._shape())
         fleet = self._fleet
-        if fleet is None or not fleet.desired:
-            msg = "only a bot launched by ray_shards (run_subprocesses / BotDeployment) can be rolled"
-            raise RuntimeError(msg)
-        if self._rolling_busy():
-            msg = "a rolling restart is already in progress; pause, resume or abort it"
-            raise RuntimeError(msg)
-        if self._reshard is not None and self._reshard.state.active:
-            msg = "a reshard is in progress; roll the hosts once it is done"
-            raise RuntimeError(msg)
+        assert fleet is not None
         if callback is not None:
             fleet.set_callback(callback)
         begun = roll.RollingRestart.begin(self._roll_view(), started_at=time.time())
@@ -1477,26 +1470,9 @@ class Orchestrator:
         return progress
 
     def _begin_reshard(self, shard_count: int) -> ReshardProgress:
-        table, scheduler = self._table, self._scheduler
-        assert table is not None and scheduler is not None
-        if isinstance(shard_count, bool) or not isinstance(shard_count, int) or shard_count < 1:
-            msg = f"shard_count must be a whole number of at least 1, not {shard_count!r}"
-            raise ValueError(msg)
-        if shard_count == table.shard_count:
-            msg = f"the bot already runs {shard_count} shards"
-            raise ValueError(msg)
-        if scheduler.remaining < shard_count:
-            msg = (
-                f"resharding to {shard_count} shards needs {shard_count} identifies but Discord's daily budget has "
-                f"only {scheduler.remaining} left; wait for the reset or reshard to fewer shards"
-            )
-            raise ValueError(msg)
-        if self._fleet is None or not self._fleet.desired:
-            msg = "only a bot launched by ray_shards (run_subprocesses / BotDeployment) can be resharded"
-            raise RuntimeError(msg)
-        if self._next_table is not None or self._resharding_busy() or self._rolling_busy():
-            msg = "a reshard or rolling restart is already in progress"
-            raise RuntimeError(msg)
+        table = self._table
+        assert table is not None
+        shard_count = admission.check_reshard(self._shape(), shard_count)
         # Target state: the reconcile pass steps the core (its first effect checkpoints it) and carries out the rest.
         self._resharding = rs.Reshard.begin(table.shard_count, shard_count, started_at=time.time(),
                                             **self._reshard_options())
@@ -1518,6 +1494,21 @@ class Orchestrator:
 
     def _rolling_busy(self) -> bool:
         return self._rolling is not None and self._rolling.active
+
+    def _shape(self) -> admission.BotShape:
+        """What `ray_shards.admission` reads to decide whether a long operation may begin."""
+        table, scheduler, fleet = self._table, self._scheduler, self._fleet
+        assert table is not None and scheduler is not None
+        return admission.BotShape(
+            shard_count=table.shard_count,
+            identifies_left=scheduler.remaining,
+            launched=fleet is not None and bool(fleet.desired),
+            rolling=self._rolling_busy(),
+            resharding=self._next_table is not None or self._resharding_busy()
+            or (self._reshard is not None and self._reshard.state.active),
+            last_reshard_failed=self._reshard is not None and self._reshard.state is ReshardState.FAILED,
+            stopping=self._stopping,
+        )
 
     async def deliver_tails(self, capability: str, host_id: str, tails: GuildTails) -> None:
         """An old-set host hands in, per guild, the last events it delivered (resharding switch)."""
@@ -1663,40 +1654,33 @@ class Orchestrator:
             return
         self._last_policy_check = time.monotonic()
         table, fleet, scheduler = self._table, self._fleet, self._scheduler
-        if table is None or fleet is None or scheduler is None or not fleet.desired or self._stopping:
+        if table is None or fleet is None or scheduler is None or not admission.auto_reshard_may_look(self._shape()):
             return
-        if (
-            self._next_table is not None
-            or self._resharding_busy()
-            or self._rolling_busy()
-            or (self._reshard is not None and self._reshard.state is ReshardState.FAILED)
-        ):
-            return
-        target = table.shard_count
-        busiest = max((r.guilds for r in table.shards.values()), default=0)
-        if busiest > self._options.guild_threshold:
-            target = max(target, table.shard_count * 2)
+        recommended: int | None = None
         token = fleet.token
         if token is not None and self._config is not None:
             try:
                 info = await fetch_gateway_bot(self._config.rest_url, token)
-                target = max(target, info.shards)
+                recommended = info.shards
                 scheduler.set_remaining(info.remaining)
             except Exception as exc:
                 _LOGGER.warning("auto-reshard: GET /gateway/bot failed: %s", exc)
-        if target > table.shard_count:
-            reason = f"busiest shard has {busiest} guilds" if busiest > self._options.guild_threshold else (
-                "Discord recommends more shards"
+        busiest = max((r.guilds for r in table.shards.values()), default=0)
+        want = admission.auto_reshard_target(
+            self._shape(), busiest_guilds=busiest, guild_threshold=self._options.guild_threshold,
+            recommended=recommended,
+        )
+        if want is None:
+            return
+        _LOGGER.warning("auto-reshard: %s -> %s shards (%s)", table.shard_count, want.target, want.reason)
+        try:
+            self._begin_reshard(want.target)
+        except Exception as exc:
+            _LOGGER.error("auto-reshard to %s refused: %s", want.target, exc)
+            self._reshard = ReshardProgress(
+                source=table.shard_count, target=want.target, state=ReshardState.FAILED, error=str(exc),
+                started_at=time.time(), finished_at=time.time(),
             )
-            _LOGGER.warning("auto-reshard: %s -> %s shards (%s)", table.shard_count, target, reason)
-            try:
-                self._begin_reshard(target)
-            except Exception as exc:
-                _LOGGER.error("auto-reshard to %s refused: %s", target, exc)
-                self._reshard = ReshardProgress(
-                    source=table.shard_count, target=target, state=ReshardState.FAILED, error=str(exc),
-                    started_at=time.time(), finished_at=time.time(),
-                )
 
     async def _find_handle(self, host_id: str) -> None:
         """After a restart: re-watch a checkpointed host actor by name, or declare it gone."""

@@ -42,7 +42,7 @@ import math
 import random
 import typing
 
-from ray_shards import control, liveness, resharding, rolling
+from ray_shards import admission, control, liveness, resharding, rolling
 from ray_shards.identify import IdentifyScheduler
 from ray_shards.models import CommandKind, Lease, SessionState, ShardReport, ShardStatus
 from ray_shards.protocol import GuildTails, OperationState, ReshardProgress, ReshardState, RollingRestartProgress
@@ -1042,12 +1042,25 @@ class Shell:
             all_ready=all(r.status is ShardStatus.READY for r in self.table.shards.values() if r.host_id is not None),
         )
 
+    def shape(self) -> admission.BotShape:
+        """What `ray_shards.admission` reads, as the actor's `Orchestrator._shape` builds it."""
+        return admission.BotShape(
+            shard_count=self.table.shard_count,
+            identifies_left=self.scheduler.remaining,
+            # The actor's fleet has no desired hosts while the reshard pauses it; the sim keeps the count apart.
+            launched=self.fleet_desired > 0 and not self.fleet_paused,
+            rolling=self.roll is not None and self.roll.active,
+            resharding=self.next_table is not None or (self.reshard is not None and self.reshard.active),
+        )
+
     def start_roll(self) -> bool:
         """A client asks for a rolling restart; False when one is in progress or the shell cannot take it now."""
-        if not self.alive or self.recovering() or (self.roll is not None and self.roll.active):
+        if not self.alive or self.recovering():
             return False
-        if self.reshard is not None and self.reshard.active:
-            return False  # "a reshard is in progress; roll the hosts once it is done"
+        try:
+            admission.check_roll(self.shape())
+        except RuntimeError:
+            return False
         self.roll = self._new_roll(rolling.RollingRestart.begin(self.roll_view()).progress)
         self.checkpoint()
         return True
@@ -1120,12 +1133,12 @@ class Shell:
 
     def start_reshard(self, target: int) -> bool:
         """A client asks for a reshard to ``target`` shards; False when the Orchestrator refuses it now."""
-        if not self.alive or self.recovering() or self.scheduler.remaining < target:
+        if not self.alive or self.recovering():
             return False
-        if self.next_table is not None or (self.reshard is not None and self.reshard.active):
+        try:
+            admission.check_reshard(self.shape(), target)
+        except (ValueError, RuntimeError):
             return False
-        if self.roll is not None and self.roll.active:
-            return False  # "a reshard or rolling restart is already in progress"
         # Target state only: the next step's first effect checkpoints it.
         self.reshard = resharding.Reshard.begin(
             self.table.shard_count, target, started_at=self.w.wall(), **self._reshard_options()
