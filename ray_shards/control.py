@@ -21,6 +21,7 @@ these functions only sequence their calls the way the protocol needs (see ``docs
 from __future__ import annotations
 
 import dataclasses
+import enum
 import typing
 
 from ray_shards.identify import IdentifyBudgetExhaustedError, IdentifyGrant, IdentifyScheduler
@@ -29,6 +30,7 @@ from ray_shards.table import ShardTable
 
 __all__ = [
     "BUDGET_POLL",
+    "JoinSet",
     "Joined",
     "Lost",
     "Placement",
@@ -40,11 +42,53 @@ __all__ = [
     "lease_checked",
     "placement_pass",
     "reports_applied",
+    "set_to_join",
     "shard_released",
 ]
 
 BUDGET_POLL = 1.0
 """Seconds a shard waits before asking again when the daily budget is used up and its reset is not known yet."""
+
+
+class JoinSet(enum.Enum):
+    """Which set of shards a registering host joins (there are two during a reshard, and for a while after it)."""
+
+    LIVE = "live"
+    """The bot's set: the one that delivers events."""
+    NEW = "new"
+    """A reshard's new set, started in shadow mode (it holds its events until the switch)."""
+    OLD = "old"
+    """The old set of a reshard past its commit point: its host is being retired, and is placed nothing."""
+
+
+def set_to_join(
+    host_id: str,
+    shard_count: int | None,
+    *,
+    live_count: int,
+    new_count: int | None = None,
+    old_hosts: typing.Container[str] = (),
+) -> JoinSet:
+    """Which set a host that registers asking for ``shard_count`` shards (None: whatever the bot runs) joins.
+
+    An old host is known by name, not by count: after the commit point the new set may run the count the old
+    one ran before an earlier reshard, and the old host's leases are the old table's (in the bot's table they
+    would be stale: handed over, not ended). A host asking for the new set's count joins the new set; a host
+    asking for any other count than the bot's is a host of an abandoned set, which must not start.
+
+    Raises
+    ------
+    ValueError
+        For a count that is neither the bot's nor the reshard's new one.
+    """
+    if host_id in old_hosts:
+        return JoinSet.OLD
+    if new_count is not None and shard_count == new_count:
+        return JoinSet.NEW
+    if shard_count is not None and shard_count != live_count:
+        msg = f"this bot runs {live_count} shards, not {shard_count}"
+        raise ValueError(msg)
+    return JoinSet.LIVE
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -559,19 +559,21 @@ class Orchestrator:
         config, table, _ = self._check(capability)
         if self._stopping:
             raise BotStoppedError("the bot is shutting down")
-        old_set = self._old_set
-        if old_set is not None and host_id in old_set[1].hosts:
+        old_set, new_table = self._old_set, self._next_table
+        joins = control.set_to_join(
+            host_id, shard_count, live_count=table.shard_count,
+            new_count=new_table.shard_count if new_table is not None else None,
+            old_hosts=old_set[1].hosts if old_set is not None else (),
+        )
+        if joins is control.JoinSet.OLD:
             # An old host of a committed reshard (re-registering after an Orchestrator restart) until it is retired:
-            # its leases are the old table's (in the bot's table they would be stale: handed over, not ended), and
             # that table never places anything again.
+            assert old_set is not None
             table, placeable = old_set[0], False
-            config = dataclasses.replace(config, shard_count=table.shard_count)
-        elif self._next_table is not None and shard_count == self._next_table.shard_count:
-            table = self._next_table
-            config = dataclasses.replace(config, shard_count=table.shard_count)
-        elif shard_count is not None and shard_count != table.shard_count:
-            msg = f"this bot runs {table.shard_count} shards, not {shard_count}"
-            raise ValueError(msg)
+        elif joins is control.JoinSet.NEW:
+            assert new_table is not None
+            table = new_table
+        config = dataclasses.replace(config, shard_count=table.shard_count)
         self._host_tables[host_id] = table
         now = time.time()
         # A fleet host's share is the fleet's to decide, not the host's: one re-registering after an Orchestrator

@@ -142,3 +142,20 @@ def test_placement_rebalances_one_shard_per_pass() -> None:
     second = control.placement_pass(table)
     assert second.move is not None and second.move[0] != first.move[0]
     assert control.placement_pass(table, rebalance=False).move is None
+
+
+def test_a_registering_host_joins_the_set_its_count_names() -> None:
+    assert control.set_to_join("h0", None, live_count=4) is control.JoinSet.LIVE
+    assert control.set_to_join("h0", 4, live_count=4, new_count=8) is control.JoinSet.LIVE
+    assert control.set_to_join("s8-h0", 8, live_count=4, new_count=8) is control.JoinSet.NEW
+    # A host of an abandoned set (a reshard rolled back) must not start: its count is neither.
+    with pytest.raises(ValueError, match="this bot runs 4 shards, not 8"):
+        control.set_to_join("s8-h0", 8, live_count=4)
+
+
+def test_an_old_host_after_the_commit_is_known_by_name_not_by_count() -> None:
+    # Resharding 4 -> 8 -> 4: after the second commit the old hosts ask for 8 while the bot runs 4 and no new set
+    # exists, and a new host of the next reshard could ask for the count they ran. The name decides.
+    assert control.set_to_join("h1", 8, live_count=4, old_hosts={"h1"}) is control.JoinSet.OLD
+    assert control.set_to_join("h1", 4, live_count=4, new_count=8, old_hosts={"h1"}) is control.JoinSet.OLD
+    assert control.set_to_join("h2", 4, live_count=4, old_hosts={"h1"}) is control.JoinSet.LIVE

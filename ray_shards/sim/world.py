@@ -806,13 +806,15 @@ class Shell:
         now = self.now()
         if method == "register":
             host_id, want, count = args
-            if self.next_table is not None and count == self.next_table.shard_count:
-                table = self.next_table
-            elif count != self.table.shard_count:
+            try:
+                joins = control.set_to_join(
+                    host_id, count, live_count=self.table.shard_count,
+                    new_count=self.next_table.shard_count if self.next_table is not None else None,
+                )
+            except ValueError:
                 # "this bot runs N shards, not M": the host's start fails and it exits (an abandoned set's host).
                 return "stop"
-            else:
-                table = self.table
+            table = self.next_table if joins is control.JoinSet.NEW and self.next_table is not None else self.table
             record = table.hosts.get(host_id)
             if record is not None and not record.alive:
                 return "stop"
