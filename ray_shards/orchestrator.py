@@ -29,6 +29,8 @@ from ray_shards import rolling as roll
 from ray_shards.auth import TokenHash, bot_id_from_token, command_key, validate_token
 from ray_shards.capabilities import Capabilities
 from ray_shards.checkpoint import CHECKPOINT_SCHEMA
+from ray_shards.checkpoint_schedule import CheckpointSchedule
+from ray_shards.checkpoint_schedule import Write as CheckpointWrite
 from ray_shards.effects import carry_out, describe_error
 from ray_shards.errors import (
     BotStoppedError,
@@ -176,10 +178,12 @@ class Orchestrator:
         self._table_bumped = asyncio.Event()
         self._table_seen: tuple[int, int] | None = None
         self._dirty = False
-        self._last_checkpoint = 0.0
         # The table chunks the stored checkpoint holds: which table object, and each chunk's generation.
         self._chunks = checkpoint.TableChunks()
-        self._last_batch = time.monotonic()
+        self._checkpoints = CheckpointSchedule(
+            interval=self._timings.checkpoint_interval, batch_interval=self._timings.checkpoint_batch_interval,
+            last_batch=time.monotonic(),
+        )
         # Per table object, the (version, hosts_version) its last placement pass saw: nothing placement or
         # rebalancing decide on changed since, so the pass is skipped.
         self._reconciled: dict[int, tuple[int, int]] = {}
@@ -1143,12 +1147,12 @@ class Orchestrator:
         if self._options.auto_reshard:
             await self._auto_reshard_policy()
         soon, later = table.checkpoint_due()
-        batch_due = later and mono - self._last_batch >= self._timings.checkpoint_batch_interval
-        if batch_due or (
-            (self._dirty or soon or self._chunks.table_instance != table.instance)
-            and now - self._last_checkpoint > self._timings.checkpoint_interval
-        ):
-            await self._checkpoint(batched=batch_due)
+        write = self._checkpoints.due(
+            time.monotonic(), dirty=self._dirty, rows_now=soon, rows_later=later,
+            new_table=self._chunks.table_instance != table.instance,
+        )
+        if write is not None:
+            await self._checkpoint(batched=write is CheckpointWrite.BATCH)
 
     async def _check_silent_hosts(self, mono: float) -> None:
         """Carry out what `liveness.silent_host_actions` decides about hosts that stopped syncing."""
@@ -1777,14 +1781,12 @@ class Orchestrator:
                 if i + 1 < len(chunks):
                     await asyncio.sleep(0)
             self._dirty = False
-            self._last_checkpoint = time.time()
-            if batched:
-                self._last_batch = time.monotonic()
+            self._checkpoints.written(time.monotonic(), batched=batched)
             try:
                 keep = dict(self._chunks.pending_generations) if whole else None
                 size = await asyncio.to_thread(self._save, head, chunks, keep)
                 self._chunks.written()
-                self._metrics.checkpoint_saved(size, self._last_checkpoint)
+                self._metrics.checkpoint_saved(size, time.time())
             except Exception:
                 self._dirty = True
                 self._chunks.failed(table)

@@ -43,6 +43,7 @@ import random
 import typing
 
 from ray_shards import admission, control, liveness, resharding, rolling
+from ray_shards.checkpoint_schedule import CheckpointSchedule
 from ray_shards.identify import IdentifyScheduler
 from ray_shards.models import CommandKind, Lease, SessionState, ShardReport, ShardStatus
 from ray_shards.protocol import GuildTails, OperationState, ReshardProgress, ReshardState, RollingRestartProgress
@@ -661,6 +662,8 @@ class Shell:
         self.w = world
         self.alive = True
         self.offset = world.rng.uniform(-1e6, 1e6)
+        # The actor's schedule; the sim's table has no chunks, so every change is one that must not wait.
+        self.checkpoints = CheckpointSchedule(interval=world.checkpoint_every, batch_interval=math.inf)
         now = self.now()
         p = world.p
         if checkpoint is None:
@@ -769,7 +772,7 @@ class Shell:
             "written_at_wall": self.w.wall(),
         }
         self.dirty = False
-        self.last_checkpoint = self.w.t
+        self.checkpoints.written(self.w.t, batched=False)
 
     def fetch_budget(self) -> None:
         """GET /gateway/bot: the answer comes back after a network delay."""
@@ -968,7 +971,8 @@ class Shell:
             self.step_roll()
             self.step_reshard()
             self.fleet()
-        if self.dirty and self.w.t - self.last_checkpoint >= self.w.checkpoint_every:
+        due = self.checkpoints.due(self.w.t, dirty=self.dirty, rows_now=False, rows_later=False, new_table=False)
+        if due is not None:
             self.checkpoint()
         self.w.after_orchestrator(self)
 
