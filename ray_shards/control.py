@@ -1,10 +1,11 @@
 """What the control plane decides when a host speaks or goes: pure functions over the table and the scheduler.
 
-No Ray, no asyncio, no I/O; every ``now`` is the caller's monotonic clock. The Orchestrator actor
-(`ray_shards.orchestrator`) calls these from its remote methods and its reconcile pass, and carries
-out what they return (wake a parked sync, log, checkpoint); the simulator's model of the actor
-(`ray_shards.sim.world.Shell`) calls the very same functions, so the decisions its thousands of
-seeded fault schedules check are the actor's own, not a copy of them.
+No Ray, no asyncio, no I/O, no clock read: every ``now`` is the caller's. Those given to the identify
+scheduler are monotonic; those stored in the table the Orchestrator shows but does not decide on (see
+`ray_shards.table`). The Orchestrator actor (`ray_shards.orchestrator`) calls these from its remote
+methods and its reconcile pass, and carries out what they return (wake a parked sync, log, checkpoint);
+the simulator's model of the actor (`ray_shards.sim.world.Shell`) calls the very same functions, so the
+decisions its thousands of seeded fault schedules check are the actor's own, not a copy of them.
 
 The `ShardTable` is the only writer of its records and the `IdentifyScheduler` of its windows;
 these functions only sequence their calls the way the protocol needs (see ``docs/control-plane.md``):

@@ -4,7 +4,12 @@ The table decides which host runs which shard. A host owns a shard only while
 it holds that shard's lease at the current epoch. A shard is given to another
 host only after its owner released it or is known to be gone, and every new
 lease gets a higher epoch, so stale hosts are recognised and told to stop.
-Nothing here calls Ray; every ``now`` is the caller's monotonic clock.
+Nothing here calls Ray, and nothing here reads a clock: every ``now`` is the caller's, and the table only
+stores it (``HostRecord.last_sync``, ``ShardRecord.last_seen``) to be shown. The Orchestrator passes wall time,
+because operators read these as times (`ShardInfo.last_seen`, the sync-lateness metric); it decides on its
+own monotonic times (``Orchestrator._last_sync_mono``, the scheduler's windows), so a wall-clock step
+changes what is shown, never what is decided. The simulator passes its own monotonic clock (and its model
+of the actor reads its hosts' silence from ``last_sync``).
 
 Epochs carry the table's *incarnation*: ``epoch = incarnation << 32 | n``.
 `from_json` increments the incarnation, so a restarted Orchestrator grants
@@ -216,10 +221,6 @@ class ShardTable:
     def live_hosts(self) -> list[HostRecord]:
         """Hosts not known to be gone."""
         return [h for h in self.hosts.values() if h.alive]
-
-    def silent_hosts(self, now: float, timeout: float) -> list[str]:
-        """Live hosts that have not synced for more than ``timeout`` seconds."""
-        return [h.host_id for h in self.hosts.values() if h.alive and now - h.last_sync > timeout]
 
     def host_lost(self, host_id: str) -> list[int]:
         """Mark ``host_id`` gone: its shards become unassigned, keeping their sessions for RESUME."""

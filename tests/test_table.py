@@ -407,14 +407,6 @@ def test_checkpoint_sessions_carry_every_field() -> None:
     assert set(table.to_json()["shards"][0]) == {f.name for f in dataclasses.fields(ShardRecord)}
 
 
-def test_silent_hosts_are_those_past_the_timeout() -> None:
-    table = _table_with_hosts(2, {"a": 1, "b": 1})
-    table.apply_reports("a", _ready(table, "a"), now=8.0, report_seq=1)
-    assert table.silent_hosts(10.0, timeout=5.0) == ["b"]
-    table.host_lost("b")
-    assert table.silent_hosts(10.0, timeout=5.0) == []
-
-
 def test_a_draining_host_gets_no_shard_and_hands_its_own_over() -> None:
     table = _table_with_hosts(2, {"a": 1, "b": 1})
     for host in "ab":
