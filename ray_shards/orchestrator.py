@@ -753,12 +753,10 @@ class Orchestrator:
             commands=mailbox.commands[:],
             presence_version=self._presence_version,
             stop=mailbox.stop,
-            resend_sessions=host.resend_sessions,
+            resend_sessions=table.answered(host_id, time.time()),
             table=self._delta_for(table_version),
         )
-        host.resend_sessions = False
         mailbox.commands.clear()
-        host.last_sync = time.time()
         self._last_sync_mono[host_id] = time.monotonic()
         return directives
 

@@ -523,6 +523,19 @@ class ShardTable:
         self._prune_adopts(host)
         return list(host.pending_adopt), list(host.pending_revoke)
 
+    def answered(self, host_id: str, now: float) -> bool:
+        """A sync answer goes to ``host_id`` at ``now``: whether it must ask for every session again.
+
+        The ask is cleared here, once it is sent. Were that answer lost, nothing is lost with it: the host's
+        next seq-only report of a session the table does not hold asks again (`apply_reports`).
+        """
+        host = self.hosts.get(host_id)
+        if host is None:
+            return False
+        host.last_sync = now
+        resend, host.resend_sessions = host.resend_sessions, False
+        return resend
+
     def _prune_adopts(self, host: HostRecord) -> None:
         latest: dict[int, Lease] = {}
         for lease in host.pending_adopt:

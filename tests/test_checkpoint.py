@@ -256,6 +256,22 @@ def test_a_seq_for_a_session_the_table_does_not_hold_asks_for_every_session() ->
     assert [restored.shards[i].session for i in range(4)] == [r.session for r in full]
 
 
+def test_the_ask_for_sessions_is_sent_once_and_asked_again_if_that_answer_was_lost() -> None:
+    table, epochs = _one_host_table()
+    full = [ShardReport(i, epochs[i], ShardStatus.READY, SessionState(f"s{i}", 5, "wss://r", 1)) for i in range(4)]
+    restored = ShardTable.from_json(table.to_json(), now=0.0)
+    known = {r.shard_id: r.session for r in full if r.session is not None}
+    restored.register_host("a", node_id=None, want=4, has_handle=True, now=0.0)
+    restored.apply_reports("a", ReportBatch.of(full, known=known), now=1.0, report_seq=1)
+    assert restored.answered("a", now=1.5)
+    assert not restored.answered("a", now=1.6)  # sent: not asked twice
+    assert restored.hosts["a"].last_sync == 1.6
+    # That answer was lost: the host's next compact report asks again.
+    restored.apply_reports("a", ReportBatch.of(full, known=known), now=2.0, report_seq=2)
+    assert restored.answered("a", now=2.5)
+    assert not restored.answered("nobody", now=3.0)
+
+
 def test_a_seq_never_goes_back_within_a_session() -> None:
     table, epochs = _one_host_table()
     session = SessionState("s0", 50, "wss://r", 1)
