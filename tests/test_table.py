@@ -494,3 +494,19 @@ def test_table_view_applies_full_and_delta_reads() -> None:
     assert sorted(view.rows) == [0, 1, 2, 3] and view.version == table.version
     # A new table object (a reshard, a restart) starts its versions again: its id differs.
     assert ShardTable(4).instance != table.instance
+
+
+def test_full_reads_thin_out_as_hosts_grow_so_all_of_them_stay_bounded() -> None:
+    from ray_shards.protocol import TableDelta
+    from ray_shards.table_view import FULL_READS_PER_SECOND, TableView, full_read_interval
+
+    assert full_read_interval(30.0, 1) == full_read_interval(30.0, 60) == 30.0
+    for hosts in (61, 128, 256, 4096):
+        # All hosts together: at most FULL_READS_PER_SECOND full reads a second, at every size.
+        assert hosts / full_read_interval(30.0, hosts) <= FULL_READS_PER_SECOND
+    table = _table_with_hosts(256, {f"h{i}": 1 for i in range(128)})
+    view = TableView(full_every=30.0)
+    assert view.full_due() and view.full_interval == 30.0
+    view.apply(TableDelta(table.instance, table.version, True, table.infos()))
+    # The full read showed 128 hosts: this follower's next one is 64 s away, not 30 s.
+    assert view.full_interval == 64.0 and not view.full_due()
