@@ -1460,9 +1460,18 @@ class Bot(traits.GatewayBotAware):
 
     def _go_live_if_set_is(self, registration: Registration) -> None:
         """A host started in shadow mode whose reshard set went live while it started or was cut off (the switch's
-        GO_LIVE went to the hosts registered then) delivers live from now on."""
+        GO_LIVE went to the hosts registered then) delivers live from now on.
+
+        A host of the bot's set with no switch in flight (`Registration.settled`) stops recording and delivers
+        live: a RECORD or SWITCH_OUT from before an Orchestrator restart may have left it so, and the restarted
+        Orchestrator's rollback told only the hosts registered at the time to go live again.
+        """
         if not registration.shadow and self._event_manager.mode is DeliveryMode.SHADOW:
             self._event_manager.go_live(None)
+        if registration.settled:
+            self._event_manager.stop_recording()
+            if self._event_manager.mode is DeliveryMode.MUTED:
+                self._event_manager.go_live(None)
 
     async def _register_again(self) -> None:
         self._sent_sessions.clear()

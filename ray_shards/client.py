@@ -469,6 +469,12 @@ class Client:
 
         This state will be remembered between restarts: shards that start or resume
         later identify with it.
+
+        Raises
+        ------
+        ray_shards.errors.CheckpointWriteError
+            When the presence applies but could not be put on record (Ray's GCS refused the write): an
+            Orchestrator restart before the next checkpoint would forget it, so send it again.
         """
         self._check_running()
         arguments = validation.presence_update(idle_since=idle_since, afk=afk, activity=activity, status=status)
@@ -523,6 +529,14 @@ class Client:
         ray_shards.protocol.RollingRestartProgress
             ``state`` (an `OperationState`: ``FINISHED``, ``ABORTED`` or ``FAILED`` once over), ``done`` of
             ``total`` hosts replaced, ``current``, ``replaced``, ``started_at``, ``finished_at`` and ``error``.
+
+        Raises
+        ------
+        ray_shards.errors.CheckpointWriteError
+            When the Orchestrator could not put the restart on record (Ray's GCS refused the write): it was not
+            started and nothing changed; try again.
+        RuntimeError
+            When a rolling restart or a reshard is already in progress, or the bot was not launched by ray_shards.
         """
         self._check_running()
         import ray
@@ -564,6 +578,12 @@ class Client:
         -------
         ray_shards.protocol.RollingRestartProgress
             The restart's progress after the change.
+
+        Raises
+        ------
+        ray_shards.errors.CheckpointWriteError
+            When the change applies but could not be put on record (Ray's GCS refused the write): an
+            Orchestrator restart before the next checkpoint would forget it, so send it again.
         """
         self._check_running()
         return await self._link.control_rolling_restart(action)
@@ -596,6 +616,9 @@ class Client:
         ValueError
             When the daily identify budget is too small (the message says how many are needed),
             or for a bad count.
+        ray_shards.errors.CheckpointWriteError
+            When the Orchestrator could not put the reshard on record (Ray's GCS refused the write): it was not
+            started and nothing changed; try again.
 
         Returns
         -------

@@ -50,6 +50,7 @@ async def carry_out(
     *,
     what: str,
     max_failures: int = MAX_FAILURES,
+    quiet: bool = False,
 ) -> list[EffectFailure[E]]:
     """Carry out ``effects`` in order with ``run``; report each one that raises to ``failed``.
 
@@ -67,6 +68,8 @@ async def carry_out(
         The operation, for the log.
     max_failures
         After this many failures in one call the rest is skipped.
+    quiet
+        Do not log the failures (the simulator's faults are expected; the caller counts them).
 
     Returns
     -------
@@ -86,7 +89,8 @@ async def carry_out(
         except Exception as exc:
             error = describe_error(exc)
             failures.append(EffectFailure(effect, error))
-            _LOGGER.error("%s: carrying out %r failed: %s", what, effect, error, exc_info=exc)
+            if not quiet:
+                _LOGGER.error("%s: carrying out %r failed: %s", what, effect, error, exc_info=exc)
             if len(failures) >= max_failures:
                 _LOGGER.error("%s: %s effects failed in one step; skipping the %s left: %r", what, len(failures),
                               len(pending), list(pending))

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "BotStoppedError",
     "CapabilityExpiredError",
+    "CheckpointWriteError",
     "CommandFailedError",
     "CommandOutcomeUnknownError",
     "HostNotRegisteredError",
@@ -18,6 +19,16 @@ __all__ = [
 
 class CapabilityExpiredError(PermissionError):
     """The Orchestrator no longer knows this caller's capability (it restarted): authenticate again."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """The Orchestrator could not write its checkpoint (Ray's GCS did not take it) where it must not act without one.
+
+    Raised by ``Client.reshard`` and ``Client.rolling_restart`` when the operation could not be put on
+    record: it was not started and nothing changed, so try again. Inside a long operation it is a step's
+    failure, which the operation's core answers (rolls back, or tries again). If it persists, check the
+    cluster's GCS (``ray status``).
+    """
 
 
 class LeaseLostError(RuntimeError):

@@ -35,6 +35,7 @@ from ray_shards.effects import carry_out, describe_error
 from ray_shards.errors import (
     BotStoppedError,
     CapabilityExpiredError,
+    CheckpointWriteError,
     CommandFailedError,
     HostNotRegisteredError,
     LeaseLostError,
@@ -189,6 +190,8 @@ class Orchestrator:
         self._reconciled: dict[int, tuple[int, int]] = {}
         self._columns_cache: tuple[tuple[int, int, int], bytes] | None = None
         self._recovering_until = 0.0
+        # False from a restore until the restored table (its new incarnation) is written: see _recovering.
+        self._incarnation_written = True
         self._stopping = False
         self._started_at = time.time()
         self._reconcile_task: asyncio.Task[None] | None = None
@@ -207,6 +210,8 @@ class Orchestrator:
         # The rolling restart's pure core (ray_shards.rolling); the reconcile pass steps it and carries out its effects.
         self._rolling: roll.RollingRestart | None = None
         self._roll_retires: dict[str, asyncio.Task[None]] = {}
+        # A roll or reshard a client started, until it is on record (_record_new_operation): not stepped before.
+        self._unrecorded: roll.RollingRestart | rs.Reshard | None = None
         self._last_policy_check = time.monotonic()
         self._metrics = OrchestratorMetrics(bot_id)
         self._restore()
@@ -290,7 +295,8 @@ class Orchestrator:
         except Exception:
             self._dirty = True
             self._chunks.failed(self._table)
-            _LOGGER.exception("could not write the restored checkpoint")
+            self._incarnation_written = False
+            _LOGGER.exception("could not write the restored checkpoint; placing nothing until it is written")
         _LOGGER.warning(
             "orchestrator of bot %s restarted from its checkpoint: %s shards, %s hosts to hear back from",
             self._bot_id,
@@ -389,8 +395,12 @@ class Orchestrator:
         )
 
     def _recovering(self) -> bool:
-        """Within the recovery grace after a restart: every host reports before anything is placed."""
-        return time.monotonic() < self._recovering_until
+        """Within the recovery grace after a restart: every host reports before anything is placed.
+
+        Also while the restored table's new incarnation is not on record: a lease granted before that write
+        lands would carry an epoch a second restart (from the same older checkpoint) grants again.
+        """
+        return time.monotonic() < self._recovering_until or not self._incarnation_written
 
     def _ensure_reconcile(self) -> None:
         if self._reconcile_task is None or self._reconcile_task.done():
@@ -608,6 +618,7 @@ class Orchestrator:
         return Registration(
             config=config, leases=joined.leases, stale=joined.stale, presence=self._presence,
             presence_version=self._presence_version, record=record, shadow=table is self._next_table,
+            settled=joins is control.JoinSet.LIVE and not record,
         )
 
     def _watch(self, host_id: str, handle: typing.Any) -> None:
@@ -787,8 +798,18 @@ class Orchestrator:
         return True
 
     async def claim(self, capability: str, host_id: str, count: int = 1) -> list[Lease]:
-        """Lease up to ``count`` more unassigned shards to ``host_id`` (for ``Client.recommended_shard``)."""
+        """Lease up to ``count`` more unassigned shards to ``host_id`` (for ``Client.recommended_shard``).
+
+        Waits out the recovery after an Orchestrator restart (up to ``recovery_grace`` and a little more): until
+        every host reported, a shard the restored table shows as unassigned may still run somewhere.
+        """
         self._check(capability)
+        give_up = time.monotonic() + self._timings.recovery_grace + 5.0
+        while self._recovering():
+            if time.monotonic() > give_up:
+                msg = "the orchestrator is still recovering from a restart; try again shortly"
+                raise ShardUnavailableError(msg)
+            await asyncio.sleep(0.1)
         table = self._table_of(host_id)
         if host_id not in table.hosts or not table.hosts[host_id].alive:
             msg = f"host {host_id} is not registered"
@@ -950,7 +971,8 @@ class Orchestrator:
         failed. The checkpoint is written while the pushes travel, and the call returns once
         both are done: a presence this call reported is remembered across restarts.
 
-        Returns the number of hosts that applied it.
+        Returns the number of hosts that applied it. Raises `CheckpointWriteError` when the GCS refused the
+        write: the presence applies, but a restart before the next checkpoint would forget it.
         """
         _, table, _ = self._check(capability)
         self._presence = merge_presence(self._presence, idle_since=idle_since, afk=afk, activity=activity,
@@ -963,12 +985,20 @@ class Orchestrator:
         pushes = [loop.create_task(self._push_presence(host_id, presence, version)) for host_id in hosts]
         # Let the pushes leave before the checkpoint's own work (serialising the head, the GCS write) runs.
         await asyncio.sleep(0)
-        await self._checkpoint()
+        refused: CheckpointWriteError | None = None
+        try:
+            await self._checkpoint(strict=True)
+        except CheckpointWriteError as exc:
+            refused = exc
         results = await asyncio.gather(*pushes, return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
         for failure in failures:
             _LOGGER.warning("presence not applied on one host (it will get it when its shards restart): %s",
                             failure)
+        if refused is not None:
+            # Applied (and written once the GCS takes writes again), but not remembered across a restart before that.
+            msg = f"the presence applies now but {refused}: an orchestrator restart now would forget it; send it again"
+            raise CheckpointWriteError(msg) from refused.__cause__
         return len(hosts) - len(failures)
 
     async def _push_presence(self, host_id: str, presence: PresenceState, version: int) -> None:
@@ -1112,6 +1142,8 @@ class Orchestrator:
             now, table, scheduler, fenced=self._fenced, sync_interval=self._timings.longest_sync_interval
         )
         self._wake_table_followers()
+        if not self._incarnation_written:
+            await self._checkpoint_now()  # its success ends this part of the recovery
         if self._recovering():
             return
         if not self._stopping:
@@ -1347,12 +1379,35 @@ class Orchestrator:
         admission.check_roll(self._shape())
         fleet = self._fleet
         assert fleet is not None
+        previous_callback, previous = fleet.callback, self._rolling
         if callback is not None:
             fleet.set_callback(callback)
         begun = roll.RollingRestart.begin(self._roll_view(), started_at=time.time())
-        self._rolling = self._new_roll(begun.progress)
-        await self._checkpoint_now()
-        return self._rolling.progress.snapshot()
+        rolling = self._rolling = self._new_roll(begun.progress)
+        try:
+            await self._record_new_operation(rolling)
+        except CheckpointWriteError:
+            self._rolling = previous
+            if callback is not None:
+                fleet.set_callback(previous_callback)
+            raise
+        return rolling.progress.snapshot()
+
+    async def _record_new_operation(self, core: roll.RollingRestart | rs.Reshard) -> None:
+        """Put a roll or reshard a client just started on record before answering it; not stepped until then.
+
+        A client told that the operation started follows it with `status`. Were its intent not on record,
+        an Orchestrator restart would forget it and the client would find it gone: so a write that fails
+        raises (`CheckpointWriteError`: the caller undoes the start, nothing changed, the client tries again).
+        """
+        self._unrecorded = core
+        try:
+            await self._checkpoint_now(strict=True)
+        except CheckpointWriteError as exc:
+            msg = f"{exc}, so the operation was not started and nothing changed; try again"
+            raise CheckpointWriteError(msg) from exc.__cause__
+        finally:
+            self._unrecorded = None
 
     def _new_roll(self, progress: RollingRestartProgress) -> roll.RollingRestart:
         # A replacement may take host_start_timeout to start (the fleet gives up then), and some more to register.
@@ -1366,7 +1421,13 @@ class Orchestrator:
             msg = "no rolling restart is in progress"
             raise RuntimeError(msg)
         rolling.control(action)
-        await self._checkpoint_now()
+        try:
+            await self._checkpoint_now(strict=True)
+        except CheckpointWriteError as exc:
+            # Applied in memory (and written once the GCS takes writes again), but an Orchestrator restart before
+            # that would forget it: say so, so that the operator sends it again.
+            msg = f"{action} applies now but {exc}: an orchestrator restart now would forget it; send it again"
+            raise CheckpointWriteError(msg) from exc.__cause__
         return rolling.progress.snapshot()
 
     def _rolling_progress(self) -> RollingRestartProgress | None:
@@ -1395,7 +1456,7 @@ class Orchestrator:
     async def _step_roll(self) -> None:
         """One reconcile step of the rolling restart: ask the core what to do, and do it, in order."""
         rolling, fleet, table = self._rolling, self._fleet, self._table
-        if rolling is None or not rolling.active or fleet is None or table is None:
+        if rolling is None or not rolling.active or fleet is None or table is None or rolling is self._unrecorded:
             return
         self._roll_retires = {h: t for h, t in self._roll_retires.items() if not t.done()}
         effects = rolling.step(self._roll_view(), time.monotonic())
@@ -1409,7 +1470,7 @@ class Orchestrator:
     ) -> None:
         """Carry out one effect of the rolling restart's core (`carry_out` reports a failure to it)."""
         if isinstance(effect, roll.Checkpoint):
-            await self._checkpoint_now()
+            await self._checkpoint_now(strict=True)
         elif isinstance(effect, roll.StartHost):
             _LOGGER.info("rolling restart: starting the replacement of slot %s (%s shards)", effect.slot,
                          effect.want)
@@ -1467,10 +1528,17 @@ class Orchestrator:
             For a count below 1, the current count, or more identifies than the daily budget has left.
         """
         self._check(capability)
+        previous = self._reshard
         progress = self._begin_reshard(shard_count)
+        core = self._resharding
+        assert core is not None
         # Intent first: once this call returns the reshard is on record, so an Orchestrator crash before the
         # reconcile pass's first step rolls it back (and says so) instead of forgetting it.
-        await self._checkpoint_now()
+        try:
+            await self._record_new_operation(core)
+        except CheckpointWriteError:
+            self._resharding, self._reshard = None, previous
+            raise
         return progress
 
     def _begin_reshard(self, shard_count: int) -> ReshardProgress:
@@ -1540,7 +1608,7 @@ class Orchestrator:
     async def _step_reshard(self) -> None:
         """One reconcile step of the reshard: ask the core what to do, and do it, in order."""
         core = self._resharding
-        if core is None or not core.active or self._table is None or self._fleet is None:
+        if core is None or not core.active or self._table is None or self._fleet is None or core is self._unrecorded:
             return
         effects = core.step(self._reshard_view(), time.monotonic())
         run = functools.partial(self._reshard_effect, core)
@@ -1555,7 +1623,7 @@ class Orchestrator:
         """Carry out one effect of the reshard's core (`carry_out` reports a failure to it)."""
         assert self._fleet is not None
         if isinstance(effect, rs.Checkpoint):
-            await self._checkpoint_now()
+            await self._checkpoint_now(strict=True)
         elif isinstance(effect, rs.HostCommand):
             arguments: dict[str, typing.Any] = {}
             if effect.tails is not None:
@@ -1757,12 +1825,18 @@ class Orchestrator:
             "old_fleet": self._old_set[1].to_json() if self._old_set is not None else None,
         }
 
-    async def _checkpoint_now(self) -> None:
-        """Write the checkpoint now (intent before acting: a host's name before its actor exists)."""
-        self._dirty = True
-        await self._checkpoint()
+    async def _checkpoint_now(self, *, strict: bool = False) -> None:
+        """Write the checkpoint now (intent before acting: a host's name before its actor exists).
 
-    async def _checkpoint(self, *, batched: bool = False) -> None:
+        With ``strict`` a write that fails raises `CheckpointWriteError` instead of being retried later: a
+        long operation's core checkpoints its intent before the effects that act on it, and must not act on
+        an intent that is not on record (`carry_out` reports the failure to the core, which skips what
+        builds on it).
+        """
+        self._dirty = True
+        await self._checkpoint(strict=strict)
+
+    async def _checkpoint(self, *, batched: bool = False, strict: bool = False) -> None:
         if self._config is None or self._table is None or self._token_hash is None or self._stopping:
             return
         # One writer at a time, each with a higher sequence number: two writes in flight (from two awaiting
@@ -1784,8 +1858,12 @@ class Orchestrator:
                 keep = dict(self._chunks.pending_generations) if whole else None
                 size = await asyncio.to_thread(self._save, head, chunks, keep)
                 self._chunks.written()
+                self._incarnation_written = True
                 self._metrics.checkpoint_saved(size, time.time())
-            except Exception:
+            except Exception as exc:
                 self._dirty = True
                 self._chunks.failed(table)
+                if strict:
+                    msg = f"the checkpoint could not be written ({describe_error(exc)})"
+                    raise CheckpointWriteError(msg) from exc
                 _LOGGER.exception("checkpoint failed; will retry")

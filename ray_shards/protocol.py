@@ -96,6 +96,11 @@ class Registration:
     """The host joins a reshard's new set before its switch: a host started in shadow mode keeps holding its
     events. False for a host started in shadow mode means its set went live while it was starting (it replaces
     a host that died during the switch): it delivers live from the start."""
+    settled: bool = False
+    """The host joins the bot's set and no reshard switch is in flight for it (none at all, or one rolling
+    back): it stops recording and delivers live if it was muted. A RECORD or SWITCH_OUT of an earlier
+    Orchestrator life may have left it so, and the restarted Orchestrator's rollback told only the hosts
+    registered when it ran to go live again."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -138,6 +138,37 @@ def _commit_without_late_new_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(resharding.Reshard, "step", commit_at_once)
 
 
+def _core_intent_need_not_be_on_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    checkpoint = Shell.checkpoint
+    # As before: a refused write was only logged and retried later, and the core acted on the intent anyway.
+    monkeypatch.setattr(Shell, "checkpoint", lambda self, *, strict=False: checkpoint(self))
+
+
+def _started_operations_need_not_be_on_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    def answered_anyway(start: typing.Callable[..., bool]) -> typing.Callable[..., bool]:
+        def started(self: Shell, *args: typing.Any) -> bool:
+            checkpoint = self.checkpoint
+            # As before: the client was told the operation started whether or not its write landed.
+            self.checkpoint = lambda *, strict=False: checkpoint(strict=strict) or True  # type: ignore[method-assign]
+            try:
+                return start(self, *args)
+            finally:
+                del self.checkpoint
+        return started
+
+    monkeypatch.setattr(Shell, "start_roll", answered_anyway(Shell.start_roll))
+    monkeypatch.setattr(Shell, "start_reshard", answered_anyway(Shell.start_reshard))
+
+
+def _registration_does_not_settle(monkeypatch: pytest.MonkeyPatch) -> None:
+    registered = Host._registered
+
+    def as_before(self: Host, reply: typing.Any) -> None:
+        registered(self, "ok" if reply == "settled" else reply)
+
+    monkeypatch.setattr(Host, "_registered", as_before)
+
+
 REGRESSION_SEEDS: dict[int, tuple[typing.Callable[[pytest.MonkeyPatch], None], str]] = {
     10: (_no_start_full, "a restarted Orchestrator granted an IDENTIFY 4.5 s after the previous one"),
     16215: (_start_full_without_in_flight, "a grant sent just before a crash was used after the restart: 4.9 s apart"),
@@ -160,6 +191,13 @@ REGRESSION_SEEDS: dict[int, tuple[typing.Callable[[pytest.MonkeyPatch], None], s
          "ended the reshard 'failed' (which stops the auto-reshard policy) instead of 'rolled back'"),
     35: (_commit_without_late_new_hosts, "a new host died during the switch; its replacement, started in shadow mode, "
          "joined after GO_LIVE went out and held its shards' events for good after the commit"),
+    4925: (_core_intent_need_not_be_on_record, "the KV store refused a rolling restart's checkpoint, the roll went "
+           "on regardless and the Orchestrator crashed: the restart did not know a host the roll had started, which "
+           "leaked"),
+    11373: (_registration_does_not_settle, "an old host told to record re-registered only after the restarted "
+            "Orchestrator's rollback had told the registered hosts to stop: it recorded for good"),
+    102: (_started_operations_need_not_be_on_record, "a rolling restart started while the KV store refused writes was "
+          "answered as started; an Orchestrator crash then forgot it, and the client followed a roll that was gone"),
 }
 """Seeds that find a bug once its fix is undone, and what went wrong then."""
 

@@ -44,6 +44,8 @@ import typing
 
 from ray_shards import admission, control, liveness, resharding, rolling
 from ray_shards.checkpoint_schedule import CheckpointSchedule
+from ray_shards.effects import carry_out
+from ray_shards.errors import CheckpointWriteError
 from ray_shards.identify import IdentifyScheduler
 from ray_shards.models import CommandKind, Lease, SessionState, ShardReport, ShardStatus
 from ray_shards.protocol import GuildTails, OperationState, ReshardProgress, ReshardState, RollingRestartProgress
@@ -62,6 +64,25 @@ FULL_CHECK_SHARDS = 256
 
 FULL_CHECK_EVERY = 50_000
 """Above `FULL_CHECK_SHARDS`, every row is checked at least once in this many steps (and rows that changed always)."""
+
+
+T = typing.TypeVar("T")
+
+
+def run_now(coroutine: typing.Coroutine[typing.Any, typing.Any, T]) -> T:
+    """Run a coroutine that never waits to its end, without an event loop.
+
+    The shell carries out the cores' effects with the actor's own `ray_shards.effects.carry_out`; the
+    simulated effects are immediate (what takes time is scheduled on the simulated clock), so the
+    coroutine finishes on its first step.
+    """
+    try:
+        coroutine.send(None)
+    except StopIteration as stop:
+        return typing.cast(T, stop.value)
+    coroutine.close()
+    msg = "a simulated effect waited on something: schedule it on the simulated clock instead"
+    raise RuntimeError(msg)
 
 
 class Violation(AssertionError):
@@ -138,6 +159,10 @@ class SimResult:
     """Orchestrator restarts while the reshard was active."""
     reshard_carried_on: int = 0
     """Restarts that found the reshard at its commit point (``closing``) and carried it on."""
+    kv_outages: int = 0
+    """Outages of the KV store the checkpoint lives in (Ray's GCS)."""
+    kv_refused: int = 0
+    """Checkpoint writes refused by those outages (a long operation's intent among them, sometimes)."""
 
 
 # -- Discord ---------------------------------------------------------------------------------------
@@ -335,6 +360,8 @@ class Host:
         self.broken = broken
         """Its start fails (the user callback raises, or the cluster has no room): it never registers."""
         self.cut_until = -1.0
+        self.doomed = False
+        """A kill was ordered (`World.kill`); it takes effect once the host is reachable."""
         self.offset = world.rng.uniform(-1000.0, 1000.0)
         self.slots: dict[int, _Slot] = {}
         self.renewed_at: float | None = None
@@ -371,6 +398,9 @@ class Host:
         if reply == "record":
             # Joins the old set of a reshard: records before it adopts anything.
             self.recording = True
+        elif reply == "settled" and not self.shadow:
+            # Bot._go_live_if_set_is: whatever an earlier Orchestrator life left it doing ends.
+            self.recording = self.muted = False
         self.registered = True
         self.renewed_at = self.now()
 
@@ -664,6 +694,8 @@ class Shell:
         self.offset = world.rng.uniform(-1e6, 1e6)
         # The actor's schedule; the sim's table has no chunks, so every change is one that must not wait.
         self.checkpoints = CheckpointSchedule(interval=world.checkpoint_every, batch_interval=math.inf)
+        # As the actor's _incarnation_written: False from a restore until the restored table is on record.
+        self.incarnation_written = checkpoint is None
         now = self.now()
         p = world.p
         if checkpoint is None:
@@ -752,11 +784,21 @@ class Shell:
         return self.w.t + self.offset
 
     def recovering(self) -> bool:
-        """Within the recovery grace after a restart: every host reports before anything is placed."""
-        return self.now() < self.recovering_until
+        """In the recovery grace after a restart, or until the restored table is written (as the actor)."""
+        return self.now() < self.recovering_until or not self.incarnation_written
 
-    def checkpoint(self) -> None:
-        """Write the table (ordered writes to one KV key)."""
+    def checkpoint(self, *, strict: bool = False) -> bool:
+        """Write the table (ordered writes to one KV key); False if the KV store refused it.
+
+        With ``strict`` a refused write raises, as `Orchestrator._checkpoint_now` does for a core's intent.
+        """
+        if not self.w.kv_writable():
+            self.w.kv_refused += 1
+            self.dirty = True
+            if strict:
+                msg = "the checkpoint could not be written (the KV store refused it)"
+                raise CheckpointWriteError(msg)
+            return False
         self.w.kv = {
             "table": self.table.to_json(),
             "remaining": self.scheduler.remaining,
@@ -772,7 +814,9 @@ class Shell:
             "written_at_wall": self.w.wall(),
         }
         self.dirty = False
+        self.incarnation_written = True
         self.checkpoints.written(self.w.t, batched=False)
+        return True
 
     def fetch_budget(self) -> None:
         """GET /gateway/bot: the answer comes back after a network delay."""
@@ -837,9 +881,10 @@ class Shell:
             if process is None or not process.alive:
                 self.w.at(0.2, lambda: self.death_notice(host_id))
             self.place()
-            # A host joining the old set while it records records before it adopts (Registration.record).
+            # A host joining the old set while it records records before it adopts (Registration.record); one
+            # joining the bot's set with no switch in flight settles (Registration.settled).
             recording = table is self.table and self.reshard is not None and self.reshard.old_set_records
-            return "record" if recording else "ok"
+            return "record" if recording else "settled" if joins is control.JoinSet.LIVE else "ok"
         if method == "sync":
             host_id, reports, report_seq = args
             table = self.table_of(host_id)
@@ -962,6 +1007,8 @@ class Shell:
         if self.scheduler.budget_stale(now) or self.scheduler.reset_at is None:
             self.fetch_budget()
         self.check_silent_hosts(now)
+        if not self.incarnation_written:
+            self.checkpoint()  # its success ends this part of the recovery
         if not self.recovering():
             # No graceful moves in the old set while it records (it is retired at the switch anyway).
             recording = self.reshard is not None and self.reshard.old_set_records
@@ -1067,8 +1114,12 @@ class Shell:
             admission.check_roll(self.shape())
         except RuntimeError:
             return False
+        previous = self.roll
         self.roll = self._new_roll(rolling.RollingRestart.begin(self.roll_view()).progress)
-        self.checkpoint()
+        if not self.checkpoint():
+            # Not on record (`Orchestrator._record_new_operation`): not started, and the client tries again.
+            self.roll = previous
+            return False
         return True
 
     def step_roll(self) -> None:
@@ -1086,38 +1137,43 @@ class Shell:
                     roll.start_failed(slot, f"host {host_id} did not start in time")
         if roll is None or not roll.active:
             return
-        for effect in roll.step(self.roll_view(), self.now()):
-            if isinstance(effect, rolling.Checkpoint):
-                self.checkpoint()
-            elif isinstance(effect, rolling.StartHost):
-                self.fleet_next += 1
-                host_id = self.fleet_host_id()
-                self.fleet_slot[host_id] = effect.slot
-                self.starting[host_id] = self.w.t
-                self.roll_starts[host_id] = (effect.slot, self.w.t + self.w.host_start_timeout)
-                self.checkpoint()  # intent first: the host's name is on record before its actor exists
-                broken = self.w.faulty() and self.w.roll_rng.random() < self.w.p_start_fail
-                self.w.spawn(host_id, broken=broken, count=self.table.shard_count, want=self.want())
-            elif isinstance(effect, rolling.SetRetiring):
-                if effect.retiring:
-                    self.retiring.add(effect.host_id)
-                else:
-                    self.retiring.discard(effect.host_id)
-            elif isinstance(effect, rolling.Drain):
-                self.table.drain(effect.host_id)
-            elif isinstance(effect, rolling.Undrain):
-                self.table.undrain(effect.host_id, effect.want)
-            elif isinstance(effect, rolling.Retire):
-                # Close (its shards were handed over) and kill; the fleet forgets it.
-                self.w.kill(effect.host_id)
-                self.fleet_slot.pop(effect.host_id, None)
-                self.retiring.discard(effect.host_id)
-                self.roll_starts.pop(effect.host_id, None)
-                self.starting.pop(effect.host_id, None)
-            elif isinstance(effect, rolling.Ended):
-                self.w.roll_ended(effect.state)
+        effects = roll.step(self.roll_view(), self.now())
+        run_now(carry_out(effects, functools.partial(self.roll_effect, roll), roll.effect_failed,
+                          what="rolling restart", quiet=True))
         self.dirty = True
+        self.w.roll_stepped(roll)
 
+    async def roll_effect(self, roll: rolling.RollingRestart, effect: rolling.Effect) -> None:
+        """Carry out one effect of the rolling restart's core (`carry_out` reports a failure to it)."""
+        if isinstance(effect, rolling.Checkpoint):
+            self.checkpoint(strict=True)
+        elif isinstance(effect, rolling.StartHost):
+            self.fleet_next += 1
+            host_id = self.fleet_host_id()
+            self.fleet_slot[host_id] = effect.slot
+            self.starting[host_id] = self.w.t
+            self.roll_starts[host_id] = (effect.slot, self.w.t + self.w.host_start_timeout)
+            self.checkpoint()  # intent first: the host's name is on record before its actor exists
+            broken = self.w.faulty() and self.w.roll_rng.random() < self.w.p_start_fail
+            self.w.spawn(host_id, broken=broken, count=self.table.shard_count, want=self.want())
+        elif isinstance(effect, rolling.SetRetiring):
+            if effect.retiring:
+                self.retiring.add(effect.host_id)
+            else:
+                self.retiring.discard(effect.host_id)
+        elif isinstance(effect, rolling.Drain):
+            self.table.drain(effect.host_id)
+        elif isinstance(effect, rolling.Undrain):
+            self.table.undrain(effect.host_id, effect.want)
+        elif isinstance(effect, rolling.Retire):
+            # Close (its shards were handed over) and kill; the fleet forgets it.
+            self.w.kill(effect.host_id)
+            self.fleet_slot.pop(effect.host_id, None)
+            self.retiring.discard(effect.host_id)
+            self.roll_starts.pop(effect.host_id, None)
+            self.starting.pop(effect.host_id, None)
+        elif isinstance(effect, rolling.Ended):
+            self.w.roll_ended(effect.state)
 
     # -- the live reshard ---------------------------------------------------------------------------
 
@@ -1145,11 +1201,14 @@ class Shell:
             admission.check_reshard(self.shape(), target)
         except (ValueError, RuntimeError):
             return False
-        # Target state only: the next step's first effect checkpoints it.
+        # Target state, on record before the client hears it started (`Orchestrator._record_new_operation`).
+        previous = self.reshard
         self.reshard = resharding.Reshard.begin(
             self.table.shard_count, target, started_at=self.w.wall(), **self._reshard_options()
         )
-        self.dirty = True
+        if not self.checkpoint():
+            self.reshard = previous  # not started: the client tries again
+            return False
         return True
 
     def step_reshard(self) -> None:
@@ -1166,34 +1225,39 @@ class Shell:
                     core.start_done(slot, f"HostStartTimeoutError: host {host_id} did not start in time")
         if core is None or not core.active:
             return
-        for effect in core.step(self.reshard_view(), self.now()):
-            if isinstance(effect, resharding.Checkpoint):
-                self.checkpoint()
-            elif isinstance(effect, resharding.HostCommand):
-                self.send_command(core, effect)
-            elif isinstance(effect, resharding.StartNewSet):
-                self.next_table = ShardTable(effect.shard_count)
-                self.next_desired = effect.hosts
-                self.next_slot = {}
-                for slot in range(effect.hosts):
-                    self.start_new_host(slot, report=True)
-            elif isinstance(effect, resharding.PauseOldFleet):
-                self.fleet_paused = True
-            elif isinstance(effect, resharding.ResumeOldFleet):
-                self.fleet_paused = False
-            elif isinstance(effect, resharding.KillNewSet):
-                for host_id in sorted(set(self.next_slot) | set(self.set_starts)):
-                    self.w.kill(host_id)
-                self.next_table, self.next_slot, self.next_desired = None, {}, 0
-                self.set_starts.clear()
-            elif isinstance(effect, resharding.Commit):
-                self.commit(effect.shard_count)
-            elif isinstance(effect, resharding.RetireOldSet):
-                self.retire_old_set(core)
-            elif isinstance(effect, resharding.Ended):
-                self.w.reshard_ended(effect)
+        effects = core.step(self.reshard_view(), self.now())
+        run_now(carry_out(effects, functools.partial(self.reshard_effect, core), core.effect_failed,
+                          what="reshard", quiet=True))
         self.dirty = True
         self.w.reshard_stepped(core)
+
+    async def reshard_effect(self, core: resharding.Reshard, effect: resharding.Effect) -> None:
+        """Carry out one effect of the reshard's core (`carry_out` reports a failure to it)."""
+        if isinstance(effect, resharding.Checkpoint):
+            self.checkpoint(strict=True)
+        elif isinstance(effect, resharding.HostCommand):
+            self.send_command(core, effect)
+        elif isinstance(effect, resharding.StartNewSet):
+            self.next_table = ShardTable(effect.shard_count)
+            self.next_desired = effect.hosts
+            self.next_slot = {}
+            for slot in range(effect.hosts):
+                self.start_new_host(slot, report=True)
+        elif isinstance(effect, resharding.PauseOldFleet):
+            self.fleet_paused = True
+        elif isinstance(effect, resharding.ResumeOldFleet):
+            self.fleet_paused = False
+        elif isinstance(effect, resharding.KillNewSet):
+            for host_id in sorted(set(self.next_slot) | set(self.set_starts)):
+                self.w.kill(host_id)
+            self.next_table, self.next_slot, self.next_desired = None, {}, 0
+            self.set_starts.clear()
+        elif isinstance(effect, resharding.Commit):
+            self.commit(effect.shard_count)
+        elif isinstance(effect, resharding.RetireOldSet):
+            self.retire_old_set(core)
+        elif isinstance(effect, resharding.Ended):
+            self.w.reshard_ended(effect)
 
     def start_new_host(self, slot: int, *, report: bool) -> None:
         """Start a host of the new set in shadow mode (``report``: the core waits for its `start_done`)."""
@@ -1320,6 +1384,8 @@ class World:
         self.host_start_timeout = 8.0
         self.roll_state: OperationState | None = None
         self.rolls = 0
+        self.roll_controls = 0
+        """Pause, resume and abort actions the operator sent (a retry is dropped once a later one was sent)."""
         self.roll_restarts = 0
         """Orchestrator restarts that hit the rolling restart in the middle of a slot."""
         # The reshard draws from a generator of its own too: seeds that do not reshard run as they always did.
@@ -1357,6 +1423,27 @@ class World:
         """Orchestrator restarts while the reshard was active."""
         self.reshard_carried_on = 0
         """Restarts that restored the reshard at its commit point (``closing``) and carried it on."""
+        # Outages of the KV store (Ray's GCS) that refuse checkpoint writes, from a generator of their own again.
+        # Some seeds have a few at random while faults run; some aim one at a phase of the reshard or at the
+        # rolling restart's slot, with an Orchestrator crash inside it, so an intent the core needed on record
+        # is refused and the restart finds the checkpoint from before it.
+        self.kv_rng = random.Random(seed * 4_000_037 + 53)
+        self.kv_down_until = -math.inf
+        self.kv_outages = 0
+        self.kv_refused = 0
+        self.kv_plan: list[tuple[float, float]] = []
+        if params is None and self.kv_rng.random() < 0.3:
+            self.kv_plan = [
+                (self.kv_rng.uniform(1.0, self.p.fault_time), self.kv_rng.choice([0.3, 1.5, 5.0]))
+                for _ in range(self.kv_rng.randint(1, 4))
+            ]
+        self.kv_aim: resharding.ReshardPhase | None = None
+        if self.reshard_at is not None and self.kv_rng.random() < 0.4:
+            self.kv_aim = self.kv_rng.choice([
+                resharding.ReshardPhase.IDENTIFYING, resharding.ReshardPhase.SWITCHING,
+                resharding.ReshardPhase.SWITCHING, resharding.ReshardPhase.CLOSING,
+            ])
+        self.roll_kv_aim = self.roll_at is not None and self.kv_rng.random() < 0.4
         self._names = 0
 
     # -- infrastructure ----------------------------------------------------------------------------
@@ -1388,6 +1475,22 @@ class World:
             return True
         self.faults_ended_at = self.t
         return False
+
+    def kv_writable(self) -> bool:
+        """Whether the KV store takes a write now."""
+        return self.t >= self.kv_down_until
+
+    def _kv_outage(self, duration: float, *, crash: bool = False) -> None:
+        """The KV store refuses writes for ``duration`` seconds; with ``crash`` the Orchestrator dies within it."""
+        self.kv_outages += 1
+        self.kv_down_until = max(self.kv_down_until, self.t + duration)
+        if crash:
+
+            def die() -> None:
+                if self.shell is not None and self.shell.alive:
+                    self._crash(self.kv_rng)
+
+            self.at(self.kv_rng.uniform(0.0, duration + 1.0), die)
 
     def _delay(self, method: str = "") -> float:
         if self.faulty() and self.rng.random() < self.p.p_delay:
@@ -1460,6 +1563,7 @@ class World:
         host = self.hosts.get(host_id)
         if host is None or not host.alive:
             return
+        host.doomed = True
         self.at(max(0.05, host.cut_until - self.t), host.die)
 
     def host_died(self, host: Host) -> None:
@@ -1524,6 +1628,11 @@ class World:
                     self.hosts[self.kill_rng.choice(live)].die()
 
             self.at(self.kill_rng.uniform(0.0, 3.0), kill)
+        if self.kv_aim is not None and core.phase is self.kv_aim:
+            self.kv_aim = None
+            crash_inside = self.kv_rng.random() < 0.7
+            self.reshard_crashes += crash_inside
+            self._kv_outage(self.kv_rng.uniform(0.5, 4.0), crash=crash_inside)
         if self.reshard_crash is not None and core.phase is self.reshard_crash:
             self.reshard_crash = None
             self.reshard_crashes += 1
@@ -1551,17 +1660,27 @@ class World:
         elif action == "abort":
             self.at(self.roll_rng.uniform(0.0, 30.0), lambda: self._control_roll("abort"))
 
-    def _control_roll(self, action: str) -> None:
+    def _control_roll(self, action: str, *, retry_of: int | None = None) -> None:
+        """An operator's pause, resume or abort; sent again after an error, unless a later one was sent since."""
+        if retry_of is None:
+            self.roll_controls += 1
+        elif retry_of != self.roll_controls:
+            return  # overtaken: the operator sent another action meanwhile
+        sent = self.roll_controls
         shell = self.shell
         if shell is None or not shell.alive or shell.roll is None:
             if action == "resume":
-                self.at(1.0, lambda: self._control_roll(action))  # the client retries a resume until it lands
+                # The client retries a resume until it lands.
+                self.at(1.0, lambda: self._control_roll(action, retry_of=sent))
             return
         try:
             shell.roll.control(action)
         except RuntimeError:
             return
-        shell.checkpoint()
+        if not shell.checkpoint():
+            # CheckpointWriteError: it applies now but is not on record; the client sends it again (a repeat of
+            # what is already in force is refused, and the periodic checkpoint writes it once the KV store is back).
+            self.at(1.0, lambda: self._control_roll(action, retry_of=sent))
 
     def _start_reshard(self) -> None:
         """A client asks for the reshard (retrying while the Orchestrator refuses: down, recovering, busy, budget)."""
@@ -1577,6 +1696,12 @@ class World:
             self.fail(f"a reshard rolled back by an Orchestrator restart ended {ended.state.value!r}")
         self.reshard_state, self.reshard_error, self.reshard_ended_at = ended.state, ended.error, self.t
         self.reshard_detail = ended.detail
+
+    def roll_stepped(self, roll: rolling.RollingRestart) -> None:
+        """After each step of the rolling restart: the KV outage this seed aims at its slot (once)."""
+        if self.roll_kv_aim and roll.current_slot is not None:
+            self.roll_kv_aim = False
+            self._kv_outage(self.kv_rng.uniform(0.5, 4.0), crash=self.kv_rng.random() < 0.7)
 
     def roll_ended(self, state: OperationState) -> None:
         """The rolling restart ended (the core said so)."""
@@ -1722,6 +1847,8 @@ class World:
                 self.fail(f"the reshard ended ({self.reshard_state}) but hosts of the other set still run: {leaked}")
         if alive != table_live or len(alive) != shell.fleet_desired:
             return False
+        if any(self.hosts[h].doomed for h in alive):
+            return False  # a kill is on its way (a cut host dies once reachable): the fleet replaces it after
         if any(self.hosts[h].shadow or self.hosts[h].muted or self.hosts[h].recording for h in alive):
             return False  # every host delivers live again (no events held, muted or recorded for ever)
         if self.roll_at is not None:
@@ -1777,6 +1904,8 @@ class World:
             self.at(self.roll_at, self._start_roll)
         if self.reshard_at is not None:
             self.at(self.reshard_at, self._start_reshard)
+        for when, duration in self.kv_plan:
+            self.at(when, functools.partial(self._kv_outage, duration))
         converged_at: float | None = None
         while self._queue:
             when, _, action = heapq.heappop(self._queue)
@@ -1810,6 +1939,8 @@ class World:
             reshards=int(self.reshard_requested),
             reshard_restarts=self.reshard_restarts,
             reshard_carried_on=self.reshard_carried_on,
+            kv_outages=self.kv_outages,
+            kv_refused=self.kv_refused,
         )
 
     def run_boot(self, *, limit: float | None = None, trace: typing.Callable[[str], None] | None = None) -> SimResult:
