@@ -468,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     2 for a command line that was not understood, 130 after Ctrl-C: Ray's CLI conventions.
     """
     from ray_shards.connection import OrchestratorNotFoundError, RayUnreachableError
+    from ray_shards.errors import CheckpointWriteError
     from ray_shards.logs import configure_logging
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -495,7 +496,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print(f"ray-shards: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (CliError, RayUnreachableError, OrchestratorNotFoundError, PermissionError, ValueError) as exc:
+    except (CliError, RayUnreachableError, OrchestratorNotFoundError, PermissionError, ValueError,
+            CheckpointWriteError) as exc:
         print(f"ray-shards: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

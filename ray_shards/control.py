@@ -37,6 +37,7 @@ __all__ = [
     "Placement",
     "Released",
     "Synced",
+    "directives",
     "host_joined",
     "host_lost",
     "identify_requested",
@@ -177,6 +178,20 @@ def host_joined(
     ]
     placed = table.place() if place else {}
     return Joined(leases=placed.pop(host_id, []), stale=stale, placed=placed)
+
+
+def directives(table: ShardTable, host_id: str, *, recovering: bool) -> tuple[list[Lease], list[int]]:
+    """What a sync answer tells ``host_id`` to adopt and to revoke.
+
+    No adopt while recovering. Every adopt the table holds then was restored from the checkpoint, and the
+    checkpoint may be older than a hand-over: the shard may already run, at a newer epoch, on a host that
+    has not reported yet. Adopting it would pass the lease check (the restored table still calls that lease
+    current) and RESUME a second session (the simulator found it: seed 32769). Once every host has
+    reported (the recovery grace is longer than ``lease_ttl``) such an adopt is dropped as stale, and the
+    others go out. Revokes go out at once: stopping a shard never makes a second session.
+    """
+    adopt, revoke = table.directives_for(host_id)
+    return ([] if recovering else adopt), revoke
 
 
 def reports_applied(

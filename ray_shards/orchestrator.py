@@ -757,7 +757,7 @@ class Orchestrator:
         if host is None or not host.alive:
             msg = f"host {host_id} was taken for gone while it waited; register again"
             raise HostNotRegisteredError(msg)
-        adopt, revoke = table.directives_for(host_id)
+        adopt, revoke = control.directives(table, host_id, recovering=self._recovering())
         directives = HostDirectives(
             adopt=adopt,
             revoke=revoke,

@@ -895,7 +895,7 @@ class Shell:
                 return "stop"
             control.reports_applied(table, host_id, reports, now, report_seq=report_seq, recovering=self.recovering())
             self.place()
-            adopt, revoke = table.directives_for(host_id)
+            adopt, revoke = control.directives(table, host_id, recovering=self.recovering())
             # The commands go out with this reply (and are lost with it).
             return adopt, revoke, self.mailbox.pop(host_id, [])
         if method == "tails":
