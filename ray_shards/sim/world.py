@@ -1138,12 +1138,11 @@ class Shell:
         if roll is None or not roll.active:
             return
         effects = roll.step(self.roll_view(), self.now())
-        run_now(carry_out(effects, functools.partial(self.roll_effect, roll), roll.effect_failed,
-                          what="rolling restart", quiet=True))
+        run_now(carry_out(effects, self.roll_effect, roll.effect_failed, what="rolling restart", quiet=True))
         self.dirty = True
         self.w.roll_stepped(roll)
 
-    async def roll_effect(self, roll: rolling.RollingRestart, effect: rolling.Effect) -> None:
+    async def roll_effect(self, effect: rolling.Effect) -> None:
         """Carry out one effect of the rolling restart's core (`carry_out` reports a failure to it)."""
         if isinstance(effect, rolling.Checkpoint):
             self.checkpoint(strict=True)
