@@ -14,29 +14,25 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import itertools
 import logging
-import math
 import pickle
 import time
 import typing
 
 import hikari
 
-from ray_shards import admission, checkpoint, control, liveness
+from ray_shards import admission, checkpoint, checkpoint_state, control, operation_views
 from ray_shards import resharding as rs
 from ray_shards import rolling as roll
 from ray_shards.auth import TokenHash, bot_id_from_token, command_key, validate_token
 from ray_shards.capabilities import Capabilities
-from ray_shards.checkpoint import CHECKPOINT_SCHEMA
-from ray_shards.checkpoint_schedule import CheckpointSchedule
 from ray_shards.checkpoint_schedule import Write as CheckpointWrite
+from ray_shards.checkpoint_writer import CheckpointWriter
 from ray_shards.effects import carry_out, describe_error
 from ray_shards.errors import (
     BotStoppedError,
     CapabilityExpiredError,
     CheckpointWriteError,
-    CommandFailedError,
     HostNotRegisteredError,
     LeaseLostError,
     NotInitialisedError,
@@ -45,10 +41,11 @@ from ray_shards.errors import (
 )
 from ray_shards.fleet import HostFleet
 from ray_shards.gateway_info import fetch_gateway_bot, validate_rest_url
+from ray_shards.host_mailboxes import Mailboxes
+from ray_shards.host_watch import HostWatch
 from ray_shards.identify import IdentifyScheduler
 from ray_shards.models import (
     BotConfig,
-    Command,
     CommandKind,
     HostDirectives,
     Lease,
@@ -65,7 +62,6 @@ from ray_shards.protocol import (
     DeployStatus,
     FleetSummary,
     GuildTails,
-    HostHealth,
     HostSummary,
     IdentifyAnswer,
     OperationState,
@@ -126,15 +122,6 @@ class OrchestratorOptions:
     guild_threshold: int = 2000
 
 
-@dataclasses.dataclass(slots=True)
-class _Mailbox:
-    """Work waiting for one host, and the event that wakes its parked sync."""
-
-    commands: list[Command] = dataclasses.field(default_factory=list)
-    wake: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
-    stop: bool = False
-
-
 class Orchestrator:
     """The actor class; see the module docstring. Created by `ray_shards.launch`, found by name."""
 
@@ -157,10 +144,6 @@ class Orchestrator:
             limit=options.timings.max_capabilities, idle_ttl=options.timings.capability_idle_ttl
         )
         self._error: str | None = None
-        self._checkpoint_lock = asyncio.Lock()
-        self._checkpoint_seq = 0
-        self._last_sync_mono: dict[str, float] = {}
-        self._health_checks: dict[str, asyncio.Task[None]] = {}
         self._deploy_error: str | None = None
         self._deploy_error_type: str | None = None
         self._deploy_failure: BaseException = RuntimeError("the deployment failed")
@@ -169,29 +152,16 @@ class Orchestrator:
         self._shutdown_task: asyncio.Task[int] | None = None
         # (host, shard, epoch) -> when it first asked for an identify grant (for the queue-wait metric).
         self._identify_asked: dict[tuple[str, int, int], float] = {}
-        self._mailboxes: dict[str, _Mailbox] = {}
-        self._handles: dict[str, typing.Any] = {}
-        self._watches: dict[str, asyncio.Task[None]] = {}
-        self._fenced: set[str] = set()
-        self._pending: dict[int, asyncio.Future[str | None]] = {}
-        self._command_ids = itertools.count(1)
+        self._mail = Mailboxes()
+        self._hosts = HostWatch(bot_id, self._timings, on_gone=self._host_gone)
         self._table_changed = asyncio.Event()
         self._table_bumped = asyncio.Event()
         self._table_seen: tuple[int, int] | None = None
-        self._dirty = False
-        # The table chunks the stored checkpoint holds: which table object, and each chunk's generation.
-        self._chunks = checkpoint.TableChunks()
-        self._checkpoints = CheckpointSchedule(
-            interval=self._timings.checkpoint_interval, batch_interval=self._timings.checkpoint_batch_interval,
-            last_batch=time.monotonic(),
-        )
         # Per table object, the (version, hosts_version) its last placement pass saw: nothing placement or
         # rebalancing decide on changed since, so the pass is skipped.
         self._reconciled: dict[int, tuple[int, int]] = {}
         self._columns_cache: tuple[tuple[int, int, int], bytes] | None = None
         self._recovering_until = 0.0
-        # False from a restore until the restored table (its new incarnation) is written: see _recovering.
-        self._incarnation_written = True
         self._stopping = False
         self._started_at = time.time()
         self._reconcile_task: asyncio.Task[None] | None = None
@@ -214,6 +184,12 @@ class Orchestrator:
         self._unrecorded: roll.RollingRestart | rs.Reshard | None = None
         self._last_policy_check = time.monotonic()
         self._metrics = OrchestratorMetrics(bot_id)
+        self._writer = CheckpointWriter(
+            bot_id, self._timings, self._checkpoint_data, self._bot_table,
+            wanted=lambda: (self._config is not None and self._token_hash is not None and self._table is not None
+                            and not self._stopping),
+            saved=lambda size: self._metrics.checkpoint_saved(size, time.time()),
+        )
         self._restore()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -234,24 +210,16 @@ class Orchestrator:
             return
         now = time.time()
         try:
-            self._config = BotConfig(**data["config"])
-            self._token_hash = TokenHash.from_json(data["token_hash"])
-            self._table = ShardTable.from_json(data["table"], now)
-            # Its rows are stored as they are now: only the head (a new incarnation) must be written.
-            self._chunks.adopt(self._table, checkpoint.chunk_generations(data))
+            state = checkpoint_state.restored(data, now)
         except CheckpointSchemaError as exc:
             self._error = str(exc)
             _LOGGER.error("cannot restore bot %s: %s", self._bot_id, exc)
-            self._config = self._token_hash = self._table = None
             return
-        presence = data.get("presence") or {}
-        activity = presence.pop("activity", None)
-        from ray_shards.presence import ActivityState
-
-        self._presence = PresenceState(**presence, activity=ActivityState(**activity) if activity else None)
-        self._presence_version = int(data.get("presence_version", 0))
-        self._checkpoint_seq = int(data.get("seq", 0))
-        self._scheduler = self._new_scheduler(int(data.get("remaining", 1000)))
+        self._config, self._token_hash, self._table = state.config, state.token_hash, state.table
+        # Its rows are stored as they are now: only the head (a new incarnation) must be written.
+        self._writer.restored(self._table, state.chunk_generations, state.seq)
+        self._presence, self._presence_version = state.presence, state.presence_version
+        self._scheduler = self._new_scheduler(state.remaining)
         # An IDENTIFY may have been granted (and sent) just before the crash, and the old schedule died with
         # the process: every bucket starts with a full window, so the next IDENTIFY cannot come too early.
         # Hosts drop a grant they could not use within grant_use_limit of asking, so that is all a grant of the
@@ -262,41 +230,28 @@ class Orchestrator:
         self._scheduler.set_budget(self._scheduler.remaining, 0.0, time.monotonic())
         # Monotonic: a wall-clock step must not cut the grace short (or stretch it).
         self._recovering_until = time.monotonic() + self._timings.recovery_grace
-        self._fleet = self._new_fleet(str((data.get("fleet") or {}).get("prefix", "h")))
-        self._fleet.restore(data.get("fleet") or {})
+        self._fleet = self._new_fleet(str(state.fleet.get("prefix", "h")))
+        self._fleet.restore(state.fleet)
         keep = set(self._fleet.hosts)
-        committed = checkpoint.committed_old_fleet(data)
-        if committed is not None:
-            keep |= self._restore_old_set(*committed)
+        if state.old_fleet is not None:
+            keep |= self._restore_old_set(*state.old_fleet)
         # Hosts started just before the crash whose names never reached a checkpoint would leak: kill them.
         # Hosts of a reshard's shadow fleet are not checkpointed either: the reshard is rolled back (below). The
         # old hosts of a reshard past its commit point are kept: the reshard retires them (closing their sessions).
         self._fleet.kill_strays(keep=keep, any_prefix=True)
         for host in self._table.live_hosts():
-            self._mailboxes[host.host_id] = _Mailbox()
-        rolling = data.get("rolling")
-        if rolling:
+            self._mail.open(host.host_id)
+        if state.rolling is not None:
             # Only the target state was checkpointed; the first step re-derives the slot's phase from the fleet and
             # the table, and starts that phase's timer again.
-            self._rolling = self._new_roll(RollingRestartProgress.from_json(rolling))
-        reshard = data.get("reshard")
-        if reshard:
-            self._reshard = ReshardProgress.from_json(reshard, now=now)
+            self._rolling = self._new_roll(state.rolling)
+        if state.reshard is not None:
+            self._reshard = state.reshard
             if self._reshard.state.active:
                 self._resume_reshard_after_restart()
         # The restored table has a new incarnation: write it before any lease of that incarnation is granted, or
         # a second crash would restore the old incarnation again and hand out the same epochs twice.
-        try:
-            head, chunks, _ = self._checkpoint_payload(batched=True)
-            checkpoint.save_checkpoint(self._bot_id, head, chunks)
-            self._chunks.written()
-            # Chunks a crash left behind (written, but never named by a head that got stored).
-            checkpoint.prune_chunks(self._bot_id, self._chunks.generations)
-        except Exception:
-            self._dirty = True
-            self._chunks.failed(self._table)
-            self._incarnation_written = False
-            _LOGGER.exception("could not write the restored checkpoint; placing nothing until it is written")
+        self._writer.write_restored()
         _LOGGER.warning(
             "orchestrator of bot %s restarted from its checkpoint: %s shards, %s hosts to hear back from",
             self._bot_id,
@@ -400,7 +355,7 @@ class Orchestrator:
         Also while the restored table's new incarnation is not on record: a lease granted before that write
         lands would carry an epoch a second restart (from the same older checkpoint) grants again.
         """
-        return time.monotonic() < self._recovering_until or not self._incarnation_written
+        return time.monotonic() < self._recovering_until or not self._writer.incarnation_written
 
     def _ensure_reconcile(self) -> None:
         if self._reconcile_task is None or self._reconcile_task.done():
@@ -460,8 +415,8 @@ class Orchestrator:
             info.max_concurrency,
             info.remaining,
         )
-        self._dirty = True
-        await self._checkpoint()
+        self._writer.dirty = True
+        await self._writer.write()
         self._ensure_reconcile()
         return self._new_capability()
 
@@ -527,16 +482,12 @@ class Orchestrator:
         self._stopping = True
         for shard in table.shards.values():
             shard.stopped = True
-        for mailbox in self._mailboxes.values():
-            mailbox.stop = True
-            mailbox.wake.set()
+        self._mail.stop_all()
         hosts = [h.host_id for h in table.live_hosts()]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and any(table.owned_by(h) for h in hosts):
             await asyncio.sleep(0.05)
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(BotStoppedError("the bot is shutting down"))
+        self._mail.fail_all(BotStoppedError("the bot is shutting down"))
         for table_ in self._tables():
             for shard in table_.shards.values():
                 shard.stopped = True
@@ -600,17 +551,16 @@ class Orchestrator:
             table, host_id, node_id=node_id, want=want, has_handle=handle is not None, now=now, held=held or (),
             placeable=placeable, place=not self._recovering(),
         )
-        self._mailboxes.setdefault(host_id, _Mailbox())
+        self._mail.open(host_id)
         if handle is not None:
-            self._watch(host_id, handle)
+            self._hosts.watch(host_id, handle)
         record = table is self._table and self._old_set_records()
         if record:
             # A replacement in the old set during a reshard records what it delivers like the others, so the
             # switch can skip those events in the new set. Registration.record has it start recording before
             # it adopts the leases below (so it notes their `since` before their RESUME); the command covers
             # a host that re-registers while its shards keep running.
-            mailbox = self._mailboxes[host_id]
-            mailbox.commands.append(Command(next(self._command_ids), CommandKind.RECORD, None, {}))
+            self._mail.post(host_id, CommandKind.RECORD)
         self._deliver(joined.placed)
         self._changed()
         _LOGGER.info("host %s joined on node %s wanting %s shards; granted %s", host_id, node_id, want,
@@ -620,38 +570,6 @@ class Orchestrator:
             presence_version=self._presence_version, record=record, shadow=table is self._next_table,
             settled=joins is control.JoinSet.LIVE and not record,
         )
-
-    def _watch(self, host_id: str, handle: typing.Any) -> None:
-        self._handles[host_id] = handle
-        old = self._watches.get(host_id)
-        if old is not None and not old.done():
-            return
-        self._watches[host_id] = asyncio.get_running_loop().create_task(self._watch_host(host_id, handle))
-
-    async def _watch_host(self, host_id: str, handle: typing.Any) -> None:
-        import ray.exceptions
-
-        delay = 0.2
-        while True:
-            try:
-                await handle.wait_closed.remote()
-                reason = "closed"
-                break
-            except ray.exceptions.ActorUnavailableError:
-                # Transient (a network blip, the node's raylet restarting): the actor may still run its shards.
-                # Taking it for dead would hand them to another host while they still run here.
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-            except ray.exceptions.RayActorError as exc:
-                reason = f"died ({type(exc).__name__})"
-                break
-            except Exception as exc:
-                # Anything else says nothing about the actor: ask again rather than presume it dead.
-                _LOGGER.warning("watching host %s: %s: %s; watching again", host_id, type(exc).__name__, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-        await asyncio.sleep(self._timings.death_quarantine)
-        self._host_gone(host_id, reason)
 
     def _host_gone(self, host_id: str, reason: str) -> None:
         if self._table is None:
@@ -666,12 +584,8 @@ class Orchestrator:
         orphans = lost.orphans
         for fleet in self._fleets():
             fleet.host_gone(host_id)
-        self._handles.pop(host_id, None)
-        self._fenced.discard(host_id)
-        mailbox = self._mailboxes.pop(host_id, None)
-        if mailbox is not None:
-            for command in mailbox.commands:
-                self._finish_command(command.command_id, f"host {host_id} {reason} before running the command")
+        self._hosts.forget(host_id)
+        self._mail.close(host_id, reason)
         for key in [k for k in self._identify_asked if k[0] == host_id]:
             del self._identify_asked[key]
         level = logging.INFO if reason == "closed" or not orphans else logging.WARNING
@@ -684,12 +598,11 @@ class Orchestrator:
     def _deliver(self, placed: dict[str, list[Lease]]) -> None:
         """Wake the parked syncs of hosts given new leases (the table keeps them as pending adopts)."""
         for host_id, leases in placed.items():
-            mailbox = self._mailboxes.setdefault(host_id, _Mailbox())
-            mailbox.wake.set()
+            self._mail.wake(host_id)
             _LOGGER.info("host %s takes over shards %s", host_id, [lease.shard_id for lease in leases])
 
     def _changed(self) -> None:
-        self._dirty = True
+        self._writer.dirty = True
         self._table_changed.set()
         self._wake_table_followers()
 
@@ -734,7 +647,7 @@ class Orchestrator:
             # still needs, or another host is about to RESUME, would be lost with every event in its buffer.
             msg = f"host {host_id} is not registered with this orchestrator; register again"
             raise HostNotRegisteredError(msg)
-        self._last_sync_mono[host_id] = time.monotonic()
+        self._hosts.synced(host_id)
         synced = control.reports_applied(
             table, host_id, reports, time.time(), report_seq=report_seq, recovering=self._recovering()
         )
@@ -743,32 +656,27 @@ class Orchestrator:
         # Costs what the host reported: the table marks the checkpoint chunks whose rows changed, and the head
         # (hosts, pending adopts) is rewritten only when those changed.
         if synced.hosts_changed:
-            self._dirty = True
+            self._writer.dirty = True
         self._table_changed.set()
         self._wake_table_followers()
-        mailbox = self._mailboxes.setdefault(host_id, _Mailbox())
-        if not (host.pending_adopt or host.pending_revoke or mailbox.commands or mailbox.stop):
-            mailbox.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    mailbox.wake.wait(), self._timings.sync_interval if timeout is None else timeout
-                )
+        if not (host.pending_adopt or host.pending_revoke or self._mail.has_work(host_id)):
+            await self._mail.wait(host_id, self._timings.sync_interval if timeout is None else timeout)
         host = table.hosts.get(host_id)
         if host is None or not host.alive:
             msg = f"host {host_id} was taken for gone while it waited; register again"
             raise HostNotRegisteredError(msg)
         adopt, revoke = control.directives(table, host_id, recovering=self._recovering())
+        commands, stop = self._mail.take(host_id)
         directives = HostDirectives(
             adopt=adopt,
             revoke=revoke,
-            commands=mailbox.commands[:],
+            commands=commands,
             presence_version=self._presence_version,
-            stop=mailbox.stop,
+            stop=stop,
             resend_sessions=table.answered(host_id, time.time()),
             table=self._delta_for(table_version),
         )
-        mailbox.commands.clear()
-        self._last_sync_mono[host_id] = time.monotonic()
+        self._hosts.synced(host_id)
         return directives
 
     async def release(
@@ -893,30 +801,10 @@ class Orchestrator:
 
     # -- commands --------------------------------------------------------------------------------
 
-    def _finish_command(self, command_id: int, error: str | None) -> None:
-        future = self._pending.pop(command_id, None)
-        if future is not None and not future.done():
-            future.set_result(error)
-
     async def command_done(self, capability: str, command_id: int, error: str | None) -> None:
         """A host finished a command (``error`` is None on success)."""
         self._check(capability)
-        self._finish_command(command_id, error)
-
-    async def _run_on_host(self, host_id: str, command: Command, timeout: float) -> None:
-        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._pending[command.command_id] = future
-        mailbox = self._mailboxes.setdefault(host_id, _Mailbox())
-        mailbox.commands.append(command)
-        mailbox.wake.set()
-        try:
-            error = await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            self._pending.pop(command.command_id, None)
-            msg = f"host {host_id} did not run {command.kind.value} within {timeout:.0f} s"
-            raise ShardUnavailableError(msg) from None
-        if error is not None:
-            raise CommandFailedError(error)
+        self._mail.finish(command_id, error)
 
     async def command(
         self, capability: str, kind: CommandKind, shard_id: int, arguments: dict[str, typing.Any]
@@ -950,8 +838,7 @@ class Orchestrator:
             self._table_changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._table_changed.wait(), 0.1)
-        command = Command(next(self._command_ids), kind, shard_id, arguments)
-        await self._run_on_host(record.host_id, command, max(1.0, deadline - time.monotonic()))
+        await self._mail.run(record.host_id, kind, shard_id, arguments, max(1.0, deadline - time.monotonic()))
 
     async def update_presence(
         self,
@@ -978,7 +865,7 @@ class Orchestrator:
         self._presence = merge_presence(self._presence, idle_since=idle_since, afk=afk, activity=activity,
                                         status=status)
         self._presence_version += 1
-        self._dirty = True
+        self._writer.dirty = True
         presence, version = self._presence, self._presence_version
         hosts = [h.host_id for h in table.live_hosts() if table.owned_by(h.host_id)]
         loop = asyncio.get_running_loop()
@@ -987,7 +874,7 @@ class Orchestrator:
         await asyncio.sleep(0)
         refused: CheckpointWriteError | None = None
         try:
-            await self._checkpoint(strict=True)
+            await self._writer.write(strict=True)
         except CheckpointWriteError as exc:
             refused = exc
         results = await asyncio.gather(*pushes, return_exceptions=True)
@@ -1006,7 +893,7 @@ class Orchestrator:
         import ray.exceptions
 
         deadline = time.monotonic() + self._timings.command_timeout
-        handle, key = self._handles.get(host_id), self._command_key
+        handle, key = self._hosts.handle(host_id), self._command_key
         if handle is not None and key is not None:
             try:
                 await asyncio.wait_for(
@@ -1028,11 +915,7 @@ class Orchestrator:
                 _LOGGER.info("presence push to host %s failed (%s: %s); sending it through the mailbox",
                              host_id, type(error).__name__, error)
         arguments = {"presence": presence, "version": version}
-        await self._run_on_host(
-            host_id,
-            Command(next(self._command_ids), CommandKind.PRESENCE, None, arguments),
-            max(1.0, deadline - time.monotonic()),
-        )
+        await self._mail.run(host_id, CommandKind.PRESENCE, None, arguments, max(1.0, deadline - time.monotonic()))
 
     # -- views -----------------------------------------------------------------------------------
 
@@ -1139,10 +1022,10 @@ class Orchestrator:
         self._capabilities.expire(mono)
         self._refresh_budget_if_stale(mono)
         self._metrics.observe(
-            now, table, scheduler, fenced=self._fenced, sync_interval=self._timings.longest_sync_interval
+            now, table, scheduler, fenced=self._hosts.fenced, sync_interval=self._timings.longest_sync_interval
         )
         self._wake_table_followers()
-        if not self._incarnation_written:
+        if not self._writer.incarnation_written:
             await self._checkpoint_now()  # its success ends this part of the recovery
         if self._recovering():
             return
@@ -1150,7 +1033,7 @@ class Orchestrator:
             self._start_unregistered_hosts()
             await self._step_roll()
             await self._step_reshard()
-        await self._check_silent_hosts(mono)
+        await self._hosts.check_silent(h for t in self._tables() for h in t.live_hosts())
         rolled = self._rolling.current_slot if self._rolling is not None else None
         for fleet in self._fleets() if not self._stopping else []:
             for slot in fleet.missing_slots() if fleet.desired else []:
@@ -1168,7 +1051,7 @@ class Orchestrator:
             self._deliver(placement.placed)
             if placement.move is not None:
                 shard_id, donor = placement.move
-                self._mailboxes.setdefault(donor, _Mailbox()).wake.set()
+                self._mail.wake(donor)
                 _LOGGER.info("rebalancing: shard %s moves off host %s", shard_id, donor)
             self._reconciled[each.instance] = (each.version, each.hosts_version)
         if len(self._reconciled) > len(tables):
@@ -1176,42 +1059,9 @@ class Orchestrator:
             self._reconciled = {k: v for k, v in self._reconciled.items() if k in live}
         if self._options.auto_reshard:
             await self._auto_reshard_policy()
-        soon, later = table.checkpoint_due()
-        write = self._checkpoints.due(
-            time.monotonic(), dirty=self._dirty, rows_now=soon, rows_later=later,
-            new_table=self._chunks.table_instance != table.instance,
-        )
+        write = self._writer.due()
         if write is not None:
-            await self._checkpoint(batched=write is CheckpointWrite.BATCH)
-
-    async def _check_silent_hosts(self, mono: float) -> None:
-        """Carry out what `liveness.silent_host_actions` decides about hosts that stopped syncing."""
-        silences = []
-        for host in [h for t in self._tables() for h in t.live_hosts()]:
-            # Silence is measured on the monotonic clock: a wall-clock step must not fence a healthy host.
-            checking = self._health_checks.get(host.host_id)
-            silences.append(liveness.HostSilence(
-                host.host_id, silent=mono - self._last_sync_mono.setdefault(host.host_id, mono),
-                watched=host.host_id in self._handles, has_handle=host.has_handle,
-                fenced=host.host_id in self._fenced, checking=checking is not None and not checking.done(),
-            ))
-        actions = liveness.silent_host_actions(
-            silences, host_timeout=self._timings.host_timeout, sync_interval=self._timings.longest_sync_interval,
-            standalone_lease_ttl=self._timings.standalone_lease_ttl,
-        )
-        for action in actions:
-            if isinstance(action, liveness.FindHandle):
-                await self._find_handle(action.host_id)
-            elif isinstance(action, liveness.Quarantine):
-                self._last_sync_mono[action.host_id] = math.inf  # once: the quarantine task takes it from here
-                task = asyncio.get_running_loop().create_task(
-                    self._gone_after_quarantine(action.host_id, action.reason)
-                )
-                task.add_done_callback(self._log_background_failure)
-            else:
-                self._health_checks[action.host_id] = asyncio.get_running_loop().create_task(
-                    self._check_health(action.host_id, action.silent)
-                )
+            await self._writer.write(batched=write is CheckpointWrite.BATCH)
 
     def _start_unregistered_hosts(self) -> None:
         """Fleet hosts restored from the checkpoint that never registered: make sure they were started."""
@@ -1226,34 +1076,6 @@ class Orchestrator:
                 self._ensured.add(host_id)
                 task = asyncio.get_running_loop().create_task(fleet.ensure_started(host_id))
                 task.add_done_callback(self._log_background_failure)
-
-    async def _gone_after_quarantine(self, host_id: str, reason: str) -> None:
-        await asyncio.sleep(self._timings.death_quarantine)
-        self._host_gone(host_id, reason)
-        self._last_sync_mono.pop(host_id, None)
-
-    async def _check_health(self, host_id: str, silent: float) -> None:
-        """A host stopped syncing: fence it only if its health loop does not answer or its shard loop is stuck.
-
-        The health check runs in the host's own concurrency group (its own event loop), so a host that is
-        merely busy with a burst of events answers, and is left alone.
-        """
-        handle = self._handles.get(host_id)
-        if handle is None:
-            return
-        try:
-            health: HostHealth = await asyncio.wait_for(handle.health.remote(), self._timings.health_timeout)
-        except Exception as exc:
-            why = liveness.fence_reason(answered=False, failure=type(exc).__name__,
-                                        host_timeout=self._timings.host_timeout)
-        else:
-            why = liveness.fence_reason(answered=True, loop_lag=health.loop_lag,
-                                        host_timeout=self._timings.host_timeout)
-        if why is not None:
-            self._fence(host_id, silent, why)
-        else:
-            _LOGGER.warning("host %s has not synced for %.1f s but is alive (shard loop lag %.1f s); not fenced",
-                            host_id, silent, health.loop_lag)
 
     def _refresh_budget_if_stale(self, now: float, *, force: bool = False) -> None:
         """After Discord's ``reset_after`` (or at once with ``force``), fetch the new daily identify budget
@@ -1437,20 +1259,12 @@ class Orchestrator:
         """The fleet and the table as the rolling restart's core reads them."""
         fleet, table = self._fleet, self._table
         assert fleet is not None and table is not None
-        hosts = []
-        for host in fleet.hosts.values():
-            record = table.hosts.get(host.host_id)
-            live = record is not None and record.alive
-            hosts.append(roll.HostView(
-                host_id=host.host_id, slot=host.slot, want=host.want, retiring=host.retiring, live=live,
-                draining=live and record is not None and record.draining, owns=len(table.owned_by(host.host_id)),
-            ))
-        return roll.RollView(
-            hosts=tuple(hosts),
-            starting=frozenset(s for s in {h.slot for h in fleet.hosts.values()} | set(range(fleet.desired))
-                               if fleet.is_starting(s)),
-            retiring=frozenset(h for h, task in self._roll_retires.items() if not task.done()),
-            all_ready=all(r.status is ShardStatus.READY for r in table.shards.values() if r.host_id is not None),
+        return operation_views.roll_view(
+            table,
+            [operation_views.FleetHost(h.host_id, h.slot, h.want, h.retiring) for h in fleet.hosts.values()],
+            starting=(s for s in {h.slot for h in fleet.hosts.values()} | set(range(fleet.desired))
+                      if fleet.is_starting(s)),
+            retiring=(h for h, task in self._roll_retires.items() if not task.done()),
         )
 
     async def _step_roll(self) -> None:
@@ -1480,11 +1294,11 @@ class Orchestrator:
         elif isinstance(effect, roll.SetRetiring):
             if effect.host_id in fleet.hosts:
                 fleet.hosts[effect.host_id].retiring = effect.retiring
-            self._dirty = True
+            self._writer.dirty = True
         elif isinstance(effect, roll.Drain):
             _LOGGER.info("rolling restart: draining host %s", effect.host_id)
             table.drain(effect.host_id)
-            self._mailboxes.setdefault(effect.host_id, _Mailbox()).wake.set()
+            self._mail.wake(effect.host_id)
             self._changed()
         elif isinstance(effect, roll.Undrain):
             table.undrain(effect.host_id, effect.want)
@@ -1549,7 +1363,7 @@ class Orchestrator:
         self._resharding = rs.Reshard.begin(table.shard_count, shard_count, started_at=time.time(),
                                             **self._reshard_options())
         self._reshard = self._resharding.progress
-        self._dirty = True
+        self._writer.dirty = True
         self._reconcile_wake.set()
         return self._reshard.snapshot()
 
@@ -1590,19 +1404,13 @@ class Orchestrator:
 
     def _reshard_view(self) -> rs.ReshardView:
         """The two sets as the reshard's core reads them (fenced hosts count as gone)."""
-        table, fleet, new_table = self._table, self._fleet, self._next_table
+        table, fleet, new_fleet = self._table, self._fleet, self._next_fleet
         assert table is not None and fleet is not None
-        new_shards: dict[str, tuple[int, ...]] = {}
-        new_ready = new_starting = 0
-        if self._next_fleet is not None:
-            new_starting = sum(1 for slot in range(self._next_fleet.desired) if self._next_fleet.is_starting(slot))
-        if new_table is not None:
-            new_shards = {h.host_id: tuple(new_table.owned_by(h.host_id)) for h in new_table.live_hosts()
-                          if h.host_id not in self._fenced}
-            new_ready = sum(1 for r in new_table.shards.values() if r.status is ShardStatus.READY)
-        return rs.ReshardView(
-            old_hosts=tuple(h.host_id for h in table.live_hosts() if h.host_id not in self._fenced),
-            new_shards=new_shards, new_ready=new_ready, old_desired=fleet.desired, new_starting=new_starting,
+        new_starting = 0
+        if new_fleet is not None:
+            new_starting = sum(1 for slot in range(new_fleet.desired) if new_fleet.is_starting(slot))
+        return operation_views.reshard_view(
+            table, self._next_table, old_desired=fleet.desired, new_starting=new_starting, fenced=self._hosts.fenced
         )
 
     async def _step_reshard(self) -> None:
@@ -1630,11 +1438,10 @@ class Orchestrator:
                 arguments["tails"] = effect.tails
             if effect.stop_recording:
                 arguments["stop_recording"] = True
-            command = Command(next(self._command_ids), effect.kind, None, arguments)
             # The core gives up at its own command_timeout (with the message a timeout here would give):
             # this one only keeps the call bounded.
             task = asyncio.get_running_loop().create_task(
-                self._run_on_host(effect.host_id, command, core.command_timeout + 5.0)
+                self._mail.run(effect.host_id, effect.kind, None, arguments, core.command_timeout + 5.0)
             )
             task.add_done_callback(functools.partial(self._reshard_command_done, core, effect.token))
         elif isinstance(effect, rs.StartNewSet):
@@ -1754,76 +1561,19 @@ class Orchestrator:
                 started_at=time.time(), finished_at=time.time(),
             )
 
-    async def _find_handle(self, host_id: str) -> None:
-        """After a restart: re-watch a checkpointed host actor by name, or declare it gone."""
-        import ray
-
-        from ray_shards.connection import NAMESPACE, host_actor_name
-
-        try:
-            handle = ray.get_actor(host_actor_name(self._bot_id, host_id), namespace=NAMESPACE)
-        except ValueError:
-            self._host_gone(host_id, "did not come back after the orchestrator restarted")
-            return
-        self._watch(host_id, handle)
-
-    def _fence(self, host_id: str, silent: float, why: str = "") -> None:
-        import ray
-
-        self._fenced.add(host_id)
-        _LOGGER.warning("host %s has not synced for %.1f s%s; killing it so its shards can move", host_id, silent,
-                        f" and {why}" if why else "")
-        with contextlib.suppress(Exception):
-            ray.kill(self._handles[host_id], no_restart=True)
-
-    def _checkpoint_payload(
-        self, *, batched: bool, rows: bool = True
-    ) -> tuple[dict[str, typing.Any], list[checkpoint.ChunkWrite], bool]:
-        """The head and the table chunks to write next, and whether the table is written whole.
-
-        The chunks count as clean from here on: report the outcome with ``self._chunks.written()``
-        or ``self._chunks.failed(table)`` (the next write is then whole).
-
-        Only chunks whose rows changed are rewritten; with ``batched`` also those where only seqs and
-        counters moved. A table the stored checkpoint does not hold (new, restored from an inline
-        checkpoint, a reshard's) is written whole.
-        """
-        assert self._config is not None and self._table is not None and self._token_hash is not None
-        self._checkpoint_seq += 1
-        chunks, generations, whole = self._chunks.plan(
-            self._table, self._checkpoint_seq, batched=batched, rows=rows
-        )
-        head = self._checkpoint_data(self._checkpoint_seq)
-        head["table"]["chunks"] = generations
-        return head, chunks, whole
-
-    def _save(
-        self, head: dict[str, typing.Any], chunks: list[checkpoint.ChunkWrite], keep: dict[int, int] | None
-    ) -> int:
-        size = checkpoint.save_checkpoint(self._bot_id, head, chunks)
-        if keep is not None:
-            # A new table (first write, a reshard's, a restore from an inline checkpoint): drop any other chunks.
-            checkpoint.prune_chunks(self._bot_id, keep)
-        return size
+    def _bot_table(self) -> ShardTable:
+        assert self._table is not None
+        return self._table
 
     def _checkpoint_data(self, seq: int) -> dict[str, typing.Any]:
         assert self._config is not None and self._table is not None and self._token_hash is not None
-        return {
-            "schema": CHECKPOINT_SCHEMA,
-            "seq": seq,
-            "config": dataclasses.asdict(self._config),
-            "token_hash": self._token_hash.to_json(),
-            "table": self._table.to_json(rows=False),
-            "presence": dataclasses.asdict(self._presence),
-            "presence_version": self._presence_version,
-            "remaining": self._scheduler.remaining if self._scheduler else 0,
-            "fleet": self._fleet.to_json() if self._fleet else None,
-            "rolling": self._rolling.progress.to_json() if self._rolling is not None else None,
-            "reshard": self._reshard.to_json() if self._reshard is not None else None,
-            # From the reshard's commit point until its old hosts are retired: a restart retires them (closing their
-            # sessions) rather than killing them as strays.
-            "old_fleet": self._old_set[1].to_json() if self._old_set is not None else None,
-        }
+        return checkpoint_state.head(
+            seq=seq, config=self._config, token_hash=self._token_hash, table=self._table, presence=self._presence,
+            presence_version=self._presence_version, remaining=self._scheduler.remaining if self._scheduler else 0,
+            fleet=self._fleet.to_json() if self._fleet else None,
+            rolling=self._rolling.progress if self._rolling is not None else None, reshard=self._reshard,
+            old_fleet=self._old_set[1].to_json() if self._old_set is not None else None,
+        )
 
     async def _checkpoint_now(self, *, strict: bool = False) -> None:
         """Write the checkpoint now (intent before acting: a host's name before its actor exists).
@@ -1833,37 +1583,5 @@ class Orchestrator:
         an intent that is not on record (`carry_out` reports the failure to the core, which skips what
         builds on it).
         """
-        self._dirty = True
-        await self._checkpoint(strict=strict)
-
-    async def _checkpoint(self, *, batched: bool = False, strict: bool = False) -> None:
-        if self._config is None or self._table is None or self._token_hash is None or self._stopping:
-            return
-        # One writer at a time, each with a higher sequence number: two writes in flight (from two awaiting
-        # callers) could otherwise land out of order and leave the older state in the GCS.
-        async with self._checkpoint_lock:
-            if self._stopping:
-                return
-            table = self._table
-            head, chunks, whole = self._checkpoint_payload(batched=batched, rows=False)
-            # Rows a chunk at a time, letting syncs run in between (a batch rewrites every chunk: 16k rows took
-            # ~0.1 s in one go). Each chunk is one moment of its rows; a row changing meanwhile is dirty again.
-            for i, chunk in enumerate(chunks):
-                chunks[i] = chunk._replace(rows=table.chunk_json(chunk.chunk))
-                if i + 1 < len(chunks):
-                    await asyncio.sleep(0)
-            self._dirty = False
-            self._checkpoints.written(time.monotonic(), batched=batched)
-            try:
-                keep = dict(self._chunks.pending_generations) if whole else None
-                size = await asyncio.to_thread(self._save, head, chunks, keep)
-                self._chunks.written()
-                self._incarnation_written = True
-                self._metrics.checkpoint_saved(size, time.time())
-            except Exception as exc:
-                self._dirty = True
-                self._chunks.failed(table)
-                if strict:
-                    msg = f"the checkpoint could not be written ({describe_error(exc)})"
-                    raise CheckpointWriteError(msg) from exc
-                _LOGGER.exception("checkpoint failed; will retry")
+        self._writer.dirty = True
+        await self._writer.write(strict=strict)

@@ -42,7 +42,7 @@ import math
 import random
 import typing
 
-from ray_shards import admission, control, liveness, resharding, rolling
+from ray_shards import admission, control, liveness, operation_views, resharding, rolling
 from ray_shards.checkpoint_schedule import CheckpointSchedule
 from ray_shards.effects import carry_out
 from ray_shards.errors import CheckpointWriteError
@@ -1079,20 +1079,11 @@ class Shell:
         return rolling.RollingRestart(progress, drain_timeout=20.0, drain_per_shard=2.0, join_timeout=15.0)
 
     def roll_view(self) -> rolling.RollView:
-        """The fleet and the table as the rolling restart's core reads them (what the Orchestrator builds)."""
-        hosts = []
-        for host_id, slot in sorted(self.fleet_slot.items()):
-            record = self.table.hosts.get(host_id)
-            live = record is not None and record.alive
-            hosts.append(rolling.HostView(
-                host_id, slot, want=self.want(), retiring=host_id in self.retiring,
-                live=live, draining=live and record is not None and record.draining,
-                owns=len(self.table.owned_by(host_id)),
-            ))
-        return rolling.RollView(
-            hosts=tuple(hosts),
-            starting=frozenset(slot for slot, _ in self.roll_starts.values()),
-            all_ready=all(r.status is ShardStatus.READY for r in self.table.shards.values() if r.host_id is not None),
+        """The fleet and the table as the rolling restart's core reads them (built as the Orchestrator does)."""
+        fleet = [operation_views.FleetHost(host_id, slot, self.want(), host_id in self.retiring)
+                 for host_id, slot in sorted(self.fleet_slot.items())]
+        return operation_views.roll_view(
+            self.table, fleet, starting=(slot for slot, _ in self.roll_starts.values())
         )
 
     def shape(self) -> admission.BotShape:
@@ -1180,15 +1171,9 @@ class Shell:
         return {"identify_window": WINDOW, "max_skew": 1.0, "command_timeout": COMMAND_TIMEOUT}
 
     def reshard_view(self) -> resharding.ReshardView:
-        """The two sets as the reshard's core reads them (`Orchestrator._reshard_view`)."""
-        new_shards: dict[str, tuple[int, ...]] = {}
-        new_ready = 0
-        if self.next_table is not None:
-            new_shards = {h.host_id: tuple(self.next_table.owned_by(h.host_id)) for h in self.next_table.live_hosts()}
-            new_ready = sum(1 for r in self.next_table.shards.values() if r.status is ShardStatus.READY)
-        return resharding.ReshardView(
-            old_hosts=tuple(h.host_id for h in self.table.live_hosts()), new_shards=new_shards, new_ready=new_ready,
-            old_desired=self.fleet_desired,
+        """The two sets as the reshard's core reads them (built as `Orchestrator._reshard_view` does)."""
+        return operation_views.reshard_view(
+            self.table, self.next_table, old_desired=self.fleet_desired,
             new_starting=sum(1 for h in self.set_starts if h in self.next_slot),
         )
 
