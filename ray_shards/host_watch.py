@@ -17,6 +17,7 @@ import time
 import typing
 
 from ray_shards import liveness
+from ray_shards.ray_errors import log_background_failure
 
 if typing.TYPE_CHECKING:
     from ray_shards.protocol import HostHealth
@@ -114,7 +115,7 @@ class HostWatch:
                 self._last_sync[action.host_id] = math.inf  # once: the quarantine task takes it from here
                 task = asyncio.get_running_loop().create_task(self._gone_after_quarantine(action.host_id,
                                                                                           action.reason))
-                task.add_done_callback(_log_failure)
+                task.add_done_callback(log_background_failure)
             else:
                 self._health_checks[action.host_id] = asyncio.get_running_loop().create_task(
                     self._check_health(action.host_id, action.silent)
@@ -170,7 +171,3 @@ class HostWatch:
         with contextlib.suppress(Exception):
             ray.kill(self._handles[host_id], no_restart=True)
 
-
-def _log_failure(task: asyncio.Task[typing.Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        _LOGGER.error("background step failed: %s", task.exception())

@@ -15,20 +15,19 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import pickle
 import time
 import typing
 
 import hikari
 
-from ray_shards import admission, checkpoint, checkpoint_state, control, operation_views
+from ray_shards import admission, checkpoint, checkpoint_state, control
 from ray_shards import resharding as rs
 from ray_shards import rolling as roll
 from ray_shards.auth import TokenHash, bot_id_from_token, command_key, validate_token
+from ray_shards.bot_sets import BotSets
 from ray_shards.capabilities import Capabilities
 from ray_shards.checkpoint_schedule import Write as CheckpointWrite
 from ray_shards.checkpoint_writer import CheckpointWriter
-from ray_shards.effects import carry_out, describe_error
 from ray_shards.errors import (
     BotStoppedError,
     CapabilityExpiredError,
@@ -37,7 +36,6 @@ from ray_shards.errors import (
     LeaseLostError,
     NotInitialisedError,
     ShardUnavailableError,
-    StaleLeaseError,
 )
 from ray_shards.fleet import HostFleet
 from ray_shards.gateway_info import fetch_gateway_bot, validate_rest_url
@@ -57,6 +55,7 @@ from ray_shards.models import (
 )
 from ray_shards.orchestrator_metrics import OrchestratorMetrics
 from ray_shards.presence import PresenceState, merge_presence
+from ray_shards.presence_push import push_presence
 from ray_shards.protocol import (
     BotStatus,
     DeployStatus,
@@ -64,45 +63,22 @@ from ray_shards.protocol import (
     GuildTails,
     HostSummary,
     IdentifyAnswer,
-    OperationState,
     PingInfo,
     Registration,
     ReshardProgress,
-    ReshardState,
     RollingRestartProgress,
     TableDelta,
 )
+from ray_shards.ray_errors import log_background_failure, unwrap_ray_error
+from ray_shards.reshard_runner import ReshardRunner
+from ray_shards.roll_runner import RollRunner
 from ray_shards.table import CheckpointSchemaError, ShardTable
+from ray_shards.table_feed import TableFeed
 from ray_shards.timings import Timings
 
 __all__ = ["Orchestrator", "OrchestratorOptions"]
 
 _LOGGER = logging.getLogger("ray_shards.orchestrator")
-
-def _task_failure(task: asyncio.Task[typing.Any], what: str, *, unwrap: bool) -> str | None:
-    """``"Type: message"`` of how ``task`` failed (None: it succeeded), as the reshard core records failures.
-
-    ``unwrap``: show the host's own error rather than Ray's wrapper around it (a host start).
-    """
-    if task.cancelled():
-        return f"CancelledError: {what} was cancelled"
-    exc = task.exception()
-    if exc is None:
-        return None
-    return describe_error(_unwrap_ray_error(exc) if unwrap else exc)
-
-
-def _unwrap_ray_error(exc: BaseException) -> BaseException:
-    """The error a remote call raised, without Ray's RayTaskError wrapping (which repeats the remote traceback)."""
-    import ray.exceptions
-
-    while isinstance(exc, ray.exceptions.RayTaskError) and isinstance(getattr(exc, "cause", None), BaseException):
-        exc = exc.cause
-    return exc
-
-
-_MAX_TABLE_WAIT = 30.0
-"""Longest a `table_since` long poll parks in the Orchestrator."""
 
 _GRANT_USE_LIMIT = 1.0
 """Seconds within which a host sends the IDENTIFY it was granted (or drops the grant): see `ray_shards.bot`."""
@@ -123,12 +99,17 @@ class OrchestratorOptions:
 
 
 class Orchestrator:
-    """The actor class; see the module docstring. Created by `ray_shards.launch`, found by name."""
+    """The actor class; see the module docstring. Created by `ray_shards.launch`, found by name.
 
-    def __init__(self, bot_id: int, options: OrchestratorOptions) -> None:
+    ``kv`` is where the checkpoint lives (None: Ray's GCS internal KV, as the actor uses it); the in-process
+    tests inject a store that can refuse writes.
+    """
+
+    def __init__(self, bot_id: int, options: OrchestratorOptions, *, kv: checkpoint.KeyValue | None = None) -> None:
         # Its decisions (hand-overs, fencing, restarts, roll and reshard steps) are what an operator reads.
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [orchestrator] %(name)s: %(message)s")
         self._bot_id = bot_id
+        self._kv = kv
         self._options = options
         self._timings = options.timings
         self._config: BotConfig | None = None
@@ -136,7 +117,7 @@ class Orchestrator:
         # The key hosts check on a pushed presence (auth.command_key); known once a token holder authenticated,
         # and never checkpointed (a restarted Orchestrator learns it again from the first authenticate).
         self._command_key: str | None = None
-        self._table: ShardTable | None = None
+        self._sets = BotSets()
         self._scheduler: IdentifyScheduler | None = None
         self._presence = PresenceState()
         self._presence_version = 0
@@ -155,40 +136,37 @@ class Orchestrator:
         self._mail = Mailboxes()
         self._hosts = HostWatch(bot_id, self._timings, on_gone=self._host_gone)
         self._table_changed = asyncio.Event()
-        self._table_bumped = asyncio.Event()
-        self._table_seen: tuple[int, int] | None = None
+        self._feed = TableFeed(lambda: self._sets.table)
         # Per table object, the (version, hosts_version) its last placement pass saw: nothing placement or
         # rebalancing decide on changed since, so the pass is skipped.
         self._reconciled: dict[int, tuple[int, int]] = {}
-        self._columns_cache: tuple[tuple[int, int, int], bytes] | None = None
         self._recovering_until = 0.0
         self._stopping = False
         self._started_at = time.time()
         self._reconcile_task: asyncio.Task[None] | None = None
-        self._fleet: HostFleet | None = None
-        self._host_tables: dict[str, ShardTable] = {}
-        self._next_table: ShardTable | None = None
-        self._next_fleet: HostFleet | None = None
-        # The last reshard's progress (what status shows), and the pure core (ray_shards.resharding) of the one in
-        # flight: the reconcile pass steps it and carries out its effects, like the rolling restart's.
-        self._reshard: ReshardProgress | None = None
-        self._resharding: rs.Reshard | None = None
-        # After the reshard's commit: the old set's table and fleet, until its hosts are retired.
-        self._old_set: tuple[ShardTable, HostFleet] | None = None
         # Set when an asynchronous result (a host command's, a start's) is in: the reconcile pass runs at once.
         self._reconcile_wake = asyncio.Event()
         # The rolling restart's pure core (ray_shards.rolling); the reconcile pass steps it and carries out its effects.
-        self._rolling: roll.RollingRestart | None = None
-        self._roll_retires: dict[str, asyncio.Task[None]] = {}
+        self._roll = RollRunner(
+            self._timings, checkpoint=functools.partial(self._checkpoint_now, strict=True),
+            head_changed=self._head_changed, table_changed=self._changed, wake_host=self._mail.wake,
+            wake_reconcile=self._reconcile_wake.set,
+        )
+        # The reshard's pure core (ray_shards.resharding), stepped the same way, and the last reshard's progress.
+        self._reshard = ReshardRunner(
+            self._timings, self._sets, self._mail, new_fleet=self._new_fleet,
+            checkpoint=functools.partial(self._checkpoint_now, strict=True), committed=self._reshard_committed,
+            table_changed=self._changed, wake_reconcile=self._reconcile_wake.set, fenced=lambda: self._hosts.fenced,
+        )
         # A roll or reshard a client started, until it is on record (_record_new_operation): not stepped before.
         self._unrecorded: roll.RollingRestart | rs.Reshard | None = None
         self._last_policy_check = time.monotonic()
         self._metrics = OrchestratorMetrics(bot_id)
         self._writer = CheckpointWriter(
             bot_id, self._timings, self._checkpoint_data, self._bot_table,
-            wanted=lambda: (self._config is not None and self._token_hash is not None and self._table is not None
+            wanted=lambda: (self._config is not None and self._token_hash is not None and self._sets.table is not None
                             and not self._stopping),
-            saved=lambda size: self._metrics.checkpoint_saved(size, time.time()),
+            kv=kv, saved=lambda size: self._metrics.checkpoint_saved(size, time.time()),
         )
         self._restore()
 
@@ -196,7 +174,7 @@ class Orchestrator:
 
     def _restore(self) -> None:
         try:
-            data = checkpoint.load_checkpoint(self._bot_id)
+            data = checkpoint.load_checkpoint(self._bot_id, kv=self._kv)
         except CheckpointSchemaError as exc:
             # Crashing here would make Ray restart the actor into the same crash forever: stay up, refuse work,
             # and say why (ping shows it without a capability).
@@ -215,9 +193,9 @@ class Orchestrator:
             self._error = str(exc)
             _LOGGER.error("cannot restore bot %s: %s", self._bot_id, exc)
             return
-        self._config, self._token_hash, self._table = state.config, state.token_hash, state.table
+        self._config, self._token_hash, self._sets.table = state.config, state.token_hash, state.table
         # Its rows are stored as they are now: only the head (a new incarnation) must be written.
-        self._writer.restored(self._table, state.chunk_generations, state.seq)
+        self._writer.restored(self._sets.table, state.chunk_generations, state.seq)
         self._presence, self._presence_version = state.presence, state.presence_version
         self._scheduler = self._new_scheduler(state.remaining)
         # An IDENTIFY may have been granted (and sent) just before the crash, and the old schedule died with
@@ -230,33 +208,31 @@ class Orchestrator:
         self._scheduler.set_budget(self._scheduler.remaining, 0.0, time.monotonic())
         # Monotonic: a wall-clock step must not cut the grace short (or stretch it).
         self._recovering_until = time.monotonic() + self._timings.recovery_grace
-        self._fleet = self._new_fleet(str(state.fleet.get("prefix", "h")))
-        self._fleet.restore(state.fleet)
-        keep = set(self._fleet.hosts)
+        self._sets.fleet = self._new_fleet(str(state.fleet.get("prefix", "h")))
+        self._sets.fleet.restore(state.fleet)
+        keep = set(self._sets.fleet.hosts)
         if state.old_fleet is not None:
             keep |= self._restore_old_set(*state.old_fleet)
         # Hosts started just before the crash whose names never reached a checkpoint would leak: kill them.
         # Hosts of a reshard's shadow fleet are not checkpointed either: the reshard is rolled back (below). The
         # old hosts of a reshard past its commit point are kept: the reshard retires them (closing their sessions).
-        self._fleet.kill_strays(keep=keep, any_prefix=True)
-        for host in self._table.live_hosts():
+        self._sets.fleet.kill_strays(keep=keep, any_prefix=True)
+        for host in self._sets.table.live_hosts():
             self._mail.open(host.host_id)
         if state.rolling is not None:
             # Only the target state was checkpointed; the first step re-derives the slot's phase from the fleet and
             # the table, and starts that phase's timer again.
-            self._rolling = self._new_roll(state.rolling)
+            self._roll.resume(state.rolling)
         if state.reshard is not None:
-            self._reshard = state.reshard
-            if self._reshard.state.active:
-                self._resume_reshard_after_restart()
+            self._reshard.restore(state.reshard)
         # The restored table has a new incarnation: write it before any lease of that incarnation is granted, or
         # a second crash would restore the old incarnation again and hand out the same epochs twice.
         self._writer.write_restored()
         _LOGGER.warning(
             "orchestrator of bot %s restarted from its checkpoint: %s shards, %s hosts to hear back from",
             self._bot_id,
-            self._table.shard_count,
-            len(self._table.live_hosts()),
+            self._sets.table.shard_count,
+            len(self._sets.table.live_hosts()),
         )
         self._ensure_reconcile()
 
@@ -272,8 +248,8 @@ class Orchestrator:
         fleet.desired = 0
         table = self._old_table_stand_in(shard_count, [(h.host_id, h.want) for h in fleet.hosts.values()], time.time())
         for host_id in fleet.hosts:
-            self._host_tables[host_id] = table
-        self._old_set = (table, fleet)
+            self._sets.host_tables[host_id] = table
+        self._sets.old_set = (table, fleet)
         return set(fleet.hosts)
 
     @staticmethod
@@ -292,30 +268,6 @@ class Orchestrator:
             table.register_host(host_id, node_id=None, want=want, has_handle=True, now=now, placeable=False)
         return table
 
-    def _resume_reshard_after_restart(self) -> None:
-        """A reshard was in flight when the Orchestrator died: carry it on, or roll it back (`Reshard.restore`).
-
-        Before the commit point (the checkpoint written once the new set went live, state ``closing``)
-        its new set is abandoned: the new set's hosts were never checkpointed and were killed as strays
-        (they held their events, none was delivered, so nothing is lost by it), and the old hosts, which
-        may have been told to record or to mute, go live again. At ``closing`` the checkpoint already
-        holds the new set as the bot, and the old fleet beside it (`_restore_old_set`): the reshard
-        retires the old hosts still alive as it would have (draining their listeners, ending their
-        sessions), and finishes.
-        The reconcile pass steps it once the recovery grace is over (every host has reported by then).
-        """
-        assert self._reshard is not None
-        self._resharding = rs.Reshard.restore(self._reshard, **self._reshard_options())
-        if self._resharding.phase is rs.ReshardPhase.CLOSING:
-            _LOGGER.warning("reshard to %s shards carries on after an orchestrator restart: the new shards are live",
-                            self._reshard.target)
-        else:
-            _LOGGER.warning("reshard to %s shards rolled back after an orchestrator restart; the old shards keep "
-                            "running", self._reshard.target)
-
-    def _reshard_options(self) -> dict[str, float]:
-        return {"identify_window": self._timings.identify_window, "max_skew": self._timings.reshard_max_skew}
-
     def _new_fleet(self, prefix: str = "h") -> HostFleet:
         assert self._config is not None
         return HostFleet(
@@ -326,18 +278,6 @@ class Orchestrator:
             prefix=prefix,
             persist=self._checkpoint_now,
         )
-
-    def _table_of(self, host_id: str) -> ShardTable:
-        """The shard table a host works on (the resharding target's, for the new set of hosts)."""
-        table = self._host_tables.get(host_id, self._table)
-        assert table is not None
-        return table
-
-    def _tables(self) -> list[ShardTable]:
-        return [t for t in (self._table, self._next_table) if t is not None]
-
-    def _fleets(self) -> list[HostFleet]:
-        return [f for f in (self._fleet, self._next_fleet) if f is not None]
 
     def _new_scheduler(self, remaining: int) -> IdentifyScheduler:
         assert self._config is not None
@@ -403,9 +343,9 @@ class Orchestrator:
         )
         self._token_hash = await asyncio.to_thread(TokenHash.of, token)
         self._command_key = command_key(token)
-        self._table = ShardTable(shard_count)
-        self._fleet = self._new_fleet()
-        self._fleet.remember_token(token)
+        self._sets.table = ShardTable(shard_count)
+        self._sets.fleet = self._new_fleet()
+        self._sets.fleet.remember_token(token)
         self._scheduler = self._new_scheduler(info.remaining)
         self._scheduler.set_budget(info.remaining, info.reset_after, time.monotonic())
         _LOGGER.info(
@@ -415,7 +355,7 @@ class Orchestrator:
             info.max_concurrency,
             info.remaining,
         )
-        self._writer.dirty = True
+        self._head_changed()
         await self._writer.write()
         self._ensure_reconcile()
         return self._new_capability()
@@ -435,7 +375,7 @@ class Orchestrator:
         if not isinstance(token, str) or not await asyncio.to_thread(self._token_hash.matches, token.strip()):
             msg = "permission denied: that token does not control this bot"
             raise PermissionError(msg)
-        for fleet in self._fleets():
+        for fleet in self._sets.fleets():
             fleet.remember_token(token.strip())
         self._command_key = command_key(token.strip())
         self._ensure_reconcile()
@@ -452,8 +392,8 @@ class Orchestrator:
         if not self._capabilities.use(capability, time.monotonic()):
             msg = "unknown capability (the orchestrator restarted or the caller never authenticated)"
             raise CapabilityExpiredError(msg)
-        assert self._config is not None and self._table is not None and self._scheduler is not None
-        return self._config, self._table, self._scheduler
+        assert self._config is not None and self._sets.table is not None and self._scheduler is not None
+        return self._config, self._sets.table, self._scheduler
 
     def ping(self) -> PingInfo:
         """Liveness probe; also says whether the bot is initialised (no capability needed, nothing secret).
@@ -488,13 +428,13 @@ class Orchestrator:
         while time.monotonic() < deadline and any(table.owned_by(h) for h in hosts):
             await asyncio.sleep(0.05)
         self._mail.fail_all(BotStoppedError("the bot is shutting down"))
-        for table_ in self._tables():
+        for table_ in self._sets.tables():
             for shard in table_.shards.values():
                 shard.stopped = True
-        fleets = self._fleets() + ([self._old_set[1]] if self._old_set is not None else [])
+        fleets = self._sets.fleets() + ([self._sets.old_set[1]] if self._sets.old_set is not None else [])
         killed = sum(fleet.kill_all() for fleet in fleets)
         _LOGGER.info("killed %s host actor(s)", killed)
-        await asyncio.to_thread(checkpoint.delete_checkpoint, self._bot_id)
+        await asyncio.to_thread(checkpoint.delete_checkpoint, self._bot_id, kv=self._kv)
         _LOGGER.info("bot %s shut down (%s hosts stopped)", self._bot_id, len(hosts))
         return len(hosts)
 
@@ -524,7 +464,7 @@ class Orchestrator:
         config, table, _ = self._check(capability)
         if self._stopping:
             raise BotStoppedError("the bot is shutting down")
-        old_set, new_table = self._old_set, self._next_table
+        old_set, new_table = self._sets.old_set, self._sets.next_table
         joins = control.set_to_join(
             host_id, shard_count, live_count=table.shard_count,
             new_count=new_table.shard_count if new_table is not None else None,
@@ -539,11 +479,11 @@ class Orchestrator:
             assert new_table is not None
             table = new_table
         config = dataclasses.replace(config, shard_count=table.shard_count)
-        self._host_tables[host_id] = table
+        self._sets.host_tables[host_id] = table
         now = time.time()
         # A fleet host's share is the fleet's to decide, not the host's: one re-registering after an Orchestrator
         # restart still asks for its start-up share, but if a rolling restart is replacing it, it wants none.
-        fleet_host = next((f.hosts[host_id] for f in self._fleets() if host_id in f.hosts), None)
+        fleet_host = next((f.hosts[host_id] for f in self._sets.fleets() if host_id in f.hosts), None)
         if fleet_host is not None:
             want = 0 if fleet_host.retiring else fleet_host.want
         # Placement waits for the recovery grace: see control.host_joined.
@@ -554,7 +494,7 @@ class Orchestrator:
         self._mail.open(host_id)
         if handle is not None:
             self._hosts.watch(host_id, handle)
-        record = table is self._table and self._old_set_records()
+        record = table is self._sets.table and self._reshard.old_set_records
         if record:
             # A replacement in the old set during a reshard records what it delivers like the others, so the
             # switch can skip those events in the new set. Registration.record has it start recording before
@@ -567,14 +507,14 @@ class Orchestrator:
                      len(joined.leases))
         return Registration(
             config=config, leases=joined.leases, stale=joined.stale, presence=self._presence,
-            presence_version=self._presence_version, record=record, shadow=table is self._next_table,
+            presence_version=self._presence_version, record=record, shadow=table is self._sets.next_table,
             settled=joins is control.JoinSet.LIVE and not record,
         )
 
     def _host_gone(self, host_id: str, reason: str) -> None:
-        if self._table is None:
+        if self._sets.table is None:
             return
-        table = self._table_of(host_id)
+        table = self._sets.table_of(host_id)
         host = table.hosts.get(host_id)
         if host is None or not host.alive:
             return
@@ -582,7 +522,7 @@ class Orchestrator:
         assert self._scheduler is not None
         lost = control.host_lost(table, self._scheduler, host_id, place=not self._recovering())
         orphans = lost.orphans
-        for fleet in self._fleets():
+        for fleet in self._sets.fleets():
             fleet.host_gone(host_id)
         self._hosts.forget(host_id)
         self._mail.close(host_id, reason)
@@ -592,7 +532,7 @@ class Orchestrator:
         _LOGGER.log(level, "host %s %s; %s shard(s) to move: %s", host_id, reason, len(orphans), orphans)
         self._deliver(lost.placed)
         if host_id not in table.hosts:
-            self._host_tables.pop(host_id, None)
+            self._sets.host_tables.pop(host_id, None)
         self._changed()
 
     def _deliver(self, placed: dict[str, list[Lease]]) -> None:
@@ -601,20 +541,14 @@ class Orchestrator:
             self._mail.wake(host_id)
             _LOGGER.info("host %s takes over shards %s", host_id, [lease.shard_id for lease in leases])
 
-    def _changed(self) -> None:
+    def _head_changed(self) -> None:
+        """The checkpoint head's state (hosts, fleet, presence, operations) changed: the next write takes it."""
         self._writer.dirty = True
-        self._table_changed.set()
-        self._wake_table_followers()
 
-    def _wake_table_followers(self) -> None:
-        """Wake the `table_since` long polls when the current table's version moved."""
-        table = self._table
-        seen = (table.instance, table.version) if table is not None else None
-        if seen != self._table_seen:
-            self._table_seen = seen
-            # A fresh Event per change: every parked follower wakes once, and none can clear it for the others.
-            bumped, self._table_bumped = self._table_bumped, asyncio.Event()
-            bumped.set()
+    def _changed(self) -> None:
+        self._head_changed()
+        self._table_changed.set()
+        self._feed.moved()
 
     async def sync(
         self,
@@ -639,7 +573,7 @@ class Orchestrator:
         answer until the host reports the shard: a lost reply loses no lease.
         """
         self._check(capability)
-        table = self._table_of(host_id)
+        table = self._sets.table_of(host_id)
         host = table.hosts.get(host_id)
         if host is None or not host.alive:
             # Unknown (registered after the checkpoint this Orchestrator restarted from) or taken for gone: it
@@ -656,9 +590,9 @@ class Orchestrator:
         # Costs what the host reported: the table marks the checkpoint chunks whose rows changed, and the head
         # (hosts, pending adopts) is rewritten only when those changed.
         if synced.hosts_changed:
-            self._writer.dirty = True
+            self._head_changed()
         self._table_changed.set()
-        self._wake_table_followers()
+        self._feed.moved()
         if not (host.pending_adopt or host.pending_revoke or self._mail.has_work(host_id)):
             await self._mail.wait(host_id, self._timings.sync_interval if timeout is None else timeout)
         host = table.hosts.get(host_id)
@@ -674,7 +608,7 @@ class Orchestrator:
             presence_version=self._presence_version,
             stop=stop,
             resend_sessions=table.answered(host_id, time.time()),
-            table=self._delta_for(table_version),
+            table=self._feed.delta_for(table_version),
         )
         self._hosts.synced(host_id)
         return directives
@@ -692,7 +626,7 @@ class Orchestrator:
     ) -> bool:
         """A host gave a shard back; it is handed on (with its session) at once."""
         _, _, scheduler = self._check(capability)
-        table = self._table_of(host_id)
+        table = self._sets.table_of(host_id)
         released = control.shard_released(
             table, scheduler, host_id, shard_id, epoch, session, stopped=stopped or self._stopping, failed=failed,
             place=not self._stopping and not self._recovering(),
@@ -718,7 +652,7 @@ class Orchestrator:
                 msg = "the orchestrator is still recovering from a restart; try again shortly"
                 raise ShardUnavailableError(msg)
             await asyncio.sleep(0.1)
-        table = self._table_of(host_id)
+        table = self._sets.table_of(host_id)
         if host_id not in table.hosts or not table.hosts[host_id].alive:
             msg = f"host {host_id} is not registered"
             raise LeaseLostError(msg)
@@ -742,7 +676,7 @@ class Orchestrator:
             When ``host_id`` no longer holds the shard's lease.
         """
         _, _, scheduler = self._check(capability)
-        table = self._table_of(host_id)
+        table = self._sets.table_of(host_id)
         key = (host_id, shard_id, epoch)
         now = time.monotonic()
         decision = control.identify_requested(table, scheduler, host_id, shard_id, epoch, now)
@@ -797,7 +731,7 @@ class Orchestrator:
     async def check_lease(self, capability: str, host_id: str, shard_id: int, epoch: int) -> bool:
         """Whether ``host_id`` may RESUME ``shard_id`` now (it holds the current lease)."""
         self._check(capability)
-        return control.lease_checked(self._table_of(host_id), host_id, shard_id, epoch)
+        return control.lease_checked(self._sets.table_of(host_id), host_id, shard_id, epoch)
 
     # -- commands --------------------------------------------------------------------------------
 
@@ -865,11 +799,15 @@ class Orchestrator:
         self._presence = merge_presence(self._presence, idle_since=idle_since, afk=afk, activity=activity,
                                         status=status)
         self._presence_version += 1
-        self._writer.dirty = True
+        self._head_changed()
         presence, version = self._presence, self._presence_version
         hosts = [h.host_id for h in table.live_hosts() if table.owned_by(h.host_id)]
         loop = asyncio.get_running_loop()
-        pushes = [loop.create_task(self._push_presence(host_id, presence, version)) for host_id in hosts]
+        pushes = [
+            loop.create_task(push_presence(host_id, self._hosts.handle(host_id), self._command_key, presence, version,
+                                           mail=self._mail, timeout=self._timings.command_timeout))
+            for host_id in hosts
+        ]
         # Let the pushes leave before the checkpoint's own work (serialising the head, the GCS write) runs.
         await asyncio.sleep(0)
         refused: CheckpointWriteError | None = None
@@ -888,35 +826,6 @@ class Orchestrator:
             raise CheckpointWriteError(msg) from refused.__cause__
         return len(hosts) - len(failures)
 
-    async def _push_presence(self, host_id: str, presence: PresenceState, version: int) -> None:
-        """Apply ``presence`` on one host: straight to its actor, else (or if that fails) via its mailbox."""
-        import ray.exceptions
-
-        deadline = time.monotonic() + self._timings.command_timeout
-        handle, key = self._hosts.handle(host_id), self._command_key
-        if handle is not None and key is not None:
-            try:
-                await asyncio.wait_for(
-                    handle.apply_presence.remote(key, presence, version), self._timings.command_timeout
-                )
-                return
-            except ray.exceptions.ActorDiedError:
-                # The host is gone: its shards move, and identify or resume with the stored presence.
-                raise
-            except Exception as exc:
-                error = _unwrap_ray_error(exc)
-                if not isinstance(
-                    error, (StaleLeaseError, ray.exceptions.ActorUnavailableError, TimeoutError, AttributeError)
-                ):
-                    # The host refused the key, or a shard failed to send: the mailbox would not do better.
-                    raise error from None
-                # Not started yet, unreachable for a moment, or a host without the method (an older version):
-                # the mailbox reaches it on its next sync (a push that landed after all is just sent again).
-                _LOGGER.info("presence push to host %s failed (%s: %s); sending it through the mailbox",
-                             host_id, type(error).__name__, error)
-        arguments = {"presence": presence, "version": version}
-        await self._mail.run(host_id, CommandKind.PRESENCE, None, arguments, max(1.0, deadline - time.monotonic()))
-
     # -- views -----------------------------------------------------------------------------------
 
     async def table(self, capability: str) -> list[ShardInfo]:
@@ -933,42 +842,9 @@ class Orchestrator:
         """
         _, table, _ = self._check(capability)
         if wait > 0 and table.instance == table_id and table.version == version:
-            deadline = time.monotonic() + min(wait, _MAX_TABLE_WAIT)
-            while self._table is table and table.version == version and not self._stopping:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(self._table_bumped.wait()), remaining)
+            await self._feed.wait_for_change(table, version, wait, lambda: self._stopping)
             _, table, _ = self._check(capability)
-        return self._delta(table, table_id, version)
-
-    def _delta_for(self, position: tuple[int, int] | None) -> TableDelta | None:
-        """What a follower at ``position`` lacks of the current table (None: nothing, or nothing asked)."""
-        table = self._table
-        if position is None or table is None:
-            return None
-        table_id, version = position
-        if table.instance == table_id and table.version == version:
-            return None
-        return self._delta(table, table_id, version)
-
-    def _delta(self, table: ShardTable, table_id: int, version: int) -> TableDelta:
-        """The rows of ``table`` changed since ``version`` of table ``table_id``, or all of it (another table,
-        or a version older than the table's change log)."""
-        changed = table.changed_since(version) if table.instance == table_id else None
-        if changed is None:
-            return TableDelta(table.instance, table.version, True, [], packed=self._full_columns(table))
-        return TableDelta(table.instance, table.version, False, table.infos(only=changed))
-
-    def _full_columns(self, table: ShardTable) -> bytes:
-        """The whole table for a full read (pickled `ShardColumns`), built at most once a second per table
-        version: every host reads it every 30 s, and seqs and latencies a second old are as fresh as a full
-        read promises. Every read in that second sends the same bytes."""
-        key = (table.instance, table.version, int(time.monotonic()))
-        if self._columns_cache is None or self._columns_cache[0] != key:
-            self._columns_cache = (key, pickle.dumps(table.columns(), protocol=5))
-        return self._columns_cache[1]
+        return self._feed.delta(table, table_id, version)
 
     async def status(self, capability: str) -> BotStatus:
         """Bot-wide state: config, hosts, identify queue progress and presence."""
@@ -992,9 +868,9 @@ class Orchestrator:
             presence_version=self._presence_version,
             stopping=self._stopping,
             uptime=time.time() - self._started_at,
-            rolling_restart=self._rolling_progress(),
-            reshard=self._reshard.snapshot() if self._reshard is not None else None,
-            fleet=FleetSummary.from_json(self._fleet.to_json()) if self._fleet else None,
+            rolling_restart=self._roll.progress(),
+            reshard=self._reshard.progress.snapshot() if self._reshard.progress is not None else None,
+            fleet=FleetSummary.from_json(self._sets.fleet.to_json()) if self._sets.fleet else None,
         )
 
     # -- reconcile loop --------------------------------------------------------------------------
@@ -1013,7 +889,7 @@ class Orchestrator:
             self._reconcile_wake.clear()
 
     async def _reconcile_once(self) -> None:
-        table, scheduler = self._table, self._scheduler
+        table, scheduler = self._sets.table, self._scheduler
         if table is None or scheduler is None:
             return
         now = time.time()
@@ -1024,30 +900,53 @@ class Orchestrator:
         self._metrics.observe(
             now, table, scheduler, fenced=self._hosts.fenced, sync_interval=self._timings.longest_sync_interval
         )
-        self._wake_table_followers()
+        self._feed.moved()
         if not self._writer.incarnation_written:
             await self._checkpoint_now()  # its success ends this part of the recovery
         if self._recovering():
             return
         if not self._stopping:
             self._start_unregistered_hosts()
-            await self._step_roll()
-            await self._step_reshard()
-        await self._hosts.check_silent(h for t in self._tables() for h in t.live_hosts())
-        rolled = self._rolling.current_slot if self._rolling is not None else None
-        for fleet in self._fleets() if not self._stopping else []:
+            await self._step_operations(table)
+        await self._hosts.check_silent(h for t in self._sets.tables() for h in t.live_hosts())
+        if not self._stopping:
+            self._repair_fleets()
+            self._place()
+        if self._options.auto_reshard:
+            await self._auto_reshard_policy()
+        write = self._writer.due()
+        if write is not None:
+            await self._writer.write(batched=write is CheckpointWrite.BATCH)
+
+    async def _step_operations(self, table: ShardTable) -> None:
+        """Step the rolling restart and the reshard; one a client just started is not stepped before it is on
+        record (`_record_new_operation`)."""
+        fleet = self._sets.fleet
+        if fleet is not None and self._roll.core is not self._unrecorded:
+            await self._roll.step(fleet, table)
+        if self._reshard.core is not self._unrecorded:
+            await self._reshard.step()
+
+    def _repair_fleets(self) -> None:
+        """Start a host in every slot of a fleet that has none (but the slot the rolling restart replaces)."""
+        rolled = self._roll.current_slot
+        for fleet in self._sets.fleets():
             for slot in fleet.missing_slots() if fleet.desired else []:
-                if fleet is self._fleet and slot == rolled:
+                if fleet is self._sets.fleet and slot == rolled:
                     continue  # the rolling restart owns the slot it replaces: it starts (or not) its host
                 _LOGGER.warning("host slot %s has no live host; starting a replacement", slot)
                 fleet.start_slot(slot).add_done_callback(self._log_start_failure)
-        tables = self._tables()
-        for each in tables if not self._stopping else []:
+
+    def _place(self) -> None:
+        """A placement pass over each table whose hosts or shards changed since its last one."""
+        tables = self._sets.tables()
+        for each in tables:
             if self._reconciled.get(each.instance) == (each.version, each.hosts_version):
                 continue  # nothing placement or rebalancing read has changed since the last pass
             # No graceful moves in the old set during a reshard (it is retired at the switch anyway): every shard
             # an old-set host adopts then is a failover, which the switch accounts for by `since`.
-            placement = control.placement_pass(each, rebalance=not (each is self._table and self._old_set_records()))
+            old_set_records = each is self._sets.table and self._reshard.old_set_records
+            placement = control.placement_pass(each, rebalance=not old_set_records)
             self._deliver(placement.placed)
             if placement.move is not None:
                 shard_id, donor = placement.move
@@ -1057,16 +956,11 @@ class Orchestrator:
         if len(self._reconciled) > len(tables):
             live = {t.instance for t in tables}
             self._reconciled = {k: v for k, v in self._reconciled.items() if k in live}
-        if self._options.auto_reshard:
-            await self._auto_reshard_policy()
-        write = self._writer.due()
-        if write is not None:
-            await self._writer.write(batched=write is CheckpointWrite.BATCH)
 
     def _start_unregistered_hosts(self) -> None:
         """Fleet hosts restored from the checkpoint that never registered: make sure they were started."""
-        for fleet in self._fleets():
-            table = self._next_table if fleet is self._next_fleet and self._next_table is not None else self._table
+        for fleet in self._sets.fleets():
+            table = self._sets.next_table if fleet is self._sets.next_fleet else self._sets.table
             assert table is not None
             for host_id, host in list(fleet.hosts.items()):
                 if host.handle is None or host_id in self._ensured or host_id in table.hosts:
@@ -1075,7 +969,7 @@ class Orchestrator:
                     continue
                 self._ensured.add(host_id)
                 task = asyncio.get_running_loop().create_task(fleet.ensure_started(host_id))
-                task.add_done_callback(self._log_background_failure)
+                task.add_done_callback(log_background_failure)
 
     def _refresh_budget_if_stale(self, now: float, *, force: bool = False) -> None:
         """After Discord's ``reset_after`` (or at once with ``force``), fetch the new daily identify budget
@@ -1085,7 +979,7 @@ class Orchestrator:
             return
         if self._budget_task is not None and not self._budget_task.done():
             return
-        token = next((f.token for f in self._fleets() if f.token is not None), None)
+        token = next((f.token for f in self._sets.fleets() if f.token is not None), None)
         if token is None:
             return
 
@@ -1100,11 +994,6 @@ class Orchestrator:
             _LOGGER.info("identify budget refreshed: %s left, resets in %.0f s", info.remaining, info.reset_after)
 
         self._budget_task = asyncio.get_running_loop().create_task(refresh())
-
-    @staticmethod
-    def _log_background_failure(task: asyncio.Task[typing.Any]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            _LOGGER.error("background step failed: %s", task.exception())
 
     @staticmethod
     def _log_start_failure(task: asyncio.Task[None]) -> None:
@@ -1132,24 +1021,24 @@ class Orchestrator:
         import ray
 
         config, _, _ = self._check(capability)
-        assert self._fleet is not None
+        assert self._sets.fleet is not None
         count = max(1, min(hosts, config.shard_count))
-        if self._fleet.desired:
-            if self._fleet.desired == count and self._fleet.callback == callback:
-                return sorted(self._fleet.hosts)
-            msg = f"bot {self._bot_id} already runs on {self._fleet.desired} hosts; stop it first"
+        if self._sets.fleet.desired:
+            if self._sets.fleet.desired == count and self._sets.fleet.callback == callback:
+                return sorted(self._sets.fleet.hosts)
+            msg = f"bot {self._bot_id} already runs on {self._sets.fleet.desired} hosts; stop it first"
             raise RuntimeError(msg)
         self._deploy_error = self._deploy_error_type = None
-        self._fleet.use_resource = "shard_host" in ray.cluster_resources()  # type: ignore[no-untyped-call]
-        self._fleet.configure(desired=count, shard_count=config.shard_count, callback=callback)
+        self._sets.fleet.use_resource = "shard_host" in ray.cluster_resources()  # type: ignore[no-untyped-call]
+        self._sets.fleet.configure(desired=count, shard_count=config.shard_count, callback=callback)
         await self._checkpoint_now()
-        tasks = [self._fleet.start_slot(slot) for slot in range(count)]
+        tasks = [self._sets.fleet.start_slot(slot) for slot in range(count)]
         watcher = asyncio.get_running_loop().create_task(self._watch_deploy(tasks))
         if wait:
             await asyncio.shield(watcher)
             if self._deploy_error is not None:
                 raise self._deploy_failure
-        return sorted(self._fleet.hosts)
+        return sorted(self._sets.fleet.hosts)
 
     async def _watch_deploy(self, tasks: list[asyncio.Task[None]]) -> None:
         results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -1159,10 +1048,10 @@ class Orchestrator:
             return
         # The callback raised (or a host could not start): stop the half-started deployment, keep the reason
         # as the host raised it (not wrapped in Ray's RayTaskError, whose text carries a remote traceback).
-        fleet = self._fleet
+        fleet = self._sets.fleet
         assert fleet is not None
         fleet.desired = 0
-        failure = _unwrap_ray_error(errors[0])
+        failure = unwrap_ray_error(errors[0])
         self._deploy_failure = failure
         self._deploy_error = str(failure)
         self._deploy_error_type = type(failure).__name__
@@ -1177,7 +1066,7 @@ class Orchestrator:
         return DeployStatus(
             ready=ready,
             total=table.shard_count,
-            hosts=sorted(self._fleet.hosts) if self._fleet else [],
+            hosts=sorted(self._sets.fleet.hosts) if self._sets.fleet else [],
             error=self._deploy_error,
             error_type=self._deploy_error_type,
         )
@@ -1185,7 +1074,7 @@ class Orchestrator:
     async def host_handles(self, capability: str) -> dict[str, typing.Any]:
         """The fleet's host actors by host id."""
         self._check(capability)
-        return {h.host_id: h.handle for h in self._fleet.hosts.values()} if self._fleet else {}
+        return {h.host_id: h.handle for h in self._sets.fleet.hosts.values()} if self._sets.fleet else {}
 
     async def start_rolling_restart(self, capability: str, callback: bytes | None = None) -> RollingRestartProgress:
         """Replace every host, one slot at a time, handing each shard over by RESUME.
@@ -1199,17 +1088,18 @@ class Orchestrator:
         """
         self._check(capability)
         admission.check_roll(self._shape())
-        fleet = self._fleet
+        fleet = self._sets.fleet
         assert fleet is not None
-        previous_callback, previous = fleet.callback, self._rolling
+        assert self._sets.table is not None
+        previous_callback, previous = fleet.callback, self._roll.core
         if callback is not None:
             fleet.set_callback(callback)
-        begun = roll.RollingRestart.begin(self._roll_view(), started_at=time.time())
-        rolling = self._rolling = self._new_roll(begun.progress)
+        begun = roll.RollingRestart.begin(self._roll.view(fleet, self._sets.table), started_at=time.time())
+        rolling = self._roll.resume(begun.progress)
         try:
             await self._record_new_operation(rolling)
         except CheckpointWriteError:
-            self._rolling = previous
+            self._roll.core = previous
             if callback is not None:
                 fleet.set_callback(previous_callback)
             raise
@@ -1231,14 +1121,10 @@ class Orchestrator:
         finally:
             self._unrecorded = None
 
-    def _new_roll(self, progress: RollingRestartProgress) -> roll.RollingRestart:
-        # A replacement may take host_start_timeout to start (the fleet gives up then), and some more to register.
-        return roll.RollingRestart(progress, join_timeout=self._timings.host_start_timeout + 60.0)
-
     async def control_rolling_restart(self, capability: str, action: str) -> RollingRestartProgress:
         """``pause``, ``resume`` or ``abort`` the rolling restart (it stops between hosts, never mid-hand-over)."""
         self._check(capability)
-        rolling = self._rolling
+        rolling = self._roll.core
         if rolling is None:
             msg = "no rolling restart is in progress"
             raise RuntimeError(msg)
@@ -1251,80 +1137,6 @@ class Orchestrator:
             msg = f"{action} applies now but {exc}: an orchestrator restart now would forget it; send it again"
             raise CheckpointWriteError(msg) from exc.__cause__
         return rolling.progress.snapshot()
-
-    def _rolling_progress(self) -> RollingRestartProgress | None:
-        return self._rolling.progress.snapshot() if self._rolling is not None else None
-
-    def _roll_view(self) -> roll.RollView:
-        """The fleet and the table as the rolling restart's core reads them."""
-        fleet, table = self._fleet, self._table
-        assert fleet is not None and table is not None
-        return operation_views.roll_view(
-            table,
-            [operation_views.FleetHost(h.host_id, h.slot, h.want, h.retiring) for h in fleet.hosts.values()],
-            starting=(s for s in {h.slot for h in fleet.hosts.values()} | set(range(fleet.desired))
-                      if fleet.is_starting(s)),
-            retiring=(h for h, task in self._roll_retires.items() if not task.done()),
-        )
-
-    async def _step_roll(self) -> None:
-        """One reconcile step of the rolling restart: ask the core what to do, and do it, in order."""
-        rolling, fleet, table = self._rolling, self._fleet, self._table
-        if rolling is None or not rolling.active or fleet is None or table is None or rolling is self._unrecorded:
-            return
-        self._roll_retires = {h: t for h, t in self._roll_retires.items() if not t.done()}
-        effects = rolling.step(self._roll_view(), time.monotonic())
-        run = functools.partial(self._roll_effect, rolling, fleet, table)
-        if await carry_out(effects, run, rolling.effect_failed, what="rolling restart"):
-            # The core fails the roll at its next step: at once, not a reconcile period later.
-            self._reconcile_wake.set()
-
-    async def _roll_effect(
-        self, rolling: roll.RollingRestart, fleet: HostFleet, table: ShardTable, effect: roll.Effect
-    ) -> None:
-        """Carry out one effect of the rolling restart's core (`carry_out` reports a failure to it)."""
-        if isinstance(effect, roll.Checkpoint):
-            await self._checkpoint_now(strict=True)
-        elif isinstance(effect, roll.StartHost):
-            _LOGGER.info("rolling restart: starting the replacement of slot %s (%s shards)", effect.slot,
-                         effect.want)
-            fleet.start_slot(effect.slot, effect.want).add_done_callback(
-                functools.partial(self._roll_start_done, rolling, effect.slot)
-            )
-        elif isinstance(effect, roll.SetRetiring):
-            if effect.host_id in fleet.hosts:
-                fleet.hosts[effect.host_id].retiring = effect.retiring
-            self._writer.dirty = True
-        elif isinstance(effect, roll.Drain):
-            _LOGGER.info("rolling restart: draining host %s", effect.host_id)
-            table.drain(effect.host_id)
-            self._mail.wake(effect.host_id)
-            self._changed()
-        elif isinstance(effect, roll.Undrain):
-            table.undrain(effect.host_id, effect.want)
-            self._changed()
-        elif isinstance(effect, roll.Retire):
-            _LOGGER.info("rolling restart: retiring host %s", effect.host_id)
-            task = asyncio.get_running_loop().create_task(fleet.retire(effect.host_id))
-            task.add_done_callback(self._log_background_failure)
-            self._roll_retires[effect.host_id] = task
-        elif isinstance(effect, roll.Ended):
-            rolling.progress.finished_at = time.time()
-            if effect.state is OperationState.FAILED:
-                _LOGGER.error("rolling restart failed (the slot's old host keeps running): %s", effect.error)
-            _LOGGER.info("rolling restart %s: %s/%s hosts replaced", effect.state.value, rolling.progress.done,
-                         rolling.progress.total)
-
-    @staticmethod
-    def _roll_start_done(rolling: roll.RollingRestart, slot: int, task: asyncio.Task[None]) -> None:
-        """A host start of the rolling restart ended: a failure is an event for its core."""
-        if task.cancelled():
-            rolling.start_failed(slot, "the host start was cancelled")
-            return
-        exc = task.exception()
-        if exc is not None:
-            failure = _unwrap_ray_error(exc)
-            rolling.start_failed(slot, describe_error(failure))
 
     # -- live resharding ---------------------------------------------------------------------------
 
@@ -1342,197 +1154,56 @@ class Orchestrator:
             For a count below 1, the current count, or more identifies than the daily budget has left.
         """
         self._check(capability)
-        previous = self._reshard
+        previous = self._reshard.core, self._reshard.progress
         progress = self._begin_reshard(shard_count)
-        core = self._resharding
+        core = self._reshard.core
         assert core is not None
         # Intent first: once this call returns the reshard is on record, so an Orchestrator crash before the
         # reconcile pass's first step rolls it back (and says so) instead of forgetting it.
         try:
             await self._record_new_operation(core)
         except CheckpointWriteError:
-            self._resharding, self._reshard = None, previous
+            self._reshard.core, self._reshard.progress = previous
             raise
         return progress
 
     def _begin_reshard(self, shard_count: int) -> ReshardProgress:
-        table = self._table
+        table = self._sets.table
         assert table is not None
-        shard_count = admission.check_reshard(self._shape(), shard_count)
-        # Target state: the reconcile pass steps the core (its first effect checkpoints it) and carries out the rest.
-        self._resharding = rs.Reshard.begin(table.shard_count, shard_count, started_at=time.time(),
-                                            **self._reshard_options())
-        self._reshard = self._resharding.progress
-        self._writer.dirty = True
-        self._reconcile_wake.set()
-        return self._reshard.snapshot()
-
-    def _resharding_busy(self) -> bool:
-        return self._resharding is not None and self._resharding.active
-
-    def _old_set_records(self) -> bool:
-        """Whether the old set records (from just before RECORD is sent until the reshard ends, but for its close).
-
-        A host joining the old set then must record before it adopts anything (Registration.record), and the
-        old table is not rebalanced.
-        """
-        return self._resharding is not None and self._resharding.old_set_records
-
-    def _rolling_busy(self) -> bool:
-        return self._rolling is not None and self._rolling.active
+        progress = self._reshard.begin(table.shard_count, admission.check_reshard(self._shape(), shard_count))
+        self._head_changed()
+        return progress
 
     def _shape(self) -> admission.BotShape:
         """What `ray_shards.admission` reads to decide whether a long operation may begin."""
-        table, scheduler, fleet = self._table, self._scheduler, self._fleet
+        table, scheduler, fleet = self._sets.table, self._scheduler, self._sets.fleet
         assert table is not None and scheduler is not None
         return admission.BotShape(
             shard_count=table.shard_count,
             identifies_left=scheduler.remaining,
             launched=fleet is not None and bool(fleet.desired),
-            rolling=self._rolling_busy(),
-            resharding=self._next_table is not None or self._resharding_busy()
-            or (self._reshard is not None and self._reshard.state.active),
-            last_reshard_failed=self._reshard is not None and self._reshard.state is ReshardState.FAILED,
+            rolling=self._roll.busy,
+            resharding=self._reshard.busy,
+            last_reshard_failed=self._reshard.last_failed,
             stopping=self._stopping,
         )
 
     async def deliver_tails(self, capability: str, host_id: str, tails: GuildTails) -> None:
         """An old-set host hands in, per guild, the last events it delivered (resharding switch)."""
         self._check(capability)
-        if self._resharding is not None:
-            self._resharding.tails_delivered(host_id, tails)
+        self._reshard.tails_delivered(host_id, tails)
 
-    def _reshard_view(self) -> rs.ReshardView:
-        """The two sets as the reshard's core reads them (fenced hosts count as gone)."""
-        table, fleet, new_fleet = self._table, self._fleet, self._next_fleet
-        assert table is not None and fleet is not None
-        new_starting = 0
-        if new_fleet is not None:
-            new_starting = sum(1 for slot in range(new_fleet.desired) if new_fleet.is_starting(slot))
-        return operation_views.reshard_view(
-            table, self._next_table, old_desired=fleet.desired, new_starting=new_starting, fenced=self._hosts.fenced
-        )
-
-    async def _step_reshard(self) -> None:
-        """One reconcile step of the reshard: ask the core what to do, and do it, in order."""
-        core = self._resharding
-        if core is None or not core.active or self._table is None or self._fleet is None or core is self._unrecorded:
-            return
-        effects = core.step(self._reshard_view(), time.monotonic())
-        run = functools.partial(self._reshard_effect, core)
-        if await carry_out(effects, run, core.effect_failed, what="reshard"):
-            # Before the commit point the core rolls back at its next step, after it the close is tried again: at
-            # once, not a reconcile period later.
-            self._reconcile_wake.set()
-        if effects:
-            self._changed()
-
-    async def _reshard_effect(self, core: rs.Reshard, effect: rs.Effect) -> None:
-        """Carry out one effect of the reshard's core (`carry_out` reports a failure to it)."""
-        assert self._fleet is not None
-        if isinstance(effect, rs.Checkpoint):
-            await self._checkpoint_now(strict=True)
-        elif isinstance(effect, rs.HostCommand):
-            arguments: dict[str, typing.Any] = {}
-            if effect.tails is not None:
-                arguments["tails"] = effect.tails
-            if effect.stop_recording:
-                arguments["stop_recording"] = True
-            # The core gives up at its own command_timeout (with the message a timeout here would give):
-            # this one only keeps the call bounded.
-            task = asyncio.get_running_loop().create_task(
-                self._mail.run(effect.host_id, effect.kind, None, arguments, core.command_timeout + 5.0)
-            )
-            task.add_done_callback(functools.partial(self._reshard_command_done, core, effect.token))
-        elif isinstance(effect, rs.StartNewSet):
-            self._start_new_set(core, effect)
-        elif isinstance(effect, rs.PauseOldFleet):
-            # The old set is about to be retired: a host of it that dies now is not replaced.
-            self._fleet.desired = 0
-        elif isinstance(effect, rs.ResumeOldFleet):
-            self._fleet.desired = self._fleet.desired or len(self._fleet.wants)
-        elif isinstance(effect, rs.KillNewSet):
-            # Only the new set's hosts go: the fleets' name prefixes keep this from touching the live hosts. The set
-            # is forgotten first: were a kill to raise, the fleet's repair must not start its hosts again (a restart
-            # kills whatever is left as strays).
-            new_fleet, self._next_table, self._next_fleet = self._next_fleet, None, None
-            if new_fleet is not None:
-                new_fleet.kill_all()
-        elif isinstance(effect, rs.Commit):
-            self._commit_reshard(effect.shard_count)
-        elif isinstance(effect, rs.RetireOldSet):
-            if self._old_set is None:
-                # Restarted from a checkpoint without the old fleet (written by an older ray_shards): its hosts
-                # were killed as strays.
-                core.old_set_retired()
-            else:
-                task = asyncio.get_running_loop().create_task(self._retire_old_set(core, *self._old_set))
-                task.add_done_callback(self._log_background_failure)
-        elif isinstance(effect, rs.Ended):
-            core.progress.finished_at = time.time()
-            if effect.state is ReshardState.FINISHED:
-                _LOGGER.info("reshard to %s shards finished", core.progress.target)
-            else:
-                _LOGGER.error("reshard to %s shards %s; the old shards keep running: %s", core.progress.target,
-                              effect.state.value, effect.error)
-            if effect.detail is not None:
-                _LOGGER.error("reshard to %s shards: %s", core.progress.target, effect.detail)
-
-    def _start_new_set(self, core: rs.Reshard, effect: rs.StartNewSet) -> None:
-        """The new set's table and fleet (shadow mode: its hosts hold every event), and its hosts' starts."""
-        old_fleet = self._fleet
-        assert old_fleet is not None
-        count = effect.shard_count
-        new_table, new_fleet = ShardTable(count), self._new_fleet(prefix=f"s{count}-h")
-        self._next_table, self._next_fleet = new_table, new_fleet
-        old_fleet.share_token(new_fleet)
-        new_fleet.use_resource = old_fleet.use_resource
-        new_fleet.configure(desired=effect.hosts, shard_count=count, callback=old_fleet.callback)
-        new_fleet.shard_count = count
-        new_fleet.shadow = True
-        for slot in range(effect.hosts):
-            new_fleet.start_slot(slot).add_done_callback(functools.partial(self._reshard_start_done, core, slot))
-
-    def _commit_reshard(self, shard_count: int) -> None:
-        """The new set is live: make it the bot (the checkpoint right after is the commit point)."""
-        assert self._config is not None and self._table is not None and self._fleet is not None
-        new_table, new_fleet = self._next_table, self._next_fleet
-        assert new_table is not None and new_fleet is not None
-        self._old_set = (self._table, self._fleet)
-        self._table, self._fleet = new_table, new_fleet
-        self._next_table, self._next_fleet = None, None
-        new_fleet.shadow = False
+    def _reshard_committed(self, shard_count: int) -> None:
+        """A reshard's new set became the bot: its config has the new count."""
+        assert self._config is not None
         self._config = dataclasses.replace(self._config, shard_count=shard_count)
-        for host in new_table.live_hosts():
-            self._host_tables.pop(host.host_id, None)
-
-    async def _retire_old_set(self, core: rs.Reshard, old_table: ShardTable, old_fleet: HostFleet) -> None:
-        """Close the old sessions (after draining their listeners) and kill the old hosts, one at a time."""
-        try:
-            for host in list(old_fleet.hosts):
-                self._host_tables[host] = old_table
-                await old_fleet.retire(host, hand_over=False)
-        finally:
-            self._old_set = None
-            core.old_set_retired()
-            self._reconcile_wake.set()
-
-    def _reshard_command_done(self, core: rs.Reshard, token: int, task: asyncio.Task[None]) -> None:
-        """A host command of the reshard ended: its outcome is an event for the core."""
-        core.command_done(token, _task_failure(task, "the command", unwrap=False))
-        self._reconcile_wake.set()
-
-    def _reshard_start_done(self, core: rs.Reshard, slot: int, task: asyncio.Task[None]) -> None:
-        """A host start of the reshard's new set ended: its outcome is an event for the core."""
-        core.start_done(slot, _task_failure(task, "the host start", unwrap=True))
-        self._reconcile_wake.set()
 
     async def _auto_reshard_policy(self) -> None:
         """Start a reshard when Discord recommends more shards, or a shard outgrows ``guild_threshold``."""
         if time.monotonic() - self._last_policy_check < self._timings.auto_reshard_interval:
             return
         self._last_policy_check = time.monotonic()
-        table, fleet, scheduler = self._table, self._fleet, self._scheduler
+        table, fleet, scheduler = self._sets.table, self._sets.fleet, self._scheduler
         if table is None or fleet is None or scheduler is None or not admission.auto_reshard_may_look(self._shape()):
             return
         recommended: int | None = None
@@ -1556,23 +1227,20 @@ class Orchestrator:
             self._begin_reshard(want.target)
         except Exception as exc:
             _LOGGER.error("auto-reshard to %s refused: %s", want.target, exc)
-            self._reshard = ReshardProgress(
-                source=table.shard_count, target=want.target, state=ReshardState.FAILED, error=str(exc),
-                started_at=time.time(), finished_at=time.time(),
-            )
+            self._reshard.refused(table.shard_count, want.target, str(exc))
 
     def _bot_table(self) -> ShardTable:
-        assert self._table is not None
-        return self._table
+        assert self._sets.table is not None
+        return self._sets.table
 
     def _checkpoint_data(self, seq: int) -> dict[str, typing.Any]:
-        assert self._config is not None and self._table is not None and self._token_hash is not None
+        assert self._config is not None and self._sets.table is not None and self._token_hash is not None
         return checkpoint_state.head(
-            seq=seq, config=self._config, token_hash=self._token_hash, table=self._table, presence=self._presence,
+            seq=seq, config=self._config, token_hash=self._token_hash, table=self._sets.table, presence=self._presence,
             presence_version=self._presence_version, remaining=self._scheduler.remaining if self._scheduler else 0,
-            fleet=self._fleet.to_json() if self._fleet else None,
-            rolling=self._rolling.progress if self._rolling is not None else None, reshard=self._reshard,
-            old_fleet=self._old_set[1].to_json() if self._old_set is not None else None,
+            fleet=self._sets.fleet.to_json() if self._sets.fleet else None,
+            rolling=self._roll.core.progress if self._roll.core is not None else None, reshard=self._reshard.progress,
+            old_fleet=self._sets.old_set[1].to_json() if self._sets.old_set is not None else None,
         )
 
     async def _checkpoint_now(self, *, strict: bool = False) -> None:
@@ -1583,5 +1251,5 @@ class Orchestrator:
         an intent that is not on record (`carry_out` reports the failure to the core, which skips what
         builds on it).
         """
-        self._writer.dirty = True
+        self._head_changed()
         await self._writer.write(strict=strict)

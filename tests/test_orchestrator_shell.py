@@ -1,0 +1,253 @@
+"""The Orchestrator's shell parts: the checkpoint writer, the checkpoint head, the mailboxes, and the actor class
+run in-process over an injected key-value store that refuses writes (the GCS refusing a checkpoint)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import typing
+
+import pytest
+
+from ray_shards import checkpoint, checkpoint_state
+from ray_shards.auth import TokenHash, bot_id_from_token
+from ray_shards.checkpoint_writer import CheckpointWriter
+from ray_shards.errors import CheckpointWriteError, CommandFailedError, ShardUnavailableError
+from ray_shards.host_mailboxes import Mailboxes
+from ray_shards.models import BotConfig, CommandKind
+from ray_shards.presence import ActivityState, PresenceState
+from ray_shards.protocol import ReshardProgress, ReshardState, RollingRestartProgress
+from ray_shards.table import CHECKPOINT_CHUNK, CheckpointSchemaError, ShardTable
+from ray_shards.timings import Timings
+
+BOT = 7
+
+
+class _KV:
+    """Ray's internal KV as a dict that refuses every put while ``refuse`` is set (the GCS unreachable)."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.refuse = False
+        self.heads: list[int] = []
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.data.get(key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        if self.refuse:
+            raise ConnectionError("GCS unreachable")
+        self.data[key] = value
+        if b"/chunk/" not in key:
+            self.heads.append(json.loads(value)["seq"])
+
+    def delete(self, key: bytes) -> None:
+        self.data.pop(key, None)
+
+    def keys(self, prefix: bytes) -> list[bytes]:
+        return [k for k in self.data if k.startswith(prefix)]
+
+    def head_key(self) -> bytes:
+        return next(k for k in self.data if b"/chunk/" not in k)
+
+    def head(self) -> dict[str, typing.Any]:
+        return typing.cast(dict[str, typing.Any], json.loads(self.data[self.head_key()]))
+
+
+def _writer(kv: _KV, tables: list[ShardTable], *, wanted: typing.Callable[[], bool] = lambda: True) -> CheckpointWriter:
+    """A writer of whatever table is last in ``tables`` (a reshard's commit appends one)."""
+
+    def head(seq: int) -> dict[str, typing.Any]:
+        return {"schema": checkpoint.CHECKPOINT_SCHEMA, "seq": seq, "table": tables[-1].to_json(rows=False)}
+
+    return CheckpointWriter(BOT, Timings(), head, lambda: tables[-1], wanted, kv=kv)
+
+
+# -- the checkpoint writer ----------------------------------------------------------------------------
+
+
+async def test_concurrent_writes_land_in_order_each_with_a_higher_seq() -> None:
+    kv = _KV()
+    writer = _writer(kv, [ShardTable(3 * CHECKPOINT_CHUNK)])
+    await asyncio.gather(*(writer.write(batched=i % 2 == 0) for i in range(8)))
+    assert kv.heads == sorted(kv.heads) and len(set(kv.heads)) == 8
+
+
+async def test_a_refused_strict_write_raises_and_the_next_write_is_whole() -> None:
+    kv, table = _KV(), ShardTable(3 * CHECKPOINT_CHUNK)
+    writer = _writer(kv, [table])
+    await writer.write()
+    first = dict(kv.data)
+    kv.refuse = True
+    writer.dirty = True
+    with pytest.raises(CheckpointWriteError, match=r"could not be written.*GCS unreachable"):
+        await writer.write(strict=True)
+    assert writer.dirty, "a refused write leaves the state to write again"
+    assert kv.data == first, "nothing of the refused write is stored"
+    kv.refuse = False
+    await writer.write()
+    # Which chunks a half-done write left is unknown, so the next write rewrites every chunk under its own seq.
+    assert kv.head()["table"]["chunks"] == [kv.heads[-1]] * 3
+    loaded = checkpoint.load_checkpoint(BOT, kv=kv)
+    assert loaded is not None and len(loaded["table"]["shards"]) == 3 * CHECKPOINT_CHUNK
+
+
+async def test_a_refused_lenient_write_is_retried_not_raised() -> None:
+    kv = _KV()
+    writer = _writer(kv, [ShardTable(4)])
+    kv.refuse = True
+    await writer.write()
+    assert writer.dirty and not kv.data
+
+
+async def test_a_write_waiting_for_its_turn_writes_the_table_of_that_moment() -> None:
+    """A reshard's commit swaps the bot's table while a write waits for the lock: head and chunks stay one table."""
+    kv = _KV()
+    tables = [ShardTable(4)]
+    writer = _writer(kv, tables)
+    first = asyncio.ensure_future(writer.write())
+    second = asyncio.ensure_future(writer.write())
+    await asyncio.sleep(0)  # the first holds the lock (its save runs in a thread); the second waits
+    tables.append(ShardTable(CHECKPOINT_CHUNK + 1))
+    await asyncio.gather(first, second)
+    loaded = checkpoint.load_checkpoint(BOT, kv=kv)
+    assert loaded is not None and loaded["table"]["shard_count"] == CHECKPOINT_CHUNK + 1
+    assert len(loaded["table"]["shards"]) == CHECKPOINT_CHUNK + 1
+
+
+async def test_nothing_is_written_once_the_bot_stops() -> None:
+    kv, stopping = _KV(), [False]
+    writer = _writer(kv, [ShardTable(4)], wanted=lambda: not stopping[0])
+    stopping[0] = True
+    await writer.write(strict=True)
+    assert not kv.data
+
+
+def test_a_restored_table_that_cannot_be_written_is_reported() -> None:
+    kv = _KV()
+    writer = _writer(kv, [ShardTable(4)])
+    kv.refuse = True
+    assert not writer.write_restored()
+    assert not writer.incarnation_written and writer.dirty
+
+
+# -- the checkpoint head ------------------------------------------------------------------------------
+
+
+def _head(**changes: typing.Any) -> dict[str, typing.Any]:
+    table = ShardTable(4)
+    config = BotConfig(bot_id=BOT, shard_count=4, intents=1, max_concurrency=1, gateway_url="wss://g",
+                       rest_url="http://r", large_threshold=250)
+    head = checkpoint_state.head(
+        seq=5, config=config, token_hash=TokenHash.of("t"), table=table,
+        presence=PresenceState(status="idle", activity=ActivityState(name="x")), presence_version=3,
+        remaining=900, fleet={"prefix": "h", "desired": 2}, rolling=None,
+        reshard=ReshardProgress(source=4, target=8, state=ReshardState.FAILED, error="e", started_at=1.0,
+                                finished_at=2.0),
+        old_fleet=None,
+    )
+    head["table"]["shards"] = [r for r in table.to_json()["shards"]]
+    return {**json.loads(json.dumps(head)), **changes}
+
+
+def test_the_head_reads_back_as_it_was_written() -> None:
+    state = checkpoint_state.restored(_head(), now=10.0)
+    assert (state.seq, state.remaining, state.presence_version) == (5, 900, 3)
+    assert state.presence == PresenceState(status="idle", activity=ActivityState(name="x"))
+    assert state.config.shard_count == 4 and state.table.shard_count == 4 and state.token_hash.matches("t")
+    assert state.fleet["desired"] == 2 and state.old_fleet is None and state.rolling is None
+    assert state.reshard is not None and state.reshard.state is ReshardState.FAILED
+    rolling = RollingRestartProgress(total=2, pending_slots=[1], done=1)
+    restored = checkpoint_state.restored(_head(rolling=rolling.to_json()), now=10.0).rolling
+    assert restored is not None and restored.pending_slots == [1]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"presence": {"status": "idle", "bogus": 1}}, {"presence_version": "many"}, {"config": {"bot_id": 1}},
+     {"reshard": {"state": "sideways"}}],
+    ids=["unknown presence field", "bad number", "config missing fields", "unknown reshard state"],
+)
+def test_a_malformed_head_is_a_schema_error_not_a_crash(changes: dict[str, typing.Any]) -> None:
+    with pytest.raises(CheckpointSchemaError, match="cannot be read"):
+        checkpoint_state.restored(_head(**changes), now=10.0)
+
+
+# -- the mailboxes --------------------------------------------------------------------------------
+
+
+async def test_a_command_runs_when_its_host_takes_it_and_reports_back() -> None:
+    mail = Mailboxes()
+    mail.open("a")
+    parked = asyncio.ensure_future(mail.wait("a", 5.0))
+    await asyncio.sleep(0)
+    run = asyncio.ensure_future(mail.run("a", CommandKind.PRESENCE, 0, {"x": 1}, timeout=5.0))
+    await asyncio.wait_for(parked, 1.0)  # the parked sync is woken by the command, not by its timeout
+    assert mail.has_work("a")
+    commands, stop = mail.take("a")
+    assert [c.kind for c in commands] == [CommandKind.PRESENCE] and not stop
+    assert mail.take("a") == ([], False), "taken once"
+    mail.finish(commands[0].command_id, None)
+    await asyncio.wait_for(run, 1.0)
+    failing = asyncio.ensure_future(mail.run("a", CommandKind.PRESENCE, 0, {}, timeout=5.0))
+    await asyncio.sleep(0)
+    mail.finish(mail.take("a")[0][0].command_id, "shard 0 is not running")
+    with pytest.raises(CommandFailedError, match="not running"):
+        await failing
+
+
+async def test_a_command_times_out_or_fails_when_its_host_goes() -> None:
+    mail = Mailboxes()
+    with pytest.raises(ShardUnavailableError, match="did not run"):
+        await mail.run("a", CommandKind.PRESENCE, 0, {}, timeout=0.05)
+    lost = asyncio.ensure_future(mail.run("b", CommandKind.PRESENCE, 0, {}, timeout=5.0))
+    await asyncio.sleep(0)
+    mail.close("b", "died")
+    with pytest.raises(CommandFailedError, match="host b died before running the command"):
+        await lost
+    mail.open("c")
+    mail.stop_all()
+    assert mail.has_work("c") and mail.take("c") == ([], True)
+
+
+# -- the actor class in-process, over a store that refuses writes -------------------------------------
+
+
+async def test_a_presence_the_store_refused_applies_is_reported_and_is_written_later(
+    ray_cluster: typing.Any, emulator_factory: typing.Any, token: str
+) -> None:
+    """``update_presence`` while the GCS refuses writes: it applies, says it is not remembered, and the next
+    checkpoint (once the GCS takes writes) puts it on record, so a restarted Orchestrator still has it."""
+    from ray_shards.orchestrator import Orchestrator, OrchestratorOptions
+
+    emu = emulator_factory(token, shards=2)
+    bot_id = bot_id_from_token(token)
+    kv = _KV()
+    timings = Timings(checkpoint_interval=0.2)
+    orchestrator = Orchestrator(bot_id, OrchestratorOptions(rest_url=emu.rest_url, shard_count=2, timings=timings),
+                                kv=kv)
+    try:
+        capability = await orchestrator.initialise(token)
+        written = len(kv.heads)
+        kv.refuse = True
+        with pytest.raises(CheckpointWriteError, match="applies now but the checkpoint could not be written"):
+            await orchestrator.update_presence(capability, status="dnd")
+        status = await orchestrator.status(capability)
+        assert status.presence.status == "dnd" and status.presence_version == 1
+        assert len(kv.heads) == written
+        kv.refuse = False
+        for _ in range(50):
+            if kv.heads[-1:] != kv.heads[written - 1:written] and kv.head()["presence"]["status"] == "dnd":
+                break
+            await asyncio.sleep(0.1)
+        assert kv.head()["presence"]["status"] == "dnd", "the reconcile pass wrote the presence once it could"
+        restarted = Orchestrator(bot_id, OrchestratorOptions(rest_url=emu.rest_url, timings=timings), kv=kv)
+        again = await restarted.authenticate(token)
+        assert (await restarted.status(again)).presence.status == "dnd"
+        kv.data[kv.head_key()] = json.dumps({**kv.head(), "presence": {"colour": 1}}).encode()
+        broken = Orchestrator(bot_id, OrchestratorOptions(rest_url=emu.rest_url, timings=timings), kv=kv)
+        error = broken.ping().error
+        assert error is not None and "cannot be read" in error
+    finally:
+        for task in asyncio.all_tasks() - {asyncio.current_task()}:
+            task.cancel()
