@@ -7,7 +7,7 @@ lease gets a higher epoch, so stale hosts are recognised and told to stop.
 Nothing here calls Ray, and nothing here reads a clock: every ``now`` is the caller's, and the table only
 stores it (``HostRecord.last_sync``, ``ShardRecord.last_seen``) to be shown. The Orchestrator passes wall time,
 because operators read these as times (`ShardInfo.last_seen`, the sync-lateness metric); it decides on its
-own monotonic times (``Orchestrator._last_sync_mono``, the scheduler's windows), so a wall-clock step
+own monotonic times (`ray_shards.host_watch.HostWatch`'s sync times, the scheduler's windows), so a wall-clock step
 changes what is shown, never what is decided. The simulator passes its own monotonic clock (and its model
 of the actor reads its hosts' silence from ``last_sync``).
 

@@ -210,6 +210,31 @@ async def test_a_command_times_out_or_fails_when_its_host_goes() -> None:
     assert mail.has_work("c") and mail.take("c") == ([], True)
 
 
+# -- the bot's sets ----------------------------------------------------------------------------------
+
+
+def test_a_reshard_commit_makes_the_new_set_the_bot_and_keeps_the_old_one_to_retire() -> None:
+    from ray_shards.bot_sets import BotSets
+    from ray_shards.fleet import HostFleet
+
+    def fleet(prefix: str) -> HostFleet:
+        return HostFleet(BOT, rest_url="http://r", intents=1, timings=Timings(), prefix=prefix)
+
+    old_table, old_fleet, new_table, new_fleet = ShardTable(2), fleet("h"), ShardTable(4), fleet("s4-h")
+    sets = BotSets(table=old_table, fleet=old_fleet)
+    sets.start_new_set(new_table, new_fleet)
+    new_fleet.shadow = True
+    new_table.register_host("s4-h0x1", node_id=None, want=4, has_handle=True, now=0.0)
+    sets.host_tables["s4-h0x1"] = new_table
+    assert sets.table_of("s4-h0x1") is new_table and sets.table_of("h0x1") is old_table
+    assert sets.tables() == [old_table, new_table] and sets.fleets() == [old_fleet, new_fleet]
+    sets.commit()
+    assert sets.table is new_table and sets.fleet is new_fleet and not new_fleet.shadow
+    assert sets.old_set == (old_table, old_fleet) and sets.every_fleet() == [new_fleet, old_fleet]
+    assert sets.table_of("s4-h0x1") is new_table, "a new-set host works on the bot's table now"
+    assert sets.next_table is None and sets.abandon_new_set() is None
+
+
 # -- the actor class in-process, over a store that refuses writes -------------------------------------
 
 

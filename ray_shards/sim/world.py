@@ -22,7 +22,7 @@ The model follows the protocol the Orchestrator and hosts must implement:
   grant it asked for less than ``grant_use_limit`` ago, and closes every shard
   (resumably) when its own lease, renewed by each answered sync, is older than
   ``lease_ttl``;
-- a reshard (`ray_shards.resharding.Reshard`, driven as `Orchestrator._step_reshard` does) runs a
+- a reshard (`ray_shards.resharding.Reshard`, driven as `ray_shards.reshard_runner.ReshardRunner.step` does) runs a
   second table and fleet of another shard count beside the bot's; hosts register with their count,
   Discord keys sessions by (count, shard id) and shares one bucket window and budget between both;
   host commands ride on sync replies and are answered with ``command_done``; new-set hosts hold
@@ -745,7 +745,7 @@ class Shell:
         self.incarnation = self.table.incarnation
         self.host_tables: dict[str, ShardTable] = {}
         """The table each registered host works on (the reshard's new table for the new set; the old one after the
-        commit for the old set), as `Orchestrator._table_of` routes calls."""
+        commit for the old set), as `BotSets.table_of` routes calls."""
         self.next_table: ShardTable | None = None
         """The reshard's new set: its table, its fleet (host -> slot) and how many hosts it keeps."""
         self.next_slot: dict[str, int] = {}
@@ -843,7 +843,7 @@ class Shell:
         self.dirty = True
 
     def table_of(self, host_id: str) -> ShardTable:
-        """The table a host works on (`Orchestrator._table_of`)."""
+        """The table a host works on (`ray_shards.bot_sets.BotSets.table_of`)."""
         return self.host_tables.get(host_id, self.table)
 
     # -- calls from hosts --------------------------------------------------------------------------
@@ -971,7 +971,7 @@ class Shell:
             self.host_tables.pop(host_id, None)
 
     def check_silent_hosts(self, now: float) -> None:
-        """What the actor's `_check_silent_hosts` does: a host silent past ``host_timeout`` gets a health check,
+        """What the actor's `HostWatch.check_silent` does: a host silent past ``host_timeout`` gets a health check,
         and is fenced (killed, then lost) only when the check fails. The check answers when the host process is
         alive and can reach Ray (not cut); a host whose syncs are merely lost answers, and is kept."""
         tables = [self.table] if self.next_table is None else [self.table, self.next_table]
@@ -1171,7 +1171,7 @@ class Shell:
         return {"identify_window": WINDOW, "max_skew": 1.0, "command_timeout": COMMAND_TIMEOUT}
 
     def reshard_view(self) -> resharding.ReshardView:
-        """The two sets as the reshard's core reads them (built as `Orchestrator._reshard_view` does)."""
+        """The two sets as the reshard's core reads them (built as `ReshardRunner.view` does)."""
         return operation_views.reshard_view(
             self.table, self.next_table, old_desired=self.fleet_desired,
             new_starting=sum(1 for h in self.set_starts if h in self.next_slot),
@@ -1272,7 +1272,7 @@ class Shell:
         self.w.at(COMMAND_TIMEOUT + 5.0, timed_out)
 
     def commit(self, shard_count: int) -> None:
-        """The new set is live: its table and fleet become the bot's (`Orchestrator._commit_reshard`)."""
+        """The new set is live: its table and fleet become the bot's (`BotSets.commit`)."""
         assert self.next_table is not None and self.next_table.shard_count == shard_count
         self.old_set = (self.table, sorted(self.fleet_slot))
         self.table = self.next_table
