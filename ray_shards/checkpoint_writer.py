@@ -133,19 +133,35 @@ class CheckpointWriter:
             checkpoint.prune_chunks(self._bot_id, keep, kv=self._kv)
         return size
 
-    async def write(self, *, batched: bool = False, strict: bool = False) -> None:
+    async def write(
+        self,
+        *,
+        batched: bool = False,
+        strict: bool = False,
+        stage: tuple[typing.Callable[[], None], typing.Callable[[], None]] | None = None,
+    ) -> bool:
         """Write the checkpoint (the table's changed chunks, then the head), after the writes queued before it.
 
-        Nothing is written when ``wanted()`` says no, before or once it is this write's turn. With ``strict``
-        a write that fails raises
+        Returns whether a write landed. Nothing is written when ``wanted()`` says no, before or once it is this
+        write's turn.
+
+        ``stage`` is ``(apply, undo)``: a change made in this write's turn, just before its head is built,
+        so no write queued before it can put the change on record (a change that must be on record before
+        it is acted on, and must not be on record if this write fails). ``apply`` may raise (the change is
+        refused; nothing is written); when the write fails, ``undo`` runs before the next write's turn.
+        Use it with ``strict``.
+
+        With ``strict`` a write that fails raises
         `CheckpointWriteError` instead of being retried later: a long operation's core checkpoints
         its intent before the effects that act on it, and must not act on an intent that is not on record.
         """
         if not self._wanted():
-            return
+            return False
         async with self._lock:
             if not self._wanted():
-                return
+                return False
+            if stage is not None:
+                stage[0]()
             table = self._table()
             head, chunks, whole = self._plan(table, batched=batched, rows=False)
             # Rows a chunk at a time, letting syncs run in between (a batch rewrites every chunk: 16k rows took
@@ -162,11 +178,14 @@ class CheckpointWriter:
             except Exception as exc:
                 self.dirty = True
                 self._chunks.failed(table)
+                if stage is not None:
+                    stage[1]()
                 if strict:
                     msg = f"the checkpoint could not be written ({describe_error(exc)})"
                     raise CheckpointWriteError(msg) from exc
                 _LOGGER.exception("checkpoint failed; will retry")
-                return
+                return False
             self._chunks.written()
             self.incarnation_written = True
             self._saved(size)
+            return True

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import typing
 
 import hikari
@@ -23,6 +24,7 @@ from hikari.impl import config as config_impl
 from ray_shards.auth import bot_id_from_token, validate_token
 from ray_shards.bot import Bot
 from ray_shards.connection import NAMESPACE, ensure_ray, orchestrator_name
+from ray_shards.errors import CheckpointWriteError
 from ray_shards.fleet import split_shards
 from ray_shards.gateway_info import validate_rest_url
 from ray_shards.host import HostCallbackError
@@ -310,11 +312,23 @@ class BotDeployment:
         """Ask for the hosts, then follow the boot until every shard is READY.
 
         The Orchestrator checkpoints the deployment before it starts any host, and both calls
-        are retried for a minute while the actor is away, so a launcher rides out an
-        Orchestrator restart in the middle of a boot instead of raising.
+        are retried for a minute while the actor is away (or the GCS refuses the deployment's
+        checkpoint), so a launcher rides out an Orchestrator restart in the middle of a boot
+        instead of raising.
         """
         link = self._link
-        await link.deploy(subprocess_count, pickled, wait=False, retry_for=60.0)
+        give_up = time.monotonic() + 60.0
+        while True:
+            try:
+                await link.deploy(subprocess_count, pickled, wait=False, retry_for=60.0)
+                break
+            except CheckpointWriteError as exc:
+                # The GCS refused the deployment's intent, so nothing started: a GCS that is back within the
+                # minute takes the next try.
+                if time.monotonic() > give_up:
+                    raise
+                _LOGGER.warning("%s", exc)
+                await asyncio.sleep(1.0)
         while True:
             status = await link.deploy_status(retry_for=60.0)
             if status.error is not None:

@@ -20,6 +20,7 @@ import ray.exceptions
 from ray_shards.auth import bot_id_from_token, validate_token
 from ray_shards.connection import NAMESPACE, OrchestratorNotFoundError, ensure_ray, orchestrator_name
 from ray_shards.errors import CapabilityExpiredError, NotInitialisedError
+from ray_shards.ray_errors import unwrap_ray_error
 
 if typing.TYPE_CHECKING:
     from ray_shards.presence import PresenceState
@@ -47,14 +48,6 @@ __all__ = ["OrchestratorLink", "OrchestratorUnavailableError", "unwrap_ray_error
 _LOGGER = logging.getLogger("ray_shards.link")
 
 _UNAVAILABLE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
-
-
-def unwrap_ray_error(exc: ray.exceptions.RayTaskError) -> BaseException:
-    """The error the Orchestrator (or a host behind it) raised, without Ray's traceback wrapping."""
-    cause: BaseException = exc
-    while isinstance(cause, ray.exceptions.RayTaskError) and getattr(cause, "cause", None) is not None:
-        cause = cause.cause
-    return cause if isinstance(cause, Exception) else exc
 
 
 class OrchestratorUnavailableError(ConnectionError):

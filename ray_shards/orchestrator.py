@@ -78,6 +78,8 @@ from ray_shards.timings import Timings
 
 __all__ = ["Orchestrator", "OrchestratorOptions"]
 
+_Core = typing.TypeVar("_Core", roll.RollingRestart, rs.Reshard)
+
 _LOGGER = logging.getLogger("ray_shards.orchestrator")
 
 _GRANT_USE_LIMIT = 1.0
@@ -431,8 +433,7 @@ class Orchestrator:
         for table_ in self._sets.tables():
             for shard in table_.shards.values():
                 shard.stopped = True
-        fleets = self._sets.fleets() + ([self._sets.old_set[1]] if self._sets.old_set is not None else [])
-        killed = sum(fleet.kill_all() for fleet in fleets)
+        killed = sum(fleet.kill_all() for fleet in self._sets.every_fleet())
         _LOGGER.info("killed %s host actor(s)", killed)
         await asyncio.to_thread(checkpoint.delete_checkpoint, self._bot_id, kv=self._kv)
         _LOGGER.info("bot %s shut down (%s hosts stopped)", self._bot_id, len(hosts))
@@ -1017,6 +1018,8 @@ class Orchestrator:
         ------
         ray_shards.host.HostCallbackError
             When the callback raised in a host.
+        CheckpointWriteError
+            When the GCS refused the deployment's checkpoint: no host was started; try again.
         """
         import ray
 
@@ -1031,7 +1034,13 @@ class Orchestrator:
         self._deploy_error = self._deploy_error_type = None
         self._sets.fleet.use_resource = "shard_host" in ray.cluster_resources()  # type: ignore[no-untyped-call]
         self._sets.fleet.configure(desired=count, shard_count=config.shard_count, callback=callback)
-        await self._checkpoint_now()
+        try:
+            # Intent first: a restart in the middle of the boot carries on the deployment on record.
+            await self._checkpoint_now(strict=True)
+        except CheckpointWriteError as exc:
+            self._sets.fleet.desired = 0
+            msg = f"{exc}, so no host was started; try again"
+            raise CheckpointWriteError(msg) from exc.__cause__
         tasks = [self._sets.fleet.start_slot(slot) for slot in range(count)]
         watcher = asyncio.get_running_loop().create_task(self._watch_deploy(tasks))
         if wait:
@@ -1087,39 +1096,53 @@ class Orchestrator:
         keeps running. Returns the restart's progress; follow it with `status`.
         """
         self._check(capability)
-        admission.check_roll(self._shape())
-        fleet = self._sets.fleet
-        assert fleet is not None
-        assert self._sets.table is not None
+        admission.check_roll(self._shape())  # at once; again when it is recorded (another may begin meanwhile)
+        fleet, table = self._sets.fleet, self._sets.table
+        assert fleet is not None and table is not None
         previous_callback, previous = fleet.callback, self._roll.core
-        if callback is not None:
-            fleet.set_callback(callback)
-        begun = roll.RollingRestart.begin(self._roll.view(fleet, self._sets.table), started_at=time.time())
-        rolling = self._roll.resume(begun.progress)
-        try:
-            await self._record_new_operation(rolling)
-        except CheckpointWriteError:
+
+        def begin() -> roll.RollingRestart:
+            admission.check_roll(self._shape())
+            if callback is not None:
+                fleet.set_callback(callback)
+            begun = roll.RollingRestart.begin(self._roll.view(fleet, table), started_at=time.time())
+            return self._roll.resume(begun.progress)
+
+        def undo() -> None:
             self._roll.core = previous
             if callback is not None:
                 fleet.set_callback(previous_callback)
-            raise
+
+        rolling = await self._record_new_operation(begin, undo)
         return rolling.progress.snapshot()
 
-    async def _record_new_operation(self, core: roll.RollingRestart | rs.Reshard) -> None:
-        """Put a roll or reshard a client just started on record before answering it; not stepped until then.
+    async def _record_new_operation(self, begin: typing.Callable[[], _Core], undo: typing.Callable[[], None]) -> _Core:
+        """Begin a roll or reshard a client asked for, on record before the client is answered; returns its core.
 
         A client told that the operation started follows it with `status`. Were its intent not on record,
-        an Orchestrator restart would forget it and the client would find it gone: so a write that fails
-        raises (`CheckpointWriteError`: the caller undoes the start, nothing changed, the client tries again).
+        an Orchestrator restart would forget it and the client would find it gone. So the operation begins
+        (``begin``) in the checkpoint writer's turn, just before the write that records it, and no other
+        write can record it first: if this write fails, ``undo`` puts back what was, nothing is on record,
+        and the client gets `CheckpointWriteError` and tries again. ``begin`` checks admission again: another
+        operation may have begun while this one waited for its turn. Not stepped before it is on record.
         """
-        self._unrecorded = core
+        begun: list[_Core] = []
+
+        def stage() -> None:
+            begun.append(begin())
+            self._unrecorded = begun[0]
+            self._head_changed()
+
         try:
-            await self._checkpoint_now(strict=True)
+            written = await self._writer.write(strict=True, stage=(stage, undo))
         except CheckpointWriteError as exc:
             msg = f"{exc}, so the operation was not started and nothing changed; try again"
             raise CheckpointWriteError(msg) from exc.__cause__
         finally:
             self._unrecorded = None
+        if not written:
+            raise BotStoppedError("the bot is shutting down")
+        return begun[0]
 
     async def control_rolling_restart(self, capability: str, action: str) -> RollingRestartProgress:
         """``pause``, ``resume`` or ``abort`` the rolling restart (it stops between hosts, never mid-hand-over)."""
@@ -1154,18 +1177,22 @@ class Orchestrator:
             For a count below 1, the current count, or more identifies than the daily budget has left.
         """
         self._check(capability)
+        assert self._sets.table is not None
+        admission.check_reshard(self._shape(), shard_count)  # at once; again when it is recorded
         previous = self._reshard.core, self._reshard.progress
-        progress = self._begin_reshard(shard_count)
-        core = self._reshard.core
-        assert core is not None
+
+        def begin() -> rs.Reshard:
+            self._begin_reshard(shard_count)
+            assert self._reshard.core is not None
+            return self._reshard.core
+
+        def undo() -> None:
+            self._reshard.core, self._reshard.progress = previous
+
         # Intent first: once this call returns the reshard is on record, so an Orchestrator crash before the
         # reconcile pass's first step rolls it back (and says so) instead of forgetting it.
-        try:
-            await self._record_new_operation(core)
-        except CheckpointWriteError:
-            self._reshard.core, self._reshard.progress = previous
-            raise
-        return progress
+        core = await self._record_new_operation(begin, undo)
+        return core.progress.snapshot()
 
     def _begin_reshard(self, shard_count: int) -> ReshardProgress:
         table = self._sets.table

@@ -14,12 +14,14 @@ _LOGGER = logging.getLogger("ray_shards.orchestrator")
 
 
 def unwrap_ray_error(exc: BaseException) -> BaseException:
-    """The error a remote call raised, without Ray's RayTaskError wrapping (which repeats the remote traceback)."""
+    """The error a remote call raised (the Orchestrator, a host behind it), without Ray's RayTaskError wrapping
+    (which repeats the remote traceback); ``exc`` itself when it wraps no exception."""
     import ray.exceptions
 
-    while isinstance(exc, ray.exceptions.RayTaskError) and isinstance(getattr(exc, "cause", None), BaseException):
-        exc = exc.cause
-    return exc
+    cause: BaseException = exc
+    while isinstance(cause, ray.exceptions.RayTaskError) and isinstance(getattr(cause, "cause", None), BaseException):
+        cause = cause.cause
+    return cause if isinstance(cause, Exception) else exc
 
 
 def task_failure(task: asyncio.Task[typing.Any], what: str, *, unwrap: bool) -> str | None:

@@ -123,6 +123,41 @@ async def test_nothing_is_written_once_the_bot_stops() -> None:
     assert not kv.data
 
 
+async def test_a_staged_change_is_on_record_only_by_its_own_write() -> None:
+    """A roll or reshard begins in its recording write's turn: a write queued before it cannot record it, and
+    when its own write fails it is undone, so a client told "not started" never finds it on record later."""
+    kv, operation = _KV(), {"running": None}
+    table = ShardTable(4)
+
+    def head(seq: int) -> dict[str, typing.Any]:
+        return {"schema": checkpoint.CHECKPOINT_SCHEMA, "seq": seq, "table": table.to_json(rows=False),
+                "operation": operation["running"]}
+
+    writer = CheckpointWriter(BOT, Timings(), head, lambda: table, lambda: True, kv=kv)
+    heads_put = kv.put
+
+    def put_then_refuse(key: bytes, value: bytes) -> None:
+        heads_put(key, value)
+        if b"/chunk/" not in key:
+            kv.refuse = True  # the GCS goes away right after the periodic write landed
+
+    kv.put = put_then_refuse  # type: ignore[method-assign]
+    periodic = asyncio.ensure_future(writer.write())
+    await asyncio.sleep(0)  # the periodic write holds the writer's turn; the recording write queues behind it
+
+    def begin() -> None:
+        operation["running"] = "roll"
+
+    def undo() -> None:
+        operation["running"] = None
+
+    with pytest.raises(CheckpointWriteError):
+        await writer.write(strict=True, stage=(begin, undo))
+    assert await periodic is True
+    assert kv.head()["operation"] is None, "the periodic write could not record the operation"
+    assert operation["running"] is None, "the operation whose write failed was undone"
+
+
 def test_a_restored_table_that_cannot_be_written_is_reported() -> None:
     kv = _KV()
     writer = _writer(kv, [ShardTable(4)])
@@ -266,6 +301,14 @@ async def test_a_presence_the_store_refused_applies_is_reported_and_is_written_l
                 break
             await asyncio.sleep(0.1)
         assert kv.head()["presence"]["status"] == "dnd", "the reconcile pass wrote the presence once it could"
+        kv.refuse = True
+        with pytest.raises(CheckpointWriteError, match="no host was started; try again"):
+            await orchestrator.deploy(capability, 2, None, wait=False)
+        deployment = await orchestrator.deploy_status(capability)
+        assert deployment.hosts == [] and deployment.error is None
+        fleet = (await orchestrator.status(capability)).fleet
+        assert fleet is not None and fleet.desired == 0 and fleet.hosts == [], "nothing of the deployment started"
+        kv.refuse = False
         restarted = Orchestrator(bot_id, OrchestratorOptions(rest_url=emu.rest_url, timings=timings), kv=kv)
         again = await restarted.authenticate(token)
         assert (await restarted.status(again)).presence.status == "dnd"
