@@ -1890,22 +1890,15 @@ class World:
             self.at(self.reshard_at, self._start_reshard)
         for when, duration in self.kv_plan:
             self.at(when, functools.partial(self._kv_outage, duration))
-        converged_at: float | None = None
-        while self._queue:
-            when, _, action = heapq.heappop(self._queue)
-            self.t = when
-            self.step += 1
-            action()
-            self.check()
-            if trace is not None:
-                trace(self._describe())
-            if not self.faulty() and self.step % 8 == 0:
-                assert self.faults_ended_at is not None
-                if self.converged():
-                    converged_at = self.t
-                    break
-                if self.t > self.faults_ended_at + self.bound():
-                    self.fail(f"not converged {self.bound():.0f} s after the faults stopped: {self._describe()}")
+
+        def overdue() -> str | None:
+            if self.faulty() or self.step % 8 or self.faults_ended_at is None:
+                return None
+            if self.t > self.faults_ended_at + self.bound():
+                return f"not converged {self.bound():.0f} s after the faults stopped: {self._describe()}"
+            return None
+
+        converged_at = self._drive(trace, done=lambda: not self.faulty() and self.converged(), overdue=overdue)
         return SimResult(
             seed=self.seed,
             steps=self.step,
@@ -1927,6 +1920,31 @@ class World:
             kv_refused=self.kv_refused,
         )
 
+    def _drive(
+        self,
+        trace: typing.Callable[[str], None] | None,
+        *,
+        done: typing.Callable[[], bool],
+        overdue: typing.Callable[[], str | None],
+    ) -> float | None:
+        """Carry out the queued actions in time order, checking every invariant after each, until ``done()``
+        (asked every 8 steps); returns when that was (None: the queue ran dry). ``overdue()``, asked after every
+        step, fails the run with what it says."""
+        while self._queue:
+            when, _, action = heapq.heappop(self._queue)
+            self.t = when
+            self.step += 1
+            action()
+            self.check()
+            if trace is not None:
+                trace(self._describe())
+            if self.step % 8 == 0 and done():
+                return self.t
+            late = overdue()
+            if late is not None:
+                self.fail(late)
+        return None
+
     def run_boot(self, *, limit: float | None = None, trace: typing.Callable[[str], None] | None = None) -> SimResult:
         """A cold start without faults: run until every shard is READY once and the bot has converged.
 
@@ -1939,20 +1957,11 @@ class World:
         self.shell = Shell(self, None)
         if p.events:
             self.at(0.0, self._gateway_tick)
-        converged_at: float | None = None
-        while self._queue:
-            when, _, action = heapq.heappop(self._queue)
-            self.t = when
-            self.step += 1
-            action()
-            self.check()
-            if trace is not None:
-                trace(self._describe())
-            if self.step % 8 == 0 and len(self.ready_at) == p.shards and self.converged():
-                converged_at = self.t
-                break
-            if self.t > limit:
-                self.fail(f"the boot has not converged after {limit:.0f} s: {len(self.ready_at)} shards READY")
+        converged_at = self._drive(
+            trace, done=lambda: len(self.ready_at) == p.shards and self.converged(),
+            overdue=lambda: f"the boot has not converged after {limit:.0f} s: {len(self.ready_at)} shards READY"
+            if self.t > limit else None,
+        )
         if self.shell is not None:
             self.full_checked_at = self.step - FULL_CHECK_EVERY  # a last check of every row
             self.after_orchestrator(self.shell)
