@@ -39,6 +39,7 @@ from ray_shards.errors import (
 )
 from ray_shards.fleet import HostFleet
 from ray_shards.gateway_info import fetch_gateway_bot, validate_rest_url
+from ray_shards.gateway_watch import GatewayWatch
 from ray_shards.host_mailboxes import Mailboxes
 from ray_shards.host_watch import HostWatch
 from ray_shards.identify import IdentifyScheduler
@@ -130,7 +131,7 @@ class Orchestrator:
         self._deploy_error: str | None = None
         self._deploy_error_type: str | None = None
         self._deploy_failure: BaseException = RuntimeError("the deployment failed")
-        self._budget_task: asyncio.Task[None] | None = None
+        self._gateway = GatewayWatch(options.timings.auto_reshard_interval)
         self._ensured: set[str] = set()
         self._shutdown_task: asyncio.Task[int] | None = None
         # (host, shard, epoch) -> when it first asked for an identify grant (for the queue-wait metric).
@@ -162,7 +163,6 @@ class Orchestrator:
         )
         # A roll or reshard a client started, until it is on record (_record_new_operation): not stepped before.
         self._unrecorded: roll.RollingRestart | rs.Reshard | None = None
-        self._last_policy_check = time.monotonic()
         self._metrics = OrchestratorMetrics(bot_id)
         self._writer = CheckpointWriter(
             bot_id, self._timings, self._checkpoint_data, self._bot_table,
@@ -689,7 +689,7 @@ class Orchestrator:
             self._metrics.identify_waited(now - self._identify_asked.pop(key, now))
             return IdentifyAnswer(granted=True, wait=0.0, presence=self._presence)
         if decision.refresh_budget:
-            self._refresh_budget_if_stale(now, force=True)
+            self._refresh_budget(now, force=True)
         self._identify_asked.setdefault(key, now)
         return IdentifyAnswer(granted=False, wait=decision.wait, presence=None)
 
@@ -897,7 +897,7 @@ class Orchestrator:
         mono = time.monotonic()
         scheduler.expire(mono)
         self._capabilities.expire(mono)
-        self._refresh_budget_if_stale(mono)
+        self._refresh_budget(mono)
         self._metrics.observe(
             now, table, scheduler, fenced=self._hosts.fenced, sync_interval=self._timings.longest_sync_interval
         )
@@ -972,29 +972,11 @@ class Orchestrator:
                 task = asyncio.get_running_loop().create_task(fleet.ensure_started(host_id))
                 task.add_done_callback(log_background_failure)
 
-    def _refresh_budget_if_stale(self, now: float, *, force: bool = False) -> None:
-        """After Discord's ``reset_after`` (or at once with ``force``), fetch the new daily identify budget
-        (in the background, one fetch at a time)."""
-        scheduler, config = self._scheduler, self._config
-        if scheduler is None or config is None or not (force or scheduler.budget_stale(now)):
-            return
-        if self._budget_task is not None and not self._budget_task.done():
-            return
-        token = next((f.token for f in self._sets.fleets() if f.token is not None), None)
-        if token is None:
-            return
-
-        async def refresh() -> None:
-            try:
-                info = await fetch_gateway_bot(config.rest_url, token)
-            except Exception as exc:
-                _LOGGER.warning("could not refresh the identify budget (GET /gateway/bot): %s", exc)
-                await asyncio.sleep(5.0)
-                return
-            scheduler.set_budget(info.remaining, info.reset_after, time.monotonic())
-            _LOGGER.info("identify budget refreshed: %s left, resets in %.0f s", info.remaining, info.reset_after)
-
-        self._budget_task = asyncio.get_running_loop().create_task(refresh())
+    def _refresh_budget(self, now: float, *, force: bool = False) -> None:
+        """Fetch the new daily identify budget once it reset (or at once with ``force``)."""
+        if self._scheduler is not None and self._config is not None:
+            token = next((f.token for f in self._sets.fleets() if f.token is not None), None)
+            self._gateway.refresh_budget(self._scheduler, self._config.rest_url, token, now, force=force)
 
     @staticmethod
     def _log_start_failure(task: asyncio.Task[None]) -> None:
@@ -1227,21 +1209,14 @@ class Orchestrator:
 
     async def _auto_reshard_policy(self) -> None:
         """Start a reshard when Discord recommends more shards, or a shard outgrows ``guild_threshold``."""
-        if time.monotonic() - self._last_policy_check < self._timings.auto_reshard_interval:
+        if not self._gateway.policy_due():
             return
-        self._last_policy_check = time.monotonic()
-        table, fleet, scheduler = self._sets.table, self._sets.fleet, self._scheduler
-        if table is None or fleet is None or scheduler is None or not admission.auto_reshard_may_look(self._shape()):
+        table, fleet, scheduler, config = self._sets.table, self._sets.fleet, self._scheduler, self._config
+        if table is None or fleet is None or scheduler is None or config is None:
             return
-        recommended: int | None = None
-        token = fleet.token
-        if token is not None and self._config is not None:
-            try:
-                info = await fetch_gateway_bot(self._config.rest_url, token)
-                recommended = info.shards
-                scheduler.set_remaining(info.remaining)
-            except Exception as exc:
-                _LOGGER.warning("auto-reshard: GET /gateway/bot failed: %s", exc)
+        if not admission.auto_reshard_may_look(self._shape()):
+            return
+        recommended = await self._gateway.recommended_shards(scheduler, config.rest_url, fleet.token)
         busiest = max((r.guilds for r in table.shards.values()), default=0)
         want = admission.auto_reshard_target(
             self._shape(), busiest_guilds=busiest, guild_threshold=self._options.guild_threshold,
