@@ -24,7 +24,10 @@ and RPC handling are included), after subtracting its idle rate measured just be
 * ``idle_cpu_percent``: background work (reconcile loop every 0.2 s, checkpoints);
 * ``steady``: the real cadence above for ``--steady-seconds``, for S <= ``--steady-max``: the actor's CPU
   utilisation (% of one core) and how late syncs come back (``sync_lateness_ms``: return time minus the
-  park; queueing in the actor).
+  park; queueing in the actor, and in the load generator when it is busy). The steady phase runs in
+  ``--generator-procs`` processes: N >= 2 `SimHostGroup` Ray actors sharing the hosts (default 2), or 1 = this
+  process (the old way, which saturates one core at 16,384+ shards); ``generator_cpu_percent_each`` and
+  ``generator_loop_lag_ms`` (how late their event loops wake) show whether the generator kept up.
 
 Also timed in this process (CPU time, pure logic, no Ray): the ShardTable work behind each path
 (``pure_logic``). From both, ``model`` estimates the CPU of one Orchestrator (fraction of a core) at S shards
@@ -89,6 +92,22 @@ TABLE_EVERY = 2.0  # Bot._sync_forever: a table delta read after a sync when 2 s
 FULL_EVERY = 30.0  # Bot: TableView(full_every=30.0)
 
 
+class _RowlessView(TableView):
+    """A `TableView` that keeps its place (table id, version, full-read clock) but drops the rows it is given.
+
+    A real host holds one view in a process of its own; 64-256 simulated hosts in one generator process held
+    64-256 copies of the table (8 M rows at 32,768 shards), and collecting them stalled the generator's event
+    loop for seconds. The rows are still built from every answer (`TableDelta.infos`), as a host does.
+    """
+
+    __slots__ = ()
+
+    def apply(self, delta: typing.Any) -> list[typing.Any]:
+        rows = super().apply(delta)
+        self.rows.clear()
+        return rows
+
+
 class SimHost:
     """One simulated host: its leases and the reports it sends, the way `ray_shards.bot.Bot` builds them."""
 
@@ -98,9 +117,10 @@ class SimHost:
         self.bot_id = bot_id
         self.seq = 123_456
         self.report_seq = time.time_ns() // 1000
-        self.view = TableView(full_every=FULL_EVERY)
+        self.view: TableView = _RowlessView(full_every=FULL_EVERY)
         self.sent: dict[int, SessionState] = {}  # as Bot._sent_sessions
         self._batch: ReportBatch | None = None
+        self._steady_columns: tuple[list[int], list[int], list[str], list[float], list[int]] | None = None
 
     def advance(self, events: int) -> None:
         self.seq += events
@@ -110,7 +130,18 @@ class SimHost:
         session (in full only when the Orchestrator does not have it yet)."""
         if ReportBatch is None:
             return self.shard_reports()
+        if self._steady_columns is not None and len(self.sent) == len(self.leases):
+            # Every session is known (the steady state): the same batch `ReportBatch.of` builds, without building
+            # 128 ShardReports first (the load generator's own cost, not the Orchestrator's).
+            ids, epochs, statuses, latencies, guilds = self._steady_columns
+            count = len(ids)
+            self._batch = ReportBatch(shard_ids=ids, epochs=epochs, statuses=statuses, seqs=[self.seq] * count,
+                                      latencies=latencies, guilds=guilds, events=[self.seq] * count)
+            return self._batch
         self._batch = ReportBatch.of(self.shard_reports(), known=self.sent)
+        if not self._batch.sessions:
+            batch = self._batch
+            self._steady_columns = (batch.shard_ids, batch.epochs, batch.statuses, batch.latencies, batch.guilds)
         return self._batch
 
     def shard_reports(self) -> list[ShardReport]:
@@ -139,6 +170,23 @@ class SimHost:
             self.sent.update(self._batch.sessions)
         if getattr(directives, "table", None) is not None:
             self.view.apply(directives.table)
+
+    def state(self) -> dict[str, typing.Any]:
+        """What another process needs to go on as this host (`from_state`): no table rows, only the view's place."""
+        view = self.view
+        return {
+            "host_id": self.host_id, "leases": self.leases, "bot_id": self.bot_id, "seq": self.seq,
+            "report_seq": self.report_seq, "sent": dict(self.sent),
+            "view": (view._table_id, view._version, view._full_at, view._interval),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, typing.Any]) -> SimHost:
+        """The host `state` describes (time.monotonic is machine-wide on Linux, so the view's full-read clock holds)."""
+        host = cls(state["host_id"], state["leases"], state["bot_id"])
+        host.seq, host.report_seq, host.sent = state["seq"], state["report_seq"], state["sent"]
+        host.view._table_id, host.view._version, host.view._full_at, host.view._interval = state["view"]
+        return host
 
     async def sync(self, link: typing.Any, timeout: float) -> typing.Any:
         self.report_seq += 1
@@ -206,6 +254,9 @@ async def _measure(emu_url: str, token: str, shards: int, args: argparse.Namespa
     procs = [p for p in _common.own_ray_processes("ray::Orchestrator") if p.pid not in before]
     assert len(procs) == 1, procs
     cpu = _Cpu(procs[0])
+    # Started now, so that their processes are up (and idle) before the steady phase hands them the hosts.
+    groups = start_groups(args.generator_procs) if args.generator_procs > 1 else []
+    await asyncio.gather(*(group.ready.remote() for group in groups))
     count = math.ceil(shards / PER_HOST)
     hosts: list[SimHost] = []
     registering, boot_cpu = time.monotonic(), cpu()
@@ -277,10 +328,12 @@ async def _measure(emu_url: str, token: str, shards: int, args: argparse.Namespa
         delta_cpu, delta_calls = await _cpu_of(cpu, idle_rate, lambda: reads(False))
         await sync_all()
         full_cpu, full_calls = await _cpu_of(cpu, idle_rate, lambda: reads(True))
-        steady = await _steady(link, cpu, hosts, args) if shards <= args.steady_max else None
+        steady = await _steady(link, cpu, hosts, args, groups) if shards <= args.steady_max else None
     finally:
         await link.shutdown(retry_for=3.0)
         ray.kill(link.handle, no_restart=True)
+        for group in groups:
+            ray.kill(group, no_restart=True)
     per_sync = sync_cpu / syncs
     per_empty = empty_cpu / empties
     return {
@@ -299,39 +352,210 @@ async def _measure(emu_url: str, token: str, shards: int, args: argparse.Namespa
     }
 
 
-async def _steady(link: typing.Any, cpu: _Cpu, hosts: list[SimHost], args: argparse.Namespace) -> dict[str, typing.Any]:
-    """Every simulated host runs `Bot._sync_forever`'s loop: sync long poll, delta read every 2 s, full every 30 s."""
-    late: list[float] = []
-    calls = {"sync": 0, "delta": 0, "full": 0}
-    stop = asyncio.Event()
+class _LoopLag:
+    """How late this process's event loop wakes a 0.1 s sleep: the load generator's own queueing."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self._stop = False
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while not self._stop:
+            before = time.monotonic()
+            await asyncio.sleep(0.1)
+            self.samples.append(time.monotonic() - before - 0.1)
+
+    async def stop(self) -> None:
+        self._stop = True
+        await self._task
+
+
+async def _host_loop(
+    link: typing.Any, host: SimHost, offset: float, *, stop: asyncio.Event, late: list[float], calls: dict[str, int],
+    rng: random.Random, events_per_sync: int,
+) -> None:
+    """`Bot._sync_forever`'s loop for one simulated host: sync long poll, delta read every 2 s, full every 30 s+."""
+    await asyncio.sleep(offset)
+    last_table = time.monotonic() - rng.uniform(0, TABLE_EVERY)
+    while not stop.is_set():
+        started = time.monotonic()
+        host.advance(events_per_sync)
+        directives = await host.sync(link, SYNC_INTERVAL)
+        calls["sync"] += 1
+        if not directives:
+            late.append(time.monotonic() - started - SYNC_INTERVAL)
+        full = host.view.full_due() if DELTA_IN_SYNC else time.monotonic() - host.view._full_at > FULL_EVERY
+        if time.monotonic() - last_table > TABLE_EVERY and (full or not DELTA_IN_SYNC):
+            last_table = time.monotonic()
+            await host.view.read(link)
+            calls["full" if full else "delta"] += 1
+
+
+class SimHostGroup:
+    """A share of the simulated hosts running their steady cadence in a process of its own (a Ray actor).
+
+    One Python process cannot simulate 128+ hosts at the real cadence on this machine (65 % of a core at 16,384
+    shards, saturated at 32,768), so with ``--generator-procs N`` (N >= 2) N of these run the steady phase, each
+    on its own event loop with its own link (capability) to the Orchestrator, and report their lateness samples,
+    call counts, event-loop lag and their own CPU time for the measured window.
+    """
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.cpu = _Cpu(psutil.Process())
+        self.link: typing.Any = None
+        self.tasks: list[asyncio.Future[None]] = []
+        self.late: list[float] = []
+        self.calls = {"sync": 0, "delta": 0, "full": 0}
+        self.stop_event: asyncio.Event | None = None
+        self.lag: _LoopLag | None = None
+        self.marked = (0.0, 0.0)
+
+    async def ready(self) -> int:
+        import os
+
+        return os.getpid()
+
+    async def start(
+        self, token: str, states: list[tuple[dict[str, typing.Any], float]], events_per_sync: int, seed: int
+    ) -> int:
+        """Take over ``states`` (host state, start offset) and run their loops until `stop`; returns this pid."""
+        import os
+
+        from ray_shards.link import OrchestratorLink
+
+        self.link = OrchestratorLink(token, None)
+        await self.link.connect()
+        self.late, self.calls = [], dict.fromkeys(self.calls, 0)
+        self.stop_event = asyncio.Event()
+        rng = random.Random(seed)
+        self.tasks = [
+            asyncio.ensure_future(_host_loop(self.link, SimHost.from_state(state), offset, stop=self.stop_event,
+                                             late=self.late, calls=self.calls, rng=rng,
+                                             events_per_sync=events_per_sync))
+            for state, offset in states
+        ]
+        self.lag = _LoopLag()
+        return os.getpid()
+
+    async def mark(self) -> None:
+        """The measured window starts: forget the warm-up."""
+        self.late.clear()
+        self.calls.update(dict.fromkeys(self.calls, 0))
+        if self.lag is not None:
+            self.lag.samples.clear()
+        self.marked = (self.cpu(), time.monotonic())
+
+    async def collect(self) -> dict[str, typing.Any]:
+        """The window ends: its samples, calls and this process's CPU seconds since `mark`."""
+        cpu_s, elapsed = self.cpu() - self.marked[0], time.monotonic() - self.marked[1]
+        failed = [t for t in self.tasks if t.done() and not t.cancelled() and t.exception() is not None]
+        return {
+            "late": list(self.late), "calls": dict(self.calls), "cpu_s": cpu_s, "elapsed": elapsed,
+            "hosts": len(self.tasks), "loop_lag": list(self.lag.samples) if self.lag is not None else [],
+            "failed_hosts": len(failed), "first_error": repr(failed[0].exception()) if failed else None,
+        }
+
+    async def stop(self) -> None:
+        if self.stop_event is not None:
+            self.stop_event.set()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.lag is not None:
+            await self.lag.stop()
+        if self.link is not None:
+            await self.link.revoke()
+
+
+def start_groups(count: int) -> list[typing.Any]:
+    """``count`` `SimHostGroup` actors (no CPU reservation, like the Orchestrator), not yet running anything."""
+    group_class: typing.Any = ray.remote(SimHostGroup)
+    return [group_class.options(num_cpus=0, max_concurrency=1000).remote() for _ in range(count)]
+
+
+def _spread_full_reads(hosts: list[SimHost]) -> None:
     rng = random.Random(7)
     for host in hosts:
         # A long-running bot's full reads are spread over the 30 s, not all due at once.
         host.view._full_at = time.monotonic() - rng.uniform(0, full_read_interval(FULL_EVERY, len(hosts)))
 
-    async def host_loop(host: SimHost, offset: float) -> None:
-        await asyncio.sleep(offset)
-        last_table = time.monotonic() - rng.uniform(0, TABLE_EVERY)
-        while not stop.is_set():
-            started = time.monotonic()
-            host.advance(args.events_per_sync)
-            directives = await host.sync(link, SYNC_INTERVAL)
-            calls["sync"] += 1
-            if not directives:
-                late.append(time.monotonic() - started - SYNC_INTERVAL)
-            full = host.view.full_due() if DELTA_IN_SYNC else time.monotonic() - host.view._full_at > FULL_EVERY
-            if time.monotonic() - last_table > TABLE_EVERY and (full or not DELTA_IN_SYNC):
-                last_table = time.monotonic()
-                await host.view.read(link)
-                calls["full" if full else "delta"] += 1
 
-    tasks = [asyncio.ensure_future(host_loop(h, i * SYNC_INTERVAL / len(hosts))) for i, h in enumerate(hosts)]
+def _steady_result(
+    elapsed: float, used: float, counted: dict[str, int], late: list[float], load_before: float,
+    generators: list[dict[str, typing.Any]], driver_percent: float,
+) -> dict[str, typing.Any]:
+    lag = [x for g in generators for x in g["loop_lag"]]
+    each = [round(g["cpu_s"] / g["elapsed"] * 100, 1) for g in generators]
+    return {
+        "seconds": round(elapsed, 1),
+        "cpu_percent": round(used / elapsed * 100, 1),
+        # All the generator processes together (with one, the old meaning: the driver's own CPU).
+        "load_generator_cpu_percent": round(sum(each), 1),
+        "generator_procs": len(generators),
+        "generator_cpu_percent_each": each,
+        "generator_hosts_each": [g["hosts"] for g in generators],
+        "generator_loop_lag_ms": _common.summary(lag, 1000, 1),
+        "driver_cpu_percent": driver_percent,
+        "failed_hosts": sum(g["failed_hosts"] for g in generators),
+        "first_error": next((g["first_error"] for g in generators if g["first_error"]), None),
+        "calls_per_s": {k: round(v / elapsed, 1) for k, v in counted.items()},
+        "sync_lateness_ms": _common.summary(late, 1000, 1),
+        "load1_before_after": [round(load_before, 2), round(_common.loadavg()[0], 2)],
+    }
+
+
+async def _steady(
+    link: typing.Any, cpu: _Cpu, hosts: list[SimHost], args: argparse.Namespace, groups: list[typing.Any]
+) -> dict[str, typing.Any]:
+    """Every simulated host runs `Bot._sync_forever`'s loop: sync long poll, delta read every 2 s, full every 30 s.
+
+    In this process (``--generator-procs 1``, the old way) or spread over the `SimHostGroup` actors ``groups``.
+    """
+    import psutil
+
+    _spread_full_reads(hosts)
+    driver = _Cpu(psutil.Process())
+    if not groups:
+        return await _steady_here(link, cpu, hosts, args, driver)
+    shares = [[(h.state(), i * SYNC_INTERVAL / len(hosts)) for i, h in enumerate(hosts) if i % len(groups) == g]
+              for g in range(len(groups))]
+    await asyncio.gather(*(group.start.remote(link.token, share, args.events_per_sync, 7 + g)
+                           for g, (group, share) in enumerate(zip(groups, shares, strict=True))))
+    await asyncio.sleep(2.0)
+    await asyncio.gather(*(group.mark.remote() for group in groups))
+    load_before = _common.loadavg()[0]
+    before, driver_before, started = cpu(), driver(), time.monotonic()
+    await asyncio.sleep(args.steady_seconds)
+    used = cpu() - before
+    elapsed = time.monotonic() - started
+    driver_used = driver() - driver_before
+    collected = await asyncio.gather(*(group.collect.remote() for group in groups))
+    await asyncio.gather(*(group.stop.remote() for group in groups))
+    counted = {k: sum(c["calls"][k] for c in collected) for k in ("sync", "delta", "full")}
+    late = [x for c in collected for x in c["late"]]
+    return _steady_result(elapsed, used, counted, late, load_before, list(collected),
+                          round(driver_used / elapsed * 100, 1))
+
+
+async def _steady_here(
+    link: typing.Any, cpu: _Cpu, hosts: list[SimHost], args: argparse.Namespace, driver: _Cpu
+) -> dict[str, typing.Any]:
+    """The steady cadence of every host in this one process (the driver)."""
+    late: list[float] = []
+    calls = {"sync": 0, "delta": 0, "full": 0}
+    stop = asyncio.Event()
+    rng = random.Random(7)
+    tasks = [
+        asyncio.ensure_future(_host_loop(link, h, i * SYNC_INTERVAL / len(hosts), stop=stop, late=late, calls=calls,
+                                         rng=rng, events_per_sync=args.events_per_sync))
+        for i, h in enumerate(hosts)
+    ]
+    lag = _LoopLag()
     await asyncio.sleep(2.0)
     late.clear()
     calls.update(dict.fromkeys(calls, 0))
-    import psutil
-
-    driver = _Cpu(psutil.Process())
+    lag.samples.clear()
     load_before = _common.loadavg()[0]
     before, driver_before, started = cpu(), driver(), time.monotonic()
     await asyncio.sleep(args.steady_seconds)
@@ -339,16 +563,13 @@ async def _steady(link: typing.Any, cpu: _Cpu, hosts: list[SimHost], args: argpa
     elapsed = time.monotonic() - started
     driver_used = driver() - driver_before
     counted = dict(calls)
+    samples = list(lag.samples)
     stop.set()
     await asyncio.gather(*tasks)
-    return {
-        "seconds": round(elapsed, 1),
-        "cpu_percent": round(used / elapsed * 100, 1),
-        "load_generator_cpu_percent": round(driver_used / elapsed * 100, 1),
-        "calls_per_s": {k: round(v / elapsed, 1) for k, v in counted.items()},
-        "sync_lateness_ms": _common.summary(late, 1000, 1),
-        "load1_before_after": [round(load_before, 2), round(_common.loadavg()[0], 2)],
-    }
+    await lag.stop()
+    here = {"late": late, "calls": counted, "cpu_s": driver_used, "elapsed": elapsed, "hosts": len(hosts),
+            "loop_lag": samples, "failed_hosts": 0, "first_error": None}
+    return _steady_result(elapsed, used, counted, late, load_before, [here], round(driver_used / elapsed * 100, 1))
 
 
 def _timed(function: typing.Callable[[], object], at_least: float = 0.2) -> float:
@@ -576,7 +797,7 @@ async def main(args: argparse.Namespace) -> dict[str, typing.Any]:
         "load": await sampler.stop(),
         "settings": {"shard_counts": args.shard_counts, "shards_per_host": PER_HOST, "seconds": args.seconds,
                      "steady_seconds": args.steady_seconds, "steady_max": args.steady_max,
-                     "events_per_sync": args.events_per_sync,
+                     "events_per_sync": args.events_per_sync, "generator_procs": args.generator_procs,
                      "max_concurrency": args.max_concurrency or "= shards"},
         "actor": results,
         "pure_logic": pure,
@@ -600,6 +821,10 @@ def cli() -> None:
     parser.add_argument("--host-ttl", type=float, default=BENCH_TIMINGS.standalone_lease_ttl,
                         help="seconds of silence after which a simulated host is dropped (default 30; the 32k "
                              "boot on a loaded 2-core machine needed more)")
+    parser.add_argument("--generator-procs", type=int, default=2,
+                        help="processes simulating the hosts' steady cadence: 1 = this process (the old way), N >= 2 = "
+                             "N SimHostGroup Ray actors sharing the hosts (default 2); the boot and the per-call "
+                             "phases stay in this process")
     parser.add_argument("--identify-parallel", type=int, default=32, help="identifies in flight per simulated host")
     parser.add_argument("--no-pure", dest="pure", action="store_false", help="skip the in-process ShardTable timings")
     parser.add_argument("--no-profile", dest="profile", action="store_false",
