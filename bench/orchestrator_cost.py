@@ -524,18 +524,22 @@ async def _steady(
                            for g, (group, share) in enumerate(zip(groups, shares, strict=True))))
     await asyncio.sleep(2.0)
     await asyncio.gather(*(group.mark.remote() for group in groups))
-    load_before = _common.loadavg()[0]
-    before, driver_before, started = cpu(), driver(), time.monotonic()
-    await asyncio.sleep(args.steady_seconds)
-    used = cpu() - before
-    elapsed = time.monotonic() - started
-    driver_used = driver() - driver_before
+    load_before, used, elapsed, driver_used = await _measured_window(cpu, driver, args.steady_seconds)
     collected = await asyncio.gather(*(group.collect.remote() for group in groups))
     await asyncio.gather(*(group.stop.remote() for group in groups))
     counted = {k: sum(c["calls"][k] for c in collected) for k in ("sync", "delta", "full")}
     late = [x for c in collected for x in c["late"]]
     return _steady_result(elapsed, used, counted, late, load_before, list(collected),
                           round(driver_used / elapsed * 100, 1))
+
+
+async def _measured_window(cpu: _Cpu, driver: _Cpu, seconds: float) -> tuple[float, float, float, float]:
+    """Wait ``seconds`` while the cadence runs: the load before, and the actor's CPU, the wall time and the
+    driver's CPU over that window."""
+    load_before = _common.loadavg()[0]
+    before, driver_before, started = cpu(), driver(), time.monotonic()
+    await asyncio.sleep(seconds)
+    return load_before, cpu() - before, time.monotonic() - started, driver() - driver_before
 
 
 async def _steady_here(
@@ -556,12 +560,7 @@ async def _steady_here(
     late.clear()
     calls.update(dict.fromkeys(calls, 0))
     lag.samples.clear()
-    load_before = _common.loadavg()[0]
-    before, driver_before, started = cpu(), driver(), time.monotonic()
-    await asyncio.sleep(args.steady_seconds)
-    used = cpu() - before
-    elapsed = time.monotonic() - started
-    driver_used = driver() - driver_before
+    load_before, used, elapsed, driver_used = await _measured_window(cpu, driver, args.steady_seconds)
     counted = dict(calls)
     samples = list(lag.samples)
     stop.set()

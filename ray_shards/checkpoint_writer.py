@@ -85,10 +85,9 @@ class CheckpointWriter:
         table = self._table()
         head, chunks, _ = self._plan(table, batched=True)
         try:
-            checkpoint.save_checkpoint(self._bot_id, head, chunks, kv=self._kv)
+            # Pruning drops the chunks a crash left behind (written, but never named by a head that got stored).
+            self._save(head, chunks, dict(self._chunks.pending_generations))
             self._chunks.written()
-            # Chunks a crash left behind (written, but never named by a head that got stored).
-            checkpoint.prune_chunks(self._bot_id, self._chunks.generations, kv=self._kv)
         except Exception:
             self.dirty = True
             self._chunks.failed(table)
