@@ -41,7 +41,7 @@ from hikari.impl import rest as rest_impl
 from hikari.impl import voice as voice_impl
 from typing_extensions import override
 
-from ray_shards import sessions, validation
+from ray_shards import identify, sessions, validation
 from ray_shards.auth import command_key, redact
 from ray_shards.delivery import DeliveryMode, GatedEventManager
 from ray_shards.direct_commands import DIRECT_KINDS, DirectCommands
@@ -1205,8 +1205,9 @@ class Bot(traits.GatewayBotAware):
                 _LOGGER.warning("shard %s waits for the orchestrator to identify", shard_id)
                 continue
             if not answer.granted or answer.presence is None:
-                # Not yet: sleep here (no call parked in the Orchestrator), and ask again at least once a window.
-                await asyncio.sleep(min(max(answer.wait, 0.05), self._timings.identify_window))
+                # Not yet: sleep here (no call parked in the Orchestrator) for the wait the scheduler told, a lower
+                # bound of this shard's turn, and ask again then (the scheduler keeps its place in line meanwhile).
+                await asyncio.sleep(min(max(answer.wait, 0.05), identify.MAX_WAIT))
                 continue
             if time.monotonic() - asked > _GRANT_USE_LIMIT:
                 # The grant took too long to arrive: the scheduler counts it as used no later than this limit

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 
-from ray_shards.identify import IdentifyBudgetExhaustedError, IdentifyGrant, IdentifyScheduler
+from ray_shards.identify import MAX_WAIT, IdentifyBudgetExhaustedError, IdentifyGrant, IdentifyScheduler
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -159,3 +160,82 @@ def test_identify_done_from_a_stale_holder_does_not_free_the_bucket() -> None:
     assert scheduler.release(0, 7.0, holder=("b", 7))
     assert not isinstance(scheduler.request(1, 11.9), IdentifyGrant)
     assert isinstance(scheduler.request(1, 12.0), IdentifyGrant)
+
+
+def _boot_by_told_waits(n: int, concurrency: int, ready_after: float = 0.3) -> tuple[list[tuple[float, int]], int]:
+    """Hosts that sleep exactly the wait they are told (event-driven, virtual time), each READY ``ready_after``
+    after its grant: the grants, and how many times the shards asked in all."""
+    import heapq
+
+    scheduler = IdentifyScheduler(concurrency, remaining=100_000)
+    asks = 0
+    granted: list[tuple[float, int]] = []
+    queue: list[tuple[float, int, str]] = [(0.0, shard_id, "ask") for shard_id in range(n)]
+    heapq.heapify(queue)
+    while queue:
+        now, shard_id, what = heapq.heappop(queue)
+        if what == "ready":
+            scheduler.release(shard_id, now)
+            continue
+        asks += 1
+        outcome = scheduler.request(shard_id, now)
+        if isinstance(outcome, IdentifyGrant):
+            granted.append((now, shard_id))
+            heapq.heappush(queue, (now + ready_after, shard_id, "ready"))
+        else:
+            heapq.heappush(queue, (now + max(outcome, 0.05), shard_id, "ask"))
+    return granted, asks
+
+
+def test_a_big_boot_asks_a_few_times_per_shard_and_keeps_its_pace() -> None:
+    """A shard far back in its bucket is told a lower bound of its turn (at most MAX_WAIT), not to ask every
+    window: 512 shards at max_concurrency 4 (128 per bucket, 11 minutes) asked about N^2/2c = 33 k times when
+    every shard asked once a window; now about 16 times each, and no window is lost."""
+    granted, asks = _boot_by_told_waits(512, 4)
+    assert len(granted) == 512
+    assert asks < 512 * 20, asks
+    grant_at = {shard_id: at for at, shard_id in granted}
+    for bucket in range(4):
+        times = sorted(at for shard_id, at in grant_at.items() if shard_id % 4 == bucket)
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert min(gaps) >= 5.0 + 0.3  # Discord's window, counted from READY
+        assert max(gaps) < 5.1 + 0.3 + 0.1  # no shard slept past its turn
+        # Lower shard ids first in every bucket.
+        in_order = sorted((s for s in grant_at if s % 4 == bucket), key=grant_at.__getitem__)
+        assert in_order == sorted(in_order)
+
+
+def test_a_shard_far_back_is_told_a_lower_bound_of_its_turn() -> None:
+    """The 10th shard of a bucket while the first holds it: nine ahead, so eight whole windows at least
+    (capped at MAX_WAIT); the second is told to ask within a window."""
+    scheduler = IdentifyScheduler(1, remaining=100)
+    assert isinstance(scheduler.request(0, 0.0), IdentifyGrant)
+    waits = [scheduler.request(shard_id, 0.0) for shard_id in range(1, 10)]
+    assert waits[0] == pytest.approx(5.1)
+    assert waits[2] == pytest.approx(5.1)  # two ahead: one whole window at least
+    assert waits[3] == pytest.approx(2 * 5.1)
+    assert waits[8] == pytest.approx(min(8 * 5.1, MAX_WAIT))
+
+
+def test_a_shard_that_sleeps_its_told_wait_keeps_its_place() -> None:
+    """Shard 5 is told to sleep longer than a window; while it sleeps, shard 6 must not pass it."""
+    scheduler = IdentifyScheduler(1, remaining=100)
+    assert isinstance(scheduler.request(0, 0.0), IdentifyGrant)
+    for shard_id in range(1, 7):
+        scheduler.request(shard_id, 0.0)
+    wait_5 = scheduler.request(5, 0.0)
+    assert isinstance(wait_5, float) and wait_5 > 5.1  # 4 ahead: 3 windows at least
+    # Shards 1-4 identify one by one; 6 keeps asking at its own told times, never before 5.
+    now, order = 0.0, []
+    scheduler.release(0, 0.3)
+    due = {s: 0.3 for s in range(1, 5)} | {5: wait_5, 6: 0.3}
+    while len(order) < 6:
+        shard_id = min(due, key=lambda s: (due[s], s))
+        now = due.pop(shard_id)
+        outcome = scheduler.request(shard_id, now)
+        if isinstance(outcome, IdentifyGrant):
+            order.append(shard_id)
+            scheduler.release(shard_id, now + 0.3)
+        else:
+            due[shard_id] = now + max(outcome, 0.05)
+    assert order == [1, 2, 3, 4, 5, 6]

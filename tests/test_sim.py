@@ -55,7 +55,8 @@ def _no_incarnation(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _waiters_never_expire(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(IdentifyScheduler, "_first_waiting", lambda self, waiting, now: min(waiting, default=None))
+    monkeypatch.setattr(IdentifyScheduler, "_ahead",
+                        lambda self, waiting, shard_id, now: sum(1 for other in waiting if other < shard_id))
 
 
 def _hosts_forget_ended_leases(monkeypatch: pytest.MonkeyPatch) -> None:

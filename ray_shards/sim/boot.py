@@ -17,6 +17,7 @@ import dataclasses
 import math
 import time
 
+from ray_shards.identify import MAX_WAIT
 from ray_shards.sim.world import WINDOW, Params, World
 
 __all__ = ["BootResult", "boot_params", "floor", "run_boot"]
@@ -44,7 +45,7 @@ def boot_params(shards: int, max_concurrency: int, hosts: int) -> Params:
         lease_ttl=90.0,
         host_timeout=120.0,
         recovery_grace=100.0,
-        identify_poll=5.0,  # the real host asks again at least once per identify window
+        identify_poll=MAX_WAIT,  # the real host sleeps the wait it is told, at most identify.MAX_WAIT
         events=False,
     )
 
