@@ -3,7 +3,7 @@
 These come from the one place that knows the whole bot, so each shard is counted once however many
 hosts it passed through. The Orchestrator calls `OrchestratorMetrics.observe` from its reconcile loop;
 it samples at most every ``every`` seconds (Ray exports every few seconds anyway), costing one pass
-over the shard table.
+over the shard table when the table's version moved and one over the hosts.
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ class OrchestratorMetrics:
         self._sampled_at = float("-inf")
         self._owners: dict[int, str] = {}
         self._late_hosts: set[str] = set()
+        self._counted_at: tuple[int, int] | None = None
+        self._by_state: dict[str, int] = {}
+        self._pending = 0
         self._checkpoint_at: float | None = None
         self._metrics: dict[str, typing.Any] = {}
         try:
@@ -94,21 +97,16 @@ class OrchestratorMetrics:
         if not self._metrics or time.monotonic() - self._sampled_at < self._every:
             return
         self._sampled_at = time.monotonic()
-        by_state = dict.fromkeys((s.value for s in ShardStatus), 0)
-        pending = moved = 0
-        for record in table.shards.values():
-            by_state[record.status.value] += 1
-            if record.status in (ShardStatus.UNASSIGNED, ShardStatus.STARTING):
-                pending += 1
-            if record.host_id is not None:
-                previous = self._owners.get(record.shard_id)
-                if previous is not None and previous != record.host_id:
-                    moved += 1
-                self._owners[record.shard_id] = record.host_id
-        for state, count in by_state.items():
+        # Owners and statuses change only with the table's version: a steady bot (seqs and latencies moving, every
+        # sync) costs no pass over its shards here.
+        if (table.instance, table.version) != self._counted_at:
+            self._counted_at = (table.instance, table.version)
+            self._count_shards(table)
+        # Every gauge is set again on every sample, changed or not: a Ray worker exports a gauge's value once per
+        # set, and the metrics agent drops a series not refreshed within two export intervals.
+        for state, count in self._by_state.items():
             self._set("ray_shards_shards", float(count), state=state)
-        if moved and "ray_shards_leases_moved_total" in self._metrics:
-            self._metrics["ray_shards_leases_moved_total"].inc(moved, tags=self._bot)
+        pending = self._pending
 
         hosts = dict.fromkeys(HOST_STATES, 0)
         late_now: set[str] = set()
@@ -137,3 +135,22 @@ class OrchestratorMetrics:
         self._set("ray_shards_identify_queue_eta_seconds", scheduler.eta(pending))
         if self._checkpoint_at is not None:
             self._set("ray_shards_checkpoint_age_seconds", max(0.0, now - self._checkpoint_at))
+
+    def _count_shards(self, table: ShardTable) -> None:
+        """Shards by state, the ones not yet READY, and the leases moved since the last count."""
+        by_state = dict.fromkeys((s.value for s in ShardStatus), 0)
+        pending = moved = 0
+        for record in table.shards.values():
+            by_state[record.status.value] += 1
+            if record.status in (ShardStatus.UNASSIGNED, ShardStatus.STARTING):
+                pending += 1
+            if record.host_id is not None:
+                previous = self._owners.get(record.shard_id)
+                if previous is not None and previous != record.host_id:
+                    moved += 1
+                self._owners[record.shard_id] = record.host_id
+        self._pending = pending
+        self._by_state = by_state
+        if moved and "ray_shards_leases_moved_total" in self._metrics:
+            self._metrics["ray_shards_leases_moved_total"].inc(moved, tags=self._bot)
+

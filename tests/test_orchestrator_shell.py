@@ -319,3 +319,58 @@ async def test_a_presence_the_store_refused_applies_is_reported_and_is_written_l
     finally:
         for task in asyncio.all_tasks() - {asyncio.current_task()}:
             task.cancel()
+
+
+class _Recorded:
+    """A Ray gauge or counter that records what it was told."""
+
+    def __init__(self, calls: list[tuple[str, float, dict[str, str]]], name: str) -> None:
+        self._calls, self._name = calls, name
+
+    def set(self, value: float, tags: dict[str, str]) -> None:
+        self._calls.append((self._name, value, tags))
+
+    inc = set
+
+
+def test_the_metrics_sample_costs_no_pass_over_an_unchanged_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A steady bot moves seqs and latencies on every sync, never the table's version: the shards are counted
+    again only when the version moves, yet every gauge is set on every sample (a Ray worker exports a gauge once
+    per set, and the agent drops a series not refreshed within two export intervals)."""
+    from ray_shards.identify import IdentifyScheduler
+    from ray_shards.metric_names import EXPORTED
+    from ray_shards.orchestrator_metrics import OrchestratorMetrics
+
+    calls: list[tuple[str, float, dict[str, str]]] = []
+    metrics = OrchestratorMetrics(BOT, every=0.0)
+    metrics._metrics = {name: _Recorded(calls, name) for name in EXPORTED if "shard" not in EXPORTED[name].tags}
+    counted = []
+    count_shards = metrics._count_shards
+    monkeypatch.setattr(metrics, "_count_shards", lambda table: (counted.append(table.version), count_shards(table)))
+    table = ShardTable(4)
+    table.register_host("h1", node_id=None, want=4, has_handle=True, now=100.0)
+    scheduler = IdentifyScheduler(1, remaining=1000)
+
+    def observe(now: float) -> dict[str, list[tuple[float, dict[str, str]]]]:
+        calls.clear()
+        metrics.observe(now, table, scheduler, fenced=(), sync_interval=2.0)
+        by_name: dict[str, list[tuple[float, dict[str, str]]]] = {}
+        for name, value, tags in calls:
+            by_name.setdefault(name, []).append((value, tags))
+        return by_name
+
+    def unassigned(sample: dict[str, list[tuple[float, dict[str, str]]]]) -> list[float]:
+        return [v for v, t in sample["ray_shards_shards"] if t["state"] == "unassigned"]
+
+    first = observe(100.0)
+    assert unassigned(first) == [4.0] and len(counted) == 1
+    assert first["ray_shards_sync_lateness_seconds"] == [(0.0, {"bot": str(BOT), "host": "h1"})]
+    second = observe(100.5)  # nothing changed: set again from the last count, not counted again
+    assert unassigned(second) == [4.0] and len(counted) == 1
+    assert second["ray_shards_sync_lateness_seconds"] == [(0.0, {"bot": str(BOT), "host": "h1"})]
+    table.place()  # owners move: the version moves
+    third = observe(101.0)
+    assert unassigned(third) == [0.0] and len(counted) == 2
+    late = observe(110.0)  # silent 10 s at a 2 s interval: 6 s late
+    assert late["ray_shards_sync_lateness_seconds"] == [(6.0, {"bot": str(BOT), "host": "h1"})]
+
