@@ -87,6 +87,14 @@ class HostFleet:
         The bot's intents.
     timings
         Reaction times handed to every host.
+    prefix
+        Host ids are the prefix and the slot (``h0``, ``h1``...).
+    persist
+        Writes the checkpoint: a new host's name is on record before its actor exists.
+    progress
+        How far a starting host has got: whether it registered, and how many of the bot's shards are READY.
+        A start is given up after ``Timings.host_start_timeout`` without the host registering or the count
+        reaching a new high. Without it the timeout counts from the call.
     """
 
     __slots__ = (
@@ -97,6 +105,7 @@ class HostFleet:
         "_intents",
         "_persist",
         "_prefix",
+        "_progress",
         "_rest_url",
         "_starting",
         "_timings",
@@ -118,9 +127,11 @@ class HostFleet:
         timings: Timings,
         prefix: str = "h",
         persist: typing.Callable[[], typing.Awaitable[None]] | None = None,
+        progress: typing.Callable[[str], tuple[bool, int]] | None = None,
     ) -> None:
         self._bot_id = bot_id
         self._persist = persist
+        self._progress = progress
         self._rest_url = rest_url
         self._intents = intents
         self._timings = timings
@@ -284,12 +295,12 @@ class HostFleet:
     async def _call_start(self, host: FleetHost) -> None:
         handle, slot, host_id = host.handle, host.slot, host.host_id
         try:
-            summary = await asyncio.wait_for(
+            summary = await self._await_start(
+                host_id,
                 handle.start.remote(
                     self._token, self._callback, intents=self._intents, shard_count=self.shard_count,
                     shadow=self.shadow,
                 ),
-                self._timings.host_start_timeout,
             )
         except TimeoutError:
             self._failed_at[slot] = time.monotonic()
@@ -311,6 +322,35 @@ class HostFleet:
         host.node_id = summary["node_id"]
         _LOGGER.info("host %s (slot %s) started on node %s with shards %s", host_id, slot, summary["node_id"],
                      summary["shards"])
+
+    async def _await_start(self, host_id: str, call: typing.Awaitable[typing.Any]) -> typing.Any:
+        """The host's ``start`` answer; TimeoutError once ``host_start_timeout`` passes without progress.
+
+        A host's start returns once its shards are READY, and a big bot's shards wait their turn in Discord's
+        identify queue: 2,048 shards at ``max_concurrency`` 16 take ten minutes. So the timeout counts from the
+        last progress (the host registered, or the bot's READY shards reached a new high), not from the call: a
+        host with no room in the cluster, or a boot that stalled, is still given up after ``host_start_timeout``.
+        """
+        started = asyncio.ensure_future(call)
+        registered, best = self._progress(host_id) if self._progress is not None else (False, 0)
+        try:
+            while True:
+                try:
+                    return await asyncio.wait_for(asyncio.shield(started), self._timings.host_start_timeout)
+                except TimeoutError:
+                    if self._progress is None:
+                        raise
+                    # Only a registered host is waited for, and only while the bot gains READY shards: one that
+                    # never registers (no room) or a boot whose count merely flaps is given up as before.
+                    now_registered, ready = self._progress(host_id)
+                    advanced = now_registered and (not registered or ready > best)
+                    registered, best = now_registered, max(best, ready)
+                    if not advanced:
+                        raise
+                    _LOGGER.info("host %s is still starting (%s shards of the bot READY)", host_id, ready)
+        finally:
+            if not started.done():
+                started.cancel()
 
     async def ensure_started(self, host_id: str) -> None:
         """Start a restored host whose `start` call may never have arrived (the Orchestrator died in between).

@@ -280,7 +280,15 @@ class Orchestrator:
             timings=self._timings,
             prefix=prefix,
             persist=self._checkpoint_now,
+            progress=self._start_progress,
         )
+
+    def _start_progress(self, host_id: str) -> tuple[bool, int]:
+        """A starting host's progress: whether it registered, and how many of the bot's shards are READY (the
+        identify queue moving, which its own shards wait in)."""
+        tables = self._sets.tables()
+        registered = any(host_id in t.hosts for t in tables)
+        return registered, sum(1 for t in tables for r in t.shards.values() if r.status is ShardStatus.READY)
 
     def _new_scheduler(self, remaining: int) -> IdentifyScheduler:
         assert self._config is not None

@@ -374,3 +374,43 @@ def test_the_metrics_sample_costs_no_pass_over_an_unchanged_table(monkeypatch: p
     late = observe(110.0)  # silent 10 s at a 2 s interval: 6 s late
     assert late["ray_shards_sync_lateness_seconds"] == [(6.0, {"bot": str(BOT), "host": "h1"})]
 
+
+async def test_a_host_start_waits_while_the_boot_advances_and_is_given_up_once_it_stalls() -> None:
+    """A host's start returns once its shards are READY, which for a big bot takes minutes in Discord's identify
+    queue: the start timeout counts from the last progress, not from the call (2,048 shards at max_concurrency 16
+    failed to deploy: every host was killed after 120 s while the boot advanced)."""
+    from ray_shards.fleet import HostFleet
+
+    ready = [0]
+    fleet = HostFleet(BOT, rest_url="http://127.0.0.1:1", intents=0, timings=Timings(host_start_timeout=0.3),
+                      progress=lambda host_id: (True, ready[0]))
+
+    async def start(seconds: float, *, advancing: bool) -> str:
+        end = asyncio.get_running_loop().time() + seconds
+        while asyncio.get_running_loop().time() < end:
+            await asyncio.sleep(0.1)
+            ready[0] += advancing
+        return "started"
+
+    # Four timeouts long, with the boot advancing all along: the host is waited for.
+    assert await fleet._await_start("h0", start(1.2, advancing=True)) == "started"
+    # The same start with nothing advancing is given up after about one timeout.
+    began = asyncio.get_running_loop().time()
+    with pytest.raises(TimeoutError):
+        await fleet._await_start("h1", start(1.2, advancing=False))
+    assert asyncio.get_running_loop().time() - began < 1.0
+
+    # A count that only flaps (a shard reconnecting) is no progress: the start is given up.
+    flapping = HostFleet(BOT, rest_url="http://127.0.0.1:1", intents=0, timings=Timings(host_start_timeout=0.3),
+                         progress=lambda host_id: (True, 100 + ready[0] % 2))
+    with pytest.raises(TimeoutError):
+        await flapping._await_start("h3", start(1.2, advancing=True))
+    # A host that never registers (no room in the cluster) is given up however the bot advances.
+    unregistered = HostFleet(BOT, rest_url="http://127.0.0.1:1", intents=0,
+                             timings=Timings(host_start_timeout=0.3), progress=lambda host_id: (False, ready[0]))
+    with pytest.raises(TimeoutError):
+        await unregistered._await_start("h4", start(1.2, advancing=True))
+    # Without a progress source (the old behaviour) the timeout counts from the call.
+    plain = HostFleet(BOT, rest_url="http://127.0.0.1:1", intents=0, timings=Timings(host_start_timeout=0.3))
+    with pytest.raises(TimeoutError):
+        await plain._await_start("h2", start(1.2, advancing=True))
