@@ -20,8 +20,8 @@ What a host must do for the guarantees to hold
   before the grant's IDENTIFY left), and when it counts grants Discord may not
   have seen yet in a budget refresh.
 - Report READY (or failure) with `release`, fenced by its ``(host_id, epoch)``.
-- Ask again within ``window`` seconds after the wait it was told: a shard that stops
-  asking no longer holds the lower-ids-first order of its bucket.
+- Ask again within `LATE_ASK` after the wait it was told: a shard that stops asking
+  no longer holds the lower-ids-first order of its bucket (order only; never safety).
 
 Waits are lower bounds of a shard's turn, so a big boot asks little: a shard with
 ``k`` lower shards waiting in its bucket cannot be granted before ``k - 1`` more
@@ -36,10 +36,15 @@ from __future__ import annotations
 import collections
 import dataclasses
 
-__all__ = ["IdentifyBudgetExhaustedError", "IdentifyGrant", "IdentifyScheduler"]
+__all__ = ["LATE_ASK", "MAX_WAIT", "IdentifyBudgetExhaustedError", "IdentifyGrant", "IdentifyScheduler"]
 
 _POLL = 0.5
 """Seconds to wait before asking again when the answer depends on someone else (a refresh, a lower shard)."""
+
+LATE_ASK = 1.0
+"""A waiting shard keeps its place in line until this long after the time it was told to ask again: enough for
+a busy host's event loop, short enough that a phantom (a duplicated call of a shard that will never ask again)
+holds its bucket for little more than the wait it was told."""
 
 MAX_WAIT = 30.0
 """Longest wait told to a shard far back in its bucket's queue: were the shards ahead of it to go (their host
@@ -208,8 +213,8 @@ class IdentifyScheduler:
     def _ahead(self, waiting: dict[int, float], shard_id: int, now: float) -> int:
         """How many lower shards wait in the bucket, after forgetting the ones that stopped asking."""
         # A shard that stopped asking (its host moved on, or a duplicated call put it here) must not hold up
-        # the others for ever: a shard counts until a window after it said it would ask again.
-        for stale in [s for s, due in waiting.items() if now - due > self.window]:
+        # the others for ever: a shard counts until LATE_ASK after it was told to ask again.
+        for stale in [s for s, due in waiting.items() if now - due > LATE_ASK]:
             del waiting[stale]
         return sum(1 for other in waiting if other < shard_id)
 

@@ -16,7 +16,7 @@ import typing
 import pytest
 
 from ray_shards import control, resharding, rolling
-from ray_shards.identify import IdentifyBudgetExhaustedError, IdentifyGrant, IdentifyScheduler
+from ray_shards.identify import LATE_ASK, IdentifyBudgetExhaustedError, IdentifyGrant, IdentifyScheduler
 from ray_shards.models import Lease, SessionState, ShardReport, ShardStatus
 from ray_shards.sim import SimResult, Violation, World, replay_command, run_seed
 from ray_shards.sim.__main__ import main
@@ -174,7 +174,7 @@ REGRESSION_SEEDS: dict[int, tuple[typing.Callable[[pytest.MonkeyPatch], None], s
          "neither counted nor replaced it, and the bot never had its hosts back"),
     206: (_rollback_tells_the_old_set_once, "a reshard's rollback lost an old host's GO_LIVE with a sync reply and "
           "ended: the host recorded for good"),
-    1509: (_old_set_records_while_rolling_back, "a host that joined the old set after the rollback's GO_LIVE was told "
+    296: (_old_set_records_while_rolling_back, "a host that joined the old set after the rollback's GO_LIVE was told "
           "to record, and recorded for good"),
     35: (_commit_without_late_new_hosts, "a new host died during the switch; its replacement, started in shadow mode, "
          "joined after GO_LIVE went out and held its shards' events for good after the commit"),
@@ -279,7 +279,10 @@ def test_reshards_are_simulated_and_end_every_way() -> None:
     failed = [r.reshard_error or "" for r in started if r.reshard == "failed"]
     assert sum("did not start" in e for e in failed) >= 1, failed
     assert sum("CheckpointWriteError" in e for e in failed) >= 1, failed
-    assert sum("did not start" not in e and "CheckpointWriteError" not in e for e in failed) >= 1, failed
+    # A command that timed out is the rarest of the three (none in seeds 0-599 since identify waits became lower
+    # bounds of a shard's turn, 14 in 600-1999): a named seed keeps it.
+    timed_out = run_seed(779)
+    assert timed_out.reshard == "failed" and "did not run record" in (timed_out.reshard_error or "")
     # Rolled back because the Orchestrator restarted before the commit point.
     assert sum(r.reshard == "rolled back" and r.reshard_error == resharding.RESTARTED for r in started) >= 2
     # Restarts at any point, and some at the commit point: the reshard carried on and finished.
@@ -440,9 +443,12 @@ def test_a_duplicated_identify_call_cannot_free_the_bucket_early() -> None:
     scheduler = IdentifyScheduler(1, remaining=10, window=5.0, margin=0.0, grant_use_limit=1.0)
     assert isinstance(scheduler.request(0, 0.0), IdentifyGrant)
     # The same call delivered twice: the grant may still be in flight (IDENTIFY at up to 1.0).
-    assert isinstance(scheduler.request(0, 0.01), float)
+    assert scheduler.request(0, 0.01) == pytest.approx(5.99)
     assert not isinstance(scheduler.request(1, 5.5), IdentifyGrant)
-    assert isinstance(scheduler.request(1, 6.0), IdentifyGrant)
+    # Shard 0 was told to ask again at 6.0 and keeps its place until LATE_ASK after that; the duplicate never
+    # asks, so shard 1 goes next.
+    assert not isinstance(scheduler.request(1, 6.0), IdentifyGrant)
+    assert isinstance(scheduler.request(1, 6.0 + LATE_ASK + 0.01), IdentifyGrant)
 
 
 @pytest.mark.timeout(30)
@@ -450,9 +456,11 @@ def test_a_shard_that_stops_asking_does_not_block_its_bucket() -> None:
     scheduler = IdentifyScheduler(1, remaining=10, window=5.0, margin=0.0)
     assert isinstance(scheduler.request(0, 0.0), IdentifyGrant)
     scheduler.release(0, 0.5)
-    assert isinstance(scheduler.request(0, 1.0), float)  # a duplicate: shard 0 now waits, and never asks again
+    # A duplicate: shard 0 now waits, told to ask again when the bucket opens (5.5), and never asks again.
+    assert scheduler.request(0, 1.0) == pytest.approx(4.5)
     assert not isinstance(scheduler.request(1, 6.0), IdentifyGrant)  # shard 0 still counts as waiting
-    assert isinstance(scheduler.request(1, 7.0), IdentifyGrant)  # not any more: it has not asked for a window
+    # Not any more: LATE_ASK passed since it was to ask again.
+    assert isinstance(scheduler.request(1, 5.5 + LATE_ASK + 0.01), IdentifyGrant)
 
 
 @pytest.mark.timeout(30)
