@@ -153,4 +153,3 @@ class OrchestratorMetrics:
         self._by_state = by_state
         if moved and "ray_shards_leases_moved_total" in self._metrics:
             self._metrics["ray_shards_leases_moved_total"].inc(moved, tags=self._bot)
-

@@ -66,8 +66,9 @@ class Timings:
     host_start_timeout
         A new host actor that makes no progress for this long while it starts is given up (killed); a rolling
         restart then fails and rolls back instead of hanging when the cluster has no room. Progress is the host
-        registering, or any shard of the bot becoming READY: a big bot's boot waits minutes in Discord's
-        identify queue (2,048 shards at ``max_concurrency`` 16: about ten), and that is not a stuck host.
+        registering, or then the bot's count of READY shards reaching a new high: a big bot's boot waits minutes
+        in Discord's identify queue (2,048 shards at ``max_concurrency`` 16: about ten), and that is not a stuck
+        host.
     capability_idle_ttl
         A capability unused for this long is forgotten (its holder authenticates again by itself).
     max_capabilities
