@@ -388,17 +388,24 @@ class _LoopLag:
 
 async def _host_loop(
     link: typing.Any, host: SimHost, offset: float, *, stop: asyncio.Event, late: list[float], calls: dict[str, int],
-    rng: random.Random, events_per_sync: int,
+    rng: random.Random, events_per_sync: int, park: bool = True,
 ) -> None:
-    """`Bot._sync_forever`'s loop for one simulated host: sync long poll, delta read every 2 s, full every 30 s+."""
+    """`Bot._sync_forever`'s loop for one simulated host: sync long poll, delta read every 2 s, full every 30 s+.
+
+    Without ``park`` (``--no-park``, an experiment): the sync is answered at once and the host sleeps out the
+    interval itself; its lateness is then the call's round trip.
+    """
     await asyncio.sleep(offset)
     last_table = time.monotonic() - rng.uniform(0, TABLE_EVERY)
     while not stop.is_set():
         started = time.monotonic()
         host.advance(events_per_sync)
-        directives = await host.sync(link, SYNC_INTERVAL)
+        directives = await host.sync(link, SYNC_INTERVAL if park else 0.0)
         calls["sync"] += 1
-        if not directives:
+        if not park:
+            late.append(time.monotonic() - started)
+            await asyncio.sleep(max(0.0, SYNC_INTERVAL - (time.monotonic() - started)))
+        elif not directives:
             late.append(time.monotonic() - started - SYNC_INTERVAL)
         full = host.view.full_due() if DELTA_IN_SYNC else time.monotonic() - host.view._full_at > FULL_EVERY
         if time.monotonic() - last_table > TABLE_EVERY and (full or not DELTA_IN_SYNC):
@@ -434,7 +441,8 @@ class SimHostGroup:
         return os.getpid()
 
     async def start(
-        self, token: str, states: list[tuple[dict[str, typing.Any], float]], events_per_sync: int, seed: int
+        self, token: str, states: list[tuple[dict[str, typing.Any], float]], events_per_sync: int, seed: int,
+        park: bool = True,
     ) -> int:
         """Take over ``states`` (host state, start offset) and run their loops until `stop`; returns this pid."""
         import os
@@ -449,7 +457,7 @@ class SimHostGroup:
         self.tasks = [
             asyncio.ensure_future(_host_loop(self.link, SimHost.from_state(state), offset, stop=self.stop_event,
                                              late=self.late, calls=self.calls, rng=rng,
-                                             events_per_sync=events_per_sync))
+                                             events_per_sync=events_per_sync, park=park))
             for state, offset in states
         ]
         self.lag = _LoopLag()
@@ -535,7 +543,7 @@ async def _steady(
         return await _steady_here(link, cpu, hosts, args, driver)
     shares = [[(h.state(), i * SYNC_INTERVAL / len(hosts)) for i, h in enumerate(hosts) if i % len(groups) == g]
               for g in range(len(groups))]
-    await asyncio.gather(*(group.start.remote(link.token, share, args.events_per_sync, 7 + g)
+    await asyncio.gather(*(group.start.remote(link.token, share, args.events_per_sync, 7 + g, args.park)
                            for g, (group, share) in enumerate(zip(groups, shares, strict=True))))
     await asyncio.sleep(2.0)
     await asyncio.gather(*(group.mark.remote() for group in groups))
@@ -567,7 +575,7 @@ async def _steady_here(
     rng = random.Random(7)
     tasks = [
         asyncio.ensure_future(_host_loop(link, h, i * SYNC_INTERVAL / len(hosts), stop=stop, late=late, calls=calls,
-                                         rng=rng, events_per_sync=args.events_per_sync))
+                                         rng=rng, events_per_sync=args.events_per_sync, park=args.park))
         for i, h in enumerate(hosts)
     ]
     lag = _LoopLag()
@@ -812,7 +820,7 @@ async def main(args: argparse.Namespace) -> dict[str, typing.Any]:
         "settings": {"shard_counts": args.shard_counts, "shards_per_host": PER_HOST, "seconds": args.seconds,
                      "steady_seconds": args.steady_seconds, "steady_max": args.steady_max,
                      "events_per_sync": args.events_per_sync, "generator_procs": args.generator_procs,
-                     "max_concurrency": args.max_concurrency or "= shards"},
+                     "max_concurrency": args.max_concurrency or "= shards", "steady_park": args.park},
         "actor": results,
         "pure_logic": pure,
         "model": model,
@@ -839,6 +847,9 @@ def cli() -> None:
                         help="processes simulating the hosts' steady cadence: 1 = this process (the old way), N >= 2 = "
                              "N SimHostGroup Ray actors sharing the hosts (default 2); the boot and the per-call "
                              "phases stay in this process")
+    parser.add_argument("--no-park", dest="park", action="store_false",
+                        help="experiment: steady hosts sync without parking (timeout 0) and sleep the interval "
+                             "themselves, to tell what the parked long poll costs the actor")
     parser.add_argument("--identify-parallel", type=int, default=32, help="identifies in flight per simulated host")
     parser.add_argument("--no-pure", dest="pure", action="store_false", help="skip the in-process ShardTable timings")
     parser.add_argument("--no-profile", dest="profile", action="store_false",
