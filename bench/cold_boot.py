@@ -19,6 +19,7 @@ alike); their ratio is against the scaled floor and they are marked ``scaled``. 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import time
 import typing
@@ -61,7 +62,8 @@ async def _one(n: int, c: int, window: float, hosts: int, scaled: bool) -> dict[
         try:
             await _common.wait_for(lambda: len(_ready(notes)) >= n, 30, "every READY to be recorded")
             ready = _ready(notes)
-            identifies = sorted(e["time"] for e in emu.control.identify_log())
+            identify_log = emu.control.identify_log()
+            identifies = sorted(e["time"] for e in identify_log)
             stats = emu.control.stats()
         finally:
             await deployment.stop()
@@ -92,7 +94,37 @@ async def _one(n: int, c: int, window: float, hosts: int, scaled: bool) -> dict[
         "rate_limit_violations": stats["rate_limit_violations"],
         "identify_attempts": stats["identify_attempts"],
         "split_brain": stats["split_brain"],
+        "round_anatomy_ms": _round_anatomy(identify_log, ready, c, window + timings.identify_margin),
     }
+
+
+def _round_anatomy(
+    identify_log: list[dict[str, typing.Any]], ready: list[tuple[int, float, str]], c: int, opens_after: float
+) -> dict[str, typing.Any] | None:
+    """Where each bucket's time between two IDENTIFYs went beyond ``window + margin`` (ms, over all such pairs).
+
+    ``ready_at_host``: the first IDENTIFY's READY at the host's listener (emulator IDENTIFY -> ShardReadyEvent);
+    ``rest``: the remainder (the READY report reaching the Orchestrator, the next shard's ask and its grant's
+    way back, the host's sleep). Both clocks are this machine's wall clock.
+    """
+    ready_at = {shard: t for shard, t, _ in ready}
+    by_bucket: dict[int, list[tuple[float, int]]] = {}
+    for entry in identify_log:
+        by_bucket.setdefault(entry["shard_id"] % c, []).append((entry["time"], entry["shard_id"]))
+    beyond, at_host, rest = [], [], []
+    for times in by_bucket.values():
+        times.sort()
+        for (t0, shard0), (t1, _) in itertools.pairwise(times):
+            extra = t1 - t0 - opens_after
+            beyond.append(extra * 1000)
+            if shard0 in ready_at:
+                lag = ready_at[shard0] - t0
+                at_host.append(lag * 1000)
+                rest.append((extra - lag) * 1000)
+    if not beyond:
+        return None
+    return {"pairs": len(beyond), "beyond_window": _common.summary(beyond),
+            "ready_at_host": _common.summary(at_host), "rest": _common.summary(rest)}
 
 
 def _ready(notes: typing.Any) -> list[tuple[int, float, str]]:
