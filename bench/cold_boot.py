@@ -105,7 +105,8 @@ def _round_anatomy(
 
     ``ready_at_host``: the first IDENTIFY's READY at the host's listener (emulator IDENTIFY -> ShardReadyEvent);
     ``rest``: the remainder (the READY report reaching the Orchestrator, the next shard's ask and its grant's
-    way back, the host's sleep). Both clocks are this machine's wall clock.
+    way back, the host's sleep); ``bucket_first_identify_after_first``: how late each bucket started. Both clocks
+    are this machine's wall clock.
     """
     ready_at = {shard: t for shard, t, _ in ready}
     by_bucket: dict[int, list[tuple[float, int]]] = {}
@@ -123,7 +124,11 @@ def _round_anatomy(
                 rest.append((extra - lag) * 1000)
     if not beyond:
         return None
-    return {"pairs": len(beyond), "beyond_window": _common.summary(beyond),
+    # How late each bucket's first IDENTIFY came after the first of all: the floor assumes every bucket starts at once.
+    first = min(times[0][0] for times in by_bucket.values())
+    late_start = [(times[0][0] - first) * 1000 for times in by_bucket.values()]
+    return {"pairs": len(beyond), "bucket_first_identify_after_first": _common.summary(late_start),
+            "beyond_window": _common.summary(beyond),
             "ready_at_host": _common.summary(at_host), "rest": _common.summary(rest)}
 
 
