@@ -15,6 +15,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import datetime
+import itertools
 import logging
 import math
 import signal
@@ -307,6 +308,7 @@ class Bot(traits.GatewayBotAware):
     __slots__ = (
         "_actor_handle",
         "_address",
+        "_asks",
         "_cache",
         "_closed_event",
         "_closing_event",
@@ -389,6 +391,8 @@ class Bot(traits.GatewayBotAware):
         self._presence = PresenceState()
         self._presence_version = 0
         self._slots: dict[int, _Slot] = {}
+        # Numbers of this host's identify asks: unique for a lease holder, also across a restart of this Bot.
+        self._asks = itertools.count(time.time_ns())
         # Highest lease epoch this host has ended, per shard: a late or resent adopt of such a lease (or an older
         # one) is never run again, or two sessions could run for one shard.
         self._ended: dict[int, int] = {}
@@ -1197,13 +1201,17 @@ class Bot(traits.GatewayBotAware):
         slot = self._slots.get(shard_id)
         if slot is None or slot.leaving:
             raise LeaseLostError(f"shard {shard_id} is not leased to host {self._host_id}")
+        dropped: int | None = None
         while True:
-            asked = time.monotonic()
+            asked, ask = time.monotonic(), next(self._asks)
             try:
-                answer = await self._link.request_identify(self._host_id, shard_id, slot.lease.epoch, retry_for=60.0)
+                answer = await self._link.request_identify(
+                    self._host_id, shard_id, slot.lease.epoch, ask=ask, dropped=dropped, retry_for=60.0
+                )
             except OrchestratorUnavailableError:
                 _LOGGER.warning("shard %s waits for the orchestrator to identify", shard_id)
                 continue
+            dropped = None
             if not answer.granted or answer.presence is None:
                 # Not yet: sleep here (no call parked in the Orchestrator) for the wait the scheduler told, a lower
                 # bound of this shard's turn, and ask again then (the scheduler keeps its place in line meanwhile).
@@ -1211,8 +1219,11 @@ class Bot(traits.GatewayBotAware):
                 continue
             if time.monotonic() - asked > _GRANT_USE_LIMIT:
                 # The grant took too long to arrive: the scheduler counts it as used no later than this limit
-                # after it was asked for, so sending now could land in the next IDENTIFY's window. Ask again.
+                # after it was asked for, so sending now could land in the next IDENTIFY's window. Ask again, and
+                # say this grant went unused so its bucket is not closed for it (a busy host starting many shards
+                # at once gets many grants late).
                 _LOGGER.warning("shard %s: identify grant arrived late; asking again", shard_id)
+                dropped = ask
                 continue
             presence = answer.presence
             break

@@ -275,15 +275,27 @@ def placement_pass(table: ShardTable, *, rebalance: bool = True) -> Placement:
 
 
 def identify_requested(
-    table: ShardTable, scheduler: IdentifyScheduler, host_id: str, shard_id: int, epoch: int, now: float
+    table: ShardTable,
+    scheduler: IdentifyScheduler,
+    host_id: str,
+    shard_id: int,
+    epoch: int,
+    now: float,
+    *,
+    ask: int | None = None,
+    dropped: int | None = None,
 ) -> IdentifyDecision:
-    """May ``host_id`` IDENTIFY ``shard_id`` (lease ``epoch``) now? Counts the grant in the shard's row."""
+    """May ``host_id`` IDENTIFY ``shard_id`` (lease ``epoch``) now? Counts the grant in the shard's row.
+
+    ``ask`` numbers this ask; ``dropped`` names an earlier ask whose grant came too late and went unused
+    (`IdentifyScheduler.request`).
+    """
     if not table.holds(host_id, shard_id, epoch):
         # Not the holder (any more): it must not keep a place in the queue either.
         scheduler.cancel(shard_id)
         return IdentifyDecision(lease_lost=True)
     try:
-        outcome = scheduler.request(shard_id, now, holder=(host_id, epoch))
+        outcome = scheduler.request(shard_id, now, holder=(host_id, epoch), ask=ask, dropped=dropped)
     except IdentifyBudgetExhaustedError:
         # Used up with no known reset (no budget answer from Discord yet): poll, and have the shell ask.
         return IdentifyDecision(wait=BUDGET_POLL, refresh_budget=True)

@@ -22,6 +22,13 @@ What a host must do for the guarantees to hold
 - Report READY (or failure) with `release`, fenced by its ``(host_id, epoch)``.
 - Ask again within `LATE_ASK` after the wait it was told: a shard that stops asking
   no longer holds the lower-ids-first order of its bucket (order only; never safety).
+- Number each ask (``ask``, unique for the holder), and name a grant it received too late
+  and never used (``dropped``: that ask's number) in its next ask. The scheduler then frees
+  the bucket at once instead of counting the grant as sent at the latest moment it could have
+  been: a busy host starting many shards at once received most of its first grants late, and
+  each one closed its bucket for a whole window (a 256-shard boot at ``max_concurrency`` 64
+  took 1.5 x Discord's floor). Only the grant of that very ask, held for that very holder, is
+  freed so: a duplicated or reordered ask names no grant it could have used.
 
 Waits are lower bounds of a shard's turn, so a big boot asks little: a shard with
 ``k`` lower shards waiting in its bucket cannot be granted before ``k - 1`` more
@@ -66,6 +73,8 @@ class IdentifyGrant:
     bucket: int
     granted_at: float
     holder: tuple[str, int] | None = None
+    ask: int | None = None
+    """The number of the ask it answered, if the asker numbered it."""
 
 
 class IdentifyScheduler:
@@ -224,7 +233,13 @@ class IdentifyScheduler:
         return wait
 
     def request(
-        self, shard_id: int, now: float, *, holder: tuple[str, int] | None = None
+        self,
+        shard_id: int,
+        now: float,
+        *,
+        holder: tuple[str, int] | None = None,
+        ask: int | None = None,
+        dropped: int | None = None,
     ) -> IdentifyGrant | float:
         """Ask to identify ``shard_id``.
 
@@ -237,6 +252,12 @@ class IdentifyScheduler:
         holder
             ``(host_id, lease epoch)`` of the asker, stored in the grant so that only
             that holder's `release` frees the bucket early.
+        ask
+            The asker's number for this ask (unique for the holder), stored in the grant.
+        dropped
+            The number of an earlier ask whose grant reached the asker too late and was never
+            used: if that grant still holds the bucket for this holder, it is freed as if never
+            made (the bucket is not closed for a window, and the session start is given back).
 
         Returns
         -------
@@ -254,9 +275,16 @@ class IdentifyScheduler:
         bucket = self.bucket_of(shard_id)
         held = self._held.get(bucket)
         if held is not None and held.shard_id == shard_id:
-            # The same shard asks again: its previous attempt failed before READY, or this call is a duplicate
-            # or a retry and the grant may still be on its way: count it as sent at the latest moment it can be.
-            self.release(shard_id, now, identified_at=max(now, held.granted_at + self._grant_use_limit))
+            if dropped is not None and holder is not None and held.holder == holder and held.ask == dropped:
+                # Its holder says this very grant came too late and no IDENTIFY was sent under it. Only the holder
+                # can know, and only for an ask it numbered: a duplicate or a retry of the granted ask itself
+                # names an older ask (or none), so it takes the conservative path below.
+                del self._held[bucket]
+                self._remaining += 1
+            else:
+                # The same shard asks again: its previous attempt failed before READY, or this call is a duplicate
+                # or a retry and the grant may still be on its way: count it as sent at the latest moment it can be.
+                self.release(shard_id, now, identified_at=max(now, held.granted_at + self._grant_use_limit))
         waiting = self._waiting.setdefault(bucket, {})
         if self._remaining <= 0:
             waiting.pop(shard_id, None)
@@ -283,7 +311,7 @@ class IdentifyScheduler:
         if ahead:
             return self._told(waiting, shard_id, now, max(0.05, later))
         del waiting[shard_id]
-        grant = IdentifyGrant(shard_id=shard_id, bucket=bucket, granted_at=now, holder=holder)
+        grant = IdentifyGrant(shard_id=shard_id, bucket=bucket, granted_at=now, holder=holder, ask=ask)
         self._held[bucket] = grant
         self._remaining -= 1
         self._recent.append(now)

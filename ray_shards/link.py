@@ -296,10 +296,19 @@ class OrchestratorLink:
         return result
 
     async def request_identify(
-        self, host_id: str, shard_id: int, epoch: int, *, retry_for: float = 30.0
+        self,
+        host_id: str,
+        shard_id: int,
+        epoch: int,
+        *,
+        ask: int | None = None,
+        dropped: int | None = None,
+        retry_for: float = 30.0,
     ) -> IdentifyAnswer:
         """`Orchestrator.request_identify`."""
-        result: IdentifyAnswer = await self.call("request_identify", host_id, shard_id, epoch, retry_for=retry_for)
+        result: IdentifyAnswer = await self.call(
+            "request_identify", host_id, shard_id, epoch, ask=ask, dropped=dropped, retry_for=retry_for
+        )
         return result
 
     async def identify(self, host_id: str, shard_id: int, epoch: int, *, retry_for: float = 30.0) -> PresenceState:

@@ -672,13 +672,23 @@ class Orchestrator:
 
     # -- identify / resume gate ------------------------------------------------------------------
 
-    async def request_identify(self, capability: str, host_id: str, shard_id: int, epoch: int) -> IdentifyAnswer:
+    async def request_identify(
+        self,
+        capability: str,
+        host_id: str,
+        shard_id: int,
+        epoch: int,
+        *,
+        ask: int | None = None,
+        dropped: int | None = None,
+    ) -> IdentifyAnswer:
         """Ask once whether ``shard_id`` may IDENTIFY now; never parks the call.
 
         The answer is a grant (with the presence to identify with) or a not-before wait: the
         host sleeps locally and asks again, so no actor slot waits per shard and nothing
         wakes a herd of parked calls. A host must send its IDENTIFY within the scheduler's
-        ``grant_use_limit`` of asking, or drop the grant and ask again.
+        ``grant_use_limit`` of asking, or drop the grant and ask again, naming the dropped
+        grant's ask in ``dropped`` (``ask`` numbers each ask) so its bucket is not closed for it.
 
         Raises
         ------
@@ -689,7 +699,7 @@ class Orchestrator:
         table = self._sets.table_of(host_id)
         key = (host_id, shard_id, epoch)
         now = time.monotonic()
-        decision = control.identify_requested(table, scheduler, host_id, shard_id, epoch, now)
+        decision = control.identify_requested(table, scheduler, host_id, shard_id, epoch, now, ask=ask, dropped=dropped)
         if decision.lease_lost:
             self._identify_asked.pop(key, None)
             msg = f"host {host_id} no longer holds shard {shard_id} (epoch {epoch})"

@@ -239,3 +239,47 @@ def test_a_shard_that_sleeps_its_told_wait_keeps_its_place() -> None:
         else:
             due[shard_id] = now + max(outcome, 0.05)
     assert order == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_grant_its_holder_dropped_unused_frees_the_bucket_at_once() -> None:
+    # A busy host starting many shards got its grant too late (past grant_use_limit) and never sent the IDENTIFY:
+    # naming that ask frees the bucket as it was and gives the session start back, instead of closing the bucket
+    # for a whole window from the latest moment the grant could have been used.
+    scheduler = IdentifyScheduler(1, remaining=10, window=5.0, margin=0.0, grant_use_limit=1.0)
+    holder = ("h0", 1)
+    assert isinstance(scheduler.request(0, 0.0, holder=holder, ask=7), IdentifyGrant)
+    assert scheduler.remaining == 9
+    again = scheduler.request(0, 1.5, holder=holder, ask=8, dropped=7)
+    assert isinstance(again, IdentifyGrant) and again.ask == 8
+    assert scheduler.remaining == 9
+
+
+@pytest.mark.parametrize(
+    ("holder", "dropped", "why"),
+    [
+        (("h0", 1), None, "a retry or duplicate of the granted ask names no dropped grant"),
+        (("h0", 1), 6, "an older ask's number: this grant may be in use"),
+        (("h1", 2), 7, "another holder (a new lease) cannot speak for the old holder's grant"),
+        (None, 7, "an asker that does not say who it is"),
+    ],
+)
+def test_only_the_holder_naming_that_very_ask_frees_a_grant_early(
+    holder: tuple[str, int] | None, dropped: int | None, why: str
+) -> None:
+    scheduler = IdentifyScheduler(1, remaining=10, window=5.0, margin=0.0, grant_use_limit=1.0)
+    assert isinstance(scheduler.request(0, 0.0, holder=("h0", 1), ask=7), IdentifyGrant)
+    # Counted as sent no earlier than this ask (the grant may still be on its way): the bucket opens at 6.5.
+    wait = scheduler.request(0, 1.5, holder=holder, ask=8, dropped=dropped)
+    assert wait == pytest.approx(5.0), why
+    assert scheduler.remaining == 9, why
+
+
+def test_a_dropped_grant_named_again_after_a_new_grant_frees_nothing() -> None:
+    # The ask that named the dropped grant was delivered twice: its copy arrives after the new grant was made (and
+    # may be in use), so it must not free that one.
+    scheduler = IdentifyScheduler(1, remaining=10, window=5.0, margin=0.0, grant_use_limit=1.0)
+    holder = ("h0", 1)
+    assert isinstance(scheduler.request(0, 0.0, holder=holder, ask=7), IdentifyGrant)
+    assert isinstance(scheduler.request(0, 1.5, holder=holder, ask=8, dropped=7), IdentifyGrant)
+    wait = scheduler.request(0, 1.6, holder=holder, ask=8, dropped=7)
+    assert isinstance(wait, float) and wait >= 5.0 - 0.1

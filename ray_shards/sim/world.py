@@ -366,6 +366,8 @@ class Host:
         self.slots: dict[int, _Slot] = {}
         self.renewed_at: float | None = None
         self.report_seq = 0
+        self.asks = 0
+        """Numbers of this host's identify asks (`IdentifyScheduler.request`'s ``ask``)."""
         self.syncing = False
         self.registered = False
         self.reported: dict[str, int] = {}
@@ -610,12 +612,14 @@ class Host:
         slot.phase = "running"
         slot.session = SessionState(session.session_id, session.seq, "wss://resume")
 
-    def _ask_identify(self, shard_id: int, epoch: int) -> None:
+    def _ask_identify(self, shard_id: int, epoch: int, dropped: int | None = None) -> None:
         slot = self._current(shard_id, epoch, "identify")
         if slot is None:
             return
         slot.asked_at = self.now()
         asked = slot.asked_at
+        self.asks += 1
+        ask = self.asks
 
         def answered(reply: typing.Any) -> None:
             current = self._current(shard_id, epoch, "identify")
@@ -626,8 +630,8 @@ class Host:
                 return
             if reply == "granted":
                 if self.now() - asked > self.w.p.grant_use_limit:
-                    # Too old to use safely: the scheduler may count it as spent already.
-                    self.w.at(0.1, lambda: self._ask_identify(shard_id, epoch))
+                    # Too old to use safely: the scheduler may count it as spent already. Say it went unused.
+                    self.w.at(0.1, lambda: self._ask_identify(shard_id, epoch, dropped=ask))
                     return
                 conn, session = self.w.gateway.identify((self.count, shard_id), self.host_id)
                 current.conn = conn
@@ -638,8 +642,8 @@ class Host:
                 return
             self.w.at(min(float(reply), self.w.p.identify_poll), lambda: self._ask_identify(shard_id, epoch))
 
-        self.w.call(self, "identify", (self.host_id, shard_id, epoch), answered,
-                    lambda: self.w.at(0.5, lambda: self._ask_identify(shard_id, epoch)))
+        self.w.call(self, "identify", (self.host_id, shard_id, epoch, ask, dropped), answered,
+                    lambda: self.w.at(0.5, lambda: self._ask_identify(shard_id, epoch, dropped)))
 
     def _ready(self, shard_id: int, epoch: int) -> None:
         if not self.alive:
@@ -917,9 +921,9 @@ class Shell:
             self.dirty = True
             return True
         if method == "identify":
-            host_id, shard_id, epoch = args
+            host_id, shard_id, epoch, ask, dropped = args
             decision = control.identify_requested(
-                self.table_of(host_id), self.scheduler, host_id, shard_id, epoch, now
+                self.table_of(host_id), self.scheduler, host_id, shard_id, epoch, now, ask=ask, dropped=dropped
             )
             if decision.lease_lost:
                 return "lost"

@@ -1,0 +1,59 @@
+"""A host's side of the identify protocol (`Bot.before_identify`), against a scripted Orchestrator link."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import typing
+
+import pytest
+
+from ray_shards import bot as bot_module
+from ray_shards.bot import Bot, _Slot
+from ray_shards.models import Lease
+from ray_shards.presence import PresenceState
+from ray_shards.protocol import IdentifyAnswer
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class _Metrics:
+    def count(self, name: str, shard_id: int) -> None:
+        pass
+
+
+class _Link:
+    """Answers the first ask with a grant that arrives late, every later ask at once."""
+
+    def __init__(self) -> None:
+        self.asks: list[tuple[int | None, int | None]] = []
+
+    async def request_identify(
+        self, host_id: str, shard_id: int, epoch: int, *, ask: int | None = None, dropped: int | None = None,
+        retry_for: float = 30.0,
+    ) -> IdentifyAnswer:
+        self.asks.append((ask, dropped))
+        if len(self.asks) == 1:
+            await asyncio.sleep(0.2)  # past the (patched) grant use limit
+        return IdentifyAnswer(granted=True, wait=0.0, presence=PresenceState())
+
+
+def _host(link: _Link) -> Bot:
+    host = Bot.__new__(Bot)
+    lease = Lease(shard_id=3, shard_count=4, epoch=9)
+    host._slots = {3: _Slot(lease=lease, shard=typing.cast(typing.Any, None))}
+    host._host_id = "h0"
+    host._link = typing.cast(typing.Any, link)
+    host._asks = itertools.count(100)
+    host._metrics = typing.cast(typing.Any, _Metrics())
+    return host
+
+
+async def test_a_grant_that_arrives_too_late_is_named_unused_in_the_next_ask(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bot_module, "_GRANT_USE_LIMIT", 0.1)
+    link = _Link()
+    host = _host(link)
+    await host.before_identify(3)
+    # The late grant (ask 100) was not used: the next ask says so, and its own timely grant is used.
+    assert link.asks == [(100, None), (101, 100)]
+    assert host._slots[3].identify_sent_at is not None
