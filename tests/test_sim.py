@@ -165,8 +165,6 @@ REGRESSION_SEEDS: dict[int, tuple[typing.Callable[[pytest.MonkeyPatch], None], s
     1: (_no_incarnation, "a restored table granted an epoch already granted to another host"),
     218: (_waiters_never_expire, "a duplicated identify call left its shard first in the queue; the boot stalled"),
     19619: (_hosts_forget_ended_leases, "a host re-ran a lease it had released; its late release moved it: 2 sessions"),
-    13539: (_hosts_release_again_only_the_same_epoch, "a restored table's adopt at an epoch below one the host had "
-            "ended was refused and never released: the shards never ran"),
     2173: (_hosts_do_not_release_again, "an adopt the host had ended, re-sent by a restored table, stuck the shard"),
     3: (_roll_sees_only_registered_hosts, "a rolling restart that saw only registered hosts started a second "
         "replacement for its slot while the first was still starting"),
@@ -194,7 +192,14 @@ REGRESSION_SEEDS: dict[int, tuple[typing.Callable[[pytest.MonkeyPatch], None], s
 Seed 22 found that a second Orchestrator restart during a restart's rollback ended the reshard 'failed'. Since
 the simulator models KV outages and a started reshard is on record before the client hears of it, no seed in
 0-40000 reaches that interleaving with the fix undone; `test_resharding_core.py`'s
-``test_a_second_restart_during_a_restarts_rollback_still_ends_rolled_back`` keeps it as a named scenario."""
+``test_a_second_restart_during_a_restarts_rollback_still_ends_rolled_back`` keeps it as a named scenario.
+
+Seed 13539 (run without reshards) found that a restored table's adopt at an epoch *below* one the host had ended
+was refused and never released, so the shard never ran again (`_hosts_release_again_only_the_same_epoch` undoes
+the fix). Since identify asks name the grants they dropped (`85c5157`), no seed in 0-40000, with or without
+reshards, reaches it with the fix undone; `test_host_protocol.py`'s
+``test_an_adopt_at_or_below_an_epoch_the_host_ended_is_given_back`` keeps the host's rule, and
+``test_a_sim_host_releases_again_an_adopt_below_an_epoch_it_ended`` below the simulator's."""
 
 
 @pytest.mark.timeout(240)
@@ -211,7 +216,7 @@ def test_thousands_of_seeds_keep_every_invariant() -> None:
     print(f"{SEEDS} seeds, {steps} steps in {elapsed:.1f} s")
 
 
-WITHOUT_RESHARD = {13539}
+WITHOUT_RESHARD: set[int] = set()
 """Seeds that found their bug before the simulator drove reshards and now draw one: they run without it."""
 
 
@@ -483,3 +488,18 @@ def test_epochs_never_repeat_across_restarts() -> None:
         epoch = table.place()["a"][0].epoch
         assert epoch not in seen
         seen.add(epoch)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("epoch", [3, 5])
+def test_a_sim_host_releases_again_an_adopt_below_an_epoch_it_ended(
+    epoch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = World(0)
+    host = Host(world, "h9", 1)
+    host.ended[2] = (5, None)
+    released: list[tuple[int, int]] = []
+    monkeypatch.setattr(host, "release_again", lambda shard_id, epoch, session: released.append((shard_id, epoch)))
+    assert host.has_ended(Lease(shard_id=2, shard_count=4, epoch=epoch))
+    assert released == [(2, epoch)]
+    assert not host.has_ended(Lease(shard_id=2, shard_count=4, epoch=6))

@@ -1,4 +1,4 @@
-"""A host's side of the identify protocol (`Bot.before_identify`), against a scripted Orchestrator link."""
+"""A host's side of the protocol (`Bot.before_identify`, `Bot._adopt`), against a scripted Orchestrator link."""
 
 from __future__ import annotations
 
@@ -57,3 +57,30 @@ async def test_a_grant_that_arrives_too_late_is_named_unused_in_the_next_ask(mon
     # The late grant (ask 100) was not used: the next ask says so, and its own timely grant is used.
     assert link.asks == [(100, None), (101, 100)]
     assert host._slots[3].identify_sent_at is not None
+
+
+class _ReleaseLink:
+    def __init__(self) -> None:
+        self.released: list[tuple[int, int]] = []
+
+    async def release(self, host_id: str, shard_id: int, epoch: int, session: object, **_: object) -> None:
+        self.released.append((shard_id, epoch))
+
+
+@pytest.mark.parametrize("epoch", [3, 5])
+async def test_an_adopt_at_or_below_an_epoch_the_host_ended_is_given_back(epoch: int) -> None:
+    # A table restored from a checkpoint older than the host's release re-sends an adopt the host already ended, at
+    # that epoch or (restored from even older) below it: the host must not run it again, and must release it again,
+    # or the table waits for a shard nobody runs (the simulator's seed 13539 found the "below" case).
+    link = _ReleaseLink()
+    host = Bot.__new__(Bot)
+    host._host_id = "h0"
+    host._link = typing.cast(typing.Any, link)
+    host._config = typing.cast(typing.Any, object())
+    host._ended = {3: 5}
+    host._slots = {}
+    host._tasks = set()
+    host._adopt(Lease(shard_id=3, shard_count=4, epoch=epoch))
+    await asyncio.gather(*host._tasks)
+    assert host._slots == {}
+    assert link.released == [(3, epoch)]
