@@ -88,6 +88,14 @@ B = 10**6  # daily identify budget of the emulator
 # shard of the host is READY and none changed since the last sync (the simulated hosts' steady state). Older
 # ray_shards had no steady interval: 0.5 s.
 SYNC_INTERVAL = float(getattr(Timings(), "steady_sync_interval", Timings().sync_interval))
+
+
+def steady_park(hosts: int) -> float:
+    """How long a steady host of a bot with ``hosts`` hosts parks: the Orchestrator says it in each answer
+    (`Timings.steady_park`, longer than `SYNC_INTERVAL` past `Timings.steady_sync_rate`); older ray_shards had
+    no such budget."""
+    park = getattr(Timings(), "steady_park", None)
+    return float(park(hosts)) if park is not None else SYNC_INTERVAL
 TABLE_EVERY = 2.0  # Bot._sync_forever: a table delta read after a sync when 2 s have passed
 FULL_EVERY = 30.0  # Bot: TableView(full_every=30.0)
 
@@ -397,16 +405,20 @@ async def _host_loop(
     """
     await asyncio.sleep(offset)
     last_table = time.monotonic() - rng.uniform(0, TABLE_EVERY)
+    interval = SYNC_INTERVAL
     while not stop.is_set():
         started = time.monotonic()
         host.advance(events_per_sync)
-        directives = await host.sync(link, SYNC_INTERVAL if park else 0.0)
+        asked = interval
+        directives = await host.sync(link, asked if park else 0.0)
         calls["sync"] += 1
+        # As Bot._sync_forever: the next steady park is the one the Orchestrator named in this answer.
+        interval = getattr(directives, "steady_interval", None) or interval
         if not park:
             late.append(time.monotonic() - started)
-            await asyncio.sleep(max(0.0, SYNC_INTERVAL - (time.monotonic() - started)))
+            await asyncio.sleep(max(0.0, asked - (time.monotonic() - started)))
         elif not directives:
-            late.append(time.monotonic() - started - SYNC_INTERVAL)
+            late.append(time.monotonic() - started - asked)
         full = host.view.full_due() if DELTA_IN_SYNC else time.monotonic() - host.view._full_at > FULL_EVERY
         if time.monotonic() - last_table > TABLE_EVERY and (full or not DELTA_IN_SYNC):
             last_table = time.monotonic()
@@ -506,7 +518,7 @@ def _spread_full_reads(hosts: list[SimHost]) -> None:
 
 def _steady_result(
     elapsed: float, used: float, counted: dict[str, int], late: list[float], load_before: float,
-    generators: list[dict[str, typing.Any]], driver_percent: float,
+    generators: list[dict[str, typing.Any]], driver_percent: float, hosts: int,
 ) -> dict[str, typing.Any]:
     lag = [x for g in generators for x in g["loop_lag"]]
     each = [round(g["cpu_s"] / g["elapsed"] * 100, 1) for g in generators]
@@ -523,6 +535,9 @@ def _steady_result(
         "failed_hosts": sum(g["failed_hosts"] for g in generators),
         "first_error": next((g["first_error"] for g in generators if g["first_error"]), None),
         "calls_per_s": {k: round(v / elapsed, 1) for k, v in counted.items()},
+        # What the hosts' cadence asks for: one sync per host per steady park (jitter shortens parks a little).
+        "steady_park_s": round(steady_park(hosts), 3),
+        "syncs_due_per_s": round(hosts / steady_park(hosts), 1),
         "sync_lateness_ms": _common.summary(late, 1000, 1),
         "load1_before_after": [round(load_before, 2), round(_common.loadavg()[0], 2)],
     }
@@ -541,7 +556,8 @@ async def _steady(
     driver = _Cpu(psutil.Process())
     if not groups:
         return await _steady_here(link, cpu, hosts, args, driver)
-    shares = [[(h.state(), i * SYNC_INTERVAL / len(hosts)) for i, h in enumerate(hosts) if i % len(groups) == g]
+    spread = steady_park(len(hosts)) / len(hosts)
+    shares = [[(h.state(), i * spread) for i, h in enumerate(hosts) if i % len(groups) == g]
               for g in range(len(groups))]
     await asyncio.gather(*(group.start.remote(link.token, share, args.events_per_sync, 7 + g, args.park)
                            for g, (group, share) in enumerate(zip(groups, shares, strict=True))))
@@ -553,7 +569,7 @@ async def _steady(
     counted = {k: sum(c["calls"][k] for c in collected) for k in ("sync", "delta", "full")}
     late = [x for c in collected for x in c["late"]]
     return _steady_result(elapsed, used, counted, late, load_before, list(collected),
-                          round(driver_used / elapsed * 100, 1))
+                          round(driver_used / elapsed * 100, 1), len(hosts))
 
 
 async def _measured_window(cpu: _Cpu, driver: _Cpu, seconds: float) -> tuple[float, float, float, float]:
@@ -573,8 +589,9 @@ async def _steady_here(
     calls = {"sync": 0, "delta": 0, "full": 0}
     stop = asyncio.Event()
     rng = random.Random(7)
+    spread = steady_park(len(hosts)) / len(hosts)
     tasks = [
-        asyncio.ensure_future(_host_loop(link, h, i * SYNC_INTERVAL / len(hosts), stop=stop, late=late, calls=calls,
+        asyncio.ensure_future(_host_loop(link, h, i * spread, stop=stop, late=late, calls=calls,
                                          rng=rng, events_per_sync=args.events_per_sync, park=args.park))
         for i, h in enumerate(hosts)
     ]
@@ -591,7 +608,8 @@ async def _steady_here(
     await lag.stop()
     here = {"late": late, "calls": counted, "cpu_s": driver_used, "elapsed": elapsed, "hosts": len(hosts),
             "loop_lag": samples, "failed_hosts": 0, "first_error": None}
-    return _steady_result(elapsed, used, counted, late, load_before, [here], round(driver_used / elapsed * 100, 1))
+    return _steady_result(elapsed, used, counted, late, load_before, [here], round(driver_used / elapsed * 100, 1),
+                          len(hosts))
 
 
 def _timed(function: typing.Callable[[], object], at_least: float = 0.2) -> float:
@@ -676,7 +694,7 @@ def _model(actor: list[dict[str, typing.Any]]) -> dict[str, typing.Any]:
     def parts(s: float) -> dict[str, float]:
         hosts = s / PER_HOST
         result = {
-            "sync": hosts / SYNC_INTERVAL * sync_s,
+            "sync": hosts / steady_park(round(hosts)) * sync_s,
             "delta_reads": 0.0 if DELTA_IN_SYNC else hosts / TABLE_EVERY * delta_s,  # else carried by syncs
             "full_reads": hosts / full_read_interval(FULL_EVERY, round(hosts)) * max(full[0] + full[1] * s, 0.0),
             "idle_reconcile_checkpoint": idle[0] * s ** idle[1],

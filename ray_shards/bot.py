@@ -1370,6 +1370,9 @@ class Bot(traits.GatewayBotAware):
         report_seq = time.time_ns() // 1000
         last_state: tuple[list[int], list[str]] | None = None
         ready = ShardStatus.READY.value
+        # The Orchestrator sizes a steady park by the bot's host count (Timings.steady_park) and says it in
+        # every answer: until the first, the configured interval.
+        steady_interval = self._timings.steady_sync_interval
         while True:
             try:
                 report_seq += 1
@@ -1383,7 +1386,7 @@ class Bot(traits.GatewayBotAware):
                     directives = await self._link.sync(
                         self._host_id,
                         batch,
-                        timeout=self._timings.steady_sync_interval if steady else self._timings.sync_interval,
+                        timeout=steady_interval if steady else self._timings.sync_interval,
                         report_seq=report_seq,
                         table_version=self._remote_table.position,
                         retry_for=min(5.0, self._lease_cutoff()),
@@ -1393,6 +1396,8 @@ class Bot(traits.GatewayBotAware):
                     last_state = None
                     raise
                 self._note_sent_sessions(batch, directives)
+                if directives.steady_interval is not None:
+                    steady_interval = directives.steady_interval
                 # The lease is renewed as of when this sync was *sent*: the Orchestrator saw it no earlier.
                 last_ok = sent_at
                 self._apply(directives)

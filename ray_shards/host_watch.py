@@ -97,7 +97,8 @@ class HostWatch:
         """Carry out what `liveness.silent_host_actions` decides about the live ``hosts`` that stopped syncing."""
         mono = time.monotonic()
         silences = []
-        for host in hosts:
+        live = list(hosts)
+        for host in live:
             checking = self._health_checks.get(host.host_id)
             silences.append(liveness.HostSilence(
                 host.host_id, silent=mono - self._last_sync.setdefault(host.host_id, mono),
@@ -105,7 +106,8 @@ class HostWatch:
                 fenced=host.host_id in self.fenced, checking=checking is not None and not checking.done(),
             ))
         actions = liveness.silent_host_actions(
-            silences, host_timeout=self._timings.host_timeout, sync_interval=self._timings.longest_sync_interval,
+            silences, host_timeout=self._timings.host_timeout,
+            sync_interval=self._timings.longest_sync_interval_at(len(live)),
             standalone_lease_ttl=self._timings.standalone_lease_ttl,
         )
         for action in actions:

@@ -182,6 +182,9 @@ class HostDirectives:
     table: TableDelta | None = None
     """The table rows changed since the ``table_version`` the sync named (None: none changed, or not asked).
     Saves every host a `table_since` call per sync; a table change does not wake a parked sync."""
+    steady_interval: float | None = None
+    """How long this host's next sync parks once it is steady (`Timings.steady_park`: longer than
+    `Timings.steady_sync_interval` for a bot with many hosts); None: `Timings.steady_sync_interval`."""
 
     def __bool__(self) -> bool:
         return bool(self.adopt or self.revoke or self.commands or self.stop)

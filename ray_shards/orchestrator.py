@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import gc
 import logging
+import random
 import time
 import typing
 
@@ -148,6 +149,9 @@ class Orchestrator:
         self._stopping = False
         self._started_at = time.time()
         self._reconcile_task: asyncio.Task[None] | None = None
+        # Jitter for the steady parks of a big bot's hosts (Timings.steady_park), so hosts whose syncs arrived
+        # together (after a restart of this actor) do not stay in step.
+        self._park_jitter = random.Random()
         # Set when an asynchronous result (a host command's, a start's) is in: the reconcile pass runs at once.
         self._reconcile_wake = asyncio.Event()
         # The rolling restart's pure core (ray_shards.rolling); the reconcile pass steps it and carries out its effects.
@@ -619,9 +623,16 @@ class Orchestrator:
             stop=stop,
             resend_sessions=table.answered(host_id, time.time()),
             table=self._feed.delta_for(table_version),
+            steady_interval=self._timings.steady_park(
+                self._live_hosts(), standalone=not host.has_handle, jitter=self._park_jitter.random()
+            ),
         )
         self._hosts.synced(host_id)
         return directives
+
+    def _live_hosts(self) -> int:
+        """Live hosts of every set (a reshard's two sets both sync): what the steady parks are sized by."""
+        return sum(1 for table in self._sets.tables() for h in table.hosts.values() if h.alive)
 
     async def release(
         self,
@@ -918,7 +929,8 @@ class Orchestrator:
         self._capabilities.expire(mono)
         self._refresh_budget(mono)
         self._metrics.observe(
-            now, table, scheduler, fenced=self._hosts.fenced, sync_interval=self._timings.longest_sync_interval
+            now, table, scheduler, fenced=self._hosts.fenced,
+            sync_interval=self._timings.longest_sync_interval_at(self._live_hosts()),
         )
         self._feed.moved()
         if not self._writer.incarnation_written:

@@ -25,6 +25,17 @@ class Timings:
         (128 hosts) 0.5 s alone would be a quarter of a core (BENCHMARKS.md, F2). The price:
         a change on a steady host (a shard reconnecting) reaches the table up to this much
         later, and a failover RESUMEs up to this much further back (events replayed).
+        A big bot's hosts park longer than this (`steady_sync_rate`).
+    steady_sync_rate
+        Most steady syncs per second the Orchestrator asks of all its hosts together, or None for no
+        limit. Past ``steady_sync_rate * steady_sync_interval`` live hosts (80 at the defaults: 10,240
+        shards at 128 per host) a steady host parks ``hosts / steady_sync_rate`` seconds instead (3.2 s
+        at 16,384 shards on 128 hosts), at most ``host_timeout / 4`` (``standalone_lease_ttl / 4`` for a
+        standalone `Bot`), so the Orchestrator's cost of steady syncs stops growing with the bot (about
+        4 ms of actor CPU each at 16k shards, mostly Ray's own per-call work: BENCHMARKS.md, F2). The
+        Orchestrator says the park in each sync's answer (`HostDirectives.steady_interval`), shortened by
+        up to a tenth at random so hosts that synced together drift apart. The price is the one of
+        `steady_sync_interval`, for big bots only: a failover RESUMEs up to the park further back.
     host_timeout
         A host actor that has not synced for this long is presumed hung and is killed
         (fenced) so its shards can move.
@@ -98,6 +109,7 @@ class Timings:
 
     sync_interval: float = 0.5
     steady_sync_interval: float = 2.0
+    steady_sync_rate: float | None = 40.0
     host_timeout: float = 30.0
     standalone_lease_ttl: float = 10.0
     death_quarantine: float = 0.3
@@ -123,10 +135,30 @@ class Timings:
 
     @property
     def longest_sync_interval(self) -> float:
-        """The longest a live host waits between two syncs."""
+        """The longest a live host of a bot with few hosts waits between two syncs (`longest_sync_interval_at`)."""
         return max(self.sync_interval, self.steady_sync_interval)
 
+    def steady_park(self, hosts: int, *, standalone: bool = False, jitter: float = 0.0) -> float:
+        """How long a steady host's sync parks while the bot has ``hosts`` live hosts (`steady_sync_rate`).
+
+        ``jitter`` in [0, 1) shortens the park by up to a tenth of it, only when the rate limit set it (a
+        small bot keeps `steady_sync_interval` exactly); the caller draws it at random.
+        """
+        park = self.steady_sync_interval
+        if self.steady_sync_rate is None or hosts <= self.steady_sync_rate * park:
+            return park
+        cap = (self.standalone_lease_ttl if standalone else self.host_timeout) / 4
+        # Never below steady_sync_interval, even under the cap: an operator who set a longer interval meant it.
+        return max(park, min(hosts / self.steady_sync_rate, cap) * (1.0 - 0.1 * jitter))
+
+    def longest_sync_interval_at(self, hosts: int) -> float:
+        """The longest a live host waits between two syncs while the bot has ``hosts`` live hosts."""
+        return max(self.sync_interval, self.steady_park(hosts))
+
     def __post_init__(self) -> None:
+        if self.steady_sync_rate is not None and not self.steady_sync_rate > 0:
+            msg = f"steady_sync_rate must be positive syncs per second or None, not {self.steady_sync_rate!r}"
+            raise ValueError(msg)
         if self.host_switch_interval is not None and not 0 < self.host_switch_interval <= 1.0:
             msg = f"host_switch_interval must be in (0, 1] seconds or None, not {self.host_switch_interval!r}"
             raise ValueError(msg)

@@ -6,6 +6,7 @@ import pytest
 
 from ray_shards import liveness
 from ray_shards.liveness import CheckHealth, FindHandle, HostSilence, Quarantine
+from ray_shards.timings import Timings
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -42,3 +43,38 @@ def test_a_busy_host_that_answers_its_health_check_is_left_alone() -> None:
     assert stuck is not None and "stuck for 45.0 s" in stuck
     failed = liveness.fence_reason(answered=False, failure="GetTimeoutError", host_timeout=30.0)
     assert failed is not None and "GetTimeoutError" in failed
+
+
+# -- how long a steady host parks: Timings.steady_park (the Orchestrator's sync budget) --------------------------
+
+
+def test_a_small_bot_parks_exactly_the_steady_interval_whatever_the_jitter() -> None:
+    timings = Timings()
+    for hosts in (1, 16, 80):
+        assert timings.steady_park(hosts, jitter=0.99) == timings.steady_sync_interval == 2.0
+    assert timings.longest_sync_interval_at(80) == timings.longest_sync_interval
+
+
+@pytest.mark.parametrize(("hosts", "park"), [(81, 2.025), (128, 3.2), (160, 4.0), (256, 6.4), (10_000, 7.5)])
+def test_a_big_bots_steady_syncs_stay_within_the_rate_and_the_cap(hosts: int, park: float) -> None:
+    """40 syncs/s across the bot at most, and a park never past host_timeout / 4 (the health check is far)."""
+    timings = Timings()
+    assert timings.steady_park(hosts) == pytest.approx(park)
+    assert timings.longest_sync_interval_at(hosts) == pytest.approx(park)
+    jittered = timings.steady_park(hosts, jitter=0.999)
+    assert 0.9 * park <= jittered < park and jittered >= timings.steady_sync_interval
+    assert hosts / park <= timings.steady_sync_rate or park == timings.host_timeout / 4
+
+
+def test_a_standalone_host_parks_well_inside_its_lease() -> None:
+    timings = Timings()
+    park = timings.steady_park(10_000, standalone=True)
+    assert park == timings.standalone_lease_ttl / 4 < timings.standalone_lease_ttl / 2
+
+
+def test_no_rate_or_a_longer_interval_is_kept_as_set() -> None:
+    assert Timings(steady_sync_rate=None).steady_park(100_000) == 2.0
+    # A cap below the operator's own interval does not shorten it.
+    assert Timings(steady_sync_interval=9.0).steady_park(100_000, standalone=True) == 9.0
+    with pytest.raises(ValueError, match="steady_sync_rate must be positive"):
+        Timings(steady_sync_rate=0.0)

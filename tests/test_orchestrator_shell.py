@@ -414,3 +414,30 @@ async def test_a_host_start_waits_while_the_boot_advances_and_is_given_up_once_i
     plain = HostFleet(BOT, rest_url="http://127.0.0.1:1", intents=0, timings=Timings(host_start_timeout=0.3))
     with pytest.raises(TimeoutError):
         await plain._await_start("h2", start(1.2, advancing=True))
+
+
+async def test_each_sync_answer_says_how_long_the_hosts_next_steady_sync_parks(
+    ray_cluster: typing.Any, emulator_factory: typing.Any, token: str
+) -> None:
+    """The answer carries `Timings.steady_park` for the bot's live hosts: the configured interval while they
+    are few, longer (jittered down by at most a tenth) once they would sync more often than the rate allows."""
+    from ray_shards.orchestrator import Orchestrator, OrchestratorOptions
+
+    emu = emulator_factory(token, shards=2)
+    timings = Timings(steady_sync_interval=0.1, steady_sync_rate=10.0)
+    orchestrator = Orchestrator(bot_id_from_token(token),
+                                OrchestratorOptions(rest_url=emu.rest_url, shard_count=2, timings=timings), kv=_KV())
+    try:
+        capability = await orchestrator.initialise(token)
+        await orchestrator.register_host(capability, "host-a", node_id=None, want=1)
+        alone = await orchestrator.sync(capability, "host-a", [], timeout=0.0)
+        assert alone.steady_interval == 0.1
+        for name in ("host-b", "host-c"):
+            await orchestrator.register_host(capability, name, node_id=None, want=1)
+        answers = [await orchestrator.sync(capability, "host-a", [], timeout=0.0) for _ in range(20)]
+        parks = [a.steady_interval for a in answers]
+        assert all(p is not None and 0.27 <= p <= 0.3 for p in parks), parks
+        assert len(set(parks)) > 1, "jittered"
+    finally:
+        for task in asyncio.all_tasks() - {asyncio.current_task()}:
+            task.cancel()
