@@ -7,7 +7,8 @@ the public actor API, no real shards) follow what `ray_shards.bot.Bot` does (`Bo
 
 * boot: register (``want`` 128), then for every leased shard ``request_identify`` (sleeping locally for
   the answer's wait) and ``identify_done`` at "READY", then report it READY (``boot``);
-* steady: a ``sync`` long poll (``timeout`` = ``Timings.steady_sync_interval``, 2 s, as a host whose shards are
+* steady: a ``sync`` long poll (``timeout`` = ``Timings.steady_sync_interval``, 2 s, or the longer park the
+  Orchestrator names past ``Timings.steady_sync_rate`` (`Timings.steady_park`), as a host whose shards are
   all READY parks; ``sync_interval``, 0.5 s, before that existed) with the host's full state
   and an increasing ``report_seq``, the seq of every session advancing by ``--events-per-sync``; after a
   sync, when more than 2 s passed since the last read, a table delta read (``TableView.read``:

@@ -4,9 +4,11 @@ A checkpoint holds the bot's config, the shard table with leases and sessions,
 the presence and the salted token hash: never the token. It lets a restarted
 Orchestrator carry on where the old one stopped.
 
-Layout (version 3): a small *head* under ``checkpoint/<bot id>`` (config, hosts, presence,
+Layout (version 4): a small *head* under ``checkpoint/<bot id>`` (config, hosts, presence,
 everything but the table's rows) and the rows in chunks of `ray_shards.table.CHECKPOINT_CHUNK`
-shards under ``checkpoint/<bot id>/chunk/<index>/<generation>``. A changed row rewrites only
+shards under ``checkpoint/<bot id>/chunk/<index>/<generation>``, each row a list of values in the
+order the chunk names (`ray_shards.table.ShardTable.chunk_json`; version 3 stored each row as an
+object, which this version still reads). A changed row rewrites only
 its chunk, under a new generation (the checkpoint's sequence number); the head, written
 after its chunks, names the generation of every chunk. So a crash between two writes
 leaves the previous head naming chunks that are all still there: a checkpoint is always
@@ -43,9 +45,10 @@ __all__ = [
 
 _LOGGER = logging.getLogger("ray_shards.checkpoint")
 _KV_NAMESPACE = "ray_shards"
-CHECKPOINT_SCHEMA = 3
-"""Version of the checkpoint's top-level layout (1: before it was versioned; 2: the table inline; 3: chunks)."""
-_READABLE = (2, 3)
+CHECKPOINT_SCHEMA = 4
+"""Version of the checkpoint's top-level layout (1: before it was versioned; 2: the table inline; 3: chunks;
+4: chunks with rows by position)."""
+_READABLE = (2, 3, 4)
 
 
 class KeyValue(typing.Protocol):
@@ -86,7 +89,8 @@ class ChunkWrite(typing.NamedTuple):
 
     chunk: int
     generation: int
-    rows: list[dict[str, typing.Any]]
+    rows: typing.Any
+    """The chunk as stored (`ray_shards.table.ShardTable.chunk_json`; None until the caller fills it)."""
     previous: int | None
 
 
@@ -118,7 +122,7 @@ class TableChunks:
         """The chunks to write under ``generation``, every chunk's generation for the head, and whether the
         table is written whole (then other stored chunks are stale: `prune_chunks`).
 
-        Without ``rows`` the chunks' rows are left empty for the caller to fill (``table.chunk_json``), a
+        Without ``rows`` the chunks' rows are left None for the caller to fill (``table.chunk_json``), a
         chunk at a time. A row that changes meanwhile is marked dirty again, so it is written again next time.
         """
         whole = self.table_instance != table.instance
@@ -129,7 +133,7 @@ class TableChunks:
         else:
             indexes = table.take_dirty_chunks(batched=batched)
             known = self.generations
-        chunks = [ChunkWrite(i, generation, table.chunk_json(i) if rows else [], known.get(i)) for i in indexes]
+        chunks = [ChunkWrite(i, generation, table.chunk_json(i) if rows else None, known.get(i)) for i in indexes]
         generations = {**known, **dict.fromkeys(indexes, generation)}
         self._pending = (table.instance, generations)
         return chunks, [generations[i] for i in range(table.chunk_count)], whole
@@ -211,7 +215,7 @@ def load_checkpoint(bot_id: int, *, kv: KeyValue | None = None) -> dict[str, typ
         return None
     if not isinstance(data, dict):
         return None
-    from ray_shards.table import CheckpointSchemaError
+    from ray_shards.table import CheckpointSchemaError, chunk_rows
 
     schema = data.get("schema", 1)
     if schema not in _READABLE:
@@ -233,7 +237,7 @@ def load_checkpoint(bot_id: int, *, kv: KeyValue | None = None) -> dict[str, typ
                     f"generation {generation}, which is not stored: delete the checkpoint to start the bot afresh"
                 )
                 raise CheckpointSchemaError(msg)
-            rows.extend(json.loads(chunk))
+            rows.extend(chunk_rows(json.loads(chunk)))
         table["shards"] = rows
     return data
 

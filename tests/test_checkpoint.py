@@ -11,7 +11,7 @@ from ray_shards import checkpoint
 from ray_shards.checkpoint import CHECKPOINT_SCHEMA, TableChunks
 from ray_shards.models import ReportBatch, SessionState, ShardReport, ShardStatus
 from ray_shards.protocol import ReshardProgress, ReshardState
-from ray_shards.table import CHECKPOINT_CHUNK, CheckpointSchemaError, ShardTable
+from ray_shards.table import CHECKPOINT_CHUNK, CheckpointSchemaError, ShardTable, chunk_rows
 
 BOT = 42
 SHARDS = 2 * CHECKPOINT_CHUNK + 100  # three chunks, the last one short
@@ -336,3 +336,38 @@ def test_the_old_hosts_are_answered_by_a_stand_in_table_that_keeps_their_leases_
     assert stale == [] and table.holds("h0", 0, epoch)
     assert table.place() == {}  # never placed: shard 1 stays with nobody until h1 reports it
     assert table.release("h0", 0, epoch, None, stopped=True)  # the retired host's close ends it here
+
+
+# -- chunk layout 4: rows by position (issue #13: a batched checkpoint at 16k shards rewrites every chunk) --------
+
+
+def test_rows_by_position_read_back_as_the_rows_of_the_table_gaps_included() -> None:
+    table = _table()
+    table.mark_failed(7, "4014: disallowed intents")
+    loose = ShardTable(CHECKPOINT_CHUNK + 3)  # unassigned: no session, no latency (NaN), no host
+    for source in (table, loose):
+        rows = [row for i in range(source.chunk_count) for row in chunk_rows(source.chunk_json(i))]
+        assert rows == _rows(source)
+    assert chunk_rows(loose.chunk_json(1))[0]["latency"] is None
+    assert chunk_rows(table.chunk_json(0))[7]["error"] == "4014: disallowed intents"
+
+
+def test_a_layout_3_checkpoint_with_rows_as_objects_still_restores() -> None:
+    """What the ray_shards before layout 4 wrote: the same head, each chunk a list of row objects."""
+    kv = _KV()
+    table = _table()
+    rows = _rows(table)
+    head = {"schema": 3, "seq": 1, "table": table.to_json(rows=False)}
+    head["table"]["chunks"] = [1] * table.chunk_count
+    for i in range(table.chunk_count):
+        part = rows[i * CHECKPOINT_CHUNK:(i + 1) * CHECKPOINT_CHUNK]
+        kv.data[f"checkpoint/{BOT}/chunk/{i}/1".encode()] = json.dumps(part).encode()
+    kv.data[f"checkpoint/{BOT}".encode()] = json.dumps(head).encode()
+    assert _rows(_load(kv)) == rows
+
+
+def test_a_chunk_of_neither_layout_is_a_schema_error_that_says_what_to_do() -> None:
+    chunk = ShardTable(4).chunk_json(0)
+    for broken in ({**chunk, "rows": [[1, 2]]}, {"rows": []}, 7):
+        with pytest.raises(CheckpointSchemaError, match="delete the checkpoint"):
+            chunk_rows(broken)
