@@ -56,7 +56,7 @@ from ray_shards.errors import (
 )
 from ray_shards.gateway_info import validate_rest_url
 from ray_shards.link import OrchestratorLink, OrchestratorUnavailableError
-from ray_shards.metrics import ShardMetrics
+from ray_shards.metrics import ShardMetrics, shard_metrics_wanted
 from ray_shards.models import (
     BotConfig,
     Command,
@@ -300,6 +300,14 @@ class Bot(traits.GatewayBotAware):
         Name of this bot among the bot's hosts; a random one by default.
     timings
         Reaction times (see `ray_shards.timings.Timings`).
+    shard_metrics
+        Also export Prometheus series per shard (``ray_shards_shard_state``,
+        ``ray_shards_heartbeat_latency_seconds``, ``ray_shards_shard_events_total``, tagged
+        ``shard``), besides the per-host ones every host exports. Each costs this process
+        roughly 13-27 KiB per shard (Ray keeps every tag set) and Prometheus one series per
+        shard. None (the default) reads the ``RAY_SHARDS_SHARD_METRICS`` environment variable
+        of the host's process (``1``, ``true`` or ``yes`` switch them on); launchers pass it
+        through ``settings_factory``.
     actor_handle, shadow
         Internal: set by the launchers' `ray_shards.host.ShardHost` (its own actor handle,
         and whether its events are held during a live reshard).
@@ -362,6 +370,7 @@ class Bot(traits.GatewayBotAware):
         executor: concurrent.futures.Executor | None = None,
         host_id: str | None = None,
         timings: Timings | None = None,
+        shard_metrics: bool | None = None,
         actor_handle: typing.Any = None,
         shadow: bool = False,
     ) -> None:
@@ -409,7 +418,7 @@ class Bot(traits.GatewayBotAware):
         self._tasks: set[asyncio.Task[typing.Any]] = set()
         self._failures: list[ShardFailedError] = []
         self._failed = asyncio.Event()
-        self._metrics = ShardMetrics(self._link.bot_id, self._host_id)
+        self._metrics = ShardMetrics(self._link.bot_id, self._host_id, per_shard=shard_metrics_wanted(shard_metrics))
 
         self._cache = cache_impl.CacheImpl(self, cache_settings or config_impl.CacheSettings())
         self._entity_factory = entity_factory_impl.EntityFactoryImpl(self)
@@ -1229,7 +1238,7 @@ class Bot(traits.GatewayBotAware):
             break
         self._presence = presence
         slot.identify_sent_at = time.time()
-        self._metrics.count("identifies", shard_id)
+        self._metrics.count("identifies")
         _LOGGER.info("shard %s on host %s identifies (granted by the orchestrator)", shard_id, self._host_id)
         return presence.to_hikari_kwargs()
 
@@ -1253,13 +1262,13 @@ class Bot(traits.GatewayBotAware):
                 _LOGGER.warning("shard %s waits for the orchestrator to confirm its lease before resuming", shard_id)
         if not ok:
             raise LeaseLostError(f"host {self._host_id} lost the lease of shard {shard_id}")
-        self._metrics.count("resumes", shard_id)
+        self._metrics.count("resumes")
         _LOGGER.info("shard %s on host %s resumes its session", shard_id, self._host_id)
 
     async def _on_shard_disconnected(self, event: hikari.ShardDisconnectedEvent) -> None:
         slot = self._slots.get(event.shard.id)
         if slot is not None and not slot.leaving:
-            self._metrics.count("reconnects", event.shard.id)
+            self._metrics.count("reconnects")
             _LOGGER.info("shard %s on host %s disconnected; hikari reconnects", event.shard.id, self._host_id)
 
     async def _on_shard_ready(self, event: hikari.ShardReadyEvent) -> None:
@@ -1330,6 +1339,7 @@ class Bot(traits.GatewayBotAware):
                     error=slot.error,
                 )
             )
+        self._metrics.flush()
         return reports
 
     def _lease_cutoff(self) -> float:

@@ -21,6 +21,9 @@ class MetricSpec(typing.NamedTuple):
     """``gauge``, ``counter`` or ``histogram``."""
     tags: tuple[str, ...]
     description: str
+    source: str = "orchestrator"
+    """Who exports it: ``host`` (every host, always), ``shard`` (every host, per shard, only with
+    ``Bot(shard_metrics=True)``) or ``orchestrator`` (once per bot)."""
 
 
 def registered_name(exported: str) -> str:
@@ -32,19 +35,37 @@ def registered_name(exported: str) -> str:
 
 
 _SHARD = ("bot", "shard", "host")
+_HOST = ("bot", "host")
 
 EXPORTED: dict[str, MetricSpec] = {
-    # Per shard, from the host that runs it.
+    # Per host, always: a few series per host whatever its shard count (Prometheus cardinality and the
+    # host's memory stay flat as a bot grows to thousands of shards).
+    "ray_shards_host_shards": MetricSpec(
+        "gauge", ("bot", "host", "state"),
+        "this host's shards by state (starting, ready, reconnecting, failed, stopped)", "host",
+    ),
+    "ray_shards_host_heartbeat_latency_seconds": MetricSpec(
+        "gauge", ("bot", "host", "quantile"),
+        "gateway heartbeat round trip over this host's ready shards: quantile 0.5, 0.99 and 1 (the slowest)",
+        "host",
+    ),
+    "ray_shards_events_total": MetricSpec(
+        "counter", _HOST, "dispatch events this host's shards received (from the sequence numbers)", "host"),
+    "ray_shards_identifies_total": MetricSpec(
+        "counter", _HOST, "IDENTIFYs this host's shards sent (each spends one of the budget)", "host"),
+    "ray_shards_resumes_total": MetricSpec("counter", _HOST, "RESUMEs (hand-overs, reconnects) on this host", "host"),
+    "ray_shards_reconnects_total": MetricSpec(
+        "counter", _HOST, "dropped connections hikari reconnected on this host", "host"),
+    # Per shard, only from hosts whose Bot has shard_metrics=True: each costs the host memory per shard
+    # (Ray keeps every tag set) and Prometheus one series per shard.
     "ray_shards_shard_state": MetricSpec(
         "gauge", _SHARD,
         "shard state on this host: -1 left this host, 0 unassigned, 1 starting, 2 ready, 3 reconnecting, "
-        "4 failed, 5 stopped",
+        "4 failed, 5 stopped", "shard",
     ),
-    "ray_shards_heartbeat_latency_seconds": MetricSpec("gauge", _SHARD, "gateway heartbeat round trip"),
-    "ray_shards_events_total": MetricSpec("counter", _SHARD, "dispatch events received (from the sequence number)"),
-    "ray_shards_identifies_total": MetricSpec("counter", _SHARD, "IDENTIFYs sent (each spends one of the budget)"),
-    "ray_shards_resumes_total": MetricSpec("counter", _SHARD, "RESUMEs (hand-overs, reconnects)"),
-    "ray_shards_reconnects_total": MetricSpec("counter", _SHARD, "dropped connections hikari reconnected"),
+    "ray_shards_heartbeat_latency_seconds": MetricSpec("gauge", _SHARD, "gateway heartbeat round trip", "shard"),
+    "ray_shards_shard_events_total": MetricSpec(
+        "counter", _SHARD, "dispatch events received by the shard on this host", "shard"),
     # Bot-wide, from the Orchestrator (one series per bot: each shard counted once, wherever it runs).
     "ray_shards_shards": MetricSpec("gauge", ("bot", "state"), "shards by state in the Orchestrator's table"),
     "ray_shards_hosts": MetricSpec("gauge", ("bot", "state"), "hosts by state: live, late, fenced, dead"),

@@ -53,7 +53,7 @@ class OrchestratorMetrics:
             from ray.util import metrics
 
             for name, spec in EXPORTED.items():
-                if spec.tags[:1] != ("bot",) or "shard" in spec.tags:
+                if spec.source != "orchestrator":
                     continue
                 if spec.kind == "gauge":
                     self._metrics[name] = metrics.Gauge(registered_name(name), spec.description, spec.tags)

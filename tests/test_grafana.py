@@ -16,7 +16,7 @@ pytestmark = pytest.mark.timeout(60)
 DASHBOARD = pathlib.Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "ray_shards_dashboard.json"
 _PROMQL_WORDS = {
     "sum", "min", "max", "avg", "count", "quantile", "rate", "increase", "histogram_quantile", "by", "on",
-    "without", "ignoring", "and", "or", "unless", "label_values",
+    "without", "ignoring", "and", "or", "unless", "label_values", "topk", "bottomk",
 }
 
 

@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ray_shards.auth import bot_id_from_token
 from ray_shards.metric_names import EXPORTED
+from ray_shards.metrics import SHARD_METRICS_VAR
 from tests._ray_procs import MARKER_VAR, RayHead, start_head, wait_until
 from tests.conftest import new_token
 
@@ -88,7 +89,9 @@ def bot() -> typing.Iterator[Bot]:
     token = new_token()
     emu = EmulatorThread(EmulatorConfig(token=token, shards=SHARDS, max_concurrency=SHARDS, guilds=SHARDS * 2,
                                         identify_window_s=1.0, heartbeat_interval_ms=1000)).start()
-    head = start_head(name="ops", num_cpus=4)
+    # The nodes' environment switches the hosts' per-shard series on (the way a cluster.yaml would), so every
+    # metric the README lists is served; the per-host ones are exported either way.
+    head = start_head(name="ops", num_cpus=4, env={SHARD_METRICS_VAR: "1"})
     cwd = pathlib.Path(tempfile.mkdtemp(prefix="rs_ops_user_"))
     (cwd / "mybot.py").write_text(MYBOT)
     log = cwd / "run.log"
@@ -229,15 +232,26 @@ def test_every_documented_metric_is_served_with_its_tags(bot: Bot) -> None:
         found = _by_tags(bot.scrape().get(name, []), bot=bot_id, **tags)
         return float(found[0].value) if len(found) == 1 else None
 
-    # Values: every shard ready once, a heartbeat latency, events counted, one IDENTIFY each.
+    def host_values(name: str, **tags: str) -> dict[str, float]:
+        return {s.labels["host"]: s.value for s in _by_tags(bot.scrape().get(name, []), bot=bot_id, **tags)}
+
+    # Per shard: every shard ready once, a heartbeat latency, events counted.
     eventually("every shard ready once", lambda: sorted(shard_values("ray_shards_shard_state").items())
                == [(i, 2.0) for i in range(SHARDS)])
     eventually("latencies", lambda: len(latencies := shard_values("ray_shards_heartbeat_latency_seconds")) == SHARDS
                and all(0 < v < 5 for v in latencies.values()))
-    eventually("events counted", lambda: sum(shard_values("ray_shards_events_total").values()) > 0)
-    eventually("one IDENTIFY per shard", lambda: sum(shard_values("ray_shards_identifies_total").values()) == SHARDS)
-    eventually("shard 0's RESUME", lambda: shard_values("ray_shards_resumes_total").get(0, 0) >= 1)
-    eventually("shard 0's reconnect", lambda: shard_values("ray_shards_reconnects_total").get(0, 0) >= 1)
+    eventually("events counted per shard", lambda: sum(shard_values("ray_shards_shard_events_total").values()) > 0)
+    # Per host: shards by state, latency quantiles, and the counters (one IDENTIFY per shard across the hosts).
+    eventually("ready shards per host", lambda: sorted(host_values("ray_shards_host_shards", state="ready").values())
+               == [SHARDS / 2, SHARDS / 2] and not any(host_values("ray_shards_host_shards", state="failed").values()))
+    for q in ("0.5", "0.99", "1"):
+        eventually(f"latency quantile {q} per host", lambda q=q: len(
+            latencies := host_values("ray_shards_host_heartbeat_latency_seconds", quantile=q)) == 2
+            and all(0 < v < 5 for v in latencies.values()), "ray_shards_host_heartbeat_latency_seconds")
+    eventually("events counted per host", lambda: sum(host_values("ray_shards_events_total").values()) > 0)
+    eventually("one IDENTIFY per shard", lambda: sum(host_values("ray_shards_identifies_total").values()) == SHARDS)
+    eventually("shard 0's RESUME", lambda: sum(host_values("ray_shards_resumes_total").values()) >= 1)
+    eventually("shard 0's reconnect", lambda: sum(host_values("ray_shards_reconnects_total").values()) >= 1)
     eventually("shards by state", lambda: bot_value("ray_shards_shards", state="ready") == SHARDS
                and bot_value("ray_shards_shards", state="unassigned") == 0)
     eventually("hosts by state", lambda: bot_value("ray_shards_hosts", state="live") == 2
@@ -301,6 +315,15 @@ def test_shard_state_gauge_after_shards_move_between_live_hosts(bot: Bot) -> Non
     expected = {i: [after[i]] for i in range(SHARDS)}
     wait_until(lambda: ready_series() == expected, 90, "one ready series per shard, on its host",
                lambda: f"{ready_series()} != {expected}", interval=2.0)
+
+    # The per-host counts agree: a live host counts only the shards it runs now.
+    def ready_per_host() -> dict[str, float]:
+        samples = _by_tags(bot.scrape().get("ray_shards_host_shards", []), bot=bot_id, state="ready")
+        return {s.labels["host"]: s.value for s in samples if s.labels["host"] in live}
+
+    runs = {host: float(list(after.values()).count(host)) for host in live}
+    wait_until(lambda: ready_per_host() == runs, 90, "each live host counts the shards it runs",
+               lambda: f"{ready_per_host()} != {runs}", interval=2.0)
     # Shards that passed through the survivor and left it read -1 there, not 2.
     def through_survivor() -> list[typing.Any]:
         samples = _by_tags(bot.scrape().get("ray_shards_shard_state", []), bot=bot_id, host=survivor)

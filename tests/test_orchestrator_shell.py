@@ -343,7 +343,7 @@ def test_the_metrics_sample_costs_no_pass_over_an_unchanged_table(monkeypatch: p
 
     calls: list[tuple[str, float, dict[str, str]]] = []
     metrics = OrchestratorMetrics(BOT, every=0.0)
-    metrics._metrics = {name: _Recorded(calls, name) for name in EXPORTED if "shard" not in EXPORTED[name].tags}
+    metrics._metrics = {name: _Recorded(calls, name) for name in EXPORTED if EXPORTED[name].source == "orchestrator"}
     counted = []
     count_shards = metrics._count_shards
     monkeypatch.setattr(metrics, "_count_shards", lambda table: (counted.append(table.version), count_shards(table)))
