@@ -36,20 +36,29 @@ class Probe:
 class AttributionProbe:
     """Memory of ray_shards' per-shard Ray metrics series, rebuilt in a bare Ray worker and measured by USS."""
 
-    def metrics(self, shards: int) -> dict[str, int]:
-        """USS growth from ray_shards' per-shard Ray metrics series (6 metrics tagged bot/shard/host per shard)."""
+    def metrics(self, shards: int, per_shard: bool = True) -> dict[str, int]:
+        """USS growth from a host's Ray metrics for ``shards`` shards: with ``per_shard``, the opt-in
+        per-shard series (state, latency, events tagged bot/shard/host), else the per-host ones only."""
         from ray_shards.metrics import ShardMetrics
         from ray_shards.models import ShardStatus
 
-        metrics = ShardMetrics(1, "probe")
+        metrics = ShardMetrics(1, "probe", per_shard=per_shard)
         metrics.observe(0, ShardStatus.READY, 0.05, 1)  # create the metric objects first
+        metrics.flush()
         before = _uss()["uss"]
-        for shard_id in range(1, shards + 1):
-            metrics.observe(shard_id, ShardStatus.READY, 0.05, 100)
-            metrics.observe(shard_id, ShardStatus.READY, 0.05, 200)
-            for name in ("identifies", "resumes", "reconnects"):
-                metrics.count(name, shard_id)
+        for seq in (100, 200):
+            for shard_id in range(1, shards + 1):
+                metrics.observe(shard_id, ShardStatus.READY, 0.05, seq)
+            metrics.flush()
+        for name in ("identifies", "resumes", "reconnects"):
+            for _ in range(shards):
+                metrics.count(name)
         import time
 
         time.sleep(12.0)  # past one of Ray's metrics exports (every 10 s), which fills the SDK's per-series storage
         return {"uss_growth": _uss()["uss"] - before, "shards": shards}
+
+
+def shard_metrics_on() -> dict[str, bool]:
+    """A ``settings_factory`` switching the hosts' per-shard metrics series on."""
+    return {"shard_metrics": True}

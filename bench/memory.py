@@ -10,9 +10,10 @@ members per shard), measured ``--settle`` seconds (default 35) after every shard
 
 Per extra shard = least-squares slope of USS over k. Per host = USS(host, k) / USS(plain, k).
 For attribution, the USS of an idle Ray actor process importing nothing, and of one that has imported
-hikari and ray_shards, is reported too (what being a Ray worker costs by itself), and ray_shards'
-per-shard Ray metrics series (`ray_shards.metrics.ShardMetrics`) are rebuilt for 256 shards in a bare
-worker and their USS growth measured after Ray's metrics export ran.
+hikari and ray_shards, is reported too (what being a Ray worker costs by itself), and a host's Ray
+metrics (`ray_shards.metrics.ShardMetrics`) are rebuilt for 256 shards in a bare worker, per host (the
+default) and with the opt-in per-shard series, and their USS growth measured after Ray's metrics export ran.
+``--shard-metrics`` runs the hosts with ``Bot(shard_metrics=True)`` (per-shard series on).
 
 Hosts return freed heap pages to the OS every ``Timings.host_memory_trim_interval`` (30 s, first right
 after the boot); ``--trim-interval none`` measures hosts that never do (as before that setting).
@@ -40,12 +41,15 @@ def _slope(points: list[tuple[int, int]]) -> float:
     return sum((x - mean_x) * (y - mean_y) for x, y in points) / var if var else float("nan")
 
 
-async def _host_uss(k: int, settle: float, trim_interval: float | None) -> dict[str, int]:
+async def _host_uss(k: int, settle: float, trim_interval: float | None, shard_metrics: bool) -> dict[str, int]:
     token = _common.new_token()
     with _common.emulator(token, shards=k, max_concurrency=k, guilds=k, identify_window_s=0.5) as emu:
         timings = Timings(identify_window=0.5, host_memory_trim_interval=trim_interval)
+        from bench._probe import shard_metrics_on
+
         deployment = await BotDeployment.start(
-            token, shard_count=k, subprocess_count=1, rest_url=emu.rest_url, timings=timings
+            token, shard_count=k, subprocess_count=1, rest_url=emu.rest_url, timings=timings,
+            settings_factory=shard_metrics_on if shard_metrics else None,
         )
         try:
             await asyncio.sleep(settle)
@@ -91,10 +95,11 @@ async def main(args: argparse.Namespace) -> dict[str, typing.Any]:
         from bench._probe import AttributionProbe
 
         attribution = ray.remote(AttributionProbe).options(num_cpus=0).remote()  # type: ignore[attr-defined]
-        metrics_cost = await attribution.metrics.remote(256)
+        metrics_cost = await attribution.metrics.remote(256, True)
+        host_metrics_cost = await attribution.metrics.remote(256, False)
         ray.kill(attribution)
         for k in args.shards:
-            host = await _host_uss(k, args.settle, args.trim_interval)
+            host = await _host_uss(k, args.settle, args.trim_interval, args.shard_metrics)
             plain = await _plain_uss(k, args.settle)
             row = {"shards": k, "host_uss_mib": round(host["uss"] / 2**20, 2),
                    "plain_uss_mib": round(plain["uss"] / 2**20, 2), "ratio": round(host["uss"] / plain["uss"], 3),
@@ -107,7 +112,7 @@ async def main(args: argparse.Namespace) -> dict[str, typing.Any]:
     return {
         "load": await sampler.stop(),
         "settings": {"shards": args.shards, "settle_s": args.settle, "guilds_per_shard": 1, "members_per_guild": 5,
-                     "host_memory_trim_interval_s": args.trim_interval},
+                     "host_memory_trim_interval_s": args.trim_interval, "shard_metrics": args.shard_metrics},
         "rows": rows,
         "per_extra_shard_kib": {"ray_shards_host": round(host_slope / 1024, 1),
                                 "plain_hikari": round(plain_slope / 1024, 1)},
@@ -116,7 +121,8 @@ async def main(args: argparse.Namespace) -> dict[str, typing.Any]:
         "ray_worker_baseline_uss_mib": {"bare_actor": round(bare["uss"] / 2**20, 2),
                                         "after_importing_hikari_and_ray_shards": round(stack["uss"] / 2**20, 2)},
         "attribution_per_shard_kib": {
-            "ray_metrics_series": round(metrics_cost["uss_growth"] / metrics_cost["shards"] / 1024, 1),
+            "ray_metrics_per_shard_series": round(metrics_cost["uss_growth"] / metrics_cost["shards"] / 1024, 1),
+            "ray_metrics_per_host_only": round(host_metrics_cost["uss_growth"] / host_metrics_cost["shards"] / 1024, 1),
         },
         "targets": {
             "per_extra_shard_le_1.2x_plain": host_slope <= 1.2 * plain_slope,
@@ -135,6 +141,8 @@ def cli() -> None:
     parser.add_argument("--trim-interval", type=lambda s: None if s == "none" else float(s),
                         default=Timings().host_memory_trim_interval,
                         help="Timings.host_memory_trim_interval of the hosts, in seconds, or 'none' (never trim)")
+    parser.add_argument("--shard-metrics", action="store_true",
+                        help="hosts also export per-shard metrics series (Bot(shard_metrics=True))")
     _common.run("memory", parser, main)
 
 
