@@ -55,6 +55,13 @@ class HostWatch:
         """The host synced just now (silence is measured on the monotonic clock: a wall-clock step fences no one)."""
         self._last_sync[host_id] = time.monotonic()
 
+    def since_sync(self, host_id: str, mono: float) -> float | None:
+        """Seconds from the host's last sync to ``mono`` (None: not synced since this Orchestrator started)."""
+        last = self._last_sync.get(host_id)
+        if last is None or last == math.inf:
+            return None
+        return max(0.0, mono - last)
+
     def forget(self, host_id: str) -> None:
         """The host is gone: drop its handle and its fence (its watch ends by itself)."""
         self._handles.pop(host_id, None)

@@ -884,6 +884,7 @@ class Orchestrator:
         pending = sum(
             1 for r in table.shards.values() if r.status in (ShardStatus.UNASSIGNED, ShardStatus.STARTING)
         )
+        mono = time.monotonic()
         return BotStatus(
             bot_id=self._bot_id,
             config=config,
@@ -892,7 +893,10 @@ class Orchestrator:
             identify_eta=scheduler.eta(pending),
             identifies_remaining=scheduler.remaining,
             hosts={
-                h.host_id: HostSummary(node_id=h.node_id, want=h.want, shards=table.owned_by(h.host_id))
+                h.host_id: HostSummary(
+                    node_id=h.node_id, want=h.want, shards=table.owned_by(h.host_id),
+                    since_sync=self._hosts.since_sync(h.host_id, mono),
+                )
                 for h in table.live_hosts()
             },
             presence=self._presence,

@@ -313,6 +313,12 @@ class HostSummary:
     node_id: str | None
     want: int
     shards: list[int]
+    since_sync: float | None = None
+    """Seconds since the host's last sync reached the Orchestrator (None: none since it started).
+
+    A steady host syncs about every `Timings.longest_sync_interval_at` seconds; a value near
+    `Timings.host_timeout` means the host is about to be fenced.
+    """
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

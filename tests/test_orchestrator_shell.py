@@ -441,3 +441,30 @@ async def test_each_sync_answer_says_how_long_the_hosts_next_steady_sync_parks(
     finally:
         for task in asyncio.all_tasks() - {asyncio.current_task()}:
             task.cancel()
+
+
+async def test_status_says_how_long_ago_each_host_last_synced(
+    ray_cluster: typing.Any, emulator_factory: typing.Any, token: str
+) -> None:
+    """`HostSummary.since_sync` grows while a host is silent and falls back to ~0 when it syncs again."""
+    from ray_shards.orchestrator import Orchestrator, OrchestratorOptions
+
+    emu = emulator_factory(token, shards=2)
+    orchestrator = Orchestrator(bot_id_from_token(token),
+                                OrchestratorOptions(rest_url=emu.rest_url, shard_count=2), kv=_KV())
+    try:
+        capability = await orchestrator.initialise(token)
+        await orchestrator.register_host(capability, "host-a", node_id=None, want=1)
+        await orchestrator.register_host(capability, "host-b", node_id=None, want=1)
+        await orchestrator.sync(capability, "host-a", [], timeout=0.0)
+        await orchestrator.sync(capability, "host-b", [], timeout=0.0)
+        await asyncio.sleep(0.4)
+        await orchestrator.sync(capability, "host-a", [], timeout=0.0)
+        hosts = (await orchestrator.status(capability)).hosts
+        a, b = hosts["host-a"].since_sync, hosts["host-b"].since_sync
+        assert a is not None and b is not None
+        assert a < 0.2 and 0.35 <= b < 5.0, (a, b)
+        assert (await orchestrator.status(capability)).to_dict()["hosts"]["host-b"]["since_sync"] >= b
+    finally:
+        for task in asyncio.all_tasks() - {asyncio.current_task()}:
+            task.cancel()

@@ -79,7 +79,7 @@ def test_bot_status_dict_form() -> None:
     )
     data = status.to_dict()
     assert data["config"] == dataclasses.asdict(status.config)
-    assert data["hosts"] == {"h0-x": {"node_id": None, "want": 2, "shards": [0, 1]}}
+    assert data["hosts"] == {"h0-x": {"node_id": None, "want": 2, "shards": [0, 1], "since_sync": None}}
     assert data["rolling_restart"] == {} and data["reshard"] == {}
     assert data["fleet"] == fleet | {"callback": None}
     assert list(data["fleet"]) == list(fleet)
