@@ -129,6 +129,18 @@ async def _ray_side(emu: typing.Any, token: str, args: argparse.Namespace) -> li
     )
     client = Client(token, None, refresh_interval=1.0)  # cheap: only to see the host's sync gaps
     await client.start()
+    # The Orchestrator's own measure of each host's silence (`HostSummary.since_sync`), read every 0.25 s.
+    # Not the rows' `last_seen` in the Client's copy: the delta table sends a row only when it changes.
+    latest_gap = [0.0]
+
+    async def watch_sync_gap() -> None:
+        while True:
+            status = await client.status()
+            gaps = [h.since_sync for h in status.hosts.values() if h.since_sync is not None]
+            latest_gap[0] = max(gaps, default=0.0)
+            await asyncio.sleep(0.25)
+
+    watcher = asyncio.get_running_loop().create_task(watch_sync_gap())
     try:
         await _common.wait_for(lambda: bool(ray.get(notes.get.remote("stats"))), 30, "host stats")
 
@@ -137,13 +149,15 @@ async def _ray_side(emu: typing.Any, token: str, args: argparse.Namespace) -> li
             return latest
 
         def sync_gap() -> float:
-            """How long ago the host last reported its shards to the Orchestrator (its sync)."""
-            seen = [s.info.last_seen for s in client.remote_shards.values() if s.info is not None]
-            return time.time() - min(seen) if seen else 0.0
+            """How long ago the host's last sync reached the Orchestrator (the watcher's latest reading)."""
+            if watcher.done() and not watcher.cancelled() and watcher.exception() is not None:
+                raise RuntimeError("reading the bot's status failed") from watcher.exception()
+            return latest_gap[0]
 
         await asyncio.sleep(1.0)
         return await _bursts(emu, stats, args, "ray_shards", sync_gap)
     finally:
+        watcher.cancel()
         await client.close()
         await deployment.stop()
         ray.kill(notes)
