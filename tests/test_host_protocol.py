@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(30)
 
 
 class _Metrics:
-    def count(self, name: str, shard_id: int) -> None:
+    def count(self, name: str) -> None:
         pass
 
 
