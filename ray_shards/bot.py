@@ -306,7 +306,7 @@ class Bot(traits.GatewayBotAware):
         ``shard``), besides the per-host ones every host exports. Each costs this process
         roughly 13-27 KiB per shard (Ray keeps every tag set) and Prometheus one series per
         shard. None (the default) reads the ``RAY_SHARDS_SHARD_METRICS`` environment variable
-        of the host's process (``1``, ``true`` or ``yes`` switch them on); launchers pass it
+        of the host's process (``1``, ``true``, ``yes`` or ``on`` switch them on); launchers pass it
         through ``settings_factory``.
     actor_handle, shadow
         Internal: set by the launchers' `ray_shards.host.ShardHost` (its own actor handle,

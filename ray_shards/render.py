@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import typing
 
+from ray_shards.metrics import quantile
 from ray_shards.models import ShardInfo
 
 if typing.TYPE_CHECKING:
@@ -55,11 +56,8 @@ _STATES = ("ready", "starting", "reconnecting", "unassigned", "failed", "stopped
 
 
 def _percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile of ``values`` (sorted here); NaN for none."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+    """Nearest-rank percentile of ``values`` (sorted here), as the hosts' latency gauges take it; NaN for none."""
+    return quantile(sorted(values), q) if values else float("nan")
 
 
 def render_summary(rows: typing.Iterable[ShardInfo]) -> str:
