@@ -7,6 +7,7 @@ hikari loads exactly what it needs.
 
 from __future__ import annotations
 
+import resource
 import time
 import typing
 
@@ -23,5 +24,15 @@ async def on_message(event: hikari.MessageCreateEvent) -> None:
 
 
 def snapshot() -> dict[str, typing.Any]:
-    """Counters, this process's CPU time (all threads) and its monotonic clock."""
-    return {"count": STATE["count"], "last": STATE["last"], "cpu": time.process_time(), "t": time.monotonic()}
+    """Counters, CPU time (the process's and the calling loop thread's), the monotonic clock, faults and switches."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "count": STATE["count"],
+        "last": STATE["last"],
+        "cpu": time.process_time(),
+        "loop_cpu": time.thread_time(),
+        "t": time.monotonic(),
+        "minflt": usage.ru_minflt,
+        "nvcsw": usage.ru_nvcsw,
+        "nivcsw": usage.ru_nivcsw,
+    }
