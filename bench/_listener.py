@@ -26,6 +26,7 @@ async def on_message(event: hikari.MessageCreateEvent) -> None:
 def snapshot() -> dict[str, typing.Any]:
     """Counters, CPU time (the process's and the calling loop thread's), the monotonic clock, faults and switches."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    loop = resource.getrusage(resource.RUSAGE_THREAD)  # the calling thread: the event loop's
     return {
         "count": STATE["count"],
         "last": STATE["last"],
@@ -35,4 +36,6 @@ def snapshot() -> dict[str, typing.Any]:
         "minflt": usage.ru_minflt,
         "nvcsw": usage.ru_nvcsw,
         "nivcsw": usage.ru_nivcsw,
+        "loop_nvcsw": loop.ru_nvcsw,
+        "loop_nivcsw": loop.ru_nivcsw,
     }

@@ -115,10 +115,10 @@ async def _bursts(emu: typing.Any, stats: typing.Callable[[], dict[str, typing.A
             loop_cpu = after["loop_cpu"] - before["loop_cpu"]
             result["loop_thread_cpu_us_per_event"] = round(loop_cpu / max(sent, 1) * 1e6, 1)
             result["other_threads_cpu_us_per_event"] = round((cpu - loop_cpu) / max(sent, 1) * 1e6, 1)
-        for counter in ("minflt", "nvcsw", "nivcsw"):
-            # Minor page faults and context switches per 1,000 events (whole process): a consumer whose
-            # allocator keeps handing pages back to the kernel, or whose loop thread keeps losing the GIL or the
-            # CPU, pays for it here whatever the load on the machine.
+        for counter in ("minflt", "nvcsw", "nivcsw", "loop_nvcsw", "loop_nivcsw"):
+            # Minor page faults and context switches per 1,000 events (the whole process; loop_*: the loop thread
+            # alone): a consumer whose allocator keeps handing pages back to the kernel, or whose loop thread keeps
+            # losing the GIL or the CPU, pays for it here whatever the load on the machine.
             if counter in after and counter in before:
                 result[f"{counter}_per_1k_events"] = round((after[counter] - before[counter]) / max(sent, 1) * 1e3, 2)
         if sync_gap is not None:
@@ -412,7 +412,7 @@ async def main(args: argparse.Namespace) -> dict[str, typing.Any]:
                 digits=2,
             )
             for side in ("ray_shards", "plain_hikari")
-            for counter in ("minflt", "nvcsw", "nivcsw")
+            for counter in ("minflt", "nvcsw", "nivcsw", "loop_nvcsw", "loop_nivcsw")
         },
         **{
             f"{side}_{part}_cpu_us_per_event": _common.summary(
