@@ -53,6 +53,17 @@ from bench._callbacks import message_counter
 from ray_shards import BotDeployment, Client
 from ray_shards.timings import Timings
 
+# Minor page faults and context switches, counted per 1,000 events (the whole process; loop_*: the loop thread
+# alone): a consumer whose allocator keeps handing pages back to the kernel, or whose loop thread keeps losing the
+# GIL or the CPU, pays for it here whatever the load on the machine.
+_COUNTERS = ("minflt", "nvcsw", "nivcsw", "loop_nvcsw", "loop_nivcsw")
+# Each burst's diagnostic fields, summarised per side in the result, with their rounding.
+_DIAGNOSTICS = (
+    *((f"{counter}_per_1k_events", 2) for counter in _COUNTERS),
+    ("loop_thread_cpu_us_per_event", 1),
+    ("other_threads_cpu_us_per_event", 1),
+)
+
 
 async def _bursts(emu: typing.Any, stats: typing.Callable[[], dict[str, typing.Any]], args: argparse.Namespace,
                   side: str, sync_gap: typing.Callable[[], float] | None = None) -> list[dict[str, typing.Any]]:
@@ -109,18 +120,13 @@ async def _bursts(emu: typing.Any, stats: typing.Callable[[], dict[str, typing.A
             "idle_cpu_percent": round(idle_cpu_rate * 100, 2),
             "load1": round(os.getloadavg()[0], 2),
         }
-        if "loop_cpu" in after and "loop_cpu" in before:
-            # The snapshot is taken on the shards' event loop thread: what the loop itself spent, and what every
-            # other thread of the process (Ray's core worker, the health loop) spent beside it during the burst.
-            loop_cpu = after["loop_cpu"] - before["loop_cpu"]
-            result["loop_thread_cpu_us_per_event"] = round(loop_cpu / max(sent, 1) * 1e6, 1)
-            result["other_threads_cpu_us_per_event"] = round((cpu - loop_cpu) / max(sent, 1) * 1e6, 1)
-        for counter in ("minflt", "nvcsw", "nivcsw", "loop_nvcsw", "loop_nivcsw"):
-            # Minor page faults and context switches per 1,000 events (the whole process; loop_*: the loop thread
-            # alone): a consumer whose allocator keeps handing pages back to the kernel, or whose loop thread keeps
-            # losing the GIL or the CPU, pays for it here whatever the load on the machine.
-            if counter in after and counter in before:
-                result[f"{counter}_per_1k_events"] = round((after[counter] - before[counter]) / max(sent, 1) * 1e3, 2)
+        # The snapshot is taken on the shards' event loop thread: what the loop itself spent, and what every other
+        # thread of the process (Ray's core worker, the health loop) spent beside it during the burst.
+        loop_cpu = after["loop_cpu"] - before["loop_cpu"]
+        result["loop_thread_cpu_us_per_event"] = round(loop_cpu / max(sent, 1) * 1e6, 1)
+        result["other_threads_cpu_us_per_event"] = round((cpu - loop_cpu) / max(sent, 1) * 1e6, 1)
+        for counter in _COUNTERS:
+            result[f"{counter}_per_1k_events"] = round((after[counter] - before[counter]) / max(sent, 1) * 1e3, 2)
         if sync_gap is not None:
             result["longest_sync_gap_s"] = round(longest_gap, 2)
         if index < args.warmup:
@@ -407,20 +413,9 @@ async def main(args: argparse.Namespace) -> dict[str, typing.Any]:
         "ray_shards_idle_cpu_percent": _common.summary(host_idle, digits=2),
         "plain_hikari_idle_cpu_percent": _common.summary(plain_idle, digits=2),
         **{
-            f"{side}_{counter}_per_1k_events": _common.summary(
-                [b[f"{counter}_per_1k_events"] for b in runs if b["side"] == side and f"{counter}_per_1k_events" in b],
-                digits=2,
-            )
+            f"{side}_{key}": _common.summary([b[key] for b in runs if b["side"] == side], digits=digits)
+            for key, digits in _DIAGNOSTICS
             for side in ("ray_shards", "plain_hikari")
-            for counter in ("minflt", "nvcsw", "nivcsw", "loop_nvcsw", "loop_nivcsw")
-        },
-        **{
-            f"{side}_{part}_cpu_us_per_event": _common.summary(
-                [b[f"{part}_cpu_us_per_event"] for b in runs if b["side"] == side and f"{part}_cpu_us_per_event" in b],
-                digits=1,
-            )
-            for side in ("ray_shards", "plain_hikari")
-            for part in ("loop_thread", "other_threads")
         },
         "consumer_bound": all(b["events_per_s"] < 0.9 * b["emulator_generation_per_s"] for b in runs),
         "ray_shards_longest_sync_gap_s": max(b.get("longest_sync_gap_s", 0.0) for b in runs),
