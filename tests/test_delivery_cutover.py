@@ -9,6 +9,8 @@ know every guild (its initial GUILD_CREATEs and the join it skipped fill the cac
 from __future__ import annotations
 
 import asyncio
+import time
+import types
 import typing
 
 import hikari
@@ -104,10 +106,35 @@ def _events(world: World, gid: int) -> list[tuple[str, str, dict[str, typing.Any
     ]
 
 
+class _ReceiveClock:
+    """The wall clock `ray_shards.delivery` stamps receive times with, pinned per event while the test feeds it.
+
+    Assumption 2 of `ray_shards.cutover` is about Discord and the network: both sets receive an event within
+    ``max_skew`` of each other. Fed one after the other on a loaded 2-core CI machine, the old set's dispatch
+    alone once took longer than ``MAX_SKEW``, so the test broke the assumption it relies on and saw duplicates.
+    Pinning both sets' stamp of one event to one value keeps the assumption true by construction; between
+    events, and after the loop, the clock is the real one (pinned values never run ahead of it: each event is
+    pinned to the start plus the sum of the real GAP sleeps before it).
+    """
+
+    def __init__(self) -> None:
+        self.pinned: float | None = None
+
+    def time(self) -> float:
+        return time.time() if self.pinned is None else self.pinned
+
+
+@pytest.fixture
+def receive_clock(monkeypatch: pytest.MonkeyPatch) -> _ReceiveClock:
+    clock = _ReceiveClock()
+    monkeypatch.setattr("ray_shards.delivery.time", types.SimpleNamespace(time=clock.time, monotonic=time.monotonic))
+    return clock
+
+
 # The old set is muted only after the new set started receiving (the Orchestrator switches after READY).
 @pytest.mark.parametrize(("new_starts_at", "mute_after"), [(s, m) for s in (0, 3) for m in range(s, 10)])
 async def test_each_edit_reaction_join_and_leave_is_handled_once_across_the_switch(
-    token: str, mute_after: int, new_starts_at: int
+    token: str, mute_after: int, new_starts_at: int, receive_clock: _ReceiveClock
 ) -> None:
     world = World(2, 3)
     gid = world.guild_ids()[0]
@@ -118,6 +145,7 @@ async def test_each_edit_reaction_join_and_leave_is_handled_once_across_the_swit
     events = _events(world, gid)
     old.manager.start_recording()
     new = _Set(token, "new", handled, shadow=True)
+    started = time.time()
     for i, (_, name, payload) in enumerate(events):
         if i == new_starts_at:
             # The new set's sessions start: their initial GUILD_CREATEs fill its cache, no listener runs.
@@ -126,9 +154,11 @@ async def test_each_edit_reaction_join_and_leave_is_handled_once_across_the_swit
             assert new.guilds() == set(world.guild_ids()[:2])
         if i == mute_after:
             tails = old.manager.mute()
+        receive_clock.pinned = started + i * GAP  # both sets receive this event at one time (see _ReceiveClock)
         old.feed(name, payload)
         if i >= new_starts_at:
             new.feed(name, payload)
+        receive_clock.pinned = None
         await asyncio.sleep(GAP)
     if mute_after >= len(events):
         tails = old.manager.mute()
