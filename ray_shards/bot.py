@@ -229,6 +229,8 @@ class _Slot:
     started: _Flag = dataclasses.field(default_factory=_Flag)
     leaving: bool = False
     identify_sent_at: float | None = None
+    identify_ask: int | None = None
+    """The number of the ask whose grant the last IDENTIFY used: `identify_done` names it."""
     reported: SessionState | None = None
     """The session last reported to the Orchestrator: reports never go back from it."""
     previous: _Slot | None = None
@@ -1215,7 +1217,7 @@ class Bot(traits.GatewayBotAware):
             asked, ask = time.monotonic(), next(self._asks)
             try:
                 answer = await self._link.request_identify(
-                    self._host_id, shard_id, slot.lease.epoch, ask=ask, dropped=dropped, retry_for=60.0
+                    self._host_id, shard_id, slot.lease.epoch, ask=ask, dropped=dropped, early=True, retry_for=60.0
                 )
             except OrchestratorUnavailableError:
                 _LOGGER.warning("shard %s waits for the orchestrator to identify", shard_id)
@@ -1234,10 +1236,22 @@ class Bot(traits.GatewayBotAware):
                 _LOGGER.warning("shard %s: identify grant arrived late; asking again", shard_id)
                 dropped = ask
                 continue
+            if answer.wait > 0:
+                # A grant ahead of its bucket's opening. Sleep the wait from now, when the answer arrived (after
+                # the grant was made), so the IDENTIFY cannot leave before the not-before time; it must still leave
+                # within the limit of it, counted from the ask (before the grant was made).
+                await asyncio.sleep(answer.wait)
+                if time.monotonic() - asked > _GRANT_USE_LIMIT + answer.wait:
+                    _LOGGER.warning("shard %s: woke too late to use its identify grant; asking again", shard_id)
+                    dropped = ask
+                    continue
+                if slot.leaving or self._slots.get(shard_id) is not slot:
+                    raise LeaseLostError(f"shard {shard_id} is not leased to host {self._host_id}")
             presence = answer.presence
             break
         self._presence = presence
         slot.identify_sent_at = time.time()
+        slot.identify_ask = ask
         self._metrics.count("identifies")
         _LOGGER.info("shard %s on host %s identifies (granted by the orchestrator)", shard_id, self._host_id)
         return presence.to_hikari_kwargs()
@@ -1280,7 +1294,8 @@ class Bot(traits.GatewayBotAware):
         # loop the IDENTIFY may leave later than it was stamped, and the next one would come too early.
         with contextlib.suppress(Exception):
             await self._link.identify_done(
-                event.shard.id, None, host_id=self._host_id, epoch=slot.lease.epoch, retry_for=10.0
+                event.shard.id, None, host_id=self._host_id, epoch=slot.lease.epoch, ask=slot.identify_ask,
+                retry_for=10.0,
             )
 
     # -- sync with the Orchestrator --------------------------------------------------------------

@@ -139,7 +139,8 @@ class Placement:
 class IdentifyDecision:
     """The answer to a shard's request to IDENTIFY.
 
-    ``granted``: send it now (within the grant-use limit). Otherwise ``lease_lost`` (the asker no longer
+    ``granted``: send it after ``wait`` (0 unless the asker took a not-before grant; the wait is counted
+    from the answer's arrival), within the grant-use limit after it. Otherwise ``lease_lost`` (the asker no longer
     holds the shard: stop) or wait ``wait`` seconds and ask again; ``refresh_budget`` says the daily
     budget is used up with no known reset, so the shell must ask Discord (GET /gateway/bot).
     """
@@ -284,25 +285,26 @@ def identify_requested(
     *,
     ask: int | None = None,
     dropped: int | None = None,
+    early: bool = False,
 ) -> IdentifyDecision:
     """May ``host_id`` IDENTIFY ``shard_id`` (lease ``epoch``) now? Counts the grant in the shard's row.
 
     ``ask`` numbers this ask; ``dropped`` names an earlier ask whose grant came too late and went unused
-    (`IdentifyScheduler.request`).
+    (`IdentifyScheduler.request`); ``early`` says the asker takes a not-before grant.
     """
     if not table.holds(host_id, shard_id, epoch):
         # Not the holder (any more): it must not keep a place in the queue either.
         scheduler.cancel(shard_id)
         return IdentifyDecision(lease_lost=True)
     try:
-        outcome = scheduler.request(shard_id, now, holder=(host_id, epoch), ask=ask, dropped=dropped)
+        outcome = scheduler.request(shard_id, now, holder=(host_id, epoch), ask=ask, dropped=dropped, early=early)
     except IdentifyBudgetExhaustedError:
         # Used up with no known reset (no budget answer from Discord yet): poll, and have the shell ask.
         return IdentifyDecision(wait=BUDGET_POLL, refresh_budget=True)
     if isinstance(outcome, IdentifyGrant):
         table.shards[shard_id].identifies += 1
         table.note_counters(shard_id)
-        return IdentifyDecision(granted=True)
+        return IdentifyDecision(granted=True, wait=max(0.0, outcome.opens - now))
     return IdentifyDecision(wait=outcome)
 
 

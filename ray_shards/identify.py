@@ -19,6 +19,8 @@ What a host must do for the guarantees to hold
   the same shard asks again (a duplicated or retried call cannot free the bucket
   before the grant's IDENTIFY left), and when it counts grants Discord may not
   have seen yet in a budget refresh.
+- With a not-before grant (``early``), sleep the grant's wait *after the answer arrived* and send no later
+  than ``wait + grant_use_limit`` after asking (see "Grants ahead of the opening" below).
 - Report READY (or failure) with `release`, fenced by its ``(host_id, epoch)``.
 - Ask again within `LATE_ASK` after the wait it was told: a shard that stops asking
   no longer holds the lower-ids-first order of its bucket (order only; never safety).
@@ -36,6 +38,20 @@ windows have passed (each grant holds the bucket until READY, then a whole windo
 so it is told to sleep that long (at most `MAX_WAIT`). A 2,048-shard boot at
 ``max_concurrency`` 16 asked about 400 times a second when every shard asked once
 a window; now each shard asks a few times in all, and no call is ever parked.
+
+Grants ahead of the opening
+---------------------------
+A bucket opens ``window + margin`` after READY, and a shard told to ask at the opening would then
+pay a whole ask round trip before its IDENTIFY leaves. An asker that says it understands not-before
+grants (``early``) may instead be granted up to ``lead`` seconds before the opening, with the grant's
+``not_before`` at the opening. The answer carries the wait as a duration (``not_before - now``), not
+as a time: no clock is shared across processes. The host sleeps that wait from when the answer
+*arrived*, which is after the grant was made, so its IDENTIFY leaves no earlier than ``not_before``;
+and it sends within ``wait + grant_use_limit`` of *asking*, which is before the grant was made, so
+its IDENTIFY leaves no later than ``not_before + grant_use_limit``. Every place that reasons about the
+latest send (a re-ask, an expiry, a budget refresh, a restart) counts from ``not_before`` so. The
+bucket is still released at READY, and the opening is still counted from it: only the ask's round
+trip leaves the path between two IDENTIFYs of a bucket.
 """
 
 from __future__ import annotations
@@ -64,7 +80,7 @@ class IdentifyBudgetExhaustedError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class IdentifyGrant:
-    """Permission for one shard to send one IDENTIFY now.
+    """Permission for one shard to send one IDENTIFY, from ``not_before`` on.
 
     ``holder`` is the ``(host_id, lease epoch)`` the grant was given to, if the caller said.
     """
@@ -75,6 +91,14 @@ class IdentifyGrant:
     holder: tuple[str, int] | None = None
     ask: int | None = None
     """The number of the ask it answered, if the asker numbered it."""
+    not_before: float | None = None
+    """The earliest the IDENTIFY may leave (caller's clock), for a grant made ahead of its bucket's opening;
+    None for a grant to send at once."""
+
+    @property
+    def opens(self) -> float:
+        """When the IDENTIFY may leave: ``not_before``, or the grant time."""
+        return self.granted_at if self.not_before is None else self.not_before
 
 
 class IdentifyScheduler:
@@ -100,6 +124,10 @@ class IdentifyScheduler:
     grant_use_limit
         Hosts send their IDENTIFY within this many seconds of asking for the grant, or
         drop it (see the module docstring).
+    lead
+        How long before its bucket opens a shard asking ``early`` may be granted, with a
+        not-before time (0: grants only once the bucket is open). ``lead + grant_use_limit``
+        must not exceed ``grant_timeout``.
     """
 
     __slots__ = (
@@ -107,6 +135,7 @@ class IdentifyScheduler:
         "_grant_timeout",
         "_grant_use_limit",
         "_held",
+        "_lead",
         "_margin",
         "_max_concurrency",
         "_recent",
@@ -125,6 +154,7 @@ class IdentifyScheduler:
         margin: float = 0.1,
         grant_timeout: float = 30.0,
         grant_use_limit: float = 1.0,
+        lead: float = 0.0,
     ) -> None:
         if max_concurrency < 1:
             msg = f"max_concurrency must be at least 1, not {max_concurrency}"
@@ -132,7 +162,11 @@ class IdentifyScheduler:
         if not 0 <= grant_use_limit <= grant_timeout:
             msg = f"grant_use_limit must be within 0..grant_timeout, not {grant_use_limit}"
             raise ValueError(msg)
+        if lead < 0 or lead + grant_use_limit > grant_timeout:
+            msg = f"lead must be at least 0 and leave lead + grant_use_limit within grant_timeout, not {lead}"
+            raise ValueError(msg)
         self._grant_use_limit = grant_use_limit
+        self._lead = lead
         self._max_concurrency = max_concurrency
         self._remaining = remaining
         self._window = window
@@ -202,14 +236,15 @@ class IdentifyScheduler:
 
         The previous Orchestrator may have granted an IDENTIFY just before it crashed; this
         scheduler cannot know, so it assumes one per bucket. ``in_flight`` is how long such a
-        grant may still be used after ``now`` (hosts drop grants older than that); the
-        next grant in every bucket comes ``in_flight + window`` after ``now``.
+        grant may still be used after it opens (hosts drop grants older than that), and a grant made
+        ahead of its opening may open up to ``lead`` after ``now``; the next grant in every bucket
+        comes ``lead + in_flight + window`` after ``now``.
         """
-        opens = now + max(0.0, in_flight) + self._window + self._margin
+        opens = now + self._lead + max(0.0, in_flight) + self._window + self._margin
         for bucket in range(self._max_concurrency):
             self._free_at[bucket] = max(self._free_at.get(bucket, opens), opens)
         # One possible uncounted IDENTIFY per bucket, for the next budget refresh.
-        self._recent.extend([now] * self._max_concurrency)
+        self._recent.extend([now + self._lead] * self._max_concurrency)
 
     def bucket_of(self, shard_id: int) -> int:
         """Return Discord's rate limit bucket of ``shard_id``."""
@@ -240,6 +275,7 @@ class IdentifyScheduler:
         holder: tuple[str, int] | None = None,
         ask: int | None = None,
         dropped: int | None = None,
+        early: bool = False,
     ) -> IdentifyGrant | float:
         """Ask to identify ``shard_id``.
 
@@ -258,11 +294,15 @@ class IdentifyScheduler:
             The number of an earlier ask whose grant reached the asker too late and was never
             used: if that grant still holds the bucket for this holder, it is freed as if never
             made (the bucket is not closed for a window, and the session start is given back).
+        early
+            Whether the asker takes a grant with a ``not_before`` time up to ``lead`` ahead of
+            its bucket's opening (and sleeps ``not_before - now`` from the answer's arrival).
 
         Returns
         -------
         IdentifyGrant | float
-            A grant to identify now, or how many seconds to wait before asking again.
+            A grant to identify (now, or from its ``not_before``), or how many seconds to wait
+            before asking again.
             With the daily budget used up this is the wait until it resets (or a short
             poll once the reset is due, until the caller refreshes it with `set_budget`).
 
@@ -284,7 +324,7 @@ class IdentifyScheduler:
             else:
                 # The same shard asks again: its previous attempt failed before READY, or this call is a duplicate
                 # or a retry and the grant may still be on its way: count it as sent at the latest moment it can be.
-                self.release(shard_id, now, identified_at=max(now, held.granted_at + self._grant_use_limit))
+                self.release(shard_id, now, identified_at=max(now, held.opens + self._grant_use_limit))
         waiting = self._waiting.setdefault(bucket, {})
         if self._remaining <= 0:
             waiting.pop(shard_id, None)
@@ -306,15 +346,21 @@ class IdentifyScheduler:
                               max(0.05, later, min(self._held[bucket].granted_at + self._grant_timeout - now,
                                                    self.window)))
         free_at = self._free_at.get(bucket, float("-inf"))
-        if now < free_at:
-            return self._told(waiting, shard_id, now, max(free_at - now, later))
+        lead = self._lead if early else 0.0
+        if now < free_at and not (lead and not ahead and free_at - now <= lead):
+            # An early asker comes back half the lead before the opening, so that a late host loop still asks
+            # before it and gets a not-before grant; the ask's round trip then leaves the bucket's path.
+            return self._told(waiting, shard_id, now, max(free_at - now - lead / 2, later))
         if ahead:
             return self._told(waiting, shard_id, now, max(0.05, later))
         del waiting[shard_id]
-        grant = IdentifyGrant(shard_id=shard_id, bucket=bucket, granted_at=now, holder=holder, ask=ask)
+        not_before = free_at if now < free_at else None
+        grant = IdentifyGrant(
+            shard_id=shard_id, bucket=bucket, granted_at=now, holder=holder, ask=ask, not_before=not_before
+        )
         self._held[bucket] = grant
         self._remaining -= 1
-        self._recent.append(now)
+        self._recent.append(grant.opens)
         self._prune(now)
         return grant
 
@@ -329,14 +375,21 @@ class IdentifyScheduler:
         *,
         identified_at: float | None = None,
         holder: tuple[str, int] | None = None,
+        ask: int | None = None,
     ) -> bool:
         """Free ``shard_id``'s bucket once its IDENTIFY was answered (READY) or failed.
 
         ``identified_at`` is when the IDENTIFY was sent, on the *caller's* clock (a host's
         clock is not comparable); without it the release time is used, which is never
-        earlier and so always safe. When
+        earlier and so always safe (a holder releases only after its IDENTIFY was answered or
+        failed, so after it left, whatever the grant's ``not_before``). When
         ``holder`` is given and is not the grant's holder, nothing happens: a late
         ``identify_done`` from a host that lost the lease cannot free the bucket early.
+        When ``ask`` is given (the number of the ask whose grant the IDENTIFY used) and the held
+        grant answered another ask, nothing happens either: a delayed or duplicated ``identify_done``
+        of the same holder's *previous* grant of this shard (a re-IDENTIFY on the same lease) would
+        otherwise free the new grant before its IDENTIFY left, and the bucket would open a window
+        after the stale message instead of after the IDENTIFY (simulator seed 38823: 4.73 s apart).
 
         Returns
         -------
@@ -349,13 +402,20 @@ class IdentifyScheduler:
             return False
         if holder is not None and held.holder != holder:
             return False
+        if ask is not None and held.ask is not None and held.ask != ask:
+            return False
         del self._held[bucket]
         sent = now if identified_at is None else max(held.granted_at, identified_at)
         self._free_at[bucket] = max(self._free_at.get(bucket, float("-inf")), sent + self._window + self._margin)
         return True
 
     def expire(self, now: float) -> None:
-        """Treat grants older than ``grant_timeout`` as spent now."""
+        """Treat grants older than ``grant_timeout`` as spent now.
+
+        Safe for a grant made ahead of its opening too: its IDENTIFY leaves by
+        ``not_before + grant_use_limit``, at most ``lead + grant_use_limit <= grant_timeout``
+        after the grant.
+        """
         for grant in [g for g in self._held.values() if now - g.granted_at > self._grant_timeout]:
             self.release(grant.shard_id, now)
 

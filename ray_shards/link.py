@@ -303,11 +303,12 @@ class OrchestratorLink:
         *,
         ask: int | None = None,
         dropped: int | None = None,
+        early: bool = False,
         retry_for: float = 30.0,
     ) -> IdentifyAnswer:
         """`Orchestrator.request_identify`."""
         result: IdentifyAnswer = await self.call(
-            "request_identify", host_id, shard_id, epoch, ask=ask, dropped=dropped, retry_for=retry_for
+            "request_identify", host_id, shard_id, epoch, ask=ask, dropped=dropped, early=early, retry_for=retry_for
         )
         return result
 
@@ -323,10 +324,13 @@ class OrchestratorLink:
         *,
         host_id: str | None = None,
         epoch: int | None = None,
+        ask: int | None = None,
         retry_for: float = 30.0,
     ) -> None:
         """`Orchestrator.identify_done`."""
-        await self.call("identify_done", shard_id, sent_at, host_id=host_id, epoch=epoch, retry_for=retry_for)
+        await self.call(
+            "identify_done", shard_id, sent_at, host_id=host_id, epoch=epoch, ask=ask, retry_for=retry_for
+        )
 
     async def check_lease(self, host_id: str, shard_id: int, epoch: int, *, retry_for: float = 30.0) -> bool:
         """`Orchestrator.check_lease`."""

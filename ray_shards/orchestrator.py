@@ -207,8 +207,9 @@ class Orchestrator:
         self._scheduler = self._new_scheduler(state.remaining)
         # An IDENTIFY may have been granted (and sent) just before the crash, and the old schedule died with
         # the process: every bucket starts with a full window, so the next IDENTIFY cannot come too early.
-        # Hosts drop a grant they could not use within grant_use_limit of asking, so that is all a grant of the
-        # dead Orchestrator may still be used after now.
+        # Hosts drop a grant they could not use within grant_use_limit of asking (of its not-before time, for a
+        # grant made up to identify_lead ahead: start_full adds the lead), so that is all a grant of the dead
+        # Orchestrator may still be used after now.
         self._scheduler.start_full(time.monotonic(), in_flight=_GRANT_USE_LIMIT)
         # When the daily budget resets was not checkpointed (a monotonic time means nothing to another
         # process): ask Discord again as soon as a token is known.
@@ -302,6 +303,8 @@ class Orchestrator:
             window=self._timings.identify_window,
             margin=self._timings.identify_margin,
             grant_timeout=self._timings.grant_timeout,
+            grant_use_limit=_GRANT_USE_LIMIT,
+            lead=self._timings.identify_lead,
         )
 
     def _recovering(self) -> bool:
@@ -692,6 +695,7 @@ class Orchestrator:
         *,
         ask: int | None = None,
         dropped: int | None = None,
+        early: bool = False,
     ) -> IdentifyAnswer:
         """Ask once whether ``shard_id`` may IDENTIFY now; never parks the call.
 
@@ -700,6 +704,9 @@ class Orchestrator:
         wakes a herd of parked calls. A host must send its IDENTIFY within the scheduler's
         ``grant_use_limit`` of asking, or drop the grant and ask again, naming the dropped
         grant's ask in ``dropped`` (``ask`` numbers each ask) so its bucket is not closed for it.
+        With ``early`` the host takes a grant up to `Timings.identify_lead` before its bucket opens:
+        the answer's ``wait`` is then how long to sleep from its arrival before sending, and the
+        send must come within ``wait`` plus the grant-use limit of asking.
 
         Raises
         ------
@@ -710,14 +717,16 @@ class Orchestrator:
         table = self._sets.table_of(host_id)
         key = (host_id, shard_id, epoch)
         now = time.monotonic()
-        decision = control.identify_requested(table, scheduler, host_id, shard_id, epoch, now, ask=ask, dropped=dropped)
+        decision = control.identify_requested(
+            table, scheduler, host_id, shard_id, epoch, now, ask=ask, dropped=dropped, early=early
+        )
         if decision.lease_lost:
             self._identify_asked.pop(key, None)
             msg = f"host {host_id} no longer holds shard {shard_id} (epoch {epoch})"
             raise LeaseLostError(msg)
         if decision.granted:
             self._metrics.identify_waited(now - self._identify_asked.pop(key, now))
-            return IdentifyAnswer(granted=True, wait=0.0, presence=self._presence)
+            return IdentifyAnswer(granted=True, wait=decision.wait, presence=self._presence)
         if decision.refresh_budget:
             self._refresh_budget(now, force=True)
         self._identify_asked.setdefault(key, now)
@@ -748,16 +757,19 @@ class Orchestrator:
         *,
         host_id: str | None = None,
         epoch: int | None = None,
+        ask: int | None = None,
     ) -> None:
         """The IDENTIFY of ``shard_id`` was answered (READY) or failed: free its bucket.
 
         With ``host_id`` and ``epoch`` only the grant's own holder frees it, so a late message from a host
-        that lost the lease cannot open the bucket early. ``sent_at`` is ignored: it was taken on another
+        that lost the lease cannot open the bucket early; with ``ask`` (the ask whose grant the IDENTIFY used)
+        only that very grant, so a late or repeated message about the holder's previous IDENTIFY of the shard
+        cannot either. ``sent_at`` is ignored: it was taken on another
         machine's clock, and the release time is never earlier, so always safe.
         """
         _, _, scheduler = self._check(capability)
         holder = (host_id, epoch) if host_id is not None and epoch is not None else None
-        scheduler.release(shard_id, time.monotonic(), holder=holder)
+        scheduler.release(shard_id, time.monotonic(), holder=holder, ask=ask)
 
     async def check_lease(self, capability: str, host_id: str, shard_id: int, epoch: int) -> bool:
         """Whether ``host_id`` may RESUME ``shard_id`` now (it holds the current lease)."""

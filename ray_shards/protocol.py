@@ -157,11 +157,13 @@ class GuildTails:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class IdentifyAnswer:
-    """`Orchestrator.request_identify`: a grant to IDENTIFY now, or how long to wait before asking again."""
+    """`Orchestrator.request_identify`: a grant to IDENTIFY, or how long to wait before asking again."""
 
     granted: bool
     wait: float
-    """Seconds before asking again (0 with a grant)."""
+    """Without a grant, seconds before asking again. With one, seconds to sleep from this answer's arrival
+    before sending the IDENTIFY: 0, unless the ask was ``early`` and the grant came ahead of its bucket's
+    opening (its not-before time)."""
     presence: PresenceState | None
     """The bot's presence to identify with (with a grant)."""
 

@@ -105,6 +105,12 @@ class Timings:
     reshard_max_skew
         Seconds by which the two sets of a reshard may receive one event apart (see `ray_shards.cutover`);
         the Orchestrator also waits this long after the new set is READY before it switches.
+    identify_lead
+        How long before its bucket opens a host's shard may be granted its IDENTIFY, with a
+        not-before wait it sleeps locally (`ray_shards.identify`, "Grants ahead of the opening"):
+        the ask's round trip then leaves the time between two IDENTIFYs of a bucket. 0 grants
+        only once the bucket is open. At most ``grant_timeout - 1`` (a host sends within 1 s of
+        the not-before time); an Orchestrator restart waits this much longer before its first grants.
     """
 
     sync_interval: float = 0.5
@@ -132,6 +138,7 @@ class Timings:
     host_memory_trim_interval: float | None = 30.0
     reshard_buffer_cap: int = 100_000
     reshard_max_skew: float = 1.0
+    identify_lead: float = 0.5
 
     @property
     def longest_sync_interval(self) -> float:
@@ -161,6 +168,10 @@ class Timings:
             raise ValueError(msg)
         if self.host_switch_interval is not None and not 0 < self.host_switch_interval <= 1.0:
             msg = f"host_switch_interval must be in (0, 1] seconds or None, not {self.host_switch_interval!r}"
+            raise ValueError(msg)
+        if not 0 <= self.identify_lead <= self.grant_timeout - 1.0:
+            # 1.0: the grant-use limit hosts keep; the Orchestrator counts a grant's IDENTIFY as sent by then.
+            msg = f"identify_lead must be in [0, grant_timeout - 1] seconds, not {self.identify_lead!r}"
             raise ValueError(msg)
         if self.host_memory_trim_interval is not None and not self.host_memory_trim_interval > 0:
             msg = f"host_memory_trim_interval must be positive seconds or None, not {self.host_memory_trim_interval!r}"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
+import types
 import typing
 
 import pytest
@@ -30,8 +32,9 @@ class _Link:
 
     async def request_identify(
         self, host_id: str, shard_id: int, epoch: int, *, ask: int | None = None, dropped: int | None = None,
-        retry_for: float = 30.0,
+        early: bool = False, retry_for: float = 30.0,
     ) -> IdentifyAnswer:
+        assert early, "a host takes not-before grants"
         self.asks.append((ask, dropped))
         if len(self.asks) == 1:
             await asyncio.sleep(0.2)  # past the (patched) grant use limit
@@ -57,6 +60,62 @@ async def test_a_grant_that_arrives_too_late_is_named_unused_in_the_next_ask(mon
     # The late grant (ask 100) was not used: the next ask says so, and its own timely grant is used.
     assert link.asks == [(100, None), (101, 100)]
     assert host._slots[3].identify_sent_at is not None
+
+
+class _NotBeforeLink:
+    """Answers every ask with a grant to send ``wait`` seconds after the answer arrives."""
+
+    def __init__(self, wait: float) -> None:
+        self.wait = wait
+        self.asks: list[tuple[int | None, int | None]] = []
+        self.done: list[tuple[int, object]] = []
+        self.answered: list[float] = []
+
+    async def request_identify(
+        self, host_id: str, shard_id: int, epoch: int, *, ask: int | None = None, dropped: int | None = None,
+        early: bool = False, retry_for: float = 30.0,
+    ) -> IdentifyAnswer:
+        self.asks.append((ask, dropped))
+        self.answered.append(time.monotonic())
+        return IdentifyAnswer(granted=True, wait=self.wait, presence=PresenceState())
+
+    async def identify_done(self, shard_id: int, sent_at: float | None, **kwargs: object) -> None:
+        self.done.append((shard_id, kwargs.get("ask")))
+
+
+async def test_a_not_before_grant_is_slept_from_the_answers_arrival() -> None:
+    link = _NotBeforeLink(0.3)
+    host = _host(typing.cast(typing.Any, link))
+    await host.before_identify(3)
+    # Never sooner than the wait after the answer arrived: the Orchestrator made the grant before that.
+    assert time.monotonic() - link.answered[0] >= 0.3
+    assert link.asks == [(100, None)]
+
+
+async def test_a_not_before_grant_overslept_past_the_limit_is_named_unused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bot_module, "_GRANT_USE_LIMIT", 0.05)
+    link = _NotBeforeLink(0.1)
+    host = _host(typing.cast(typing.Any, link))
+    real_sleep = asyncio.sleep
+
+    async def oversleep(delay: float) -> None:
+        # A loop too busy to wake on time the first time: the IDENTIFY would leave past not_before + the limit.
+        await real_sleep(delay + (0.2 if len(link.asks) == 1 else 0.0))
+
+    monkeypatch.setattr(bot_module.asyncio, "sleep", oversleep)
+    await host.before_identify(3)
+    assert link.asks == [(100, None), (101, 100)]
+
+
+async def test_the_ready_report_names_the_ask_whose_grant_was_used() -> None:
+    # A late or repeated report of an earlier IDENTIFY of the shard must not free a later grant: it names its ask.
+    link = _NotBeforeLink(0.0)
+    host = _host(typing.cast(typing.Any, link))
+    await host.before_identify(3)
+    await host.before_identify(3)  # a second IDENTIFY on the same lease (the session was not resumable)
+    event = typing.cast(typing.Any, types.SimpleNamespace(shard=types.SimpleNamespace(id=3)))
+    await host._on_shard_ready(event)
+    assert link.done == [(3, 101)]
 
 
 class _ReleaseLink:

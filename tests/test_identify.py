@@ -283,3 +283,183 @@ def test_a_dropped_grant_named_again_after_a_new_grant_frees_nothing() -> None:
     assert isinstance(scheduler.request(0, 1.5, holder=holder, ask=8, dropped=7), IdentifyGrant)
     wait = scheduler.request(0, 1.6, holder=holder, ask=8, dropped=7)
     assert isinstance(wait, float) and wait >= 5.0 - 0.1
+
+
+# -- grants ahead of the opening (not-before) --------------------------------------------------------------------
+
+
+def test_an_early_asker_is_granted_within_the_lead_with_the_opening_as_not_before() -> None:
+    scheduler = IdentifyScheduler(1, remaining=10, lead=0.5)
+    first = scheduler.request(0, 0.0, early=True)
+    assert isinstance(first, IdentifyGrant) and first.not_before is None
+    assert scheduler.release(0, 0.3)  # READY: the bucket opens at 5.4
+    # Further than the lead from the opening: told to come back half the lead before it.
+    assert scheduler.request(1, 1.0, early=True) == pytest.approx(5.4 - 0.25 - 1.0)
+    grant = scheduler.request(1, 5.0, early=True)
+    assert isinstance(grant, IdentifyGrant)
+    assert grant.not_before == pytest.approx(5.4) and grant.opens == pytest.approx(5.4)
+
+
+def test_only_early_askers_get_not_before_grants() -> None:
+    scheduler = IdentifyScheduler(1, remaining=10, lead=0.5)
+    assert isinstance(scheduler.request(0, 0.0), IdentifyGrant)
+    scheduler.release(0, 0.3)
+    # An asker that would identify as soon as the answer arrives (an older host, `Orchestrator.identify`).
+    assert scheduler.request(1, 5.0) == pytest.approx(0.4)
+    grant = scheduler.request(1, 5.4)
+    assert isinstance(grant, IdentifyGrant) and grant.not_before is None
+
+
+def test_a_not_before_grant_goes_only_to_the_first_in_line() -> None:
+    scheduler = IdentifyScheduler(1, remaining=10, lead=0.5)
+    assert isinstance(scheduler.request(0, 0.0, early=True), IdentifyGrant)
+    assert not isinstance(scheduler.request(1, 0.1, early=True), IdentifyGrant)
+    scheduler.release(0, 0.3)
+    assert not isinstance(scheduler.request(2, 5.1, early=True), IdentifyGrant)  # shard 1 waits ahead of it
+    assert isinstance(scheduler.request(1, 5.1, early=True), IdentifyGrant)
+
+
+def test_a_reask_counts_a_not_before_grant_as_sent_at_its_latest() -> None:
+    scheduler = IdentifyScheduler(1, remaining=10, lead=0.5, grant_use_limit=1.0)
+    scheduler.request(0, 0.0, early=True)
+    scheduler.release(0, 0.3)
+    assert isinstance(scheduler.request(1, 5.0, early=True), IdentifyGrant)  # not before 5.4
+    # The same shard asks again (a duplicate): its IDENTIFY may leave up to 5.4 + 1.0, so the bucket opens a window
+    # after that, not after the re-ask.
+    assert not isinstance(scheduler.request(1, 5.1), IdentifyGrant)
+    assert not isinstance(scheduler.request(1, 11.49), IdentifyGrant)
+    assert isinstance(scheduler.request(1, 11.5), IdentifyGrant)
+
+
+def test_start_full_and_budget_refresh_count_the_lead() -> None:
+    scheduler = IdentifyScheduler(1, remaining=10, lead=0.5)
+    scheduler.start_full(0.0, in_flight=1.0)
+    assert not isinstance(scheduler.request(0, 6.59), IdentifyGrant)
+    assert isinstance(scheduler.request(0, 6.6), IdentifyGrant)
+    refreshed = IdentifyScheduler(1, remaining=10, lead=0.5)
+    refreshed.request(0, 0.0, early=True)
+    refreshed.release(0, 0.3)
+    refreshed.request(1, 5.0, early=True)  # may leave as late as 6.4
+    # Discord's answer to a request sent at 6.35 may not count it yet: subtracted (counted from the grant's time,
+    # 5.0, it would not be).
+    refreshed.set_budget(5, 100.0, 6.35)
+    assert refreshed.remaining == 4
+
+
+def test_lead_must_leave_the_grant_use_limit_within_the_timeout() -> None:
+    from ray_shards.timings import Timings
+
+    assert Timings().identify_lead == 0.5 and Timings(identify_lead=0.0).identify_lead == 0.0
+    with pytest.raises(ValueError, match="identify_lead"):
+        Timings(identify_lead=29.5)
+    with pytest.raises(ValueError, match="identify_lead"):
+        Timings(identify_lead=-1.0)
+    with pytest.raises(ValueError, match="lead"):
+        IdentifyScheduler(1, remaining=1, lead=29.5, grant_use_limit=1.0, grant_timeout=30.0)
+    with pytest.raises(ValueError, match="lead"):
+        IdentifyScheduler(1, remaining=1, lead=-0.1)
+
+
+def _boot_with_delays(
+    n: int, concurrency: int, seed: int, *, lead: float
+) -> tuple[list[tuple[float, int]], float]:
+    """Hosts that ask ``early`` over a lossy-timed network, as `Bot.before_identify` does: each ask and answer takes
+    1-40 ms, 5 % of asks are delivered twice, 10 % of not-before sleeps overrun by up to 1.5 s (the host then names
+    the grant unused), READY comes 0.05-0.5 s after the IDENTIFY and its release 1-40 ms later. Returns the
+    IDENTIFYs as Discord received them (send time: the model's network to Discord is instant) and the last READY."""
+    import heapq
+    import random
+
+    rng = random.Random(seed)
+    limit = 1.0
+    scheduler = IdentifyScheduler(concurrency, remaining=100_000, grant_use_limit=limit, lead=lead)
+    ticket = itertools.count()
+    queue: list[tuple[float, int, str, tuple[int, ...]]] = []
+
+    def at(when: float, what: str, *args: int) -> None:
+        heapq.heappush(queue, (when, next(ticket), what, args))
+
+    current_ask: dict[int, int] = {}
+    asked_at: dict[int, float] = {}
+    ask_numbers = itertools.count(1)
+    sent: list[tuple[float, int]] = []
+    last_ready = 0.0
+
+    def ask(now: float, shard_id: int, dropped: int = 0) -> None:
+        number = next(ask_numbers)
+        current_ask[shard_id], asked_at[shard_id] = number, now
+        for copy in range(2 if rng.random() < 0.05 else 1):
+            at(now + rng.uniform(0.001, 0.04) + copy * rng.uniform(0.0, 2.0), "arrive", shard_id, number, dropped)
+
+    for shard_id in range(n):
+        ask(0.0, shard_id)
+    while queue:
+        now, _, what, args = heapq.heappop(queue)
+        assert now < 100_000
+        if what == "arrive":
+            shard_id, number, dropped = args
+            outcome = scheduler.request(
+                shard_id, now, holder=("h", 1), ask=number, dropped=dropped or None, early=lead > 0
+            )
+            wait_ms = -1 if not isinstance(outcome, IdentifyGrant) else round((outcome.opens - now) * 1e6)
+            told_ms = round(outcome * 1e6) if not isinstance(outcome, IdentifyGrant) else 0
+            at(now + rng.uniform(0.001, 0.04), "answer", shard_id, number, wait_ms, told_ms)
+        elif what == "answer":
+            shard_id, number, wait_us, told_us = args
+            if current_ask.get(shard_id) != number:
+                continue  # the second answer to a duplicated ask, or to an old one: the host is past it
+            current_ask[shard_id] = 0
+            if wait_us < 0:
+                at(now + max(told_us / 1e6, 0.05), "ask", shard_id)
+            elif now - asked_at[shard_id] > limit:
+                ask(now, shard_id, dropped=number)
+            else:
+                overrun = rng.uniform(0.0, 1.5) if rng.random() < 0.1 else 0.0
+                at(now + wait_us / 1e6 + overrun, "send", shard_id, number, wait_us)
+        elif what == "ask":
+            ask(now, args[0])
+        elif what == "send":
+            shard_id, number, wait_us = args
+            if now - asked_at[shard_id] > limit + wait_us / 1e6:
+                ask(now, shard_id, dropped=number)
+                continue
+            current_ask[shard_id] = -1
+            sent.append((now, shard_id))
+            ready = now + rng.uniform(0.05, 0.5)
+            last_ready = max(last_ready, ready)
+            at(ready + rng.uniform(0.001, 0.04), "ready", shard_id)
+        elif what == "ready":
+            scheduler.release(args[0], now, holder=("h", 1))
+    return sent, last_ready
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_not_before_grants_keep_discords_window_under_delays_duplicates_and_overruns(seed: int) -> None:
+    sent, _ = _boot_with_delays(48, 4, seed, lead=0.5)
+    assert sorted(s for _, s in sent) == list(range(48))  # one IDENTIFY per shard
+    last: dict[int, float] = {}
+    for at, shard_id in sorted(sent):
+        bucket = shard_id % 4
+        if bucket in last:
+            assert at - last[bucket] >= 5.0, (seed, shard_id, at, last[bucket])
+        last[bucket] = at
+
+
+def test_not_before_grants_take_the_ask_round_trip_out_of_each_round() -> None:
+    spans = {lead: sum(_boot_with_delays(64, 4, seed, lead=lead)[1] for seed in range(5)) for lead in (0.0, 0.5)}
+    assert spans[0.5] < spans[0.0], spans
+
+
+def test_a_late_report_of_the_holders_previous_identify_frees_nothing() -> None:
+    """Simulator seed 38823: a READY report of a shard's first IDENTIFY, delivered again after the same host (same
+    lease) was granted a second IDENTIFY of the shard, freed the new grant before its IDENTIFY left; the bucket then
+    opened a window after the stale report, and the next IDENTIFY came 4.73 s after the second."""
+    scheduler = IdentifyScheduler(1, remaining=10, lead=0.5)
+    assert isinstance(scheduler.request(0, 0.0, holder=("h", 1), ask=1, early=True), IdentifyGrant)
+    assert scheduler.release(0, 0.3, holder=("h", 1), ask=1)
+    assert isinstance(scheduler.request(0, 5.0, holder=("h", 1), ask=2, early=True), IdentifyGrant)
+    assert not scheduler.release(0, 5.1, holder=("h", 1), ask=1)  # the first report, again
+    assert not isinstance(scheduler.request(1, 5.5, early=True), IdentifyGrant)  # still held by ask 2
+    assert scheduler.release(0, 5.9, holder=("h", 1), ask=2)
+    assert not isinstance(scheduler.request(1, 10.49, early=True), IdentifyGrant)
+    assert isinstance(scheduler.request(1, 10.5, early=True), IdentifyGrant)

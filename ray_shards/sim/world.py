@@ -19,7 +19,8 @@ The model follows the protocol the Orchestrator and hosts must implement:
   revokes before adopts, adopts idempotently by ``(shard, epoch)``, and releases a
   revoked shard with its session;
 - a host never RESUMEs without a positive lease check, never IDENTIFYs without a
-  grant it asked for less than ``grant_use_limit`` ago, and closes every shard
+  grant it asked for less than ``grant_use_limit`` ago (plus the wait of a not-before
+  grant, slept from the answer's arrival), and closes every shard
   (resumably) when its own lease, renewed by each answered sync, is older than
   ``lease_ttl``;
 - a reshard (`ray_shards.resharding.Reshard`, driven as `ray_shards.reshard_runner.ReshardRunner.step` does) runs a
@@ -110,6 +111,8 @@ class Params:
     recovery_grace: float = 7.0
     quarantine: float = 1.0
     grant_use_limit: float = 1.0
+    identify_lead: float = 0.5
+    """`Timings.identify_lead`: hosts ask ``early`` and take not-before grants this far ahead of an opening."""
     rpc_timeout: float = 2.0
     identify_poll: float = 2.0
     """The longest a host sleeps before asking for an identify grant again."""
@@ -317,6 +320,13 @@ class Gateway:
 
 
 # -- hosts -----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Granted:
+    """The model's answer to an identify ask that was granted: sleep ``wait`` (a not-before grant), then send."""
+
+    wait: float
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -628,29 +638,41 @@ class Host:
             if reply == "lost":
                 self._drop(shard_id, release=False)
                 return
-            if reply == "granted":
+            if isinstance(reply, _Granted):
                 if self.now() - asked > self.w.p.grant_use_limit:
                     # Too old to use safely: the scheduler may count it as spent already. Say it went unused.
                     self.w.at(0.1, lambda: self._ask_identify(shard_id, epoch, dropped=ask))
                     return
-                conn, session = self.w.gateway.identify((self.count, shard_id), self.host_id)
-                current.conn = conn
-                current.phase = "running"
-                current.session = SessionState(session.session_id, session.seq, "wss://resume")
-                ready = self.w.rng.uniform(0.05, 0.5)
-                self.w.at(ready, lambda: self._ready(shard_id, epoch))
+                # As the real host: sleep a not-before grant's wait from the answer's arrival, then send.
+                self.w.at(reply.wait, lambda: self._send_identify(shard_id, epoch, asked, ask, reply.wait))
                 return
             self.w.at(min(float(reply), self.w.p.identify_poll), lambda: self._ask_identify(shard_id, epoch))
 
         self.w.call(self, "identify", (self.host_id, shard_id, epoch, ask, dropped), answered,
                     lambda: self.w.at(0.5, lambda: self._ask_identify(shard_id, epoch, dropped)))
 
-    def _ready(self, shard_id: int, epoch: int) -> None:
+    def _send_identify(self, shard_id: int, epoch: int, asked: float, ask: int, wait: float) -> None:
+        current = self._current(shard_id, epoch, "identify")
+        if current is None or current.asked_at != asked:
+            return
+        if self.now() - asked > self.w.p.grant_use_limit + wait:
+            self.w.at(0.1, lambda: self._ask_identify(shard_id, epoch, dropped=ask))
+            return
+        conn, session = self.w.gateway.identify((self.count, shard_id), self.host_id)
+        current.conn = conn
+        current.phase = "running"
+        current.session = SessionState(session.session_id, session.seq, "wss://resume")
+        ready = self.w.rng.uniform(0.05, 0.5)
+        self.w.at(ready, lambda: self._ready(shard_id, epoch, ask))
+
+    def _ready(self, shard_id: int, epoch: int, ask: int) -> None:
         if not self.alive:
             return
         if self.count == self.w.p.shards:
             self.w.ready_at[shard_id] = self.w.t
-        self.w.call(self, "identify_done", (self.host_id, shard_id, epoch), lambda _: None, lambda: None)
+        # Names the ask whose grant it used: a delayed or repeated READY report of an earlier IDENTIFY of this shard
+        # on this lease must not free a later grant.
+        self.w.call(self, "identify_done", (self.host_id, shard_id, epoch, ask), lambda _: None, lambda: None)
 
     def observe(self) -> None:
         """Pick up the seq Discord has delivered on every open connection."""
@@ -704,7 +726,9 @@ class Shell:
         p = world.p
         if checkpoint is None:
             self.table = ShardTable(p.shards)
-            self.scheduler = IdentifyScheduler(p.max_concurrency, remaining=0)
+            self.scheduler = IdentifyScheduler(
+                p.max_concurrency, remaining=0, grant_use_limit=p.grant_use_limit, lead=p.identify_lead
+            )
             self.recovering_until = -math.inf
             self.fleet_next = 0
             self.fleet_slot: dict[str, int] = {}
@@ -716,7 +740,12 @@ class Shell:
             self.reshard: resharding.Reshard | None = None
         else:
             self.table = ShardTable.from_json(checkpoint["table"], now)
-            self.scheduler = IdentifyScheduler(p.max_concurrency, remaining=int(checkpoint["remaining"]))
+            self.scheduler = IdentifyScheduler(
+                p.max_concurrency,
+                remaining=int(checkpoint["remaining"]),
+                grant_use_limit=p.grant_use_limit,
+                lead=p.identify_lead,
+            )
             # A grant may have left just before the crash: full windows, and count it against the budget.
             self.scheduler.start_full(now, in_flight=p.grant_use_limit)
             self.recovering_until = now + p.recovery_grace
@@ -923,7 +952,8 @@ class Shell:
         if method == "identify":
             host_id, shard_id, epoch, ask, dropped = args
             decision = control.identify_requested(
-                self.table_of(host_id), self.scheduler, host_id, shard_id, epoch, now, ask=ask, dropped=dropped
+                self.table_of(host_id), self.scheduler, host_id, shard_id, epoch, now, ask=ask, dropped=dropped,
+                early=self.w.p.identify_lead > 0,
             )
             if decision.lease_lost:
                 return "lost"
@@ -931,11 +961,11 @@ class Shell:
                 self.fetch_budget()
             if decision.granted:
                 self.dirty = True
-                return "granted"
+                return _Granted(decision.wait)
             return decision.wait
         if method == "identify_done":
-            host_id, shard_id, epoch = args
-            self.scheduler.release(shard_id, now, holder=(host_id, epoch))
+            host_id, shard_id, epoch, ask = args
+            self.scheduler.release(shard_id, now, holder=(host_id, epoch), ask=ask)
             return None
         if method == "check_lease":
             host_id, shard_id, epoch = args
