@@ -14,6 +14,9 @@ Combinations whose floor at ``--window`` exceeds ``--max-floor`` run with Discor
 largest of ``--scaled-windows`` that fits (emulator window and ray_shards' identify window and margin scaled
 alike); their ratio is against the scaled floor and they are marked ``scaled``. Defaults: 64x1 runs at 1 s,
 256x1 at 0.25 s, everything else at Discord's 5 s; the default run takes about 7 minutes.
+
+``--lead 0,0.5`` runs every combination once per `Timings.identify_lead` (not scaled with the window: it covers
+an ask's round trip, not Discord's window), to compare grants ahead of a bucket's opening with none.
 """
 
 from __future__ import annotations
@@ -42,14 +45,16 @@ def _parse_combos(text: str) -> list[tuple[int, int]]:
     return combos
 
 
-async def _one(n: int, c: int, window: float, hosts: int, scaled: bool) -> dict[str, typing.Any]:
+async def _one(n: int, c: int, window: float, hosts: int, scaled: bool, lead: float) -> dict[str, typing.Any]:
     rounds = math.ceil(n / c)
     floor = (rounds - 1) * window
     token = _common.new_token()
     notes_name = f"notes-{uuid.uuid4().hex[:8]}"
     notes = _common.start_notes(notes_name)
-    timings = Timings(identify_window=window, identify_margin=DISCORD_MARGIN * window / 5.0)
-    _common.LOGGER.info("boot %s shards, max_concurrency %s, window %.2f s: floor %.1f s", n, c, window, floor)
+    timings = Timings(identify_window=window, identify_margin=DISCORD_MARGIN * window / 5.0, identify_lead=lead)
+    _common.LOGGER.info(
+        "boot %s shards, max_concurrency %s, window %.2f s, lead %.2f s: floor %.1f s", n, c, window, lead, floor
+    )
     with _common.emulator(token, shards=n, max_concurrency=c, guilds=n, identify_window_s=window,
                           heartbeat_interval_ms=41_250) as emu:
         started_wall = time.time()
@@ -80,6 +85,7 @@ async def _one(n: int, c: int, window: float, hosts: int, scaled: bool) -> dict[
         "max_concurrency": c,
         "hosts": min(hosts, n),
         "window_s": window,
+        "lead_s": lead,
         "scaled": scaled,
         "floor_s": round(floor, 2),
         "identify_to_ready_s": round(span, 2),
@@ -151,15 +157,16 @@ async def main(args: argparse.Namespace) -> dict[str, typing.Any]:
                 if (rounds - 1) * candidate <= args.max_floor:
                     break
             scaled = window != args.window
-            result = await _one(n, c, window, args.hosts, scaled)
-            _common.LOGGER.info("%s", result)
-            results.append(result)
+            for lead in args.lead:
+                result = await _one(n, c, window, args.hosts, scaled, lead)
+                _common.LOGGER.info("%s", result)
+                results.append(result)
     load = await sampler.stop()
     return {
         "load": load,
         "settings": {
             "window_s": args.window, "max_floor_s": args.max_floor, "scaled_windows_s": args.scaled_windows,
-            "hosts": args.hosts, "guilds_per_shard": 1,
+            "hosts": args.hosts, "guilds_per_shard": 1, "leads_s": args.lead,
             "target": "identify_to_ready <= 1.05 * floor + 2 s, 0 violations",
         },
         "results": results,
@@ -179,6 +186,8 @@ def cli() -> None:
                         default=[2.5, 1.0, 0.5, 0.25],
                         help="candidate scaled windows in s (default 2.5,1,0.5,0.25)")
     parser.add_argument("--hosts", type=int, default=4, help="ShardHost actors (default 4)")
+    parser.add_argument("--lead", type=lambda s: [float(x) for x in s.split(",")], default=[Timings().identify_lead],
+                        help="Timings.identify_lead values to run each combination with (default: Timings' own)")
     _common.run("cold_boot", parser, main)
 
 

@@ -9,6 +9,9 @@ checked (a violation is reported, not raised). No Ray, no emulator: virtual time
 exact and the wall time is the simulator's. The floor is ``bench.cold_boot``'s:
 ``(ceil(N/c) - 1) * 5 s``; the boot time is first IDENTIFY -> last READY (as ``identify_to_ready_s``
 there), and ``per_round_overhead_ms`` is (boot - floor) / (rounds - 1).
+
+Each size runs once per ``--lead`` (`Timings.identify_lead`; default ``0,0.5``): 0 is the rule without grants
+ahead of a bucket's opening, so the gain of not-before grants shows side by side in one run.
 """
 
 from __future__ import annotations
@@ -36,10 +39,13 @@ async def _main(args: argparse.Namespace) -> dict[str, typing.Any]:
     sampler = _common.LoadSampler()
     sampler.start()
     runs = []
-    for shards in [int(s) for s in str(args.shards).split(",")]:
+    sizes = [(int(s), float(lead)) for s in str(args.shards).split(",") for lead in str(args.lead).split(",")]
+    for shards, lead in sizes:
         hosts = args.hosts or max(1, -(-shards // 128))
-        _common.LOGGER.info("simulated boot: %s shards, max_concurrency %s, %s hosts", shards, args.concurrency, hosts)
-        result = await asyncio.to_thread(run_boot, shards, args.concurrency, hosts, seed=args.seed)
+        _common.LOGGER.info(
+            "simulated boot: %s shards, max_concurrency %s, %s hosts, lead %s s", shards, args.concurrency, hosts, lead
+        )
+        result = await asyncio.to_thread(run_boot, shards, args.concurrency, hosts, seed=args.seed, lead=lead)
         row = dataclasses.asdict(result)
         rounds = math.ceil(shards / args.concurrency)
         row["rounds"] = rounds
@@ -64,6 +70,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="max_concurrency (default 16)")
     parser.add_argument("--hosts", type=int, default=0, help="hosts (default: one per 128 shards)")
     parser.add_argument("--seed", type=int, default=0, help="the simulator's seed (RPC and READY delays)")
+    parser.add_argument(
+        "--lead", default="0,0.5",
+        help="Timings.identify_lead values to run each size with, comma-separated (default 0,0.5)",
+    )
     _common.run("sim_boot", parser, _main)
 
 

@@ -28,8 +28,11 @@ def floor(shards: int, max_concurrency: int, window: float = WINDOW) -> float:
     return (math.ceil(shards / max_concurrency) - 1) * window
 
 
-def boot_params(shards: int, max_concurrency: int, hosts: int) -> Params:
-    """A bot of ``shards`` on ``hosts`` hosts, a budget that covers the boot, no faults, ordinary RPC delays."""
+def boot_params(shards: int, max_concurrency: int, hosts: int, *, lead: float = 0.5) -> Params:
+    """A bot of ``shards`` on ``hosts`` hosts, a budget that covers the boot, no faults, ordinary RPC delays.
+
+    ``lead`` is `Timings.identify_lead` (0: no grant ahead of a bucket's opening, the rule before it).
+    """
     return Params(
         shards=shards,
         hosts=hosts,
@@ -47,6 +50,7 @@ def boot_params(shards: int, max_concurrency: int, hosts: int) -> Params:
         recovery_grace=100.0,
         identify_poll=MAX_WAIT,  # the real host sleeps the wait it is told, at most identify.MAX_WAIT
         events=False,
+        identify_lead=lead,
     )
 
 
@@ -57,6 +61,7 @@ class BootResult:
     shards: int
     hosts: int
     max_concurrency: int
+    lead: float
     identifies: int
     first_identify: float
     last_identify: float
@@ -75,11 +80,11 @@ class BootResult:
     wall_s: float
 
 
-def run_boot(shards: int, max_concurrency: int, hosts: int, *, seed: int = 0) -> BootResult:
-    """Boot ``shards`` shards on ``hosts`` hosts at ``max_concurrency`` in the simulator."""
+def run_boot(shards: int, max_concurrency: int, hosts: int, *, seed: int = 0, lead: float = 0.5) -> BootResult:
+    """Boot ``shards`` shards on ``hosts`` hosts at ``max_concurrency`` in the simulator (``lead``: `boot_params`)."""
     from ray_shards.sim.world import Violation
 
-    params = boot_params(shards, max_concurrency, hosts)
+    params = boot_params(shards, max_concurrency, hosts, lead=lead)
     world = World(seed, params=params)
     world.checkpoint_every = 30.0
     started = time.perf_counter()
@@ -99,6 +104,7 @@ def run_boot(shards: int, max_concurrency: int, hosts: int, *, seed: int = 0) ->
         shards=shards,
         hosts=hosts,
         max_concurrency=max_concurrency,
+        lead=lead,
         identifies=gw.identifies,
         first_identify=first,
         last_identify=last,
