@@ -81,7 +81,7 @@ __all__ = ["Bot"]
 _LOGGER = logging.getLogger("ray_shards.bot")
 
 _FATAL_CLOSE_CODES = frozenset({4004, 4010, 4011, 4012, 4013, 4014})
-_GRANT_USE_LIMIT = 1.0
+_GRANT_USE_LIMIT = identify.GRANT_USE_LIMIT
 """Seconds between asking for an identify grant and sending the IDENTIFY (the scheduler's grant_use_limit)."""
 
 

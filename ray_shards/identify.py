@@ -59,10 +59,23 @@ from __future__ import annotations
 import collections
 import dataclasses
 
-__all__ = ["LATE_ASK", "MAX_WAIT", "IdentifyBudgetExhaustedError", "IdentifyGrant", "IdentifyScheduler"]
+__all__ = [
+    "GRANT_USE_LIMIT",
+    "LATE_ASK",
+    "MAX_WAIT",
+    "IdentifyBudgetExhaustedError",
+    "IdentifyGrant",
+    "IdentifyScheduler",
+]
 
 _POLL = 0.5
 """Seconds to wait before asking again when the answer depends on someone else (a refresh, a lower shard)."""
+
+GRANT_USE_LIMIT = 1.0
+"""Seconds within which a host sends the IDENTIFY it was granted, counted from its ask (plus the wait of a
+not-before grant), or drops the grant. The one value the host (`ray_shards.bot`), the Orchestrator's scheduler
+and `Timings`' check of ``identify_lead`` share: were they to differ, the Orchestrator would count a grant as
+spent while a host could still send it."""
 
 LATE_ASK = 1.0
 """A waiting shard keeps its place in line until this long after the time it was told to ask again: enough for
@@ -153,7 +166,7 @@ class IdentifyScheduler:
         window: float = 5.0,
         margin: float = 0.1,
         grant_timeout: float = 30.0,
-        grant_use_limit: float = 1.0,
+        grant_use_limit: float = GRANT_USE_LIMIT,
         lead: float = 0.0,
     ) -> None:
         if max_concurrency < 1:

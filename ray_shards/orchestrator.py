@@ -44,7 +44,7 @@ from ray_shards.gateway_info import fetch_gateway_bot, validate_rest_url
 from ray_shards.gateway_watch import GatewayWatch
 from ray_shards.host_mailboxes import Mailboxes
 from ray_shards.host_watch import HostWatch
-from ray_shards.identify import IdentifyScheduler
+from ray_shards.identify import GRANT_USE_LIMIT, IdentifyScheduler
 from ray_shards.models import (
     BotConfig,
     CommandKind,
@@ -84,9 +84,6 @@ __all__ = ["Orchestrator", "OrchestratorOptions"]
 _Core = typing.TypeVar("_Core", roll.RollingRestart, rs.Reshard)
 
 _LOGGER = logging.getLogger("ray_shards.orchestrator")
-
-_GRANT_USE_LIMIT = 1.0
-"""Seconds within which a host sends the IDENTIFY it was granted (or drops the grant): see `ray_shards.bot`."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -210,7 +207,7 @@ class Orchestrator:
         # Hosts drop a grant they could not use within grant_use_limit of asking (of its not-before time, for a
         # grant made up to identify_lead ahead: start_full adds the lead), so that is all a grant of the dead
         # Orchestrator may still be used after now.
-        self._scheduler.start_full(time.monotonic(), in_flight=_GRANT_USE_LIMIT)
+        self._scheduler.start_full(time.monotonic(), in_flight=GRANT_USE_LIMIT)
         # When the daily budget resets was not checkpointed (a monotonic time means nothing to another
         # process): ask Discord again as soon as a token is known.
         self._scheduler.set_budget(self._scheduler.remaining, 0.0, time.monotonic())
@@ -303,7 +300,7 @@ class Orchestrator:
             window=self._timings.identify_window,
             margin=self._timings.identify_margin,
             grant_timeout=self._timings.grant_timeout,
-            grant_use_limit=_GRANT_USE_LIMIT,
+            grant_use_limit=GRANT_USE_LIMIT,
             lead=self._timings.identify_lead,
         )
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from ray_shards.identify import GRANT_USE_LIMIT
+
 __all__ = ["Timings"]
 
 
@@ -169,9 +171,13 @@ class Timings:
         if self.host_switch_interval is not None and not 0 < self.host_switch_interval <= 1.0:
             msg = f"host_switch_interval must be in (0, 1] seconds or None, not {self.host_switch_interval!r}"
             raise ValueError(msg)
-        if not 0 <= self.identify_lead <= self.grant_timeout - 1.0:
-            # 1.0: the grant-use limit hosts keep; the Orchestrator counts a grant's IDENTIFY as sent by then.
-            msg = f"identify_lead must be in [0, grant_timeout - 1] seconds, not {self.identify_lead!r}"
+        if not 0 <= self.identify_lead <= self.grant_timeout - GRANT_USE_LIMIT:
+            # The Orchestrator counts a grant's IDENTIFY as sent by its opening plus the grant-use limit hosts
+            # keep, and a grant must be spent within grant_timeout.
+            msg = (
+                f"identify_lead must be in [0, grant_timeout - {GRANT_USE_LIMIT:g}] seconds, "
+                f"not {self.identify_lead!r}"
+            )
             raise ValueError(msg)
         if self.host_memory_trim_interval is not None and not self.host_memory_trim_interval > 0:
             msg = f"host_memory_trim_interval must be positive seconds or None, not {self.host_memory_trim_interval!r}"
