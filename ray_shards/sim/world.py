@@ -47,7 +47,7 @@ from ray_shards import admission, control, liveness, operation_views, resharding
 from ray_shards.checkpoint_schedule import CheckpointSchedule
 from ray_shards.effects import carry_out
 from ray_shards.errors import CheckpointWriteError
-from ray_shards.identify import IdentifyScheduler
+from ray_shards.identify import GRANT_USE_LIMIT, IdentifyScheduler
 from ray_shards.models import CommandKind, Lease, SessionState, ShardReport, ShardStatus
 from ray_shards.protocol import GuildTails, OperationState, ReshardProgress, ReshardState, RollingRestartProgress
 from ray_shards.table import ShardTable
@@ -110,7 +110,7 @@ class Params:
     host_timeout: float = 9.0
     recovery_grace: float = 7.0
     quarantine: float = 1.0
-    grant_use_limit: float = 1.0
+    grant_use_limit: float = GRANT_USE_LIMIT
     identify_lead: float = 0.5
     """`Timings.identify_lead`: hosts ask ``early`` and take not-before grants this far ahead of an opening."""
     rpc_timeout: float = 2.0
@@ -648,7 +648,8 @@ class Host:
                 return
             self.w.at(min(float(reply), self.w.p.identify_poll), lambda: self._ask_identify(shard_id, epoch))
 
-        self.w.call(self, "identify", (self.host_id, shard_id, epoch, ask, dropped), answered,
+        # Like the real host, always early: the scheduler grants ahead only as far as its lead allows.
+        self.w.call(self, "identify", (self.host_id, shard_id, epoch, ask, dropped, True), answered,
                     lambda: self.w.at(0.5, lambda: self._ask_identify(shard_id, epoch, dropped)))
 
     def _send_identify(self, shard_id: int, epoch: int, asked: float, ask: int, wait: float) -> None:
@@ -726,9 +727,7 @@ class Shell:
         p = world.p
         if checkpoint is None:
             self.table = ShardTable(p.shards)
-            self.scheduler = IdentifyScheduler(
-                p.max_concurrency, remaining=0, grant_use_limit=p.grant_use_limit, lead=p.identify_lead
-            )
+            self.scheduler = self._new_scheduler(remaining=0)
             self.recovering_until = -math.inf
             self.fleet_next = 0
             self.fleet_slot: dict[str, int] = {}
@@ -740,12 +739,7 @@ class Shell:
             self.reshard: resharding.Reshard | None = None
         else:
             self.table = ShardTable.from_json(checkpoint["table"], now)
-            self.scheduler = IdentifyScheduler(
-                p.max_concurrency,
-                remaining=int(checkpoint["remaining"]),
-                grant_use_limit=p.grant_use_limit,
-                lead=p.identify_lead,
-            )
+            self.scheduler = self._new_scheduler(remaining=int(checkpoint["remaining"]))
             # A grant may have left just before the crash: full windows, and count it against the budget.
             self.scheduler.start_full(now, in_flight=p.grant_use_limit)
             self.recovering_until = now + p.recovery_grace
@@ -950,10 +944,10 @@ class Shell:
             self.dirty = True
             return True
         if method == "identify":
-            host_id, shard_id, epoch, ask, dropped = args
+            host_id, shard_id, epoch, ask, dropped, early = args
             decision = control.identify_requested(
                 self.table_of(host_id), self.scheduler, host_id, shard_id, epoch, now, ask=ask, dropped=dropped,
-                early=self.w.p.identify_lead > 0,
+                early=early,
             )
             if decision.lease_lost:
                 return "lost"
@@ -1108,6 +1102,13 @@ class Shell:
             if host_id in self.starting or (record is not None and record.alive and host_id not in self.retiring):
                 taken.add(slot)
         return next(s for s in range(len(taken) + 1) if s not in taken)
+
+    def _new_scheduler(self, *, remaining: int) -> IdentifyScheduler:
+        """The identify schedule, built as the actor's `Orchestrator._new_scheduler` builds it."""
+        p = self.w.p
+        return IdentifyScheduler(
+            p.max_concurrency, remaining=remaining, grant_use_limit=p.grant_use_limit, lead=p.identify_lead
+        )
 
     def _new_roll(self, progress: RollingRestartProgress) -> rolling.RollingRestart:
         return rolling.RollingRestart(progress, drain_timeout=20.0, drain_per_shard=2.0, join_timeout=15.0)
