@@ -75,6 +75,7 @@ class GatedEventManager(event_manager_impl.EventManagerImpl):
         "_mode",
         "_shadow",
         "_tails",
+        "_wall_clock",
         "_watermarks",
     )
 
@@ -85,9 +86,13 @@ class GatedEventManager(event_manager_impl.EventManagerImpl):
         max_listener_lag: float = 60.0,
         buffer_cap: int = cutover.DEFAULT_BUFFER_CAP,
         max_skew: float = cutover.DEFAULT_MAX_SKEW,
+        wall_clock: typing.Callable[[], float] = time.time,
         **kwargs: typing.Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        # The clock receive times are stamped with. Wall time, not monotonic: two sets on different hosts
+        # compare their stamps of one event (cutover's max_skew). Injected so tests can pin it.
+        self._wall_clock = wall_clock
         self._mode = DeliveryMode.SHADOW if shadow else DeliveryMode.LIVE
         self._shadow: cutover.ShadowBuffer[_Held] | None = (
             cutover.ShadowBuffer(buffer_cap, max_skew=max_skew) if shadow else None
@@ -282,7 +287,7 @@ class GatedEventManager(event_manager_impl.EventManagerImpl):
             key = cutover.guild_of_event(event_name, payload)
             if self._mode is DeliveryMode.SHADOW:
                 assert self._shadow is not None
-                seen = cutover.seen(event_name, payload, time.time())
+                seen = cutover.seen(event_name, payload, self._wall_clock())
                 if self._shadow.hold(key, seen, (event_name, shard, payload, entry)):
                     # Held, not handled: the watermark stays below it until it is consumed at the switch.
                     mark.hold(entry)
@@ -294,13 +299,14 @@ class GatedEventManager(event_manager_impl.EventManagerImpl):
                 return
             if self._shadow is not None:
                 # Live, with guilds still being aligned (the old set's last delivery had not arrived).
-                seen = cutover.seen(event_name, payload, time.time())
+                received = self._wall_clock()
+                seen = cutover.seen(event_name, payload, received)
                 mark.hold(entry)
-                self._consume_all(self._shadow.offer(key, seen, (event_name, shard, payload, entry), time.time()))
+                self._consume_all(self._shadow.offer(key, seen, (event_name, shard, payload, entry), received))
                 self._settle()
                 return
             if self._tails is not None:
-                self._tails.record(key, cutover.seen(event_name, payload, time.time()))
+                self._tails.record(key, cutover.seen(event_name, payload, self._wall_clock()))
             self._consume_counted(event_name, shard, payload, mark, entry)
         finally:
             mark.finish(entry)
@@ -331,13 +337,13 @@ class GatedEventManager(event_manager_impl.EventManagerImpl):
             self._shadow = None
             return
         if self._expiry is None:
-            delay = max(deadline - time.time(), 0.0) + 0.01
+            delay = max(deadline - self._wall_clock(), 0.0) + 0.01
             self._expiry = asyncio.get_running_loop().call_later(delay, self._expire)
 
     def _expire(self) -> None:
         self._expiry = None
         if self._shadow is not None:
-            self._consume_all(self._shadow.expire(time.time()))
+            self._consume_all(self._shadow.expire(self._wall_clock()))
             self._settle()
 
     def start_recording(self) -> None:
@@ -359,7 +365,7 @@ class GatedEventManager(event_manager_impl.EventManagerImpl):
         During a reshard every shard an old-set host adopts is a failover (`ray_shards.cutover`).
         """
         if self._tails is not None:
-            self._tails.adopted(shard_id, time.time())
+            self._tails.adopted(shard_id, self._wall_clock())
 
     def recording_since(self) -> dict[int, float]:
         """Per shard adopted while recording, the wall time its recording started."""
@@ -400,7 +406,7 @@ class GatedEventManager(event_manager_impl.EventManagerImpl):
         if shadow.overflowed:
             raise ShadowOverflowError(self.overflow_message())
         self._mode = DeliveryMode.LIVE
-        released = shadow.go_live(tails or {}, time.time(), since=since, old_count=old_count)
+        released = shadow.go_live(tails or {}, self._wall_clock(), since=since, old_count=old_count)
         delivered = sum(1 for _, deliver in released if deliver)
         self._consume_all(released)
         self._settle()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import types
 import typing
 
 import hikari
@@ -38,11 +37,20 @@ class _Shard:
 class _Set:
     """One set of sessions: a GatedEventManager with a cache, and listeners that record what they handle."""
 
-    def __init__(self, token: str, name: str, handled: list[tuple[str, str]], *, shadow: bool, cap: int = 1000) -> None:
+    def __init__(
+        self,
+        token: str,
+        name: str,
+        handled: list[tuple[str, str]],
+        *,
+        shadow: bool,
+        cap: int = 1000,
+        wall_clock: typing.Callable[[], float] = time.time,
+    ) -> None:
         self.app = hikari.GatewayBot(token, banner=None, intents=hikari.Intents.ALL_UNPRIVILEGED)
         self.manager = GatedEventManager(
             self.app.entity_factory, self.app.event_factory, hikari.Intents.ALL_UNPRIVILEGED,
-            cache=self.app._cache, shadow=shadow, buffer_cap=cap, max_skew=MAX_SKEW,
+            cache=self.app._cache, shadow=shadow, buffer_cap=cap, max_skew=MAX_SKEW, wall_clock=wall_clock,
         )
         self.name = name
         self.shard = _Shard()
@@ -107,7 +115,7 @@ def _events(world: World, gid: int) -> list[tuple[str, str, dict[str, typing.Any
 
 
 class _ReceiveClock:
-    """The wall clock `ray_shards.delivery` stamps receive times with, pinned per event while the test feeds it.
+    """The wall clock both sets' managers stamp receive times with, pinned per event while the test feeds it.
 
     Assumption 2 of `ray_shards.cutover` is about Discord and the network: both sets receive an event within
     ``max_skew`` of each other. Fed one after the other on a loaded 2-core CI machine, the old set's dispatch
@@ -125,10 +133,8 @@ class _ReceiveClock:
 
 
 @pytest.fixture
-def receive_clock(monkeypatch: pytest.MonkeyPatch) -> _ReceiveClock:
-    clock = _ReceiveClock()
-    monkeypatch.setattr("ray_shards.delivery.time", types.SimpleNamespace(time=clock.time, monotonic=time.monotonic))
-    return clock
+def receive_clock() -> _ReceiveClock:
+    return _ReceiveClock()
 
 
 # The old set is muted only after the new set started receiving (the Orchestrator switches after READY).
@@ -139,12 +145,12 @@ async def test_each_edit_reaction_join_and_leave_is_handled_once_across_the_swit
     world = World(2, 3)
     gid = world.guild_ids()[0]
     handled: list[tuple[str, str]] = []
-    old = _Set(token, "old", handled, shadow=False)
+    old = _Set(token, "old", handled, shadow=False, wall_clock=receive_clock.time)
     for g in world.guild_ids():
         old.feed("GUILD_CREATE", world.guild_create(g, BOT_ID, presences=False, large_threshold=250))
     events = _events(world, gid)
     old.manager.start_recording()
-    new = _Set(token, "new", handled, shadow=True)
+    new = _Set(token, "new", handled, shadow=True, wall_clock=receive_clock.time)
     started = time.time()
     for i, (_, name, payload) in enumerate(events):
         if i == new_starts_at:
