@@ -354,12 +354,17 @@ class IdentifyScheduler:
         # The lower bound of this shard's turn: each shard ahead of it but the next holds the bucket for at least
         # a whole window after its grant (the next may be granted as soon as the bucket opens).
         later = min((ahead - 1) * self.window, MAX_WAIT) if ahead > 1 else 0.0
-        if bucket in self._held:
-            return self._told(waiting, shard_id, now,
-                              max(0.05, later, min(self._held[bucket].granted_at + self._grant_timeout - now,
-                                                   self.window)))
-        free_at = self._free_at.get(bucket, float("-inf"))
         lead = self._lead if early else 0.0
+        if bucket in self._held:
+            held = self._held[bucket]
+            # The bucket opens a window after the held grant's IDENTIFY left, and it cannot leave before the grant's
+            # opening: come back then (an early asker half its lead before), when READY is most likely in and the
+            # opening known. Past that time (READY is slow), ask again a window later, as a bucket held until
+            # grant_timeout must not be polled for.
+            soonest = held.opens + self.window - lead / 2 - now
+            wait = soonest if soonest > 0.05 else min(held.granted_at + self._grant_timeout - now, self.window)
+            return self._told(waiting, shard_id, now, max(0.05, later, wait))
+        free_at = self._free_at.get(bucket, float("-inf"))
         if now < free_at and not (lead and not ahead and free_at - now <= lead):
             # An early asker comes back half the lead before the opening, so that a late host loop still asks
             # before it and gets a not-before grant; the ask's round trip then leaves the bucket's path.
