@@ -11,7 +11,13 @@ exact and the wall time is the simulator's. The floor is ``bench.cold_boot``'s:
 there), and ``per_round_overhead_ms`` is (boot - floor) / (rounds - 1).
 
 Each size runs once per ``--lead`` (`Timings.identify_lead`; default ``0,0.5``): 0 is the rule without grants
-ahead of a bucket's opening, so the gain of not-before grants shows side by side in one run.
+ahead of a bucket's opening, so the gain of not-before grants shows side by side in one run. Likewise once per
+``--window-from`` (`Timings.identify_window_from`; default ``ready``) and ``--margin`` (`Timings.identify_margin`;
+default ``0.1``):
+
+    python -m bench.sim_boot --shards 20480 --hosts 160 --lead 0.5 --window-from ready,sent --margin 0.1,0.05
+
+(``ready`` runs with the first margin only: its window is counted from READY's arrival, a sound bound without one.)
 """
 
 from __future__ import annotations
@@ -39,13 +45,20 @@ async def _main(args: argparse.Namespace) -> dict[str, typing.Any]:
     sampler = _common.LoadSampler()
     sampler.start()
     runs = []
-    sizes = [(int(s), float(lead)) for s in str(args.shards).split(",") for lead in str(args.lead).split(",")]
-    for shards, lead in sizes:
+    margins = [float(m) for m in str(args.margin).split(",")]
+    modes = [(w, m) for w in str(args.window_from).split(",") for m in (margins if w == "sent" else margins[:1])]
+    sizes = [(int(s), float(lead), w, m) for s in str(args.shards).split(",") for lead in str(args.lead).split(",")
+             for w, m in modes]
+    for shards, lead, window_from, margin in sizes:
         hosts = args.hosts or max(1, -(-shards // 128))
         _common.LOGGER.info(
-            "simulated boot: %s shards, max_concurrency %s, %s hosts, lead %s s", shards, args.concurrency, hosts, lead
+            "simulated boot: %s shards, max_concurrency %s, %s hosts, lead %s s, windows from %s, margin %s s",
+            shards, args.concurrency, hosts, lead, window_from, margin,
         )
-        result = await asyncio.to_thread(run_boot, shards, args.concurrency, hosts, seed=args.seed, lead=lead)
+        result = await asyncio.to_thread(
+            run_boot, shards, args.concurrency, hosts, seed=args.seed, lead=lead, window_from=window_from,
+            margin=margin,
+        )
         row = dataclasses.asdict(result)
         rounds = math.ceil(shards / args.concurrency)
         row["rounds"] = rounds
@@ -74,7 +87,22 @@ def main() -> None:
         "--lead", default="0,0.5",
         help="Timings.identify_lead values to run each size with, comma-separated (default 0,0.5)",
     )
+    parser.add_argument(
+        "--window-from", default="ready", type=_window_froms,
+        help="Timings.identify_window_from values, comma-separated: ready, sent (default ready)",
+    )
+    parser.add_argument(
+        "--margin", default="0.1", help="Timings.identify_margin values for --window-from sent (default 0.1)"
+    )
     _common.run("sim_boot", parser, _main)
+
+
+def _window_froms(value: str) -> str:
+    for mode in value.split(","):
+        if mode not in ("ready", "sent"):
+            msg = f"--window-from takes ready and/or sent, not {mode!r}"
+            raise argparse.ArgumentTypeError(msg)
+    return value
 
 
 if __name__ == "__main__":

@@ -229,6 +229,8 @@ class _Slot:
     started: _Flag = dataclasses.field(default_factory=_Flag)
     leaving: bool = False
     identify_sent_at: float | None = None
+    identify_left_at: float | None = None
+    """When the last IDENTIFY's frame was written to its socket (monotonic; None before the write returned)."""
     identify_ask: int | None = None
     """The number of the ask whose grant the last IDENTIFY used: `identify_done` names it."""
     reported: SessionState | None = None
@@ -1251,10 +1253,17 @@ class Bot(traits.GatewayBotAware):
             break
         self._presence = presence
         slot.identify_sent_at = time.time()
+        slot.identify_left_at = None
         slot.identify_ask = ask
         self._metrics.count("identifies")
         _LOGGER.info("shard %s on host %s identifies (granted by the orchestrator)", shard_id, self._host_id)
         return presence.to_hikari_kwargs()
+
+    def after_identify(self, shard_id: int) -> None:
+        """Stamp the departure of ``shard_id``'s IDENTIFY (its frame was just written to the socket)."""
+        slot = self._slots.get(shard_id)
+        if slot is not None:
+            slot.identify_left_at = time.monotonic()
 
     async def before_resume(self, shard_id: int) -> None:
         """Check the lease before a RESUME; tolerate an Orchestrator that is away (it cannot re-grant then)."""
@@ -1290,12 +1299,15 @@ class Bot(traits.GatewayBotAware):
         if slot is None or slot.identify_sent_at is None:
             return
         slot.identify_sent_at = None
-        # Free the bucket from READY's arrival, never from a timestamp taken before the frame left: on a busy
-        # loop the IDENTIFY may leave later than it was stamped, and the next one would come too early.
+        # The IDENTIFY's age is a duration on this host's clock, measured from after its frame was written (never
+        # from a stamp before: on a busy loop the frame can leave long after). The Orchestrator subtracts it from
+        # the report's arrival, which a retry or the transit only makes later, so the bound stays safe; it uses it
+        # only with identify_window_from="sent", and counts from the report's arrival (after READY) otherwise.
+        left_ago = None if slot.identify_left_at is None else max(0.0, time.monotonic() - slot.identify_left_at)
         with contextlib.suppress(Exception):
             await self._link.identify_done(
                 event.shard.id, None, host_id=self._host_id, epoch=slot.lease.epoch, ask=slot.identify_ask,
-                retry_for=10.0,
+                left_ago=left_ago, retry_for=10.0,
             )
 
     # -- sync with the Orchestrator --------------------------------------------------------------

@@ -52,12 +52,28 @@ its IDENTIFY leaves no later than ``not_before + grant_use_limit``. Every place 
 latest send (a re-ask, an expiry, a budget refresh, a restart) counts from ``not_before`` so. The
 bucket is still released at READY, and the opening is still counted from it: only the ask's round
 trip leaves the path between two IDENTIFYs of a bucket.
+
+Where a window starts
+---------------------
+Discord counts a bucket's window from when its rate limiter sees an IDENTIFY. `release` opens the
+bucket ``window + margin`` after ``identified_at``, which must therefore be a time on the caller's
+clock *no earlier* than the IDENTIFY left its host. Two choices (`Timings.identify_window_from`):
+
+- READY's arrival (``identified_at`` None): after Discord received the IDENTIFY, whatever the delays.
+  Each round then also pays READY's latency.
+- The frame's departure, which the host measures after the write to its socket returned and reports
+  as an *age* (seconds before its report, on its own monotonic clock). The caller computes
+  ``arrival of the report - age``, which is never earlier than the departure: the report's transit, a
+  retry or a duplicate only make it later. This bound is safe at Discord only while the two
+  IDENTIFYs' one-way delays to its rate limiter differ by less than ``margin``. Never stamp before the
+  write: on a busy loop the frame can leave long after (BENCHMARKS.md, F5).
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 
 __all__ = [
     "GRANT_USE_LIMIT",
@@ -66,6 +82,7 @@ __all__ = [
     "IdentifyBudgetExhaustedError",
     "IdentifyGrant",
     "IdentifyScheduler",
+    "window_start",
 ]
 
 _POLL = 0.5
@@ -85,6 +102,18 @@ holds its bucket for little more than the wait it was told."""
 MAX_WAIT = 30.0
 """Longest wait told to a shard far back in its bucket's queue: were the shards ahead of it to go (their host
 died), its bucket would stand idle no longer than this."""
+
+
+def window_start(now: float, left_ago: float | None, *, from_sent: bool) -> float | None:
+    """The ``identified_at`` to `IdentifyScheduler.release` with, for a READY report that arrived at ``now``.
+
+    ``left_ago`` is the host's measure of how long before its report the IDENTIFY's frame was written.
+    With ``from_sent`` (`Timings.identify_window_from` ``"sent"``) and a usable age, ``now - left_ago``;
+    otherwise None: the window counts from ``now``, READY's arrival ("Where a window starts" above).
+    """
+    if not from_sent or left_ago is None or not 0.0 <= left_ago < math.inf:
+        return None
+    return now - left_ago
 
 
 class IdentifyBudgetExhaustedError(RuntimeError):
@@ -423,7 +452,8 @@ class IdentifyScheduler:
         if ask is not None and held.ask is not None and held.ask != ask:
             return False
         del self._held[bucket]
-        sent = now if identified_at is None else max(held.granted_at, identified_at)
+        # Never before the grant's opening: the host cannot send earlier, whatever age it reports.
+        sent = now if identified_at is None else max(held.opens, identified_at)
         self._free_at[bucket] = max(self._free_at.get(bucket, float("-inf")), sent + self._window + self._margin)
         return True
 

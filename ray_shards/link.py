@@ -325,11 +325,13 @@ class OrchestratorLink:
         host_id: str | None = None,
         epoch: int | None = None,
         ask: int | None = None,
+        left_ago: float | None = None,
         retry_for: float = 30.0,
     ) -> None:
         """`Orchestrator.identify_done`."""
         await self.call(
-            "identify_done", shard_id, sent_at, host_id=host_id, epoch=epoch, ask=ask, retry_for=retry_for
+            "identify_done", shard_id, sent_at, host_id=host_id, epoch=epoch, ask=ask, left_ago=left_ago,
+            retry_for=retry_for,
         )
 
     async def check_lease(self, host_id: str, shard_id: int, epoch: int, *, retry_for: float = 30.0) -> bool:

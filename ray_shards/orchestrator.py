@@ -44,7 +44,7 @@ from ray_shards.gateway_info import fetch_gateway_bot, validate_rest_url
 from ray_shards.gateway_watch import GatewayWatch
 from ray_shards.host_mailboxes import Mailboxes
 from ray_shards.host_watch import HostWatch
-from ray_shards.identify import GRANT_USE_LIMIT, IdentifyScheduler
+from ray_shards.identify import GRANT_USE_LIMIT, IdentifyScheduler, window_start
 from ray_shards.models import (
     BotConfig,
     CommandKind,
@@ -755,6 +755,7 @@ class Orchestrator:
         host_id: str | None = None,
         epoch: int | None = None,
         ask: int | None = None,
+        left_ago: float | None = None,
     ) -> None:
         """The IDENTIFY of ``shard_id`` was answered (READY) or failed: free its bucket.
 
@@ -762,11 +763,17 @@ class Orchestrator:
         that lost the lease cannot open the bucket early; with ``ask`` (the ask whose grant the IDENTIFY used)
         only that very grant, so a late or repeated message about the holder's previous IDENTIFY of the shard
         cannot either. ``sent_at`` is ignored: it was taken on another
-        machine's clock, and the release time is never earlier, so always safe.
+        machine's clock, and the release time is never earlier, so always safe. ``left_ago`` is how long before
+        the host sent this message its IDENTIFY's frame was written, on the host's monotonic clock: with
+        ``Timings.identify_window_from == "sent"`` the window counts from ``now - left_ago``, which this
+        message's transit (or a retry) only makes later than the departure (`ray_shards.identify`, "Where a
+        window starts"); otherwise from now.
         """
         _, _, scheduler = self._check(capability)
         holder = (host_id, epoch) if host_id is not None and epoch is not None else None
-        scheduler.release(shard_id, time.monotonic(), holder=holder, ask=ask)
+        now = time.monotonic()
+        identified_at = window_start(now, left_ago, from_sent=self._timings.identify_window_from == "sent")
+        scheduler.release(shard_id, now, identified_at=identified_at, holder=holder, ask=ask)
 
     async def check_lease(self, capability: str, host_id: str, shard_id: int, epoch: int) -> bool:
         """Whether ``host_id`` may RESUME ``shard_id`` now (it holds the current lease)."""

@@ -74,6 +74,9 @@ class GateHooks(typing.Protocol):
     async def before_resume(self, shard_id: int) -> None:
         """Raise if this process no longer holds the lease for ``shard_id``."""
 
+    def after_identify(self, shard_id: int) -> None:
+        """The IDENTIFY frame of ``shard_id`` was written to its socket (stamp its departure now)."""
+
 
 class ManagedShard(shard_impl.GatewayShardImpl):
     """A hikari shard whose IDENTIFY and RESUME wait for the owner's permission.
@@ -103,6 +106,10 @@ class ManagedShard(shard_impl.GatewayShardImpl):
             else:
                 await self._hooks.before_resume(self.id)
         await super()._send_json(data, priority=priority)
+        if op == _IDENTIFY_OP:
+            # Only now is the frame in the kernel: a stamp taken before the write (before hikari's send rate
+            # limiter and the websocket's lock) can be seconds early on a busy loop (BENCHMARKS.md, F5).
+            self._hooks.after_identify(self.id)
 
 
 def snapshot(shard: hikari.api.GatewayShard) -> SessionState | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 from ray_shards.identify import GRANT_USE_LIMIT
 
@@ -113,6 +114,19 @@ class Timings:
         the ask's round trip then leaves the time between two IDENTIFYs of a bucket. 0 grants
         only once the bucket is open. At most ``grant_timeout - 1`` (a host sends within 1 s of
         the not-before time); an Orchestrator restart waits this much longer before its first grants.
+    identify_window_from
+        What a bucket's next window is counted from (`ray_shards.identify`, "Where a window starts").
+        ``"ready"`` (the default): READY's arrival at the Orchestrator, the only moment known to come
+        after Discord received the IDENTIFY, whatever the network and Discord's own delays; each
+        round of a boot then also pays READY's latency (BENCHMARKS.md, F7: about 1.08 x Discord's
+        floor in the simulator). ``"sent"``: the moment the IDENTIFY frame was written to its socket,
+        which the host reports as an age on its own monotonic clock with READY; a boot then runs
+        within ``identify_margin`` and a round trip per round of the floor. It assumes that two
+        IDENTIFYs of a bucket reach Discord's rate limiter with one-way delays that differ by less
+        than ``identify_margin``; when they do not, Discord answers the later one with op 9 and
+        the shard identifies again through the queue (one more session start from the daily budget).
+        Peers assume more: they count 5 s from the permit, with no margin and without waiting for
+        READY. The bucket is still held until READY (or failure) either way.
     """
 
     sync_interval: float = 0.5
@@ -141,6 +155,7 @@ class Timings:
     reshard_buffer_cap: int = 100_000
     reshard_max_skew: float = 1.0
     identify_lead: float = 0.5
+    identify_window_from: typing.Literal["ready", "sent"] = "ready"
 
     @property
     def longest_sync_interval(self) -> float:
@@ -178,6 +193,9 @@ class Timings:
                 f"identify_lead must be in [0, grant_timeout - {GRANT_USE_LIMIT:g}] seconds, "
                 f"not {self.identify_lead!r}"
             )
+            raise ValueError(msg)
+        if self.identify_window_from not in ("ready", "sent"):
+            msg = f"identify_window_from must be 'ready' or 'sent', not {self.identify_window_from!r}"
             raise ValueError(msg)
         if self.host_memory_trim_interval is not None and not self.host_memory_trim_interval > 0:
             msg = f"host_memory_trim_interval must be positive seconds or None, not {self.host_memory_trim_interval!r}"

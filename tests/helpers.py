@@ -26,6 +26,9 @@ class _OpenHooks:
     async def before_resume(self, shard_id: int) -> None:
         return None
 
+    def after_identify(self, shard_id: int) -> None:
+        return None
+
 
 def lone_shard(emu: typing.Any, token: str, app: hikari.GatewayBot, manager: typing.Any) -> typing.Any:
     """One real `sessions.ManagedShard` (shard 0 of 1) on the emulator, dispatching into ``manager`` (no Ray)."""

@@ -69,6 +69,7 @@ class _NotBeforeLink:
         self.wait = wait
         self.asks: list[tuple[int | None, int | None]] = []
         self.done: list[tuple[int, object]] = []
+        self.left_ago: list[object] = []
         self.answered: list[float] = []
 
     async def request_identify(
@@ -81,6 +82,7 @@ class _NotBeforeLink:
 
     async def identify_done(self, shard_id: int, sent_at: float | None, **kwargs: object) -> None:
         self.done.append((shard_id, kwargs.get("ask")))
+        self.left_ago.append(kwargs.get("left_ago"))
 
 
 async def test_a_not_before_grant_is_slept_from_the_answers_arrival() -> None:
@@ -116,6 +118,23 @@ async def test_the_ready_report_names_the_ask_whose_grant_was_used() -> None:
     event = typing.cast(typing.Any, types.SimpleNamespace(shard=types.SimpleNamespace(id=3)))
     await host._on_shard_ready(event)
     assert link.done == [(3, 101)]
+
+
+async def test_the_ready_report_says_how_long_ago_the_identify_frame_left() -> None:
+    link = _NotBeforeLink(0.0)
+    host = _host(typing.cast(typing.Any, link))
+    event = typing.cast(typing.Any, types.SimpleNamespace(shard=types.SimpleNamespace(id=3)))
+    await host.before_identify(3)
+    await asyncio.sleep(0.05)  # granted, but the frame is not written yet: the age counts from the write only
+    host.after_identify(3)
+    await asyncio.sleep(0.1)
+    await host._on_shard_ready(event)
+    age = link.left_ago[-1]
+    assert isinstance(age, float) and 0.1 <= age < 0.15, age
+    # A write that never returned (the connection died in it) stamps nothing: the Orchestrator counts from READY.
+    await host.before_identify(3)
+    await host._on_shard_ready(event)
+    assert link.left_ago[-1] is None
 
 
 class _ReleaseLink:

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from ray_shards.identify import MAX_WAIT, IdentifyBudgetExhaustedError, IdentifyGrant, IdentifyScheduler
+from ray_shards.identify import MAX_WAIT, IdentifyBudgetExhaustedError, IdentifyGrant, IdentifyScheduler, window_start
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -345,6 +345,34 @@ def test_a_shard_behind_a_grant_held_past_its_earliest_opening_is_not_told_to_po
     assert isinstance(scheduler.request(0, 0.0, early=True), IdentifyGrant)
     # No READY yet at 6 s (a slow or dead shard holds the bucket up to grant_timeout): a window, not 50 ms.
     assert scheduler.request(1, 6.0, early=True) == pytest.approx(5.1)
+
+
+def test_window_start_counts_from_the_departure_only_when_asked_and_the_age_is_usable() -> None:
+    assert window_start(10.0, 0.25, from_sent=True) == pytest.approx(9.75)
+    assert window_start(10.0, 0.0, from_sent=True) == pytest.approx(10.0)
+    assert window_start(10.0, 0.25, from_sent=False) is None  # READY's arrival
+    for unusable in (None, -0.1, math.nan, math.inf):
+        assert window_start(10.0, unusable, from_sent=True) is None
+
+
+def test_a_release_from_the_departure_opens_the_bucket_a_window_after_it() -> None:
+    scheduler = IdentifyScheduler(1, remaining=10, lead=0.5)
+    assert isinstance(scheduler.request(0, 0.0, early=True), IdentifyGrant)
+    assert scheduler.release(0, 0.3, identified_at=0.02)  # left at 0.02, READY reported at 0.3
+    grant = scheduler.request(1, 4.9, early=True)
+    assert isinstance(grant, IdentifyGrant) and grant.opens == pytest.approx(5.12)
+
+
+def test_a_reported_age_cannot_open_the_bucket_before_the_grants_opening() -> None:
+    # A host reporting an absurd age (a bug, a clock jump) cannot make its IDENTIFY older than its grant allows.
+    scheduler = IdentifyScheduler(1, remaining=10, lead=0.5)
+    scheduler.request(0, 0.0, early=True)
+    scheduler.release(0, 0.3)
+    grant = scheduler.request(1, 5.0, early=True)
+    assert isinstance(grant, IdentifyGrant) and grant.opens == pytest.approx(5.4)
+    assert scheduler.release(1, 5.7, identified_at=-100.0)
+    later = scheduler.request(2, 10.0, early=True)
+    assert isinstance(later, IdentifyGrant) and later.opens == pytest.approx(5.4 + 5.1)
 
 
 def test_start_full_and_budget_refresh_count_the_lead() -> None:

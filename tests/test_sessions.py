@@ -34,6 +34,7 @@ class _Hooks:
     def __init__(self) -> None:
         self.identifies: list[int] = []
         self.resumes: list[int] = []
+        self.sent: list[int] = []
 
     async def before_identify(self, shard_id: int) -> dict[str, typing.Any] | None:
         self.identifies.append(shard_id)
@@ -41,6 +42,11 @@ class _Hooks:
 
     async def before_resume(self, shard_id: int) -> None:
         self.resumes.append(shard_id)
+
+    def after_identify(self, shard_id: int) -> None:
+        # The frame was written: its grant (before_identify) must have come first.
+        assert len(self.identifies) == len(self.sent) + 1
+        self.sent.append(shard_id)
 
 
 def _shard(emu: typing.Any, token: str, hooks: _Hooks, shard_id: int = 0) -> sessions.ManagedShard:
@@ -81,6 +87,7 @@ async def test_identify_gate_seed_and_detach_round_trip(emulator_factory: typing
     shard = _shard(emu, token, hooks)
     await shard.start()
     assert hooks.identifies == [0]
+    assert hooks.sent == [0], "the IDENTIFY's departure was not stamped after the write"
     identify = emu.control.identify_log()[0]
     assert identify["presence"]["status"] == "idle", "the gate's presence was not used for IDENTIFY"
     emu.control.dispatch(0, "TYPING_START", {"channel_id": "1", "user_id": "2", "timestamp": 0})
@@ -98,6 +105,7 @@ async def test_identify_gate_seed_and_detach_round_trip(emulator_factory: typing
     try:
         assert hooks.resumes == [0]
         assert len(emu.control.identify_log()) == 1
+        assert hooks.sent == [0], "a RESUME is not an IDENTIFY"
         resume = emu.control.resume_log()[-1]
         assert resume["session_id"] == state.session_id and resume["replayed"] >= 1
         assert not emu.control.stats()["split_brain"]

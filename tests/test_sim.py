@@ -16,14 +16,21 @@ import typing
 import pytest
 
 from ray_shards import control, resharding, rolling
-from ray_shards.identify import LATE_ASK, IdentifyBudgetExhaustedError, IdentifyGrant, IdentifyScheduler
+from ray_shards.identify import (
+    LATE_ASK,
+    IdentifyBudgetExhaustedError,
+    IdentifyGrant,
+    IdentifyScheduler,
+    window_start,
+)
 from ray_shards.models import Lease, SessionState, ShardReport, ShardStatus
-from ray_shards.sim import SimResult, Violation, World, replay_command, run_seed
+from ray_shards.sim import SimResult, Violation, World, replay_command, run_seed, world
 from ray_shards.sim.__main__ import main
 from ray_shards.sim.world import Host, Shell
 from ray_shards.table import ShardTable
 
 SEEDS = 2000
+SENT_SEEDS = 1000
 
 def _no_start_full(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(IdentifyScheduler, "start_full", lambda self, now, *, in_flight=0.0: None)
@@ -235,6 +242,29 @@ def test_thousands_of_seeds_keep_every_invariant() -> None:
     elapsed = time.perf_counter() - started
     assert steps > SEEDS * 100, "the seeds hardly ran"
     print(f"{SEEDS} seeds, {steps} steps in {elapsed:.1f} s")
+
+
+@pytest.mark.timeout(120)
+def test_windows_counted_from_the_frames_departure_keep_every_invariant() -> None:
+    """`Timings.identify_window_from` "sent": the seeds' faults (lost, duplicated, late READY reports; crashes) open no
+    bucket early. The model's gateway receives a frame as it leaves, so this proves the bookkeeping, not the margin's
+    assumption about Discord's delays."""
+    for seed in range(SENT_SEEDS):
+        try:
+            run_seed(seed, window_from="sent")
+        except Violation as exc:
+            pytest.fail(f"{exc}\nreplay: {replay_command(seed, window_from='sent')}")
+
+
+def test_a_departure_stamped_before_the_frame_left_breaks_the_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    # BENCHMARKS F5's bug, in "sent" mode: a host whose stamp is 0.3 s older than its frame's departure.
+    def early_stamp(now: float, left_ago: float | None, *, from_sent: bool) -> float | None:
+        start = window_start(now, left_ago, from_sent=from_sent)
+        return None if start is None else start - 0.3
+
+    monkeypatch.setattr(world, "window_start", early_stamp)
+    with pytest.raises(Violation, match="two IDENTIFYs in bucket"):
+        run_seed(93, window_from="sent")
 
 
 WITHOUT_RESHARD: set[int] = set()

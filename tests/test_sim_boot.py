@@ -26,6 +26,16 @@ def test_a_512_shard_boot_keeps_every_invariant() -> None:
     assert 1.0 < result.ratio <= 1.12
 
 
+def test_windows_counted_from_the_frames_departure_boot_near_the_floor() -> None:
+    ready = run_boot(512, 16, 4)
+    sent = run_boot(512, 16, 4, window_from="sent")
+    assert sent.violations == 0, sent.violation
+    assert sent.identifies == 512
+    # Measured 1.032 (the 0.1 s margin and ~30 ms of transit a round, plus the last READY) against 1.097: READY's
+    # latency leaves each round.
+    assert sent.ratio < ready.ratio - 0.04, (sent.ratio, ready.ratio)
+
+
 def test_the_boot_scenario_catches_a_window_too_short(monkeypatch: pytest.MonkeyPatch) -> None:
     # Above 256 shards the table is checked incrementally; the gateway's checks do not depend on it.
     monkeypatch.setattr(world, "IdentifyScheduler", functools.partial(IdentifyScheduler, window=4.5, margin=0.0))

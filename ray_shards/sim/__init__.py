@@ -13,7 +13,8 @@ from ray_shards.sim.world import Params, SimResult, Violation, World, run_seed
 __all__ = ["Params", "SimResult", "Violation", "World", "replay_command", "run_seed"]
 
 
-def replay_command(seed: int, *, steps: int | None = None) -> str:
+def replay_command(seed: int, *, steps: int | None = None, window_from: str = "ready") -> str:
     """The command that replays ``seed`` step by step."""
     steps_arg = f" --steps {steps}" if steps is not None else ""
-    return f"python -m ray_shards.sim --seed {seed}{steps_arg} --verbose"
+    window_arg = f" --window-from {window_from}" if window_from != "ready" else ""
+    return f"python -m ray_shards.sim --seed {seed}{steps_arg}{window_arg} --verbose"

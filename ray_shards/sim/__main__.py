@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first", type=int, default=0, help="first seed of --seeds")
     parser.add_argument("--steps", type=int, default=None, help="stop injecting faults after this many steps")
     parser.add_argument("--verbose", action="store_true", help="print the state after every step")
+    parser.add_argument("--window-from", choices=("ready", "sent"), default="ready",
+                        help="Timings.identify_window_from of every seed's bot (default ready)")
     args = parser.parse_args(argv)
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
     trace = print if args.verbose else None
@@ -27,10 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     reshards: collections.Counter[str] = collections.Counter()
     for seed in seeds:
         try:
-            result = run_seed(seed, fault_steps=args.steps, trace=trace)
+            result = run_seed(seed, fault_steps=args.steps, trace=trace, window_from=args.window_from)
         except Violation as exc:
             print(f"FAILED: {exc}", file=sys.stderr)
-            print(f"replay: {replay_command(seed, steps=args.steps)}", file=sys.stderr)
+            print(f"replay: {replay_command(seed, steps=args.steps, window_from=args.window_from)}", file=sys.stderr)
             return 1
         steps += result.steps
         reshards["started"] += result.reshards

@@ -28,10 +28,14 @@ def floor(shards: int, max_concurrency: int, window: float = WINDOW) -> float:
     return (math.ceil(shards / max_concurrency) - 1) * window
 
 
-def boot_params(shards: int, max_concurrency: int, hosts: int, *, lead: float = 0.5) -> Params:
+def boot_params(
+    shards: int, max_concurrency: int, hosts: int, *, lead: float = 0.5, window_from: str = "ready",
+    margin: float = 0.1,
+) -> Params:
     """A bot of ``shards`` on ``hosts`` hosts, a budget that covers the boot, no faults, ordinary RPC delays.
 
-    ``lead`` is `Timings.identify_lead` (0: no grant ahead of a bucket's opening, the rule before it).
+    ``lead`` is `Timings.identify_lead` (0: no grant ahead of a bucket's opening, the rule before it);
+    ``window_from`` is `Timings.identify_window_from` and ``margin`` `Timings.identify_margin`.
     """
     return Params(
         shards=shards,
@@ -51,6 +55,8 @@ def boot_params(shards: int, max_concurrency: int, hosts: int, *, lead: float = 
         identify_poll=MAX_WAIT,  # the real host sleeps the wait it is told, at most identify.MAX_WAIT
         events=False,
         identify_lead=lead,
+        identify_window_from=window_from,
+        identify_margin=margin,
     )
 
 
@@ -62,6 +68,8 @@ class BootResult:
     hosts: int
     max_concurrency: int
     lead: float
+    window_from: str
+    margin: float
     identifies: int
     first_identify: float
     last_identify: float
@@ -80,11 +88,14 @@ class BootResult:
     wall_s: float
 
 
-def run_boot(shards: int, max_concurrency: int, hosts: int, *, seed: int = 0, lead: float = 0.5) -> BootResult:
-    """Boot ``shards`` shards on ``hosts`` hosts at ``max_concurrency`` in the simulator (``lead``: `boot_params`)."""
+def run_boot(
+    shards: int, max_concurrency: int, hosts: int, *, seed: int = 0, lead: float = 0.5, window_from: str = "ready",
+    margin: float = 0.1,
+) -> BootResult:
+    """Boot ``shards`` shards on ``hosts`` hosts at ``max_concurrency`` in the simulator (options: `boot_params`)."""
     from ray_shards.sim.world import Violation
 
-    params = boot_params(shards, max_concurrency, hosts, lead=lead)
+    params = boot_params(shards, max_concurrency, hosts, lead=lead, window_from=window_from, margin=margin)
     world = World(seed, params=params)
     world.checkpoint_every = 30.0
     started = time.perf_counter()
@@ -105,6 +116,8 @@ def run_boot(shards: int, max_concurrency: int, hosts: int, *, seed: int = 0, le
         hosts=hosts,
         max_concurrency=max_concurrency,
         lead=lead,
+        window_from=window_from,
+        margin=margin,
         identifies=gw.identifies,
         first_identify=first,
         last_identify=last,

@@ -47,7 +47,7 @@ from ray_shards import admission, control, liveness, operation_views, resharding
 from ray_shards.checkpoint_schedule import CheckpointSchedule
 from ray_shards.effects import carry_out
 from ray_shards.errors import CheckpointWriteError
-from ray_shards.identify import GRANT_USE_LIMIT, IdentifyScheduler
+from ray_shards.identify import GRANT_USE_LIMIT, IdentifyScheduler, window_start
 from ray_shards.models import CommandKind, Lease, SessionState, ShardReport, ShardStatus
 from ray_shards.protocol import GuildTails, OperationState, ReshardProgress, ReshardState, RollingRestartProgress
 from ray_shards.table import ShardTable
@@ -114,14 +114,18 @@ class Params:
     identify_lead: float = 0.5
     """`Timings.identify_lead`: hosts ask ``early`` and take not-before grants this far ahead of an opening."""
     rpc_timeout: float = 2.0
+    identify_margin: float = 0.1
+    """`Timings.identify_margin`."""
+    identify_window_from: str = "ready"
+    """`Timings.identify_window_from`: ``"sent"`` counts a bucket's window from the age the host reports with READY."""
     identify_poll: float = 2.0
     """The longest a host sleeps before asking for an identify grant again."""
     events: bool = True
     """Whether events flow on the sessions (Discord's seq advances every second, hosts observe it)."""
 
     @classmethod
-    def draw(cls, rng: random.Random, *, fault_time: float | None = None) -> Params:
-        """Draw a small bot and a fault mix from ``rng``."""
+    def draw(cls, rng: random.Random, *, fault_time: float | None = None, window_from: str = "ready") -> Params:
+        """Draw a small bot and a fault mix from ``rng`` (``window_from``: `identify_window_from`, not drawn)."""
         shards = rng.randint(1, 6)
         return cls(
             shards=shards,
@@ -134,6 +138,7 @@ class Params:
             p_loss=rng.choice([0.0, 0.02, 0.1]),
             p_dup=rng.choice([0.0, 0.02, 0.1]),
             p_delay=rng.choice([0.0, 0.05, 0.2, 0.5]),
+            identify_window_from=window_from,
         )
 
 
@@ -663,17 +668,20 @@ class Host:
         current.conn = conn
         current.phase = "running"
         current.session = SessionState(session.session_id, session.seq, "wss://resume")
+        left = self.now()
         ready = self.w.rng.uniform(0.05, 0.5)
-        self.w.at(ready, lambda: self._ready(shard_id, epoch, ask))
+        self.w.at(ready, lambda: self._ready(shard_id, epoch, ask, left))
 
-    def _ready(self, shard_id: int, epoch: int, ask: int) -> None:
+    def _ready(self, shard_id: int, epoch: int, ask: int, left: float) -> None:
         if not self.alive:
             return
         if self.count == self.w.p.shards:
             self.w.ready_at[shard_id] = self.w.t
         # Names the ask whose grant it used: a delayed or repeated READY report of an earlier IDENTIFY of this shard
-        # on this lease must not free a later grant.
-        self.w.call(self, "identify_done", (self.host_id, shard_id, epoch, ask), lambda _: None, lambda: None)
+        # on this lease must not free a later grant. Like the real host, it says how long ago its IDENTIFY left, on
+        # its own clock (the model's gateway receives a frame the moment it leaves).
+        self.w.call(self, "identify_done", (self.host_id, shard_id, epoch, ask, self.now() - left),
+                    lambda _: None, lambda: None)
 
     def observe(self) -> None:
         """Pick up the seq Discord has delivered on every open connection."""
@@ -958,8 +966,9 @@ class Shell:
                 return _Granted(decision.wait)
             return decision.wait
         if method == "identify_done":
-            host_id, shard_id, epoch, ask = args
-            self.scheduler.release(shard_id, now, holder=(host_id, epoch), ask=ask)
+            host_id, shard_id, epoch, ask, left_ago = args
+            identified_at = window_start(now, left_ago, from_sent=self.w.p.identify_window_from == "sent")
+            self.scheduler.release(shard_id, now, identified_at=identified_at, holder=(host_id, epoch), ask=ask)
             return None
         if method == "check_lease":
             host_id, shard_id, epoch = args
@@ -1107,7 +1116,8 @@ class Shell:
         """The identify schedule, built as the actor's `Orchestrator._new_scheduler` builds it."""
         p = self.w.p
         return IdentifyScheduler(
-            p.max_concurrency, remaining=remaining, grant_use_limit=p.grant_use_limit, lead=p.identify_lead
+            p.max_concurrency, remaining=remaining, margin=p.identify_margin, grant_use_limit=p.grant_use_limit,
+            lead=p.identify_lead,
         )
 
     def _new_roll(self, progress: RollingRestartProgress) -> rolling.RollingRestart:
@@ -1356,8 +1366,11 @@ class World:
         fault_steps: int | None = None,
         params: Params | None = None,
         reshard: bool = True,
+        window_from: str = "ready",
     ) -> None:
         """``params`` replaces the drawn bot and fault mix (and then no rolling restart or reshard is started).
+
+        ``window_from`` is the drawn bot's `Timings.identify_window_from` (not drawn: a seed replays as before).
 
         ``reshard=False`` runs the seed as it ran before the simulator drove reshards (a seed that found a bug
         then keeps finding it).
@@ -1366,7 +1379,7 @@ class World:
         self.fault_steps = fault_steps
         self.faults_ended_at: float | None = None
         self.rng = random.Random(seed)
-        self.p = Params.draw(self.rng, fault_time=fault_time) if params is None else params
+        self.p = Params.draw(self.rng, fault_time=fault_time, window_from=window_from) if params is None else params
         self.t = 0.0
         self.step = 0
         self._queue: list[tuple[float, int, typing.Callable[[], None]]] = []
@@ -2046,6 +2059,8 @@ def run_seed(
     fault_steps: int | None = None,
     trace: typing.Callable[[str], None] | None = None,
     reshard: bool = True,
+    window_from: str = "ready",
 ) -> SimResult:
-    """Simulate one seed; raises `Violation` when an invariant breaks (``reshard``: see `World`)."""
-    return World(seed, fault_time=fault_time, fault_steps=fault_steps, reshard=reshard).run(trace=trace)
+    """Simulate one seed; raises `Violation` when an invariant breaks (``reshard``, ``window_from``: see `World`)."""
+    world = World(seed, fault_time=fault_time, fault_steps=fault_steps, reshard=reshard, window_from=window_from)
+    return world.run(trace=trace)
