@@ -337,3 +337,13 @@ class PlainBot:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(5)
+
+
+def window_froms(text: str) -> list[str]:
+    """Parse a ``--window-from`` option: `Timings.identify_window_from` values, comma-separated."""
+    modes = text.split(",")
+    for mode in modes:
+        if mode not in ("ready", "sent"):
+            msg = f"--window-from takes ready and/or sent, not {mode!r}"
+            raise argparse.ArgumentTypeError(msg)
+    return modes

@@ -17,6 +17,7 @@ alike); their ratio is against the scaled floor and they are marked ``scaled``. 
 
 ``--lead 0,0.5`` runs every combination once per `Timings.identify_lead` (not scaled with the window: it covers
 an ask's round trip, not Discord's window), to compare grants ahead of a bucket's opening with none.
+``--window-from ready,sent`` likewise runs every combination once per `Timings.identify_window_from`.
 """
 
 from __future__ import annotations
@@ -45,15 +46,21 @@ def _parse_combos(text: str) -> list[tuple[int, int]]:
     return combos
 
 
-async def _one(n: int, c: int, window: float, hosts: int, scaled: bool, lead: float) -> dict[str, typing.Any]:
+async def _one(
+    n: int, c: int, window: float, hosts: int, scaled: bool, lead: float, window_from: str
+) -> dict[str, typing.Any]:
     rounds = math.ceil(n / c)
     floor = (rounds - 1) * window
     token = _common.new_token()
     notes_name = f"notes-{uuid.uuid4().hex[:8]}"
     notes = _common.start_notes(notes_name)
-    timings = Timings(identify_window=window, identify_margin=DISCORD_MARGIN * window / 5.0, identify_lead=lead)
+    timings = Timings(
+        identify_window=window, identify_margin=DISCORD_MARGIN * window / 5.0, identify_lead=lead,
+        identify_window_from=typing.cast(typing.Literal["ready", "sent"], window_from),
+    )
     _common.LOGGER.info(
-        "boot %s shards, max_concurrency %s, window %.2f s, lead %.2f s: floor %.1f s", n, c, window, lead, floor
+        "boot %s shards, max_concurrency %s, window %.2f s, lead %.2f s, windows from %s: floor %.1f s",
+        n, c, window, lead, window_from, floor,
     )
     with _common.emulator(token, shards=n, max_concurrency=c, guilds=n, identify_window_s=window,
                           heartbeat_interval_ms=41_250) as emu:
@@ -86,6 +93,7 @@ async def _one(n: int, c: int, window: float, hosts: int, scaled: bool, lead: fl
         "hosts": min(hosts, n),
         "window_s": window,
         "lead_s": lead,
+        "window_from": window_from,
         "scaled": scaled,
         "floor_s": round(floor, 2),
         "identify_to_ready_s": round(span, 2),
@@ -157,8 +165,8 @@ async def main(args: argparse.Namespace) -> dict[str, typing.Any]:
                 if (rounds - 1) * candidate <= args.max_floor:
                     break
             scaled = window != args.window
-            for lead in args.lead:
-                result = await _one(n, c, window, args.hosts, scaled, lead)
+            for lead, window_from in itertools.product(args.lead, args.window_from):
+                result = await _one(n, c, window, args.hosts, scaled, lead, window_from)
                 _common.LOGGER.info("%s", result)
                 results.append(result)
     load = await sampler.stop()
@@ -167,6 +175,7 @@ async def main(args: argparse.Namespace) -> dict[str, typing.Any]:
         "settings": {
             "window_s": args.window, "max_floor_s": args.max_floor, "scaled_windows_s": args.scaled_windows,
             "hosts": args.hosts, "guilds_per_shard": 1, "leads_s": args.lead,
+            "window_from": args.window_from,
             "target": "identify_to_ready <= 1.05 * floor + 2 s, 0 violations",
         },
         "results": results,
@@ -188,6 +197,8 @@ def cli() -> None:
     parser.add_argument("--hosts", type=int, default=4, help="ShardHost actors (default 4)")
     parser.add_argument("--lead", type=lambda s: [float(x) for x in s.split(",")], default=[Timings().identify_lead],
                         help="Timings.identify_lead values to run each combination with (default: Timings' own)")
+    parser.add_argument("--window-from", type=_common.window_froms, default=[Timings().identify_window_from],
+                        help="Timings.identify_window_from values, comma-separated: ready, sent (default: Timings')")
     _common.run("cold_boot", parser, main)
 
 

@@ -46,7 +46,7 @@ async def _main(args: argparse.Namespace) -> dict[str, typing.Any]:
     sampler.start()
     runs = []
     margins = [float(m) for m in str(args.margin).split(",")]
-    modes = [(w, m) for w in str(args.window_from).split(",") for m in (margins if w == "sent" else margins[:1])]
+    modes = [(w, m) for w in args.window_from for m in (margins if w == "sent" else margins[:1])]
     sizes = [(int(s), float(lead), w, m) for s in str(args.shards).split(",") for lead in str(args.lead).split(",")
              for w, m in modes]
     for shards, lead, window_from, margin in sizes:
@@ -88,21 +88,13 @@ def main() -> None:
         help="Timings.identify_lead values to run each size with, comma-separated (default 0,0.5)",
     )
     parser.add_argument(
-        "--window-from", default="ready", type=_window_froms,
+        "--window-from", default=["ready"], type=_common.window_froms,
         help="Timings.identify_window_from values, comma-separated: ready, sent (default ready)",
     )
     parser.add_argument(
         "--margin", default="0.1", help="Timings.identify_margin values for --window-from sent (default 0.1)"
     )
     _common.run("sim_boot", parser, _main)
-
-
-def _window_froms(value: str) -> str:
-    for mode in value.split(","):
-        if mode not in ("ready", "sent"):
-            msg = f"--window-from takes ready and/or sent, not {mode!r}"
-            raise argparse.ArgumentTypeError(msg)
-    return value
 
 
 if __name__ == "__main__":
