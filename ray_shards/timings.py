@@ -125,8 +125,8 @@ class Timings:
         IDENTIFYs of a bucket reach Discord's rate limiter with one-way delays that differ by less
         than ``identify_margin``; when they do not, Discord answers the later one with op 9 and
         the shard identifies again through the queue (one more session start from the daily budget).
-        Peers assume more: they count 5 s from the permit, with no margin and without waiting for
-        READY. The bucket is still held until READY (or failure) either way.
+        (``@discordjs/ws`` counts 5 s from each permit, before the frame is even sent, and does not
+        wait for READY.) The bucket is still held until READY (or failure) either way.
     """
 
     sync_interval: float = 0.5
