@@ -228,7 +228,8 @@ class _Slot:
     error: str | None = None
     started: _Flag = dataclasses.field(default_factory=_Flag)
     leaving: bool = False
-    identify_sent_at: float | None = None
+    identify_pending: bool = False
+    """An IDENTIFY was granted and its READY not yet reported (`_on_shard_ready` reports it once)."""
     identify_left_at: float | None = None
     """When the last IDENTIFY's frame was written to its socket (monotonic; None before the write returned)."""
     identify_ask: int | None = None
@@ -1252,7 +1253,7 @@ class Bot(traits.GatewayBotAware):
             presence = answer.presence
             break
         self._presence = presence
-        slot.identify_sent_at = time.time()
+        slot.identify_pending = True
         slot.identify_left_at = None
         slot.identify_ask = ask
         self._metrics.count("identifies")
@@ -1296,9 +1297,9 @@ class Bot(traits.GatewayBotAware):
 
     async def _on_shard_ready(self, event: hikari.ShardReadyEvent) -> None:
         slot = self._slots.get(event.shard.id)
-        if slot is None or slot.identify_sent_at is None:
+        if slot is None or not slot.identify_pending:
             return
-        slot.identify_sent_at = None
+        slot.identify_pending = False
         # The IDENTIFY's age is a duration on this host's clock, measured from after its frame was written (never
         # from a stamp before: on a busy loop the frame can leave long after). The Orchestrator subtracts it from
         # the report's arrival, which a retry or the transit only makes later, so the bound stays safe; it uses it

@@ -59,7 +59,7 @@ async def test_a_grant_that_arrives_too_late_is_named_unused_in_the_next_ask(mon
     await host.before_identify(3)
     # The late grant (ask 100) was not used: the next ask says so, and its own timely grant is used.
     assert link.asks == [(100, None), (101, 100)]
-    assert host._slots[3].identify_sent_at is not None
+    assert host._slots[3].identify_pending
 
 
 class _NotBeforeLink:
