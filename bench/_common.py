@@ -31,6 +31,7 @@ import hikari
 import ray
 
 from ray_shards.connection import NAMESPACE
+from ray_shards.identify import WINDOW_FROM_MODES, WindowFrom
 
 if typing.TYPE_CHECKING:
     from ray_shards.emulator import EmulatorThread
@@ -339,11 +340,12 @@ class PlainBot:
             self.process.wait(5)
 
 
-def window_froms(text: str) -> list[str]:
+def window_froms(text: str) -> list[WindowFrom]:
     """Parse a ``--window-from`` option: `Timings.identify_window_from` values, comma-separated."""
-    modes = text.split(",")
-    for mode in modes:
-        if mode not in ("ready", "sent"):
-            msg = f"--window-from takes ready and/or sent, not {mode!r}"
+    modes: list[WindowFrom] = []
+    for mode in text.split(","):
+        if mode not in WINDOW_FROM_MODES:
+            msg = f"--window-from takes {' and/or '.join(WINDOW_FROM_MODES)}, not {mode!r}"
             raise argparse.ArgumentTypeError(msg)
+        modes.append(typing.cast("WindowFrom", mode))
     return modes

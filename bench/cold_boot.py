@@ -32,6 +32,7 @@ import uuid
 from bench import _common
 from bench._callbacks import ready_recorder
 from ray_shards import BotDeployment
+from ray_shards.identify import WindowFrom
 from ray_shards.timings import Timings
 
 DEFAULT_COMBOS = "16x1,16x16,16x64,64x1,64x16,64x64,256x16,256x64,256x1"
@@ -47,7 +48,7 @@ def _parse_combos(text: str) -> list[tuple[int, int]]:
 
 
 async def _one(
-    n: int, c: int, window: float, hosts: int, scaled: bool, lead: float, window_from: str
+    n: int, c: int, window: float, hosts: int, scaled: bool, lead: float, window_from: WindowFrom
 ) -> dict[str, typing.Any]:
     rounds = math.ceil(n / c)
     floor = (rounds - 1) * window
@@ -56,7 +57,7 @@ async def _one(
     notes = _common.start_notes(notes_name)
     timings = Timings(
         identify_window=window, identify_margin=DISCORD_MARGIN * window / 5.0, identify_lead=lead,
-        identify_window_from=typing.cast(typing.Literal["ready", "sent"], window_from),
+        identify_window_from=window_from,
     )
     _common.LOGGER.info(
         "boot %s shards, max_concurrency %s, window %.2f s, lead %.2f s, windows from %s: floor %.1f s",

@@ -74,14 +74,17 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
+import typing
 
 __all__ = [
     "GRANT_USE_LIMIT",
     "LATE_ASK",
     "MAX_WAIT",
+    "WINDOW_FROM_MODES",
     "IdentifyBudgetExhaustedError",
     "IdentifyGrant",
     "IdentifyScheduler",
+    "WindowFrom",
     "window_start",
 ]
 
@@ -102,6 +105,13 @@ holds its bucket for little more than the wait it was told."""
 MAX_WAIT = 30.0
 """Longest wait told to a shard far back in its bucket's queue: were the shards ahead of it to go (their host
 died), its bucket would stand idle no longer than this."""
+
+
+WindowFrom = typing.Literal["ready", "sent"]
+"""Where a bucket's window starts (`Timings.identify_window_from`): READY's arrival, or the IDENTIFY's departure."""
+
+WINDOW_FROM_MODES: typing.Final[tuple[WindowFrom, ...]] = typing.get_args(WindowFrom)
+"""Every `WindowFrom`, the default first: what `Timings`, the simulator and the benchmarks accept."""
 
 
 def window_start(now: float, left_ago: float | None, *, from_sent: bool) -> float | None:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import typing
 
-from ray_shards.identify import GRANT_USE_LIMIT
+from ray_shards.identify import GRANT_USE_LIMIT, WINDOW_FROM_MODES, WindowFrom
 
 __all__ = ["Timings"]
 
@@ -155,7 +154,7 @@ class Timings:
     reshard_buffer_cap: int = 100_000
     reshard_max_skew: float = 1.0
     identify_lead: float = 0.5
-    identify_window_from: typing.Literal["ready", "sent"] = "ready"
+    identify_window_from: WindowFrom = "ready"
 
     @property
     def longest_sync_interval(self) -> float:
@@ -194,8 +193,9 @@ class Timings:
                 f"not {self.identify_lead!r}"
             )
             raise ValueError(msg)
-        if self.identify_window_from not in ("ready", "sent"):
-            msg = f"identify_window_from must be 'ready' or 'sent', not {self.identify_window_from!r}"
+        if self.identify_window_from not in WINDOW_FROM_MODES:
+            modes = " or ".join(repr(mode) for mode in WINDOW_FROM_MODES)
+            msg = f"identify_window_from must be {modes}, not {self.identify_window_from!r}"
             raise ValueError(msg)
         if self.host_memory_trim_interval is not None and not self.host_memory_trim_interval > 0:
             msg = f"host_memory_trim_interval must be positive seconds or None, not {self.host_memory_trim_interval!r}"

@@ -7,6 +7,7 @@ import collections
 import sys
 import time
 
+from ray_shards.identify import WINDOW_FROM_MODES
 from ray_shards.sim import Violation, replay_command, run_seed
 
 
@@ -19,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first", type=int, default=0, help="first seed of --seeds")
     parser.add_argument("--steps", type=int, default=None, help="stop injecting faults after this many steps")
     parser.add_argument("--verbose", action="store_true", help="print the state after every step")
-    parser.add_argument("--window-from", choices=("ready", "sent"), default="ready",
+    parser.add_argument("--window-from", choices=WINDOW_FROM_MODES, default=WINDOW_FROM_MODES[0],
                         help="Timings.identify_window_from of every seed's bot (default ready)")
     args = parser.parse_args(argv)
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)

@@ -17,7 +17,7 @@ import dataclasses
 import math
 import time
 
-from ray_shards.identify import MAX_WAIT
+from ray_shards.identify import MAX_WAIT, WindowFrom
 from ray_shards.sim.world import WINDOW, Params, World
 
 __all__ = ["BootResult", "boot_params", "floor", "run_boot"]
@@ -29,7 +29,7 @@ def floor(shards: int, max_concurrency: int, window: float = WINDOW) -> float:
 
 
 def boot_params(
-    shards: int, max_concurrency: int, hosts: int, *, lead: float = 0.5, window_from: str = "ready",
+    shards: int, max_concurrency: int, hosts: int, *, lead: float = 0.5, window_from: WindowFrom = "ready",
     margin: float = 0.1,
 ) -> Params:
     """A bot of ``shards`` on ``hosts`` hosts, a budget that covers the boot, no faults, ordinary RPC delays.
@@ -68,7 +68,7 @@ class BootResult:
     hosts: int
     max_concurrency: int
     lead: float
-    window_from: str
+    window_from: WindowFrom
     margin: float
     identifies: int
     first_identify: float
@@ -89,8 +89,8 @@ class BootResult:
 
 
 def run_boot(
-    shards: int, max_concurrency: int, hosts: int, *, seed: int = 0, lead: float = 0.5, window_from: str = "ready",
-    margin: float = 0.1,
+    shards: int, max_concurrency: int, hosts: int, *, seed: int = 0, lead: float = 0.5,
+    window_from: WindowFrom = "ready", margin: float = 0.1,
 ) -> BootResult:
     """Boot ``shards`` shards on ``hosts`` hosts at ``max_concurrency`` in the simulator (options: `boot_params`)."""
     from ray_shards.sim.world import Violation

@@ -47,7 +47,7 @@ from ray_shards import admission, control, liveness, operation_views, resharding
 from ray_shards.checkpoint_schedule import CheckpointSchedule
 from ray_shards.effects import carry_out
 from ray_shards.errors import CheckpointWriteError
-from ray_shards.identify import GRANT_USE_LIMIT, IdentifyScheduler, window_start
+from ray_shards.identify import GRANT_USE_LIMIT, IdentifyScheduler, WindowFrom, window_start
 from ray_shards.models import CommandKind, Lease, SessionState, ShardReport, ShardStatus
 from ray_shards.protocol import GuildTails, OperationState, ReshardProgress, ReshardState, RollingRestartProgress
 from ray_shards.table import ShardTable
@@ -116,7 +116,7 @@ class Params:
     rpc_timeout: float = 2.0
     identify_margin: float = 0.1
     """`Timings.identify_margin`."""
-    identify_window_from: str = "ready"
+    identify_window_from: WindowFrom = "ready"
     """`Timings.identify_window_from`: ``"sent"`` counts a bucket's window from the age the host reports with READY."""
     identify_poll: float = 2.0
     """The longest a host sleeps before asking for an identify grant again."""
@@ -124,7 +124,7 @@ class Params:
     """Whether events flow on the sessions (Discord's seq advances every second, hosts observe it)."""
 
     @classmethod
-    def draw(cls, rng: random.Random, *, fault_time: float | None = None, window_from: str = "ready") -> Params:
+    def draw(cls, rng: random.Random, *, fault_time: float | None = None, window_from: WindowFrom = "ready") -> Params:
         """Draw a small bot and a fault mix from ``rng`` (``window_from``: `identify_window_from`, not drawn)."""
         shards = rng.randint(1, 6)
         return cls(
@@ -1366,7 +1366,7 @@ class World:
         fault_steps: int | None = None,
         params: Params | None = None,
         reshard: bool = True,
-        window_from: str = "ready",
+        window_from: WindowFrom = "ready",
     ) -> None:
         """``params`` replaces the drawn bot and fault mix (and then no rolling restart or reshard is started).
 
@@ -2059,7 +2059,7 @@ def run_seed(
     fault_steps: int | None = None,
     trace: typing.Callable[[str], None] | None = None,
     reshard: bool = True,
-    window_from: str = "ready",
+    window_from: WindowFrom = "ready",
 ) -> SimResult:
     """Simulate one seed; raises `Violation` when an invariant breaks (``reshard``, ``window_from``: see `World`)."""
     world = World(seed, fault_time=fault_time, fault_steps=fault_steps, reshard=reshard, window_from=window_from)
