@@ -102,7 +102,7 @@ class ShardHost:
             level=logging.INFO, format=f"%(asctime)s %(levelname)s [host {host_id}] %(name)s: %(message)s"
         )
         if timings.host_switch_interval is not None:
-            # See Timings.host_switch_interval: fewer forced GIL hand-offs from the shard loop to Ray's threads.
+            # See Timings.host_switch_interval: Ray's main thread gets the GIL at once instead of waiting out a burst.
             sys.setswitchinterval(timings.host_switch_interval)
 
     def __repr__(self) -> str:

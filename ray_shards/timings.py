@@ -91,10 +91,16 @@ class Timings:
         event loop, not the shard loop) before it fences the host.
     host_switch_interval
         ``sys.setswitchinterval`` in every `ShardHost` process (Python's default is 0.005 s), or None to
-        leave it. A host's shard loop is the only Python thread there doing real work, but Ray's threads
-        take the GIL now and then, and each take makes the loop drop it at the next switch interval;
-        0.05 s measured 12-25 % more events/s on one host (BENCHMARKS.md, F3). The health check
-        (its own thread) then waits at most this long for the GIL: far below `health_timeout`.
+        leave it. A host's shard loop is the only Python thread there doing real work, but Ray's main
+        thread asks for the GIL every 10 ms (its signal check). CPython restarts a waiter's timed wait
+        at every release of the GIL, and the loop releases it at each socket read, so with a long
+        interval the main thread waits through a whole burst, and every release pays for waking it.
+        A short interval lets it time out, take the GIL for a few microseconds and go back to sleep:
+        10 us measured 0.92 of plain hikari's events/s against 0.80-0.85 at 0.05 s and 0.005 s
+        (BENCHMARKS.md, F3). The price is paid only while two Python threads of the host both want the
+        CPU: they hand over every 10 us, which cost about 14 % here for two busy threads (a CPU-bound
+        thread of your own beside the shards; set 0.005 then). The health check (its own thread) gets
+        the GIL within this interval.
     host_memory_trim_interval
         Seconds between two ``malloc_trim(0)`` calls in every `ShardHost` process (glibc only; None: never).
         A host's boot (GUILD_CREATE payloads, zlib buffers) and Ray's own threads free far more than they
@@ -149,7 +155,7 @@ class Timings:
     capability_idle_ttl: float = 3600.0
     max_capabilities: int = 4096
     health_timeout: float = 10.0
-    host_switch_interval: float | None = 0.05
+    host_switch_interval: float | None = 1e-05
     host_memory_trim_interval: float | None = 30.0
     reshard_buffer_cap: int = 100_000
     reshard_max_skew: float = 1.0
