@@ -20,6 +20,7 @@ import typing
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from ray_shards import main_thread
 from ray_shards.connection import NAMESPACE, host_actor_name
 from ray_shards.host import ShardHost
 from ray_shards.timings import Timings
@@ -285,6 +286,10 @@ class HostFleet:
             "max_concurrency": 1000,
             **placement,
         }
+        env_vars = main_thread.host_env_vars(self._timings.host_main_thread_timer_slack_ns)
+        if env_vars:
+            # Set by Ray's setup hook on the host's main thread, the one thread no actor code runs on.
+            options["runtime_env"] = {"env_vars": env_vars}
         # The health check runs on its own event loop, so a host busy with a burst of events still answers.
         remote: typing.Any = ray.remote
         actor_class: typing.Any = remote(concurrency_groups={"health": 1})(ShardHost)

@@ -101,6 +101,14 @@ class Timings:
         CPU: they hand over every 10 us, which cost about 14 % here for two busy threads (a CPU-bound
         thread of your own beside the shards; set 0.005 then). The health check (its own thread) gets
         the GIL within this interval.
+    host_main_thread_timer_slack_ns
+        Linux timer slack, in ns, of Ray's main thread in every `ShardHost` process, or None to leave it
+        (50 us, Linux's default). Linux stretches each timed sleep of a thread by its slack, so that
+        thread's 10 us GIL waits (above) lasted about 60 us, and every release of the GIL by the shard
+        loop in between woke it for nothing. 1 ns took the host's context switches from about 185 to
+        45 per 1,000 events and its events/s from 0.88 to 0.95-0.99 of plain hikari's (BENCHMARKS.md,
+        "The host main thread's timer slack"). Set by Ray's worker setup hook, which runs on that thread
+        (`ray_shards.main_thread`); a setup hook of your job's still runs, after it. Ignored off Linux.
     host_memory_trim_interval
         Seconds between two ``malloc_trim(0)`` calls in every `ShardHost` process (glibc only; None: never).
         A host's boot (GUILD_CREATE payloads, zlib buffers) and Ray's own threads free far more than they
@@ -156,6 +164,7 @@ class Timings:
     max_capabilities: int = 4096
     health_timeout: float = 10.0
     host_switch_interval: float | None = 1e-05
+    host_main_thread_timer_slack_ns: int | None = 1
     host_memory_trim_interval: float | None = 30.0
     reshard_buffer_cap: int = 100_000
     reshard_max_skew: float = 1.0
@@ -202,6 +211,11 @@ class Timings:
         if self.identify_window_from not in WINDOW_FROM_MODES:
             modes = " or ".join(repr(mode) for mode in WINDOW_FROM_MODES)
             msg = f"identify_window_from must be {modes}, not {self.identify_window_from!r}"
+            raise ValueError(msg)
+        slack = self.host_main_thread_timer_slack_ns
+        if slack is not None and (isinstance(slack, bool) or not isinstance(slack, int) or slack < 1):
+            # 0 would mean "back to the thread's default" to Linux: say None for that.
+            msg = f"host_main_thread_timer_slack_ns must be a whole number of ns >= 1 or None, not {slack!r}"
             raise ValueError(msg)
         if self.host_memory_trim_interval is not None and not self.host_memory_trim_interval > 0:
             msg = f"host_memory_trim_interval must be positive seconds or None, not {self.host_memory_trim_interval!r}"

@@ -11,8 +11,9 @@ import hikari
 import pytest
 import ray
 
-from ray_shards import BotDeployment, Client, ShardStatus, examples
-from ray_shards.auth import command_key
+from ray_shards import BotDeployment, Client, ShardStatus, examples, main_thread
+from ray_shards.auth import bot_id_from_token, command_key
+from ray_shards.connection import NAMESPACE, host_actor_name
 from ray_shards.launch import split_shards
 from ray_shards.presence import PresenceState
 from ray_shards.timings import Timings
@@ -58,6 +59,13 @@ async def test_eight_shards_on_three_hosts_across_three_nodes(ray_cluster: typin
             assert len(nodes) == 3, f"hosts share nodes: {nodes}"
             per_host = sorted(sum(1 for i in infos if i and i.host_id == h) for h in hosts)
             assert per_host == [2, 3, 3]
+            # Ray's setup hook set each host's main thread's timer slack (read from the actor's loop thread: /proc
+            # shows the main thread's), where no actor code runs.
+            bot_id = bot_id_from_token(token)
+            handles = [ray.get_actor(host_actor_name(bot_id, h), namespace=NAMESPACE) for h in sorted(hosts)]
+            slacks = await asyncio.gather(*(h.__ray_call__.remote(lambda _: main_thread.read_timer_slack_ns())
+                                            for h in handles))
+            assert slacks == [1, 1, 1] or slacks == [None] * 3, slacks  # None: no /proc/<pid>/timerslack_ns
         identifies = emu.control.identify_log()
         assert sorted(entry["shard_id"] for entry in identifies) == list(range(8)), "each shard READY exactly once"
         stats = emu.control.stats()
