@@ -9,6 +9,7 @@ import typing
 import hikari
 import ray
 
+from ray_shards import main_thread
 from ray_shards.connection import NAMESPACE
 
 if typing.TYPE_CHECKING:
@@ -54,6 +55,8 @@ def _count_messages(notes_name: str, interval: float, bot: Bot, switch_interval:
     bot.subscribe(hikari.MessageCreateEvent, _listener.on_message)
 
     async def report() -> None:
+        # What the host's main thread runs with (Timings.host_main_thread_timer_slack_ns), for the JSON.
+        await notes.add.remote("main_thread_timer_slack_ns", [main_thread.read_timer_slack_ns()])
         while True:
             await notes.add.remote("stats", [_listener.snapshot()])
             await asyncio.sleep(interval)

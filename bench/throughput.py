@@ -173,7 +173,11 @@ async def _ray_side(emu: typing.Any, token: str, args: argparse.Namespace) -> li
             return latest_gap[0]
 
         await asyncio.sleep(1.0)
-        return await _bursts(emu, stats, args, "ray_shards", sync_gap)
+        slack = ray.get(notes.get.remote("main_thread_timer_slack_ns"))
+        results = await _bursts(emu, stats, args, "ray_shards", sync_gap)
+        for result in results:
+            result["host_main_thread_timer_slack_ns"] = slack[-1] if slack else None
+        return results
     finally:
         watcher.cancel()
         await client.close()
@@ -182,9 +186,19 @@ async def _ray_side(emu: typing.Any, token: str, args: argparse.Namespace) -> li
 
 
 def _timings(args: argparse.Namespace) -> Timings:
-    if args.host_timeout is None:
-        return Timings(identify_window=0.5)
-    return Timings(identify_window=0.5, host_timeout=args.host_timeout)
+    extra: dict[str, typing.Any] = {}
+    if args.host_timeout is not None:
+        extra["host_timeout"] = args.host_timeout
+    if args.timer_slack_ns != "default":
+        extra["host_main_thread_timer_slack_ns"] = None if args.timer_slack_ns == "off" else int(args.timer_slack_ns)
+    return Timings(identify_window=0.5, **extra)
+
+
+def _slack_arg(value: str) -> str:
+    if value not in ("default", "off") and not (value.isdigit() and int(value) >= 1):
+        msg = f"--timer-slack-ns takes 'default', 'off' or a whole number of ns >= 1, not {value!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
 
 
 async def _plain_side(emu: typing.Any, token: str, args: argparse.Namespace) -> list[dict[str, typing.Any]]:
@@ -403,7 +417,11 @@ async def main(args: argparse.Namespace) -> dict[str, typing.Any]:
                      "burst_seconds": args.burst_seconds, "bursts_per_side_per_round": args.bursts,
                      "rounds": args.rounds,
                      "host_timeout_s": args.host_timeout if args.host_timeout is not None else "default",
-                     "host_switch_interval_s": args.switch_interval},
+                     "host_switch_interval_s": args.switch_interval,
+                     "host_main_thread_timer_slack_ns": args.timer_slack_ns,
+                     "measured_host_main_thread_timer_slack_ns": sorted(
+                         {b.get("host_main_thread_timer_slack_ns") for b in runs if b["side"] == "ray_shards"},
+                         key=str)},
         "ray_shards_events_per_s": _common.summary(host, digits=0),
         "plain_hikari_events_per_s": _common.summary(plain, digits=0),
         "ratio": round(ratio, 3),
@@ -443,6 +461,9 @@ def cli() -> None:
     parser.add_argument("--drain-timeout", type=float, default=90.0)
     parser.add_argument("--switch-interval", type=float, default=None,
                         help="diagnostic: sys.setswitchinterval in the ShardHost (Python's default is 0.005 s)")
+    parser.add_argument("--timer-slack-ns", type=_slack_arg, default="default",
+                        help="Timings.host_main_thread_timer_slack_ns of the ShardHost side: 'default' (ray_shards' "
+                             "default, 1 ns), 'off' (None: Linux's 50 us) or a number of ns")
     parser.add_argument("--watermark", action="store_true",
                         help="measure the watermark's cost instead (see above): plain hikari vs GatedEventManager "
                              "at this checkout vs at --baseline, in-process dispatch path, no Ray")
