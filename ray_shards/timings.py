@@ -102,12 +102,13 @@ class Timings:
         thread of your own beside the shards; set 0.005 then). The health check (its own thread) gets
         the GIL within this interval.
     host_main_thread_timer_slack_ns
-        Linux timer slack, in ns, of Ray's main thread in every `ShardHost` process, or None to leave it
-        (50 us, Linux's default). Linux stretches each timed sleep of a thread by its slack, so that
-        thread's 10 us GIL waits (above) lasted about 60 us, and every release of the GIL by the shard
-        loop in between woke it for nothing. 1 ns took the host's context switches from about 185 to
-        45 per 1,000 events and its events/s from 0.88 to 0.95-0.99 of plain hikari's (BENCHMARKS.md,
-        "The host main thread's timer slack"). Set by Ray's worker setup hook, which runs on that thread
+        Linux timer slack, in ns, of Ray's main thread in every `ShardHost` process (and of the threads
+        it starts afterwards, the shard loop's among them), or None to leave it (50 us, Linux's
+        default). Linux stretches each timed sleep of a thread by its slack, so the main thread's 10 us
+        GIL waits (above) lasted about 60 us, and every release of the GIL by the shard loop in between
+        woke it for nothing. 1 ns took the host's context switches from about 185 to 45 per 1,000
+        events and its events/s from 0.88-0.89 to 0.91-0.99 of plain hikari's (BENCHMARKS.md, "The host
+        main thread's timer slack"). Set by Ray's worker setup hook, which runs on that thread
         (`ray_shards.main_thread`); a setup hook of your job's still runs, after it. Ignored off Linux.
     host_memory_trim_interval
         Seconds between two ``malloc_trim(0)`` calls in every `ShardHost` process (glibc only; None: never).
