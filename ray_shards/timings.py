@@ -110,6 +110,10 @@ class Timings:
         events and its events/s from 0.88-0.89 to 0.91-0.99 of plain hikari's (BENCHMARKS.md, "The host
         main thread's timer slack"). Set by Ray's worker setup hook, which runs on that thread
         (`ray_shards.main_thread`); a setup hook of your job's still runs, after it. Ignored off Linux.
+        The price: a host's runtime_env then differs from the job's, so its worker cannot come from
+        Ray's pool of idle workers. A host started in about 0.9 s here instead of 0.3 s: once per host
+        at boot, per replacement and per rolling-restart step. Failover moves shards to live hosts and
+        is not delayed.
     host_memory_trim_interval
         Seconds between two ``malloc_trim(0)`` calls in every `ShardHost` process (glibc only; None: never).
         A host's boot (GUILD_CREATE payloads, zlib buffers) and Ray's own threads free far more than they
