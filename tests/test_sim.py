@@ -554,3 +554,45 @@ def test_a_sim_host_releases_again_an_adopt_below_an_epoch_it_ended(
     assert host.has_ended(Lease(shard_id=2, shard_count=4, epoch=epoch))
     assert released == [(2, epoch)]
     assert not host.has_ended(Lease(shard_id=2, shard_count=4, epoch=6))
+
+
+# -- Discord's delay between an IDENTIFY's departure and its receipt (Params.identify_delay) ---------------------
+
+DELAY_SEEDS = 1000
+
+
+@pytest.mark.timeout(120)
+def test_sent_windows_hold_while_discords_delays_differ_by_less_than_the_margin() -> None:
+    """The assumption `Timings.identify_window_from` "sent" states, modelled: each IDENTIFY reaches Discord up to
+    0.09 s after it left (margin 0.1), and Discord's own window, checked at receipt, is never broken."""
+    for seed in range(DELAY_SEEDS):
+        try:
+            run_seed(seed, window_from="sent", identify_delay=0.09)
+        except Violation as exc:
+            pytest.fail(f"{exc}\nreplay: run_seed({seed}, window_from='sent', identify_delay=0.09)")
+
+
+@pytest.mark.timeout(120)
+def test_ready_windows_hold_whatever_discords_delay() -> None:
+    """READY comes after Discord received the IDENTIFY, so "ready" windows need no assumption: 0.5 s delays (five
+    times the margin) break nothing."""
+    for seed in range(DELAY_SEEDS):
+        try:
+            run_seed(seed, identify_delay=0.5)
+        except Violation as exc:
+            pytest.fail(f"{exc}\nreplay: run_seed({seed}, identify_delay=0.5)")
+
+
+@pytest.mark.timeout(120)
+def test_sent_windows_break_when_delays_differ_by_more_than_the_margin() -> None:
+    """The check above can fail: with delays up to 0.5 s against the 0.1 s margin, "sent" windows overlap at
+    Discord in some seed (so the assumption is the whole of its safety, as documented)."""
+    broken: list[int] = []
+    for seed in range(DELAY_SEEDS):
+        try:
+            run_seed(seed, window_from="sent", identify_delay=0.5)
+        except Violation as exc:
+            assert "two IDENTIFYs in bucket" in str(exc), exc
+            broken.append(seed)
+    assert broken, f"no seed of {DELAY_SEEDS} broke the window with delays 5x the margin"
+    print(f"{len(broken)} of {DELAY_SEEDS} seeds broke the window, first {broken[:5]}")

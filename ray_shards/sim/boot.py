@@ -30,12 +30,13 @@ def floor(shards: int, max_concurrency: int, window: float = WINDOW) -> float:
 
 def boot_params(
     shards: int, max_concurrency: int, hosts: int, *, lead: float = 0.5, window_from: WindowFrom = "ready",
-    margin: float = 0.1,
+    margin: float = 0.1, identify_delay: float = 0.0,
 ) -> Params:
     """A bot of ``shards`` on ``hosts`` hosts, a budget that covers the boot, no faults, ordinary RPC delays.
 
     ``lead`` is `Timings.identify_lead` (0: no grant ahead of a bucket's opening, the rule before it);
-    ``window_from`` is `Timings.identify_window_from` and ``margin`` `Timings.identify_margin`.
+    ``window_from`` is `Timings.identify_window_from` and ``margin`` `Timings.identify_margin`;
+    ``identify_delay`` is Discord's (`Params.identify_delay`).
     """
     return Params(
         shards=shards,
@@ -57,6 +58,7 @@ def boot_params(
         identify_lead=lead,
         identify_window_from=window_from,
         identify_margin=margin,
+        identify_delay=identify_delay,
     )
 
 
@@ -70,6 +72,7 @@ class BootResult:
     lead: float
     window_from: WindowFrom
     margin: float
+    identify_delay: float
     identifies: int
     first_identify: float
     last_identify: float
@@ -90,12 +93,13 @@ class BootResult:
 
 def run_boot(
     shards: int, max_concurrency: int, hosts: int, *, seed: int = 0, lead: float = 0.5,
-    window_from: WindowFrom = "ready", margin: float = 0.1,
+    window_from: WindowFrom = "ready", margin: float = 0.1, identify_delay: float = 0.0,
 ) -> BootResult:
     """Boot ``shards`` shards on ``hosts`` hosts at ``max_concurrency`` in the simulator (options: `boot_params`)."""
     from ray_shards.sim.world import Violation
 
-    params = boot_params(shards, max_concurrency, hosts, lead=lead, window_from=window_from, margin=margin)
+    params = boot_params(shards, max_concurrency, hosts, lead=lead, window_from=window_from, margin=margin,
+                         identify_delay=identify_delay)
     world = World(seed, params=params)
     world.checkpoint_every = 30.0
     started = time.perf_counter()
@@ -118,6 +122,7 @@ def run_boot(
         lead=lead,
         window_from=window_from,
         margin=margin,
+        identify_delay=identify_delay,
         identifies=gw.identifies,
         first_identify=first,
         last_identify=last,

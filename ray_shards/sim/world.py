@@ -120,12 +120,18 @@ class Params:
     """`Timings.identify_window_from`: ``"sent"`` counts a bucket's window from the age the host reports with READY."""
     identify_poll: float = 2.0
     """The longest a host sleeps before asking for an identify grant again."""
+    identify_delay: float = 0.0
+    """Discord receives each IDENTIFY up to this long after it left (uniform, drawn per frame; 0: as it leaves),
+    and READY comes after that. ``"sent"`` windows stay apart at Discord only while this is below
+    ``identify_margin`` (the assumption `Timings.identify_window_from` states); ``"ready"`` windows hold whatever
+    it is."""
     events: bool = True
     """Whether events flow on the sessions (Discord's seq advances every second, hosts observe it)."""
 
     @classmethod
-    def draw(cls, rng: random.Random, *, fault_time: float | None = None, window_from: WindowFrom = "ready") -> Params:
-        """Draw a small bot and a fault mix from ``rng`` (``window_from``: `identify_window_from`, not drawn)."""
+    def draw(cls, rng: random.Random, *, fault_time: float | None = None, window_from: WindowFrom = "ready",
+             identify_delay: float = 0.0) -> Params:
+        """Draw a small bot and a fault mix from ``rng`` (``window_from``, ``identify_delay``: not drawn)."""
         shards = rng.randint(1, 6)
         return cls(
             shards=shards,
@@ -139,6 +145,7 @@ class Params:
             p_dup=rng.choice([0.0, 0.02, 0.1]),
             p_delay=rng.choice([0.0, 0.05, 0.2, 0.5]),
             identify_window_from=window_from,
+            identify_delay=identify_delay,
         )
 
 
@@ -262,18 +269,22 @@ class Gateway:
             session.conn = None
             session.disconnected_at = self.w.t
 
-    def identify(self, shard_id: Shard, host_id: str) -> tuple[int, _Session]:
-        """An IDENTIFY: checks the bucket window and the budget, opens a new session.
+    def identify(self, shard_id: Shard, host_id: str, *, delay: float = 0.0) -> tuple[int, _Session]:
+        """An IDENTIFY that left now: checks the bucket window and the budget, opens a new session.
 
         The bucket is ``shard_id % max_concurrency`` whatever the shard count: the sets of a reshard share
-        the buckets, the window and the daily budget (one bot).
+        the buckets, the window and the daily budget (one bot). The window is Discord's, so it is checked
+        at the frame's receipt, ``delay`` after it left (`Params.identify_delay`); with delays two frames of
+        a bucket can even arrive in the other order, hence the distance both ways.
         """
         self._roll_day()
         bucket = shard_id[1] % self.w.p.max_concurrency
+        received = self.w.t + delay
         last = self.last_identify.get(bucket)
-        if last is not None and self.w.t - last < WINDOW:
-            self.w.fail(f"two IDENTIFYs in bucket {bucket} {self.w.t - last:.3f} s apart (shard {shard_id})")
-        self.last_identify[bucket] = self.w.t
+        if last is not None and abs(received - last) < WINDOW:
+            self.w.fail(f"two IDENTIFYs in bucket {bucket} {abs(received - last):.3f} s apart at Discord "
+                        f"(shard {shard_id})")
+        self.last_identify[bucket] = received if last is None else max(last, received)
         if self.used >= self.w.p.budget:
             self.w.fail(f"IDENTIFY of shard {shard_id} overspends the daily budget of {self.w.p.budget}")
         self.used += 1
@@ -664,12 +675,14 @@ class Host:
         if self.now() - asked > self.w.p.grant_use_limit + wait:
             self.w.at(0.1, lambda: self._ask_identify(shard_id, epoch, dropped=ask))
             return
-        conn, session = self.w.gateway.identify((self.count, shard_id), self.host_id)
+        # Drawn only when modelled, so that every seed without it replays exactly as before.
+        delay = self.w.rng.uniform(0.0, self.w.p.identify_delay) if self.w.p.identify_delay > 0 else 0.0
+        conn, session = self.w.gateway.identify((self.count, shard_id), self.host_id, delay=delay)
         current.conn = conn
         current.phase = "running"
         current.session = SessionState(session.session_id, session.seq, "wss://resume")
         left = self.now()
-        ready = self.w.rng.uniform(0.05, 0.5)
+        ready = delay + self.w.rng.uniform(0.05, 0.5)
         self.w.at(ready, lambda: self._ready(shard_id, epoch, ask, left))
 
     def _ready(self, shard_id: int, epoch: int, ask: int, left: float) -> None:
@@ -1367,10 +1380,12 @@ class World:
         params: Params | None = None,
         reshard: bool = True,
         window_from: WindowFrom = "ready",
+        identify_delay: float = 0.0,
     ) -> None:
         """``params`` replaces the drawn bot and fault mix (and then no rolling restart or reshard is started).
 
-        ``window_from`` is the drawn bot's `Timings.identify_window_from` (not drawn: a seed replays as before).
+        ``window_from`` is the drawn bot's `Timings.identify_window_from` and ``identify_delay`` its
+        `Params.identify_delay` (neither drawn: a seed replays as before).
 
         ``reshard=False`` runs the seed as it ran before the simulator drove reshards (a seed that found a bug
         then keeps finding it).
@@ -1379,7 +1394,11 @@ class World:
         self.fault_steps = fault_steps
         self.faults_ended_at: float | None = None
         self.rng = random.Random(seed)
-        self.p = Params.draw(self.rng, fault_time=fault_time, window_from=window_from) if params is None else params
+        self.p = (
+            Params.draw(self.rng, fault_time=fault_time, window_from=window_from, identify_delay=identify_delay)
+            if params is None
+            else params
+        )
         self.t = 0.0
         self.step = 0
         self._queue: list[tuple[float, int, typing.Callable[[], None]]] = []
@@ -2060,7 +2079,9 @@ def run_seed(
     trace: typing.Callable[[str], None] | None = None,
     reshard: bool = True,
     window_from: WindowFrom = "ready",
+    identify_delay: float = 0.0,
 ) -> SimResult:
-    """Simulate one seed; raises `Violation` when an invariant breaks (``reshard``, ``window_from``: see `World`)."""
-    world = World(seed, fault_time=fault_time, fault_steps=fault_steps, reshard=reshard, window_from=window_from)
+    """Simulate one seed; raises `Violation` when an invariant breaks (``reshard`` and the rest: see `World`)."""
+    world = World(seed, fault_time=fault_time, fault_steps=fault_steps, reshard=reshard, window_from=window_from,
+                  identify_delay=identify_delay)
     return world.run(trace=trace)
