@@ -26,6 +26,7 @@ import ctypes
 import logging
 import os
 import sys
+import typing
 
 __all__ = ["SLACK_ENV", "host_env_vars", "read_timer_slack_ns", "set_main_thread_timer_slack"]
 
@@ -51,16 +52,15 @@ def _setup_hook_env_name() -> str | None:
     return name if isinstance(name, str) else None
 
 
-def host_env_vars(slack_ns: int | None, environ: dict[str, str] | None = None) -> dict[str, str]:
+def host_env_vars(slack_ns: int | None, environ: typing.Mapping[str, str] = os.environ) -> dict[str, str]:
     """The ``env_vars`` of a host actor's ``runtime_env`` that set its main thread's slack (empty: leave it).
 
-    ``environ`` is the creating process's environment (default ``os.environ``): it holds the job's own
-    setup hook, if any, which the host's environment would otherwise lose.
+    ``environ`` is the creating process's environment: it holds the job's own setup hook, if any,
+    which the host's environment would otherwise lose.
     """
     hook_env = _setup_hook_env_name()
     if slack_ns is None or hook_env is None or not sys.platform.startswith("linux"):
         return {}
-    environ = dict(os.environ) if environ is None else environ
     env = {hook_env: _HOOK, SLACK_ENV: str(slack_ns)}
     inherited = environ.get(hook_env)
     if inherited and inherited != _HOOK:
@@ -92,10 +92,10 @@ def set_main_thread_timer_slack() -> None:
             raise RuntimeError(error)
 
 
-def read_timer_slack_ns(pid: int | None = None) -> int | None:
-    """The timer slack of process ``pid``'s main thread in ns (default: this process), or None off Linux."""
+def read_timer_slack_ns() -> int | None:
+    """The timer slack of this process's main thread in ns (from any thread), or None off Linux."""
     try:
-        with open(f"/proc/{os.getpid() if pid is None else pid}/timerslack_ns") as file:
+        with open(f"/proc/{os.getpid()}/timerslack_ns") as file:
             return int(file.read())
     except (OSError, ValueError):
         return None

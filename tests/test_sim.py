@@ -21,6 +21,7 @@ from ray_shards.identify import (
     IdentifyBudgetExhaustedError,
     IdentifyGrant,
     IdentifyScheduler,
+    WindowFrom,
     window_start,
 )
 from ray_shards.models import Lease, SessionState, ShardReport, ShardStatus
@@ -561,26 +562,27 @@ def test_a_sim_host_releases_again_an_adopt_below_an_epoch_it_ended(
 DELAY_SEEDS = 1000
 
 
+def _every_delay_seed_holds(window_from: WindowFrom, identify_delay: float) -> None:
+    for seed in range(DELAY_SEEDS):
+        try:
+            run_seed(seed, window_from=window_from, identify_delay=identify_delay)
+        except Violation as exc:
+            replay = f"run_seed({seed}, window_from={window_from!r}, identify_delay={identify_delay})"
+            pytest.fail(f"{exc}\nreplay: {replay}")
+
+
 @pytest.mark.timeout(120)
 def test_sent_windows_hold_while_discords_delays_differ_by_less_than_the_margin() -> None:
     """The assumption `Timings.identify_window_from` "sent" states, modelled: each IDENTIFY reaches Discord up to
     0.09 s after it left (margin 0.1), and Discord's own window, checked at receipt, is never broken."""
-    for seed in range(DELAY_SEEDS):
-        try:
-            run_seed(seed, window_from="sent", identify_delay=0.09)
-        except Violation as exc:
-            pytest.fail(f"{exc}\nreplay: run_seed({seed}, window_from='sent', identify_delay=0.09)")
+    _every_delay_seed_holds("sent", 0.09)
 
 
 @pytest.mark.timeout(120)
 def test_ready_windows_hold_whatever_discords_delay() -> None:
     """READY comes after Discord received the IDENTIFY, so "ready" windows need no assumption: 0.5 s delays (five
     times the margin) break nothing."""
-    for seed in range(DELAY_SEEDS):
-        try:
-            run_seed(seed, identify_delay=0.5)
-        except Violation as exc:
-            pytest.fail(f"{exc}\nreplay: run_seed({seed}, identify_delay=0.5)")
+    _every_delay_seed_holds("ready", 0.5)
 
 
 @pytest.mark.timeout(120)
