@@ -175,7 +175,7 @@ class GatedEventManager(event_manager_impl.EventManagerImpl):
         # (measured: a gather per event cost about a third of dispatch capacity, mostly in GC).
         mark = self._current_mark
         if mark is None:
-            return super()._invoke_callback(callback, event)
+            return self._invoke_counted(callback, event, None)
         entry = self._current_entry
         if entry is None:
             # The event's first listener: only now does it need an entry holding the watermark back
@@ -187,15 +187,17 @@ class GatedEventManager(event_manager_impl.EventManagerImpl):
         entry.outstanding += 1
         return self._invoke_counted(callback, event, entry)
 
-    async def _invoke_counted(self, callback: typing.Any, event: base_events.Event, entry: InFlight) -> None:
+    async def _invoke_counted(self, callback: typing.Any, event: base_events.Event, entry: InFlight | None) -> None:
         """hikari's ``_invoke_callback`` (same logging and `hikari.ExceptionEvent`), then the listener is counted done.
 
         Inlined rather than wrapping hikari's coroutine in a second one: one coroutine per listener, as in hikari.
         ``tests/test_watermark.py`` checks that a failing listener still produces hikari's ExceptionEvent.
+        ``entry`` is None for an event with no seq (or dispatched by code): nothing to count.
         """
-        # Set in the listener's own task (a copy of the consuming task's context), so nothing has to be
-        # undone: event_position() and hold_event() here, and in tasks this listener starts, name this event.
-        listener_context.CURRENT.set(entry)
+        if entry is not None:
+            # Set in the listener's own task (a copy of the consuming task's context), so nothing has to be
+            # undone: event_position() and hold_event() here, and in tasks this listener starts, name this event.
+            listener_context.CURRENT.set(entry)
         try:
             await callback(event)
         except Exception as ex:
@@ -212,9 +214,53 @@ class GatedEventManager(event_manager_impl.EventManagerImpl):
                 log("an exception occurred handling an event (%s)", type(event).__name__, exc_info=trio)
                 self.dispatch(failure)
         finally:
-            owner = entry.owner
-            if owner is not None:
+            if entry is not None and (owner := entry.owner) is not None:
                 owner.finish(entry)
+            # The task lets go of itself (see dispatch). In hikari's own dispatch (the rare paths) a done
+            # callback discards it again: a no-op.
+            self._dispatched_tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+
+    @typing.overload
+    def dispatch(self, event: base_events.Event, *, return_tasks: typing.Literal[False] = False) -> None: ...
+
+    @typing.overload
+    def dispatch(
+        self, event: base_events.Event, *, return_tasks: typing.Literal[True] = True
+    ) -> asyncio.Future[typing.Any]: ...
+
+    @typing.overload
+    def dispatch(
+        self, event: base_events.Event, *, return_tasks: bool = False
+    ) -> asyncio.Future[typing.Any] | None: ...
+
+    @override
+    def dispatch(
+        self, event: base_events.Event, *, return_tasks: bool = False
+    ) -> asyncio.Future[typing.Any] | None:
+        """hikari's ``dispatch``, without a done callback per listener task.
+
+        hikari keeps a strong reference to each listener task in ``_dispatched_tasks`` (the loop only
+        holds a task weakly while it awaits) and removes it with a done callback: one more
+        ``loop.call_soon`` handle and loop iteration per listener, about 1 us of the shard loop per
+        event (BENCHMARKS.md, "Events/s into one listener"). Here the task's own coroutine
+        (`_invoke_counted`) removes it as it finishes. Same tasks, same names, same order.
+
+        A task cancelled before its first step (only a cancel-everything at shutdown does that) never
+        runs its coroutine and so stays in the set: the set goes with the event manager.
+        """
+        if return_tasks or self._waiters:
+            # hikari's own: it gathers the tasks for the caller, or resolves wait_for futures (rare paths).
+            return super().dispatch(event, return_tasks=return_tasks)
+        listeners = self._listeners
+        for cls in event.dispatches():
+            callbacks = listeners.get(cls)
+            if callbacks:
+                for callback in callbacks:
+                    self._dispatched_tasks.add(asyncio.create_task(
+                        self._invoke_callback(callback, event),
+                        name=f"handler '{callback.__name__}' for '{type(event).__name__}'",
+                    ))
+        return None
 
     def _consume_counted(self, event_name: str, shard: shard_api.GatewayShard, payload: typing.Any,
                          mark: ListenerWatermark, entry: InFlight | None) -> None:
