@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import time
 import typing
@@ -66,6 +67,9 @@ async def test_eight_shards_on_three_hosts_across_three_nodes(ray_cluster: typin
             slacks = await asyncio.gather(*(h.__ray_call__.remote(lambda _: main_thread.read_timer_slack_ns())
                                             for h in handles))
             assert slacks == [1, 1, 1] or slacks == [None] * 3, slacks  # None: no /proc/<pid>/timerslack_ns
+            # And each host process runs with Timings.host_gc_threshold (set in the actor's __init__).
+            young = await asyncio.gather(*(h.__ray_call__.remote(lambda _: gc.get_threshold()[0]) for h in handles))
+            assert young == [7000, 7000, 7000], young
         identifies = emu.control.identify_log()
         assert sorted(entry["shard_id"] for entry in identifies) == list(range(8)), "each shard READY exactly once"
         stats = emu.control.stats()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 import typing
 
@@ -39,6 +40,35 @@ def test_host_switch_interval_none_leaves_python_alone() -> None:
 def test_bad_switch_interval_is_refused(bad: float) -> None:
     with pytest.raises(ValueError, match="host_switch_interval"):
         Timings(host_switch_interval=bad)
+
+
+@pytest.fixture
+def restore_gc_threshold() -> typing.Iterator[None]:
+    before = gc.get_threshold()
+    yield
+    gc.set_threshold(*before)
+
+
+@pytest.mark.usefixtures("restore_gc_threshold", "restore_switch_interval")
+def test_host_raises_the_young_gc_threshold_by_default_and_keeps_the_older_ones() -> None:
+    gc.set_threshold(700, 11, 12)
+    ShardHost(1, "h0", 1, "http://127.0.0.1:1", Timings())
+    assert gc.get_threshold() == (7000, 11, 12)
+    ShardHost(1, "h1", 1, "http://127.0.0.1:1", Timings(host_gc_threshold=1500))
+    assert gc.get_threshold() == (1500, 11, 12)
+
+
+@pytest.mark.usefixtures("restore_gc_threshold", "restore_switch_interval")
+def test_host_gc_threshold_none_leaves_python_alone() -> None:
+    gc.set_threshold(700, 10, 10)
+    ShardHost(1, "h0", 1, "http://127.0.0.1:1", Timings(host_gc_threshold=None))
+    assert gc.get_threshold() == (700, 10, 10)
+
+
+@pytest.mark.parametrize("bad", [0, -5, 1.5, True, "7000"])
+def test_bad_gc_threshold_is_refused(bad: typing.Any) -> None:
+    with pytest.raises(ValueError, match="host_gc_threshold"):
+        Timings(host_gc_threshold=bad)
 
 
 def test_malloc_trim_runs_where_there_is_glibc() -> None:
