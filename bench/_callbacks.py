@@ -45,6 +45,7 @@ def chunk_recorder(notes_name: str) -> typing.Callable[[Bot], None]:
 
 def _count_messages(notes_name: str, interval: float, bot: Bot, switch_interval: float | None = None) -> None:
     import asyncio
+    import gc
     import sys
 
     from bench import _listener
@@ -57,6 +58,7 @@ def _count_messages(notes_name: str, interval: float, bot: Bot, switch_interval:
     async def report() -> None:
         # What the host's main thread runs with (Timings.host_main_thread_timer_slack_ns), for the JSON.
         await notes.add.remote("main_thread_timer_slack_ns", [main_thread.read_timer_slack_ns()])
+        await notes.add.remote("gc_threshold", [gc.get_threshold()[0]])  # Timings.host_gc_threshold
         while True:
             await notes.add.remote("stats", [_listener.snapshot()])
             await asyncio.sleep(interval)

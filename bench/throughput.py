@@ -174,9 +174,11 @@ async def _ray_side(emu: typing.Any, token: str, args: argparse.Namespace) -> li
 
         await asyncio.sleep(1.0)
         slack = ray.get(notes.get.remote("main_thread_timer_slack_ns"))
+        young = ray.get(notes.get.remote("gc_threshold"))
         results = await _bursts(emu, stats, args, "ray_shards", sync_gap)
         for result in results:
             result["host_main_thread_timer_slack_ns"] = slack[-1] if slack else None
+            result["host_gc_threshold"] = young[-1] if young else None
         return results
     finally:
         watcher.cancel()
@@ -191,14 +193,18 @@ def _timings(args: argparse.Namespace) -> Timings:
         extra["host_timeout"] = args.host_timeout
     if args.timer_slack_ns != "default":
         extra["host_main_thread_timer_slack_ns"] = None if args.timer_slack_ns == "off" else int(args.timer_slack_ns)
+    if args.gc_threshold != "default":
+        extra["host_gc_threshold"] = None if args.gc_threshold == "off" else int(args.gc_threshold)
     return Timings(identify_window=0.5, **extra)
 
 
-def _slack_arg(value: str) -> str:
-    if value not in ("default", "off") and not (value.isdigit() and int(value) >= 1):
-        msg = f"--timer-slack-ns takes 'default', 'off' or a whole number of ns >= 1, not {value!r}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
+def _default_off_or_count(option: str, unit: str) -> typing.Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in ("default", "off") and not (value.isdigit() and int(value) >= 1):
+            msg = f"{option} takes 'default', 'off' or a whole number of {unit} >= 1, not {value!r}"
+            raise argparse.ArgumentTypeError(msg)
+        return value
+    return parse
 
 
 async def _plain_side(emu: typing.Any, token: str, args: argparse.Namespace) -> list[dict[str, typing.Any]]:
@@ -419,6 +425,9 @@ async def main(args: argparse.Namespace) -> dict[str, typing.Any]:
                      "host_timeout_s": args.host_timeout if args.host_timeout is not None else "default",
                      "host_switch_interval_s": args.switch_interval,
                      "host_main_thread_timer_slack_ns": args.timer_slack_ns,
+                     "host_gc_threshold": args.gc_threshold,
+                     "measured_host_gc_threshold": sorted(
+                         {b.get("host_gc_threshold") for b in runs if b["side"] == "ray_shards"}, key=str),
                      "measured_host_main_thread_timer_slack_ns": sorted(
                          {b.get("host_main_thread_timer_slack_ns") for b in runs if b["side"] == "ray_shards"},
                          key=str)},
@@ -461,9 +470,13 @@ def cli() -> None:
     parser.add_argument("--drain-timeout", type=float, default=90.0)
     parser.add_argument("--switch-interval", type=float, default=None,
                         help="diagnostic: sys.setswitchinterval in the ShardHost (Python's default is 0.005 s)")
-    parser.add_argument("--timer-slack-ns", type=_slack_arg, default="default",
+    parser.add_argument("--timer-slack-ns", type=_default_off_or_count("--timer-slack-ns", "ns"), default="default",
                         help="Timings.host_main_thread_timer_slack_ns of the ShardHost side: 'default' (ray_shards' "
                              "default, 1 ns), 'off' (None: Linux's 50 us) or a number of ns")
+    parser.add_argument("--gc-threshold", type=_default_off_or_count("--gc-threshold", "allocations"),
+                        default="default",
+                        help="Timings.host_gc_threshold of the ShardHost side: 'default' (ray_shards' default, 7000), "
+                             "'off' (None: Python's 700) or a number; the plain side keeps Python's")
     parser.add_argument("--watermark", action="store_true",
                         help="measure the watermark's cost instead (see above): plain hikari vs GatedEventManager "
                              "at this checkout vs at --baseline, in-process dispatch path, no Ray")
