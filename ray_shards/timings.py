@@ -228,16 +228,17 @@ class Timings:
             modes = " or ".join(repr(mode) for mode in WINDOW_FROM_MODES)
             msg = f"identify_window_from must be {modes}, not {self.identify_window_from!r}"
             raise ValueError(msg)
-        slack = self.host_main_thread_timer_slack_ns
-        if slack is not None and (isinstance(slack, bool) or not isinstance(slack, int) or slack < 1):
-            # 0 would mean "back to the thread's default" to Linux: say None for that.
-            msg = f"host_main_thread_timer_slack_ns must be a whole number of ns >= 1 or None, not {slack!r}"
-            raise ValueError(msg)
-        threshold = self.host_gc_threshold
-        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1):
-            # 0 would disable the collector altogether, which leaks every cycle: not a tuning.
-            msg = f"host_gc_threshold must be a whole number of allocations >= 1 or None, not {threshold!r}"
-            raise ValueError(msg)
+        # 0 would mean "back to the thread's default" to Linux: say None for that.
+        _check_whole_or_none("host_main_thread_timer_slack_ns", self.host_main_thread_timer_slack_ns, "ns")
+        # 0 would disable the collector altogether, which leaks every cycle: not a tuning.
+        _check_whole_or_none("host_gc_threshold", self.host_gc_threshold, "allocations")
         if self.host_memory_trim_interval is not None and not self.host_memory_trim_interval > 0:
             msg = f"host_memory_trim_interval must be positive seconds or None, not {self.host_memory_trim_interval!r}"
             raise ValueError(msg)
+
+
+def _check_whole_or_none(name: str, value: object, unit: str) -> None:
+    """Refuse anything but None or a whole number >= 1 (bools too: ``True`` is an int to Python)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        msg = f"{name} must be a whole number of {unit} >= 1 or None, not {value!r}"
+        raise ValueError(msg)

@@ -14,10 +14,9 @@ import hikari
 import pytest
 
 from ray_shards.delivery import GatedEventManager
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.timeout(30)
-
-_TOKEN = "MzI2MjQyNjk3MjExNDA5Ng.y6FX9a.6pK8Wq74CUk30K57Z8XXoESzbz2Owr6urLZyITCT"
 
 
 class _Ping(hikari.Event):
@@ -28,21 +27,13 @@ class _Ping(hikari.Event):
         return None
 
 
-def _manager() -> GatedEventManager:
-    app = hikari.GatewayBot(_TOKEN, banner=None, intents=hikari.Intents.ALL_UNPRIVILEGED)
+def _manager(token: str) -> GatedEventManager:
+    app = hikari.GatewayBot(token, banner=None, intents=hikari.Intents.ALL_UNPRIVILEGED)
     return GatedEventManager(app.entity_factory, app.event_factory, hikari.Intents.ALL_UNPRIVILEGED)
 
 
-async def _settle(manager: GatedEventManager, *, until: typing.Callable[[], bool]) -> None:
-    for _ in range(200):
-        if until():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"still {len(manager._dispatched_tasks)} dispatched task(s)")
-
-
-async def test_a_listener_task_is_held_while_it_runs_and_let_go_when_it_ends() -> None:
-    manager = _manager()
+async def test_a_listener_task_is_held_while_it_runs_and_let_go_when_it_ends(token: str) -> None:
+    manager = _manager(token)
     started = asyncio.Event()
     names: list[str] = []
     done: list[str] = []
@@ -68,12 +59,12 @@ async def test_a_listener_task_is_held_while_it_runs_and_let_go_when_it_ends() -
     gc.collect()
     assert len(manager._dispatched_tasks) == 1
     holder.pop().set_result("finished")
-    await _settle(manager, until=lambda: not manager._dispatched_tasks)
+    await wait_for(lambda: not manager._dispatched_tasks, 5, "the listener task to let go")
     assert done == ["finished"]
 
 
-async def test_a_failing_listener_is_let_go_and_reported_as_hikari_does() -> None:
-    manager = _manager()
+async def test_a_failing_listener_is_let_go_and_reported_as_hikari_does(token: str) -> None:
+    manager = _manager(token)
     failures: list[typing.Any] = []
 
     async def failing(event: _Ping) -> None:
@@ -85,12 +76,12 @@ async def test_a_failing_listener_is_let_go_and_reported_as_hikari_does() -> Non
     manager.subscribe(_Ping, failing)
     manager.subscribe(hikari.ExceptionEvent, on_failure)
     manager.dispatch(_Ping())
-    await _settle(manager, until=lambda: bool(failures) and not manager._dispatched_tasks)
+    await wait_for(lambda: bool(failures) and not manager._dispatched_tasks, 5, "the failure, tasks let go")
     assert failures == [(failing, "boom")]
 
 
-async def test_waiters_and_return_tasks_take_hikaris_own_dispatch() -> None:
-    manager = _manager()
+async def test_waiters_and_return_tasks_take_hikaris_own_dispatch(token: str) -> None:
+    manager = _manager(token)
     calls: list[str] = []
 
     async def listener(event: _Ping) -> None:
@@ -103,7 +94,7 @@ async def test_waiters_and_return_tasks_take_hikaris_own_dispatch() -> None:
     event = _Ping()
     manager.dispatch(event)
     assert await asyncio.wait_for(waiter, 5) is event
-    await _settle(manager, until=lambda: not manager._dispatched_tasks)
+    await wait_for(lambda: not manager._dispatched_tasks, 5, "the listener task to let go")
     assert not manager._waiters
 
     gathered = manager.dispatch(_Ping(), return_tasks=True)
@@ -112,8 +103,8 @@ async def test_waiters_and_return_tasks_take_hikaris_own_dispatch() -> None:
     assert not manager._dispatched_tasks
 
 
-async def test_many_events_leave_no_task_behind() -> None:
-    manager = _manager()
+async def test_many_events_leave_no_task_behind(token: str) -> None:
+    manager = _manager(token)
     handled = 0
 
     async def first(event: _Ping) -> None:
@@ -129,4 +120,4 @@ async def test_many_events_leave_no_task_behind() -> None:
     manager.subscribe(hikari.Event, second)  # polymorphic: found through _Ping.dispatches()
     for _ in range(500):
         manager.dispatch(_Ping())
-    await _settle(manager, until=lambda: handled == 1000 and not manager._dispatched_tasks)
+    await wait_for(lambda: handled == 1000 and not manager._dispatched_tasks, 10, "1,000 listeners, tasks let go")

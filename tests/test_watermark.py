@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ray_shards.watermark import ListenerWatermark
-from tests.helpers import lone_shard, stream_briefly, wait_for_watermark
+from tests.helpers import lone_shard, stream_briefly, wait_for, wait_for_watermark
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -142,10 +142,7 @@ async def test_gated_event_manager_counts_real_listener_tasks(emulator_factory: 
         release.set()
         assert await wait_for_watermark(mark, seq) == seq and mark.in_flight == 0
         # Each listener task let go of itself as it ended (GatedEventManager.dispatch: no done callback).
-        for _ in range(100):
-            if not manager._dispatched_tasks:
-                break
-            await asyncio.sleep(0.01)
+        await wait_for(lambda: not manager._dispatched_tasks, 5, "the listener tasks to let go")
         assert not manager._dispatched_tasks
         # hikari's own failure handling is kept: one ExceptionEvent per failed call, naming the user's listener.
         assert len(failures) == sent and all(f is failing for f in failures)
